@@ -1,0 +1,475 @@
+# Device reports (docs/ARCHITECTURE.md "Reports"): build a report, append it to a bounded
+# queue file next to the config, POST the oldest ones in batches within a time budget.
+#
+# Queue file (<root>/mpota_reports.q), one record a line, a line counts only once its "\n"
+# is written (a torn tail from a power cut is dropped on load):
+#   r <highest seq ever queued>          first line, rewritten on every trim
+#   <kind> <seq> <report json>           kind: d decision, p progress, h heartbeat
+# Appends go to the end; trims (delivered / dropped records) rewrite the file to a temp
+# name and rename it over the old one, so the queue is always either before or after.
+# The seq of every queued report survives in the file, so a seq is never issued twice
+# even when the state holding rseq was not saved before a reset.
+import json
+
+from micropython import const
+
+try:
+    from time import ticks_diff, ticks_ms
+except ImportError:  # CPython (tests, simulator)
+    import time as _t
+
+    _T0 = _t.monotonic()
+
+    def ticks_ms():
+        return int((_t.monotonic() - _T0) * 1000)
+
+    def ticks_diff(a, b):
+        return a - b
+
+
+_QUEUE = "mpota_reports.q"
+_MAX_RECORDS = const(32)   # queue bound; a full queue drops heartbeats, then progress, then decisions
+_BATCH = const(8)          # reports per POST (server takes <= 50)
+_POST_MS = const(2500)     # one POST attempt
+_FLUSH_MS = const(3000)    # default budget of an event()'s opportunistic flush
+_BACKOFF_MS = const(30000) # after a failed flush, event() does not try again for this long
+_MAX_STR = const(80)       # detail strings are cut to this length
+_Y2000 = const(946684800)  # epoch-2000 ports (ESP32) -> Unix time
+
+# Which events are dropped first when the queue is full.
+_HEARTBEAT = "heartbeat"
+_PROGRESS = ("checking", "downloading")
+EVENTS = ("checking", "downloading", "downloaded", "installed", "confirmed", "health_failed",
+          "rolled_back", "failed", "heartbeat")
+
+
+def _kind(event):
+    if event == _HEARTBEAT:
+        return "h"
+    if event in _PROGRESS:
+        return "p"
+    return "d"
+
+
+def join(root, name):
+    if not root or root == "/":
+        return "/" + name
+    return root.rstrip("/") + "/" + name
+
+
+# Seconds since 1970 when the clock looks set (NTP), else None.
+def unix_time():
+    import time
+
+    try:
+        t = int(time.time())
+        if time.gmtime(0)[0] == 2000:
+            t += _Y2000
+    except Exception:
+        return None
+    return t if t > 1700000000 else None
+
+
+def free_heap():
+    try:
+        import gc
+
+        gc.collect()
+        return gc.mem_free()
+    except (ImportError, AttributeError):
+        return None
+
+
+def running_slot():
+    try:
+        import esp32
+
+        return esp32.Partition(esp32.Partition.RUNNING).info()[4]
+    except Exception:
+        return None
+
+
+# The version string in the running image's esp_app_desc_t (offset 0x20 of the image,
+# version at +16, 32 bytes), for boards that never confirmed an mpota update.
+def image_version():
+    try:
+        import esp32
+
+        buf = bytearray(48)
+        esp32.Partition(esp32.Partition.RUNNING).readblocks(0, buf, 0x20)
+        if buf[0:4] != b"\x32\x54\xcd\xab":
+            return None
+        v = bytes(buf[16:48])
+        n = v.find(b"\0")
+        return (v if n < 0 else v[:n]).decode() or None
+    except Exception:
+        return None
+
+
+def _post_http(url, body, headers, timeout_ms):
+    from mpota import http
+
+    r = http.open(url, "POST", headers, body, timeout_ms)
+    try:
+        return r.status
+    finally:
+        r.close()
+
+
+# Reporter(cfg, state, root): cfg is the config (dict-like: device_id, board, group,
+# report_url, token), state a mpota.state.State, root the config's folder.
+# event() and heartbeat() never raise and never block for longer than their budget.
+# post(url, body_bytes, headers, timeout_ms) -> HTTP status (raises on network errors)
+# can be replaced for tests; the default uses mpota.http.
+class Reporter:
+    def __init__(self, cfg, state, root, post=None):
+        self.cfg = cfg
+        self.state = state
+        self.path = join(root, _QUEUE)
+        self._post = post or _post_http
+        self._index = []  # [(kind, seq)] of queued records, oldest first
+        self._retry_at = None
+        self._slot = None
+        self._version = None
+        self.sent = 0  # reports delivered by this Reporter (for tests / diagnostics)
+        self.last_status = None
+        self._last_pct = None
+        self._load()
+
+    # --- queue file -------------------------------------------------------------------
+    def _load(self):
+        top = 0
+        torn = False
+        try:
+            f = open(self.path)
+        except OSError:
+            self._sync_seq(0)
+            return
+        try:
+            for line in f:
+                if not line.endswith("\n"):
+                    torn = True
+                    break
+                kind, seq, _ = self._split(line)
+                if kind is None:
+                    continue
+                if kind == "r":
+                    top = max(top, seq)
+                else:
+                    self._index.append((kind, seq))
+                    top = max(top, seq)
+        finally:
+            f.close()
+        self._sync_seq(top)
+        if torn:
+            self._rewrite(0, None, None)
+
+    def _sync_seq(self, top):
+        try:
+            if top > self.state["rseq"]:
+                self.state["rseq"] = top
+        except Exception:
+            pass
+
+    @staticmethod
+    def _split(line):
+        # "<kind> <seq> <json>\n" or "r <seq>\n"; (None, 0, None) for anything else.
+        try:
+            a = line.index(" ")
+            kind = line[:a]
+            b = line.find(" ", a + 1)
+            if b < 0:
+                return kind, int(line[a + 1:].strip()), None
+            return kind, int(line[a + 1:b]), line[b + 1:]
+        except (ValueError, IndexError):
+            return None, 0, None
+
+    def _top(self):
+        top = 0
+        try:
+            top = self.state["rseq"]
+        except Exception:
+            pass
+        for _, s in self._index:
+            if s > top:
+                top = s
+        return top
+
+    # Rewrite the queue without its first `skip` records and without the record at index
+    # `drop`, then append `extra` (a line) if given: temp file + rename.
+    def _rewrite(self, skip, drop, extra):
+        import os
+
+        tmp = self.path + ".tmp"
+        keep = []
+        out = open(tmp, "w")
+        try:
+            out.write("r %d\n" % self._top())
+            try:
+                f = open(self.path)
+            except OSError:
+                f = None
+            if f is not None:
+                try:
+                    i = 0
+                    for line in f:
+                        if not line.endswith("\n"):
+                            break
+                        kind, seq, _ = self._split(line)
+                        if kind is None or kind == "r":
+                            continue
+                        if i >= skip and i != drop:
+                            out.write(line)
+                            keep.append((kind, seq))
+                        i += 1
+                finally:
+                    f.close()
+            if extra is not None:
+                out.write(extra[2])
+                keep.append((extra[0], extra[1]))
+        finally:
+            out.close()
+        os.rename(tmp, self.path)
+        self._index = keep
+
+    def _append(self, kind, seq, line):
+        rec = (kind, seq, "%s %d %s\n" % (kind, seq, line))
+        if len(self._index) < _MAX_RECORDS:
+            new = False
+            try:
+                open(self.path).close()
+            except OSError:
+                new = True
+            if new:
+                self._rewrite(0, None, rec)
+                return True
+            f = open(self.path, "a")
+            try:
+                f.write(rec[2])
+            finally:
+                f.close()
+            self._index.append((kind, seq))
+            return True
+        victim = self._victim(kind)
+        if victim is None:
+            return False  # full of more important reports: this one is dropped
+        self._rewrite(0, victim, rec)
+        return True
+
+    # Oldest record of the lowest rank that is not above the new one (h < p < d), or None
+    # when the queue holds only more important reports (then the new one is dropped).
+    def _victim(self, kind):
+        rank = "hpd"
+        top = rank.index(kind)
+        best = None
+        for i, (qk, _) in enumerate(self._index):
+            r = rank.index(qk) if qk in rank else 0
+            if r <= top and (best is None or r < best[0]):
+                best = (r, i)
+                if r == 0:
+                    break
+        return None if best is None else best[1]
+
+    def pending(self):
+        return len(self._index)
+
+    def queued(self):
+        return [s for _, s in self._index]
+
+    # --- building -------------------------------------------------------------------------
+    def build(self, name, seq, target=None, rollout=None, detail=None):
+        st = self.state
+        p = None
+        try:
+            p = st["pending"]
+        except Exception:
+            pass
+        if p:
+            if target is None:
+                target = p.get("version")
+            if rollout is None:
+                rollout = p.get("rollout")
+        if self._slot is None:
+            self._slot = running_slot()
+        if self._version is None:
+            v = None
+            try:
+                v = st.data.get("version")
+            except Exception:
+                pass
+            self._version = v or self.cfg.get("version") or image_version()
+        d = {}
+        if detail:
+            for k in detail:
+                v = detail[k]
+                if isinstance(v, str) and len(v) > _MAX_STR:
+                    v = v[:_MAX_STR]
+                d[k] = v
+        r = {
+            "device_id": self.cfg.get("device_id"),
+            "seq": seq,
+            "event": name,
+            "uptime_ms": ticks_ms(),
+            "board": self.cfg.get("board"),
+            "group": self.cfg.get("group"),
+            "version": self._version,
+            "slot": self._slot,
+            "rollout": rollout,
+            "target": target,
+            "detail": d,
+        }
+        t = unix_time()
+        if t is not None:
+            r["time"] = t
+        return r
+
+    # The running version changed (a confirm): later reports carry the new one.
+    def set_version(self, version):
+        self._version = version
+
+    # --- public API ---------------------------------------------------------------------
+    # Queue one report and try to deliver it (and older ones) within flush_ms.
+    # `seq` reuses a seq reserved earlier (trial decisions): a record already queued with
+    # that seq is not queued twice, and one already delivered comes back as 409 = delivered.
+    # Returns the seq, or None when the report could not be queued. Never raises.
+    def event(self, name, target=None, rollout=None, seq=None, flush_ms=_FLUSH_MS, **detail):
+        try:
+            if seq is None:
+                seq = self.state.next_report_seq()
+            elif seq > self.state["rseq"]:
+                self.state["rseq"] = seq
+            queued = False
+            for _, s in self._index:
+                if s == seq:
+                    queued = True
+            if not queued:
+                r = self.build(name, seq, target, rollout, detail)
+                if not self._append(_kind(name), seq, json.dumps(r)):
+                    return None
+        except Exception as e:
+            self._log("report: cannot queue %s: %r" % (name, e))
+            return None
+        if flush_ms:
+            self.flush(flush_ms, force=False)
+        return seq
+
+    # Periodic heartbeat: version, slot, uptime, free heap, health.
+    def heartbeat(self, health=None, flush_ms=_FLUSH_MS, **detail):
+        detail["free"] = free_heap()
+        if health is not None:
+            detail["health"] = health
+        return self.event(_HEARTBEAT, flush_ms=flush_ms, **detail)
+
+    # Download progress at coarse steps (0, 25, 50, 75, 100 %): call it as often as you
+    # like, it queues a report only when a new step is reached.
+    def progress(self, done, total, target=None, rollout=None, step=25):
+        try:
+            pct = 100 if not total else min(100, done * 100 // total)
+            pct -= pct % step
+            if self._last_pct == (target, pct):
+                return None
+            self._last_pct = (target, pct)
+            return self.event("downloading", target=target, rollout=rollout, progress=pct)
+        except Exception:
+            return None
+
+    # Send one report now without queueing it (the trial's heartbeat check).
+    # True when the server took it (2xx or 409).
+    def send_now(self, name, timeout_ms=_POST_MS, **detail):
+        url = self.cfg.get("report_url")
+        if not url:
+            return False
+        try:
+            seq = self.state.next_report_seq()
+            r = self.build(name, seq, None, None, detail)
+            status = self._post(url, json.dumps(r).encode(), self._headers(), timeout_ms)
+        except Exception as e:
+            self._log("report: %s not sent: %r" % (name, e))
+            return False
+        self.last_status = status
+        return 200 <= status < 300 or status == 409
+
+    def _headers(self):
+        return {
+            "Content-Type": "application/json",
+            "Authorization": "Bearer %s" % (self.cfg.get("token") or ""),
+            "X-Mpota-Device": self.cfg.get("device_id") or "",
+        }
+
+    # POST queued reports oldest first, _BATCH at a time, until the queue is empty, the
+    # budget is spent or the server is unreachable. Returns the number delivered (2xx/409)
+    # or dropped as undeliverable (other 4xx). force=False honours the backoff after a
+    # failure (so event() does not stall the application while offline).
+    def flush(self, budget_ms=_FLUSH_MS, force=True):
+        url = self.cfg.get("report_url")
+        if not url or not self._index:
+            return 0
+        start = ticks_ms()
+        if not force and self._retry_at is not None and ticks_diff(self._retry_at, start) > 0:
+            return 0
+        done = 0
+        batch = _BATCH
+        while self._index:
+            left = budget_ms - ticks_diff(ticks_ms(), start)
+            if left < 200:
+                break
+            try:
+                n, body = self._batch(batch)
+                if not n:
+                    break
+                status = self._post(url, body, self._headers(), min(left, _POST_MS))
+                body = None
+            except Exception as e:
+                self._log("report: flush failed: %r" % (e,))
+                self._retry_at = ticks_ms() + _BACKOFF_MS
+                return done
+            self.last_status = status
+            if status == 409 and n > 1:
+                batch = 1  # a batch holding an already-seen seq: sort it out one by one
+                continue
+            if 200 <= status < 300 or status == 409 or 400 <= status < 500:
+                if 400 <= status < 500 and status != 409:
+                    self._log("report: server refused %d report(s): HTTP %d" % (n, status))
+                else:
+                    self.sent += n
+                try:
+                    self._rewrite(n, None, None)
+                except Exception as e:
+                    self._log("report: cannot trim queue: %r" % (e,))
+                    return done
+                done += n
+                continue
+            self._retry_at = ticks_ms() + _BACKOFF_MS
+            break
+        else:
+            self._retry_at = None
+        return done
+
+    def _batch(self, limit):
+        n = 0
+        parts = []
+        f = open(self.path)
+        try:
+            for line in f:
+                if n >= limit:
+                    break
+                if not line.endswith("\n"):
+                    break
+                kind, _, js = self._split(line)
+                if kind is None or kind == "r" or js is None:
+                    continue
+                parts.append(js.rstrip("\n"))
+                n += 1
+        finally:
+            f.close()
+        if not n:
+            return 0, None
+        if n == 1:
+            return 1, parts[0].encode()
+        return n, ('{"reports": [' + ", ".join(parts) + "]}").encode()
+
+    def _log(self, msg):
+        try:
+            print("mpota:", msg)
+        except Exception:
+            pass
