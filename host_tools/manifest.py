@@ -1,0 +1,411 @@
+"""The release manifest (DESIGN.md "Documents"), signed as a DSSE envelope by the release role.
+
+Field names are the seed's: version, build_id, security_version, target_hardware, chip,
+min_bootloader_version, image{url, size, hash, encoding, window_bits, transfer_size, transfer_hash},
+metadata{release_notes, required}, created, expires; plus ``_type: "release"`` and ``spec: 1``.
+``from_dict`` validates everything and raises ManifestError with one line; ``to_dict`` gives the
+payload in the documented key order. Unknown keys are kept (``extra``) so newer fields survive.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from host_tools.errors import MpotaError
+from host_tools.versions import VersionError, parse_version
+
+SPEC = 1
+ENCODINGS = ("none", "zlib")
+MIN_WINDOW_BITS = 9
+MAX_WINDOW_BITS = 15
+DEFAULT_WINDOW_BITS = 10
+# Size caps the device enforces while reading (DESIGN "Device"); the host refuses to write more.
+MAX_MANIFEST_BYTES = 16 * 1024
+MAX_CHANNEL_BYTES = 8 * 1024
+MAX_RELEASE_NOTES = 4096
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_HASH = re.compile(r"^sha256:[0-9a-f]{64}$")
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_TIME = re.compile(r"^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})Z$")
+_DURATION = re.compile(r"^(\d+)\s*([smhdw])$")
+_BUILD_ID = re.compile(r"^[\x21-\x7e]{1,64}$")
+_KNOWN_CHIPS = ("esp32", "esp32s2", "esp32s3", "esp32c2", "esp32c3", "esp32c5", "esp32c6", "esp32c61",
+                "esp32h2", "esp32p4")
+
+
+class ManifestError(MpotaError):
+    """A document field is missing or invalid (the message names it)."""
+
+
+# --- time ---------------------------------------------------------------------------------------
+
+def format_time(t: datetime) -> str:
+    return t.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc).replace(microsecond=0)
+
+
+def parse_time(text: Any, what: str = "time") -> datetime:
+    """A UTC timestamp in the one form documents use: 2026-11-27T00:00:00Z."""
+    m = _TIME.match(text) if isinstance(text, str) else None
+    if not m:
+        raise ManifestError(f"{what} {text!r} is not a UTC timestamp like 2026-11-27T00:00:00Z")
+    try:
+        return datetime(*(int(g) for g in m.groups()), tzinfo=timezone.utc)  # type: ignore[misc]
+    except ValueError:
+        raise ManifestError(f"{what} {text!r} is not a valid date and time") from None
+
+
+def parse_expires(text: str | None, now: datetime | None = None) -> str | None:
+    """--expires: a UTC timestamp, a duration from now (90d, 12h, 30m, 2w, 45s) or 'never'."""
+    if text is None or text == "never":
+        return None
+    base = now or utc_now()
+    m = _DURATION.match(text.strip())
+    if m:
+        n, unit = int(m.group(1)), m.group(2)
+        if n <= 0:
+            raise ManifestError(f"--expires {text!r} must be in the future")
+        secs = n * {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[unit]
+        return format_time(base + timedelta(seconds=secs))
+    try:
+        when = parse_time(text, "--expires")
+    except ManifestError:
+        raise ManifestError(
+            f"--expires {text!r} is neither a UTC timestamp (2027-11-27T00:00:00Z), "
+            "a duration (90d, 12h) nor 'never'"
+        ) from None
+    if when <= base:
+        raise ManifestError(f"--expires {text} is in the past")
+    return text
+
+
+# --- field checks -------------------------------------------------------------------------------
+
+def _get(d: Mapping[str, Any], key: str, where: str) -> Any:
+    if key not in d:
+        raise ManifestError(f"{where}: missing field {key!r}")
+    return d[key]
+
+
+def _int(v: Any, what: str, lo: int = 0, hi: int = 2**32 - 1) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        raise ManifestError(f"{what} must be an integer in {lo}..{hi}, not {v!r}")
+    return v
+
+
+def _str(v: Any, what: str, max_len: int = 256) -> str:
+    if not isinstance(v, str) or len(v) > max_len:
+        raise ManifestError(f"{what} must be a string of at most {max_len} characters")
+    return v
+
+
+def check_name(v: Any, what: str) -> str:
+    if not isinstance(v, str) or not _NAME.match(v):
+        raise ManifestError(f"{what} {v!r} must be 1-64 letters, digits, '.', '_' or '-'")
+    return v
+
+
+def check_version(v: Any, what: str = "version") -> str:
+    try:
+        parse_version(v)
+    except VersionError as exc:
+        raise ManifestError(f"{what}: {exc}") from None
+    return str(v)
+
+
+def check_hash(v: Any, what: str) -> str:
+    if not isinstance(v, str) or not _HASH.match(v):
+        raise ManifestError(f"{what} must be 'sha256:' and 64 lower-case hex digits")
+    return v
+
+
+def check_hex64(v: Any, what: str) -> str:
+    if not isinstance(v, str) or not _HEX64.match(v):
+        raise ManifestError(f"{what} must be 64 lower-case hex digits")
+    return v
+
+
+def check_url(v: Any, what: str) -> str:
+    if not isinstance(v, str) or not v or len(v) > 512 or any(c in v for c in " \\\n\r\t"):
+        raise ManifestError(f"{what} must be a non-empty URL or relative path without spaces")
+    return v
+
+
+def sha256_file(path: str | os.PathLike[str]) -> tuple[int, str]:
+    """(size, 'sha256:<hex>') of a file, read in 64 KiB chunks."""
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(65536):
+            h.update(chunk)
+            size += len(chunk)
+    return size, "sha256:" + h.hexdigest()
+
+
+def _extra(d: Mapping[str, Any], known: Iterable[str]) -> dict[str, Any]:
+    k = set(known)
+    return {key: value for key, value in d.items() if key not in k}
+
+
+# --- documents ------------------------------------------------------------------------------------
+
+@dataclass
+class ImageRef:
+    url: str
+    size: int
+    hash: str
+    encoding: str = "none"
+    window_bits: int | None = None
+    transfer_size: int | None = None
+    transfer_hash: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.transfer_size is None and self.encoding == "none":
+            self.transfer_size = self.size
+        if self.transfer_hash is None and self.encoding == "none":
+            self.transfer_hash = self.hash
+        self.validate()
+
+    def validate(self) -> None:
+        check_url(self.url, "image.url")
+        _int(self.size, "image.size", 1)
+        check_hash(self.hash, "image.hash")
+        if self.encoding not in ENCODINGS:
+            raise ManifestError(f"image.encoding {self.encoding!r} must be one of {', '.join(ENCODINGS)}")
+        _int(self.transfer_size, "image.transfer_size", 1)
+        check_hash(self.transfer_hash, "image.transfer_hash")
+        if self.encoding == "zlib":
+            _int(self.window_bits, "image.window_bits", MIN_WINDOW_BITS, MAX_WINDOW_BITS)
+        else:
+            if self.window_bits is not None:
+                raise ManifestError("image.window_bits is only for encoding 'zlib'")
+            if self.transfer_size != self.size or self.transfer_hash != self.hash:
+                raise ManifestError("image.transfer_size/transfer_hash must equal size/hash for encoding 'none'")
+
+    @classmethod
+    def from_dict(cls, d: Any) -> ImageRef:
+        if not isinstance(d, dict):
+            raise ManifestError("image must be an object")
+        known = ("url", "size", "hash", "encoding", "window_bits", "transfer_size", "transfer_hash")
+        return cls(
+            url=_get(d, "url", "image"), size=_get(d, "size", "image"), hash=_get(d, "hash", "image"),
+            encoding=d.get("encoding", "none"), window_bits=d.get("window_bits"),
+            transfer_size=d.get("transfer_size"), transfer_hash=d.get("transfer_hash"),
+            extra=_extra(d, known),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"url": self.url, "size": self.size, "hash": self.hash, "encoding": self.encoding}
+        if self.encoding == "zlib":
+            out["window_bits"] = self.window_bits
+        out["transfer_size"] = self.transfer_size
+        out["transfer_hash"] = self.transfer_hash
+        out.update(self.extra)
+        return out
+
+
+@dataclass
+class Metadata:
+    release_notes: str = ""
+    required: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _str(self.release_notes, "metadata.release_notes", MAX_RELEASE_NOTES)
+        if not isinstance(self.required, bool):
+            raise ManifestError("metadata.required must be true or false")
+
+    @classmethod
+    def from_dict(cls, d: Any) -> Metadata:
+        if not isinstance(d, dict):
+            raise ManifestError("metadata must be an object")
+        return cls(d.get("release_notes", ""), d.get("required", False),
+                   _extra(d, ("release_notes", "required")))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"release_notes": self.release_notes, "required": self.required, **self.extra}
+
+
+@dataclass
+class FirmwareManifest:
+    version: str
+    build_id: str
+    security_version: int
+    target_hardware: list[str]
+    chip: str
+    image: ImageRef
+    min_bootloader_version: str | None = None
+    metadata: Metadata = field(default_factory=Metadata)
+    created: str = field(default_factory=lambda: format_time(utc_now()))
+    expires: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        check_version(self.version)
+        if not isinstance(self.build_id, str) or not _BUILD_ID.match(self.build_id):
+            raise ManifestError(f"build_id {self.build_id!r} must be 1-64 printable characters without spaces")
+        _int(self.security_version, "security_version")
+        if not isinstance(self.target_hardware, list) or not self.target_hardware:
+            raise ManifestError("target_hardware must be a non-empty list of board names")
+        for b in self.target_hardware:
+            check_name(b, "target_hardware entry")
+        if self.chip not in _KNOWN_CHIPS:
+            raise ManifestError(f"chip {self.chip!r} is not a known ESP32 chip")
+        if self.min_bootloader_version is not None:
+            _str(self.min_bootloader_version, "min_bootloader_version", 32)
+        if not isinstance(self.image, ImageRef):
+            raise ManifestError("image must be an ImageRef")
+        self.image.validate()
+        created = parse_time(self.created, "created")
+        if self.expires is not None and parse_time(self.expires, "expires") <= created:
+            raise ManifestError(f"expires {self.expires} is not after created {self.created}")
+
+    @classmethod
+    def from_dict(cls, d: Any) -> FirmwareManifest:
+        if not isinstance(d, dict):
+            raise ManifestError("release manifest must be a JSON object")
+        if d.get("_type") != "release":
+            raise ManifestError(f"_type is {d.get('_type')!r}, expected 'release'")
+        if d.get("spec") != SPEC:
+            raise ManifestError(f"spec {d.get('spec')!r} is not supported (this tool reads spec {SPEC})")
+        known = ("_type", "spec", "version", "build_id", "security_version", "target_hardware", "chip",
+                 "min_bootloader_version", "image", "metadata", "created", "expires")
+        return cls(
+            version=_get(d, "version", "manifest"), build_id=_get(d, "build_id", "manifest"),
+            security_version=_get(d, "security_version", "manifest"),
+            target_hardware=_get(d, "target_hardware", "manifest"), chip=_get(d, "chip", "manifest"),
+            min_bootloader_version=d.get("min_bootloader_version"),
+            image=ImageRef.from_dict(_get(d, "image", "manifest")),
+            metadata=Metadata.from_dict(d.get("metadata", {})),
+            created=_get(d, "created", "manifest"), expires=d.get("expires"), extra=_extra(d, known),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "_type": "release", "spec": SPEC, "version": self.version, "build_id": self.build_id,
+            "security_version": self.security_version, "target_hardware": list(self.target_hardware),
+            "chip": self.chip, "min_bootloader_version": self.min_bootloader_version,
+            "image": self.image.to_dict(), "metadata": self.metadata.to_dict(),
+            "created": self.created, "expires": self.expires, **self.extra,
+        }
+
+    def to_payload(self) -> bytes:
+        """The exact bytes that get signed (compact JSON, UTF-8)."""
+        return payload_bytes(self.to_dict())
+
+    @classmethod
+    def from_payload(cls, payload: bytes) -> FirmwareManifest:
+        return cls.from_dict(parse_payload(payload, "release manifest"))
+
+    # Signed file form (DSSE envelope bytes).
+    def sign(self, keys: Any) -> bytes:
+        from host_tools.dsse import RELEASE_PAYLOAD_TYPE, envelope_bytes, sign_envelope
+
+        data = envelope_bytes(sign_envelope(RELEASE_PAYLOAD_TYPE, self.to_payload(), keys))
+        if len(data) > MAX_MANIFEST_BYTES:
+            raise ManifestError(
+                f"signed manifest is {len(data)} bytes, over the device's {MAX_MANIFEST_BYTES}-byte cap "
+                "(shorten the release notes)"
+            )
+        return data
+
+    @classmethod
+    def from_envelope_bytes(cls, data: bytes, public_keys: Sequence[Any], source: str = "manifest",
+                            threshold: int = 1) -> FirmwareManifest:
+        from host_tools.dsse import RELEASE_PAYLOAD_TYPE, parse_envelope, verify_envelope
+
+        env = parse_envelope(data, source)
+        return cls.from_payload(verify_envelope(env, RELEASE_PAYLOAD_TYPE, public_keys, threshold, source))
+
+
+def payload_bytes(doc: Mapping[str, Any]) -> bytes:
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def parse_payload(payload: bytes, what: str) -> Any:
+    try:
+        return json.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise ManifestError(f"{what} payload is not JSON") from None
+
+
+def create_manifest(
+    firmware_path: str | os.PathLike[str],
+    version: str,
+    *,
+    target_hardware: Sequence[str] | str = ("esp32-generic-4mb",),
+    chip: str = "esp32",
+    security_version: int = 0,
+    build_id: str | None = None,
+    min_bootloader_version: str | None = None,
+    release_notes: str = "",
+    required: bool = False,
+    url: str | None = None,
+    encoding: str = "none",
+    window_bits: int | None = None,
+    transfer_path: str | os.PathLike[str] | None = None,
+    created: str | None = None,
+    expires: str | None = None,
+) -> FirmwareManifest:
+    """A manifest for the raw image at firmware_path (seed API); the bytes on the wire are
+    transfer_path when given (e.g. the zlib stream), else the image itself."""
+    now = utc_now()
+    try:
+        size, digest = sha256_file(firmware_path)
+        t_size, t_digest = sha256_file(transfer_path) if transfer_path is not None else (size, digest)
+    except OSError as exc:
+        raise ManifestError(f"cannot read {exc.filename}: {exc.strerror}") from None
+    boards = [target_hardware] if isinstance(target_hardware, str) else list(target_hardware)
+    return FirmwareManifest(
+        version=version,
+        build_id=build_id or now.strftime("%Y%m%d-%H%M%S"),
+        security_version=security_version,
+        target_hardware=boards,
+        chip=chip,
+        min_bootloader_version=min_bootloader_version,
+        image=ImageRef(
+            url=url or Path(transfer_path if transfer_path is not None else firmware_path).name,
+            size=size, hash=digest, encoding=encoding,
+            window_bits=window_bits if encoding == "zlib" else None,
+            transfer_size=t_size, transfer_hash=t_digest,
+        ),
+        metadata=Metadata(release_notes, required),
+        created=created or format_time(now),
+        expires=expires,
+    )
+
+
+def save_manifest(manifest: FirmwareManifest, path: str | os.PathLike[str], keys: Any) -> bytes:
+    """Sign and write atomically; returns the file bytes."""
+    from host_tools.fsutil import atomic_write
+
+    data = manifest.sign(keys)
+    atomic_write(path, data)
+    return data
+
+
+def load_manifest(path: str | os.PathLike[str], public_keys: Sequence[Any]) -> FirmwareManifest:
+    """Read a signed manifest file, verify it with the release keys and validate it."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ManifestError(f"cannot read manifest {path}: {exc.strerror or exc}") from None
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise ManifestError(f"manifest {path} is {len(data)} bytes, over the {MAX_MANIFEST_BYTES}-byte cap")
+    return FirmwareManifest.from_envelope_bytes(data, public_keys, str(path))
