@@ -323,7 +323,7 @@ def validate(table: PartitionTable, *, flash_size: int | None = None,
                                  f"0x{table_offset:x} (bootloader area)")
         if flash_size is not None and p.end > flash_size:
             raise PartitionError(f"{where}: ends at 0x{p.end:x}, past the flash size 0x{flash_size:x} "
-                                 f"({_human(flash_size)}B)")
+                                 f"({_human(flash_size).replace('M', ' MiB').replace('K', ' KiB')})")
     ordered = sorted(table.entries, key=lambda q: q.offset)
     for a, b in zip(ordered, ordered[1:], strict=False):
         if b.offset < a.end:
