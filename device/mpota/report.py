@@ -107,9 +107,9 @@ def image_version():
 
 
 def _post_http(url, body, headers, timeout_ms):
-    from mpota import http
+    from mpota.http import open as http_open
 
-    r = http.open(url, "POST", headers, body, timeout_ms)
+    r = http_open(url, "POST", headers, body, timeout_ms)
     try:
         return r.status
     finally:
