@@ -1,0 +1,236 @@
+# Health: the built-in checks a trial boot runs, and HealthReporter (the seed's API) for
+# applications that watch their own health after boot.
+#
+# A built-in check is fn(session, timeout_ms) -> True (healthy), False (unhealthy) or
+# None (not applicable here: no Wi-Fi module, no report_url, no MQTT broker configured).
+# Checks are synchronous: each one bounds its own waiting with timeout_ms (socket timeouts,
+# polling), and the caller measures the elapsed time as well.
+from micropython import const
+
+OK = "OK"
+DEGRADED = "DEGRADED"
+FAILED = "FAILED"
+
+_POLL_MS = const(50)
+_MQTT_PORT = const(1883)
+
+
+def _sleep_ms(ms):
+    import time
+
+    if hasattr(time, "sleep_ms"):
+        time.sleep_ms(ms)
+    else:
+        time.sleep(ms / 1000)
+
+
+def _feed():
+    from mpota.trial import feed
+
+    feed()
+
+
+# "http://host:port/path" -> (host, port)
+def host_port(url):
+    default = 80
+    if url.startswith("https://"):
+        default = 443
+    i = url.find("://")
+    rest = url[i + 3:] if i >= 0 else url
+    j = rest.find("/")
+    if j >= 0:
+        rest = rest[:j]
+    k = rest.find("@")
+    if k >= 0:
+        rest = rest[k + 1:]
+    if rest.startswith("["):  # [v6]:port
+        e = rest.find("]")
+        host, rest = rest[1:e], rest[e + 1:]
+        return host, int(rest[1:]) if rest.startswith(":") else default
+    if ":" in rest:
+        host, port = rest.rsplit(":", 1)
+        return host, int(port)
+    return rest, default
+
+
+# True when a TCP connection to host:port opens within timeout_ms.
+def tcp_reachable(host, port, timeout_ms):
+    import socket
+
+    s = None
+    try:
+        ai = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0]
+        s = socket.socket(ai[0], socket.SOCK_STREAM)
+        s.settimeout(timeout_ms / 1000)
+        s.connect(ai[-1])
+        return True
+    except OSError:
+        return False
+    finally:
+        if s is not None:
+            s.close()
+
+
+# Wi-Fi station connected (waits up to timeout_ms for the connection boot.py started).
+def wifi_connected(session, timeout_ms):
+    try:
+        import network
+    except ImportError:
+        return None
+    from mpota.report import ticks_diff, ticks_ms
+
+    wlan = network.WLAN(network.STA_IF)
+    t0 = ticks_ms()
+    while not wlan.isconnected():
+        if ticks_diff(ticks_ms(), t0) >= timeout_ms:
+            return False
+        _feed()
+        _sleep_ms(_POLL_MS)
+    return True
+
+
+def server_reachable(session, timeout_ms):
+    url = session.cfg.get("report_url")
+    if not url:
+        return None
+    host, port = host_port(url)
+    return tcp_reachable(host, port, timeout_ms)
+
+
+def broker_reachable(session, timeout_ms):
+    host = session.cfg.get("mqtt_host")
+    if not host:
+        return None
+    return tcp_reachable(host, session.cfg.get("mqtt_port") or _MQTT_PORT, timeout_ms)
+
+
+# POST a heartbeat straight to report_url (not queued): healthy when it is accepted.
+def heartbeat_accepted(session, timeout_ms):
+    if not session.cfg.get("report_url"):
+        return None
+    return session.reporter.send_now("heartbeat", timeout_ms=timeout_ms, health="TRIAL")
+
+
+BUILTIN_CHECKS = {
+    "wifi": wifi_connected,
+    "server": server_reachable,
+    "mqtt": broker_reachable,
+    "heartbeat": heartbeat_accepted,
+}
+
+# Failing one of these makes the status DEGRADED (a service is down); any other failure
+# (Wi-Fi, an application check) makes it FAILED.
+_SERVICES = ("server", "mqtt", "heartbeat")
+
+
+# Seed parity: HealthReporter(config) tracks the board's health, sends it as heartbeats,
+# and during a trial boot can decide to roll back.
+#   hr = HealthReporter(checks=[sensor_ok])
+#   hr.report_health()                      # runs the checks, sends a heartbeat
+#   if hr.should_rollback(): hr.trigger_rollback()
+class HealthReporter:
+    def __init__(self, config="/mpota.json", checks=(), timeout_ms=5000, session=None,
+                 builtin=("wifi", "server", "mqtt")):
+        if session is None:
+            from mpota.trial import Session
+
+            session = Session(config)
+        self.session = session
+        self.checks = list(checks)
+        self.timeout_ms = timeout_ms
+        self.builtin = builtin
+        self.status = OK
+        self.failed = None   # name of the last failing check
+        self.results = []    # [(name, ok, ms, note)] of the last run
+        self._broker = None
+        self._heartbeat = None
+
+    @property
+    def boot_count(self):
+        return self.session.state["boots"]
+
+    @property
+    def watchdog_resets(self):
+        return self.session.state["wdt"]
+
+    @property
+    def in_trial(self):
+        return self.session.situation() == "trial"
+
+    def can_connect_to_broker(self, timeout_ms=None):
+        ok = broker_reachable(self.session, timeout_ms or self.timeout_ms)
+        self._broker = ok
+        return ok is not False
+
+    def can_send_heartbeat(self, timeout_ms=None):
+        ok = heartbeat_accepted(self.session, timeout_ms or self.timeout_ms)
+        self._heartbeat = ok
+        return ok is not False
+
+    # Run all checks (every one, not stopping at the first failure) and set status.
+    def check(self):
+        from mpota.report import ticks_diff, ticks_ms
+
+        todo = [(n, BUILTIN_CHECKS[n], True) for n in self.builtin if n in BUILTIN_CHECKS]
+        i = 0
+        for c in self.checks:
+            i += 1
+            if isinstance(c, tuple):
+                todo.append((c[0], c[1], False))
+            else:
+                todo.append((getattr(c, "__name__", None) or "check%d" % i, c, False))
+        status = OK
+        self.failed = None
+        self.results = []
+        for name, fn, is_builtin in todo:
+            _feed()
+            t0 = ticks_ms()
+            note = None
+            try:
+                ok = fn(self.session, self.timeout_ms) if is_builtin else fn()
+            except Exception as e:
+                ok, note = False, repr(e)
+            ms = ticks_diff(ticks_ms(), t0)
+            if ok is None:
+                ok, note = True, "skipped"
+            elif ms > self.timeout_ms:
+                ok, note = False, "timeout"
+            ok = bool(ok)
+            if name == "mqtt":
+                self._broker = ok
+            self.results.append((name, ok, ms, note))
+            if not ok:
+                if self.failed is None:
+                    self.failed = name
+                if name in _SERVICES:
+                    if status == OK:
+                        status = DEGRADED
+                else:
+                    status = FAILED
+        self.status = status
+        return status
+
+    # Send a heartbeat with the health status (runs the checks when status is not given).
+    # Returns the report seq (None when it could not be queued).
+    def report_health(self, status=None, **detail):
+        if status is None:
+            status = self.check()
+        else:
+            self.status = status
+        detail["boots"] = self.boot_count
+        detail["wdt"] = self.watchdog_resets
+        if self.failed and self.status != OK:
+            detail["check"] = self.failed
+        return self.session.reporter.heartbeat(health=status, **detail)
+
+    # Roll back when this is the trial boot of an update and the firmware is not healthy.
+    def should_rollback(self):
+        return self.status == FAILED and self.in_trial
+
+    # During a trial: record, report health_failed, boot the previous slot (resets, does
+    # not return). Outside a trial there is nothing proven-good to go back to: False.
+    def trigger_rollback(self, check=None):
+        if not self.in_trial:
+            return False
+        self.session.rollback("health_failed", check or self.failed or "app")
+        return True

@@ -1,0 +1,394 @@
+# Trial boot of a pending update: count the attempt, arm the watchdog, run the health
+# checks, then confirm (mark_app_valid_cancel_rollback, raise the security floor) or roll
+# back (previous slot to boot, reset). Also the boot after a rollback: report rolled_back,
+# remember the version as failed for its rollout, clear pending.
+#
+# Every step is ordered so a reset or power cut between any two writes ends consistent;
+# state["pending"]["phase"] says how far the decision got:
+#   (absent)     written by the updater before set_boot(): no trial boot has started
+#   "trial"      attempts counted, checks running (a reset here: the bootloader rolls back
+#                the unconfirmed image, or the next boot counts another attempt)
+#   "confirmed"  image marked valid, floor raised, confirmed report has a reserved seq
+#   "rollback"   trial failed: version recorded as failed, health_failed has a reserved seq,
+#                the previous slot is being made the boot slot
+#   "rolled_back" back on the previous slot, rolled_back has a reserved seq
+# A decision report carries a seq reserved in pending before it is queued, so repeating
+# a step after a reset sends the same seq again (the server answers 409 = delivered):
+# each decision is reported exactly once as far as the server is concerned.
+from micropython import const
+
+_TIMEOUT_MS = const(10000)  # default time limit of one health check
+_WDT_MS = const(60000)      # default watchdog timeout while the trial runs
+_NO_ROLLBACK = const(-261)  # ESP_ERR_NOT_SUPPORTED: built without app rollback
+
+BUILTIN = ("wifi", "server", "mqtt", "heartbeat")
+
+_said_no_rollback = False
+_wdt = None
+
+
+class BootResult:
+    def __init__(self, outcome, trial=False):
+        self.outcome = outcome  # normal | confirmed | rolled_back | no_ota | error
+        self.trial = trial      # this boot ran health checks
+        self.check = None       # name of the check that failed (when one did)
+        self.results = []       # [(name, ok, ms, note)] of the checks run
+        self.rollback_supported = True
+        self.wdt = None         # the armed machine.WDT: feed it from the app loop
+        self.version = None
+        self.reason = None
+
+    def __repr__(self):
+        return "BootResult(%s, trial=%s, check=%s)" % (self.outcome, self.trial, self.check)
+
+
+def _dirname(path):
+    i = path.rfind("/")
+    if i < 0:
+        return "."
+    return path[:i] or "/"
+
+
+# The config (mpota.config.Config when valid). An invalid or missing config does not stop
+# the boot: reports need only device_id/report_url/token, so the raw JSON (or {}) is used.
+def load_config(path):
+    try:
+        from mpota.config import load
+
+        return load(path)
+    except ImportError:
+        pass
+    except Exception as e:
+        _log("%s" % (e,))
+    import json
+
+    try:
+        with open(path) as f:
+            cfg = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return cfg if isinstance(cfg, dict) else {}
+
+
+def _log(msg):
+    print("mpota:", msg)
+
+
+def feed():
+    if _wdt is not None:
+        _wdt.feed()
+
+
+def _arm_wdt(machine, wdt_ms):
+    global _wdt
+    if not wdt_ms:
+        return None
+    try:
+        if _wdt is None:
+            _wdt = machine.WDT(timeout=wdt_ms)
+        _wdt.feed()
+    except Exception as e:
+        _log("no watchdog: %r" % (e,))
+    return _wdt
+
+
+# Mark the running image valid. False when the build has no rollback support (said once).
+def mark_valid(esp32):
+    global _said_no_rollback
+    try:
+        esp32.Partition.mark_app_valid_cancel_rollback()
+        return True
+    except OSError as e:
+        if e.args and e.args[0] == _NO_ROLLBACK:
+            if not _said_no_rollback:
+                _said_no_rollback = True
+                _log("firmware built without app rollback (-261): trial boots rely on"
+                     " mpota's attempt limit")
+            return False
+        raise
+
+
+def _label(part):
+    return part.info()[4]
+
+
+def _find(esp32, label):
+    found = esp32.Partition.find(esp32.Partition.TYPE_APP, label=label)
+    return found[0] if found else None
+
+
+# The pieces boot() and HealthReporter share: config, state, reporter, hardware modules.
+class Session:
+    def __init__(self, config="/mpota.json", cfg=None, state=None, reporter=None):
+        from mpota.state import State, open_store
+
+        self.root = _dirname(config)
+        self.cfg = cfg if cfg is not None else load_config(config)
+        self.state = state if state is not None else State(open_store(self.root))
+        self._reporter = reporter
+        try:
+            import esp32
+
+            self.esp32 = esp32
+        except ImportError:
+            self.esp32 = None
+        try:
+            import machine
+
+            self.machine = machine
+        except ImportError:
+            self.machine = None
+
+    @property
+    def reporter(self):
+        if self._reporter is None:
+            from mpota.report import Reporter
+
+            self._reporter = Reporter(self.cfg, self.state, self.root)
+        return self._reporter
+
+    def running(self):
+        if self.esp32 is None:
+            return None
+        return _label(self.esp32.Partition(self.esp32.Partition.RUNNING))
+
+    # "trial" when this boot runs a pending update that is not decided yet, "back" when
+    # a pending update exists but the board runs another slot, else None.
+    def situation(self):
+        p = self.state["pending"]
+        if not p or self.esp32 is None:
+            return None
+        return "trial" if self.running() == p.get("slot") else "back"
+
+    def reserve(self, key):
+        p = self.state["pending"]
+        if not p.get(key):
+            p[key] = self.state.next_report_seq()
+        return p[key]
+
+    # Trial failed (reason "health_failed", check = which) or ran out of attempts
+    # ("attempts"): record the version as failed, report health_failed (for a failed
+    # check), make the previous slot the boot slot, reset. Idempotent: after a reset it
+    # repeats the same writes with the same seq.
+    def rollback(self, reason, check=None, error=None, budget_ms=3000):
+        st = self.state
+        p = st["pending"]
+        if p.get("phase") != "rollback":
+            st.add_failed(p.get("version"), p.get("rollout"))
+            p["phase"] = "rollback"
+            p["reason"] = reason
+            if check is not None:
+                p["check"] = check
+                if error:
+                    p["error"] = error[:60]
+                self.reserve("hseq")
+            st.save()
+        self.report_health_failed()
+        self.reporter.flush(budget_ms)
+        prev = p.get("prev_slot")
+        part = _find(self.esp32, prev) if prev else None
+        if part is None:
+            # No known previous slot: let the bootloader decide (an unconfirmed image is
+            # rolled back by the reset itself when rollback is enabled).
+            _log("previous slot %r not found; resetting" % (prev,))
+        else:
+            part.set_boot()
+        _log("rolling back %s (%s)" % (p.get("version"), p.get("reason")))
+        self.machine.reset()
+
+    def report_health_failed(self):
+        p = self.state["pending"]
+        if p.get("hseq"):
+            d = {"check": p.get("check"), "attempts": p.get("attempts", 0)}
+            if p.get("error"):
+                d["error"] = p["error"]
+            self.reporter.event("health_failed", seq=p["hseq"], flush_ms=0, **d)
+
+    # Back on the previous slot: report rolled_back once, remember the version as failed
+    # for this rollout, clear pending.
+    def finish_rolled_back(self, result):
+        st = self.state
+        p = st["pending"]
+        phase = p.get("phase")
+        if phase in ("rollback", "rolled_back"):
+            reason = p.get("reason") or "health_failed"
+        else:
+            reason = "bootloader"  # the bootloader rolled back an unconfirmed image
+        if phase == "rollback":
+            # The trial decided but may have been cut before queueing its report.
+            self.report_health_failed()
+        if phase != "rolled_back":
+            st.add_failed(p.get("version"), p.get("rollout"))
+            p["phase"] = "rolled_back"
+            p["reason"] = reason
+            self.reserve("bseq")
+            st.save()
+        d = {"reason": reason, "attempts": p.get("attempts", 0)}
+        if p.get("check") is not None:
+            d["check"] = p["check"]
+        self.reporter.event("rolled_back", seq=p["bseq"], flush_ms=0, **d)
+        st["pending"] = None
+        st.save()
+        self.reporter.flush(3000)
+        result.outcome = "rolled_back"
+        result.reason = reason
+        result.version = p.get("version")
+        _log("rolled back from %s (%s)" % (p.get("version"), reason))
+
+    def finish_confirmed(self, result):
+        st = self.state
+        p = st["pending"]
+        if p.get("phase") != "confirmed":
+            sv = p.get("security_version") or 0
+            if sv > st["floor"]:
+                st["floor"] = sv
+            st["version"] = p.get("version")
+            p["phase"] = "confirmed"
+            self.reserve("cseq")
+            st.save()
+        self.reporter.set_version(p.get("version"))
+        self.reporter.event("confirmed", seq=p["cseq"], flush_ms=0, attempts=p.get("attempts", 0))
+        st["pending"] = None
+        st.save()
+        self.reporter.flush(3000)
+        result.outcome = "confirmed"
+        result.version = p.get("version")
+        _log("confirmed %s" % (p.get("version"),))
+
+
+def _check_name(check, i):
+    if isinstance(check, tuple):
+        return check[0]
+    return getattr(check, "__name__", None) or "check%d" % i
+
+
+def _ticks():
+    from mpota.report import ticks_ms
+
+    return ticks_ms()
+
+
+# Run the checks, each within timeout_ms (measured: MicroPython cannot interrupt a
+# synchronous call, so an overrun counts as a failure and a hang is left to the
+# watchdog). Returns (failed check name or None, results).
+def run_checks(session, checks, timeout_ms, builtin=BUILTIN):
+    from mpota.health import BUILTIN_CHECKS
+    from mpota.report import ticks_diff
+
+    todo = []
+    for name in builtin:
+        fn = BUILTIN_CHECKS.get(name)
+        if fn is not None:
+            todo.append((name, fn, True))
+    i = 0
+    for c in checks:
+        i += 1
+        todo.append((_check_name(c, i), c[1] if isinstance(c, tuple) else c, False))
+    results = []
+    failed = None
+    for name, fn, is_builtin in todo:
+        feed()
+        t0 = _ticks()
+        note = None
+        try:
+            ok = fn(session, timeout_ms) if is_builtin else fn()
+        except Exception as e:
+            ok = False
+            note = repr(e)
+        ms = ticks_diff(_ticks(), t0)
+        if ok is None:
+            note = "skipped"
+            ok = True
+        elif ms > timeout_ms:
+            ok = False
+            note = "timeout"
+        else:
+            ok = bool(ok)
+        results.append((name, ok, ms, note))
+        if not ok:
+            failed = name
+            break
+    feed()
+    return failed, results
+
+
+# Call early in main.py on every boot. Outside a trial it is cheap (no network): it marks
+# the running image valid, counts the boot and returns. On the trial boot of a pending
+# update it decides: confirm and return, or roll back (reset, does not return).
+# checks: callables returning True/False (or raising), or (name, callable) pairs.
+# builtin: which built-in checks run ("wifi", "server", "mqtt", "heartbeat").
+# wdt_ms: watchdog armed for the trial (0: none). On ESP32 a watchdog cannot be stopped:
+# the application must keep feeding result.wdt (or mpota.trial.feed()) after a trial.
+def boot(checks=(), timeout_ms=_TIMEOUT_MS, config="/mpota.json", rollback_attempts=2,
+         wdt_ms=_WDT_MS, builtin=BUILTIN, reporter=None):
+    s = Session(config, reporter=reporter)
+    if s.esp32 is None:
+        return BootResult("no_ota")
+    result = BootResult("normal")
+    where = s.situation()
+    try:
+        if where == "trial":
+            return _trial(s, result, checks, timeout_ms, rollback_attempts, wdt_ms, builtin)
+        result.rollback_supported = mark_valid(s.esp32)
+        _count_boot(s)
+        if where == "back":
+            s.finish_rolled_back(result)
+        else:
+            s.state.save()
+    except Exception as e:
+        if where == "trial":
+            # Broken decision machinery during a trial: reset; the bootloader or the attempt
+            # limit takes the board back.
+            _log("trial error %r: resetting" % (e,))
+            s.machine.reset()
+        _log("boot: %r" % (e,))
+        result.outcome = "error"
+    return result
+
+
+def _count_boot(s):
+    st = s.state
+    st["boots"] = st["boots"] + 1
+    try:
+        if s.machine is not None and s.machine.reset_cause() == s.machine.WDT_RESET:
+            st["wdt"] = st["wdt"] + 1
+    except Exception:
+        pass
+
+
+def _trial(s, result, checks, timeout_ms, rollback_attempts, wdt_ms, builtin):
+    st = s.state
+    p = st["pending"]
+    phase = p.get("phase")
+    result.version = p.get("version")
+    if phase == "confirmed":
+        s.finish_confirmed(result)
+        return result
+    if phase == "rollback" or phase == "rolled_back":
+        p["phase"] = "rollback"
+        s.rollback(p.get("reason") or "health_failed")
+        return result  # not reached on a board (reset)
+    # Count the attempt before anything else.
+    p["attempts"] = p.get("attempts", 0) + 1
+    p["phase"] = "trial"
+    _count_boot(s)
+    st.save()
+    result.trial = True
+    result.wdt = _arm_wdt(s.machine, wdt_ms)
+    if p["attempts"] > rollback_attempts:
+        s.rollback("attempts")
+        return result
+    _log("trial boot of %s (attempt %d)" % (p.get("version"), p["attempts"]))
+    failed, result.results = run_checks(s, checks, timeout_ms, builtin)
+    if failed is not None:
+        result.check = failed
+        note = None
+        for name, _ok, _ms, n in result.results:
+            if name == failed:
+                note = n
+        s.rollback("health_failed", failed, note)
+        result.outcome = "health_failed"
+        return result  # not reached on a board (reset)
+    result.rollback_supported = mark_valid(s.esp32)
+    s.finish_confirmed(result)
+    return result
