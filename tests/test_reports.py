@@ -11,7 +11,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from collector import Collector
 
 ROOT = Path(__file__).resolve().parent.parent
