@@ -1,0 +1,342 @@
+"""The static update feed (DESIGN.md "Feed layout"): plain files any web server or CDN can host.
+
+    channels/<board>/<channel>.json            channel document (DSSE, rollout role): devices poll it
+    releases/<board>/<version>/manifest.json   release manifest (DSSE, release role)
+    releases/<board>/<version>/<image file>    firmware.bin or firmware.bin.z
+
+Publishing order: image file(s), then the manifest, then the channel document, each written to a
+temp file and renamed; so a server never serves a channel that points at a missing or partial
+release. The channel's ``seq`` is the previous one + 1 (strictly growing; devices refuse replays).
+One publisher at a time per feed (an flock on ``<feed>/.mpota-feed.lock``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from host_tools.channel import ChannelDoc, ChannelError, ChannelRelease, Rollout, channel_path, release_dir_path
+from host_tools.errors import MpotaError
+from host_tools.fsutil import atomic_write
+from host_tools.keys import PrivateKey, PublicKey, role_allows
+from host_tools.manifest import (
+    MAX_CHANNEL_BYTES,
+    MAX_MANIFEST_BYTES,
+    FirmwareManifest,
+    check_name,
+    check_version,
+    parse_time,
+    utc_now,
+)
+from host_tools.release import MANIFEST_NAME, load_release
+from host_tools.versions import parse_version
+
+LOCK_NAME = ".mpota-feed.lock"
+Warn = Callable[[str], None]
+
+
+class FeedError(MpotaError):
+    """Publishing refused, or the feed does not verify."""
+
+
+@dataclass
+class FeedReport:
+    channels: list[ChannelDoc] = field(default_factory=list)
+    releases: list[tuple[str, str]] = field(default_factory=list)  # (board, version)
+    checked: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def default_rollout(board: str, version: str) -> dict[str, Any]:
+    """A full release: every device on the channel, no stages."""
+    stamp = utc_now().strftime("%Y%m%dT%H%M%SZ")
+    return {"id": f"{board}-{version}-{stamp}", "state": "active", "groups": [], "percentage": 100.0,
+            "window": None}
+
+
+@contextlib.contextmanager
+def feed_lock(feed_dir: str | os.PathLike[str]) -> Iterator[None]:
+    """Serialise publishers of one feed (CLI and server) so seq numbers never collide."""
+    import fcntl
+
+    root = Path(feed_dir)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise FeedError(f"cannot use feed folder {root}: {exc.strerror or exc}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _check_key(key: PrivateKey, any_role: bool) -> None:
+    if not isinstance(key, PrivateKey):
+        raise FeedError("the rollout key must be a host_tools.keys.PrivateKey")
+    if not any_role and not role_allows(key.role, "rollout"):
+        what = f"a {key.role} key" if key.role else "a key without an mpota role"
+        raise FeedError(f"{key.path or 'key'} is {what}; channel documents are signed by a rollout key "
+                        "(for the demo's single-key mode use a 'both' key or --any-role)")
+
+
+def read_channel(feed_dir: str | os.PathLike[str], board: str, channel: str,
+                 public_keys: Sequence[PublicKey] | None = None) -> ChannelDoc | None:
+    """The current channel document, or None. With public_keys its signature is verified."""
+    path = Path(feed_dir) / channel_path(board, channel)
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_CHANNEL_BYTES + 1)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise FeedError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if len(data) > MAX_CHANNEL_BYTES:
+        raise FeedError(f"{path} is over the {MAX_CHANNEL_BYTES}-byte cap")
+    try:
+        if public_keys is None:
+            return ChannelDoc.from_envelope_unverified(data, str(path))
+        return ChannelDoc.from_envelope_bytes(data, public_keys, str(path))
+    except MpotaError as exc:
+        raise FeedError(f"existing channel document {path} is unreadable: {exc}") from None
+
+
+def _release_manifest_unverified(feed: Path, rel_path: str) -> FirmwareManifest | None:
+    from host_tools.dsse import envelope_payload, parse_envelope
+
+    try:
+        data = (feed / rel_path).read_bytes()
+        return FirmwareManifest.from_payload(envelope_payload(parse_envelope(data)))
+    except (OSError, MpotaError):
+        return None
+
+
+def _sign_and_write_channel(feed: Path, doc: ChannelDoc, key: PrivateKey) -> None:
+    atomic_write(feed / doc.path, doc.sign(key))
+
+
+def write_channel(
+    feed_dir: str | os.PathLike[str],
+    board: str,
+    channel: str,
+    version: str,
+    rollout: Mapping[str, Any],
+    key: PrivateKey,
+    expires: str | None = None,
+    *,
+    any_role: bool = False,
+) -> ChannelDoc:
+    """Sign and atomically write channels/<board>/<channel>.json pointing at an already-published
+    release, with seq = previous + 1 and the given rollout {id, state, groups, percentage, window}."""
+    _check_key(key, any_role)
+    feed = Path(feed_dir)
+    check_name(board, "board")
+    check_name(channel, "channel")
+    check_version(version)
+    if expires is not None:
+        if parse_time(expires, "expires") <= utc_now():
+            raise FeedError(f"expires {expires} is in the past")
+    try:
+        ro = Rollout.from_dict(dict(rollout))
+    except ChannelError as exc:
+        raise FeedError(str(exc)) from None
+    rel = f"{release_dir_path(board, version)}/{MANIFEST_NAME}"
+    with feed_lock(feed):
+        try:
+            with open(feed / rel, "rb") as f:
+                mbytes = f.read(MAX_MANIFEST_BYTES + 1)
+        except OSError:
+            raise FeedError(f"release {board} {version} is not in the feed ({rel} missing)") from None
+        prev = read_channel(feed, board, channel)
+        doc = ChannelDoc(
+            board=board, channel=channel, seq=(prev.seq + 1) if prev else 1,
+            release=ChannelRelease(version, rel, hashlib.sha256(mbytes).hexdigest()),
+            rollout=ro, expires=expires,
+        )
+        _sign_and_write_channel(feed, doc, key)
+    return doc
+
+
+def _same_file(path: Path, data: bytes) -> bool | None:
+    """True/False when path exists with/without exactly data; None when it does not exist."""
+    try:
+        return path.read_bytes() == data
+    except FileNotFoundError:
+        return None
+
+
+def publish_release(
+    release_dir: str | os.PathLike[str],
+    feed_dir: str | os.PathLike[str],
+    channel: str,
+    rollout_key: PrivateKey,
+    rollout: Mapping[str, Any] | None = None,
+    expires: str | None = None,
+    allow_downgrade: bool = False,
+    *,
+    board: str | None = None,
+    release_keys: Sequence[PublicKey] | None = None,
+    any_role: bool = False,
+    warn: Warn | None = None,
+) -> ChannelDoc:
+    """Copy a signed release into the feed and point the channel at it (the channel doc last).
+
+    Refuses: a release that does not check out (hashes, image, and the signature when release_keys
+    are given), a different release already published under the same board/version, and a lower
+    security_version than the channel's current release unless allow_downgrade (then warns).
+    """
+    _check_key(rollout_key, any_role)
+    say = warn or (lambda _msg: None)
+    feed = Path(feed_dir)
+    check_name(channel, "channel")
+    if expires is not None and parse_time(expires, "expires") <= utc_now():
+        raise FeedError(f"expires {expires} is in the past")
+    result, mbytes, wire = load_release(release_dir, release_keys, allow_expired=False)
+    m = result.manifest
+    if board is None:
+        if len(m.target_hardware) != 1:
+            raise FeedError(f"the release targets several boards ({', '.join(m.target_hardware)}); "
+                            "choose one with --board")
+        board = m.target_hardware[0]
+    elif board not in m.target_hardware:
+        raise FeedError(f"board {board} is not in the release's target_hardware ({', '.join(m.target_hardware)})")
+    ro_dict = dict(rollout) if rollout is not None else default_rollout(board, m.version)
+    try:
+        ro = Rollout.from_dict(ro_dict)
+    except ChannelError as exc:
+        raise FeedError(str(exc)) from None
+
+    rel_dir = release_dir_path(board, m.version)
+    dest = feed / rel_dir
+    image_name = result.image_path.name
+    with feed_lock(feed):
+        existing = _same_file(dest / MANIFEST_NAME, mbytes)
+        if existing is False:
+            raise FeedError(f"the feed already has a different release {board} {m.version} "
+                            f"({dest / MANIFEST_NAME}); publish it under a new version")
+        if existing and _same_file(dest / image_name, wire) is not True:
+            raise FeedError(f"the feed's {rel_dir}/{image_name} does not match this release; "
+                            "remove the broken release folder or publish a new version")
+        prev = read_channel(feed, board, channel)
+        if prev is not None:
+            cur = _release_manifest_unverified(feed, prev.release.manifest)
+            if cur is not None and m.security_version < cur.security_version:
+                msg = (f"security_version {m.security_version} is lower than the channel's current release "
+                       f"{cur.version} (security_version {cur.security_version}); devices that installed it "
+                       "will refuse this one")
+                if not allow_downgrade:
+                    raise FeedError(msg + " (use --allow-downgrade to publish anyway)")
+                say("warning: " + msg)
+            if parse_version(m.version) <= parse_version(prev.release.version):
+                say(f"warning: {m.version} is not newer than the channel's current {prev.release.version}; "
+                    "devices already on it will not install it (publish a new version to roll back)")
+        if not existing:
+            atomic_write(dest / image_name, wire)
+            atomic_write(dest / MANIFEST_NAME, mbytes)
+        doc = ChannelDoc(
+            board=board, channel=channel, seq=(prev.seq + 1) if prev else 1,
+            release=ChannelRelease(m.version, f"{rel_dir}/{MANIFEST_NAME}", hashlib.sha256(mbytes).hexdigest()),
+            rollout=ro, expires=expires,
+        )
+        _sign_and_write_channel(feed, doc, rollout_key)
+    return doc
+
+
+def verify_feed(
+    feed_dir: str | os.PathLike[str],
+    pubkeys: Sequence[PublicKey] = (),
+    *,
+    release_keys: Sequence[PublicKey] | None = None,
+    rollout_keys: Sequence[PublicKey] | None = None,
+) -> FeedReport:
+    """Check every channel document and every release in a feed; problems are listed, not raised.
+
+    ``pubkeys`` verify both roles unless release_keys / rollout_keys are given for a role.
+    """
+    feed = Path(feed_dir)
+    rel_keys = list(release_keys) if release_keys is not None else list(pubkeys)
+    ch_keys = list(rollout_keys) if rollout_keys is not None else list(pubkeys)
+    if not rel_keys or not ch_keys:
+        raise FeedError("no public keys given for the release and rollout roles")
+    if not feed.is_dir():
+        raise FeedError(f"feed folder {feed} does not exist")
+    rep = FeedReport()
+
+    def problem(rel: str, exc: object) -> None:
+        text = str(exc)
+        rep.problems.append(text if text.startswith(rel) or text.startswith(str(feed / rel)) else f"{rel}: {text}")
+
+    referenced: set[str] = set()
+    now = utc_now()
+
+    for path in sorted((feed / "channels").glob("*/*.json")):
+        rel = path.relative_to(feed).as_posix()
+        board, channel = path.parent.name, path.stem
+        try:
+            data = path.read_bytes()
+            if len(data) > MAX_CHANNEL_BYTES:
+                raise FeedError(f"over the {MAX_CHANNEL_BYTES}-byte cap")
+            doc = ChannelDoc.from_envelope_bytes(data, ch_keys, rel)
+        except (OSError, MpotaError) as exc:
+            problem(rel, exc)
+            continue
+        if (doc.board, doc.channel) != (board, channel):
+            rep.problems.append(f"{rel}: says board {doc.board} channel {doc.channel}, not what its path says")
+            continue
+        if doc.expires is not None and parse_time(doc.expires) <= now:
+            rep.problems.append(f"{rel}: expired at {doc.expires}")
+        referenced.add(doc.release.manifest)
+        try:
+            mbytes = (feed / doc.release.manifest).read_bytes()
+        except OSError:
+            rep.problems.append(f"{rel}: points at {doc.release.manifest}, which is missing")
+            continue
+        if hashlib.sha256(mbytes).hexdigest() != doc.release.manifest_sha256:
+            rep.problems.append(f"{rel}: manifest_sha256 does not match {doc.release.manifest}")
+            continue
+        rep.channels.append(doc)
+        rep.checked.append(f"{rel}: seq {doc.seq}, release {doc.release.version}, rollout {doc.rollout.id} "
+                           f"{doc.rollout.state} {doc.rollout.percentage:g}%")
+
+    for mpath in sorted((feed / "releases").glob(f"*/*/{MANIFEST_NAME}")):
+        rel = mpath.relative_to(feed).as_posix()
+        board, version = mpath.parent.parent.name, mpath.parent.name
+        strict = rel in referenced
+        try:
+            result = load_release(mpath, rel_keys, board=board, allow_expired=not strict)[0]
+        except MpotaError as exc:
+            problem(rel, exc)
+            continue
+        m = result.manifest
+        if m.version != version:
+            rep.problems.append(f"{rel}: manifest version {m.version} is not the folder's {version}")
+            continue
+        if m.expires is not None and parse_time(m.expires) <= now:
+            rep.warnings.append(f"{rel}: expired at {m.expires} (no channel points at it)")
+        rep.releases.append((board, version))
+        rep.checked.append(f"{rel}: {m.chip} {m.version}, security_version {m.security_version}, "
+                           f"{m.image.encoding} {m.image.transfer_size} bytes")
+    for doc in rep.channels:
+        rel_ver = doc.release.version
+        if doc.release.manifest != f"{release_dir_path(doc.board, rel_ver)}/{MANIFEST_NAME}":
+            rep.warnings.append(f"{doc.path}: release {rel_ver} lives at an unusual path {doc.release.manifest}")
+        elif (doc.board, rel_ver) not in rep.releases and not any(
+            p.startswith(doc.release.manifest) for p in rep.problems
+        ):
+            rep.problems.append(f"{doc.path}: release {doc.board} {rel_ver} did not verify")
+    for stray in sorted(feed.rglob(".*.tmp")):
+        rep.warnings.append(f"{stray.relative_to(feed).as_posix()}: leftover temp file from an interrupted write")
+    if not rep.channels and not rep.releases and not rep.problems:
+        rep.problems.append("the feed holds no channel documents and no releases")
+    return rep
