@@ -222,3 +222,19 @@ def test_offline_event_does_not_block(interp, tmp_path):
     assert res["pending"] == 20
     assert res["ms"] < 3000
     assert out.count("flush failed") == 1  # backed off after the first failure
+
+
+@pytest.mark.parametrize("interp", INTERPRETERS)
+def test_two_reporters_in_one_process_never_share_a_seq(interp, tmp_path, collector):
+    # the trial, the updater and the app each hold a Reporter with their own State object
+    out = run_device(interp, tmp_path, collector.url, """
+        a = Reporter(CFG, state(), ROOT)
+        b = Reporter(CFG, state(), ROOT)
+        seqs = [a.event("installed"), b.heartbeat(), a.heartbeat(), b.event("failed", reason="x")]
+        head = open(ROOT + "/mpota_reports.q").readline()
+        print(json.dumps({"seqs": seqs, "head": head}))
+    """)
+    res = last_json(out)
+    assert res["seqs"] == [1, 2, 3, 4]
+    assert res["head"].startswith("r ")
+    assert sorted(r["seq"] for r in collector.reports) == [1, 2, 3, 4]

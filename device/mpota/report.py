@@ -116,95 +116,50 @@ def _post_http(url, body, headers, timeout_ms):
         r.close()
 
 
-# Reporter(cfg, state, root): cfg is the config (dict-like: device_id, board, group,
-# report_url, token), state a mpota.state.State, root the config's folder.
-# event() and heartbeat() never raise and never block for longer than their budget.
-# post(url, body_bytes, headers, timeout_ms) -> HTTP status (raises on network errors)
-# can be replaced for tests; the default uses mpota.http.
-class Reporter:
-    def __init__(self, cfg, state, root, post=None):
-        self.cfg = cfg
-        self.state = state
-        self.path = join(root, _QUEUE)
-        self._post = post or _post_http
-        self._index = []  # [(kind, seq)] of queued records, oldest first
-        self._retry_at = None
-        self._slot = None
-        self._version = None
-        self.sent = 0  # reports delivered by this Reporter (for tests / diagnostics)
-        self.last_status = None
-        self._last_pct = None
+# The queue file of one folder, shared by every Reporter of this process that uses it
+# (the trial, the updater and the application may each hold one): one in-memory index,
+# one highest seq, one backoff.
+class _Queue:
+    def __init__(self, path):
+        self.path = path
+        self.index = []  # [(kind, seq)] of queued records, oldest first
+        self.top = 0     # highest seq ever issued for this queue
+        self.retry_at = None
         self._load()
 
-    # --- queue file -------------------------------------------------------------------
     def _load(self):
-        top = 0
         torn = False
         try:
             f = open(self.path)
         except OSError:
-            self._sync_seq(0)
             return
         try:
             for line in f:
                 if not line.endswith("\n"):
                     torn = True
                     break
-                kind, seq, _ = self._split(line)
+                kind, seq, _ = _split(line)
                 if kind is None:
                     continue
-                if kind == "r":
-                    top = max(top, seq)
-                else:
-                    self._index.append((kind, seq))
-                    top = max(top, seq)
+                if kind != "r":
+                    self.index.append((kind, seq))
+                if seq > self.top:
+                    self.top = seq
         finally:
             f.close()
-        self._sync_seq(top)
         if torn:
-            self._rewrite(0, None, None)
-
-    def _sync_seq(self, top):
-        try:
-            if top > self.state["rseq"]:
-                self.state["rseq"] = top
-        except Exception:
-            pass
-
-    @staticmethod
-    def _split(line):
-        # "<kind> <seq> <json>\n" or "r <seq>\n"; (None, 0, None) for anything else.
-        try:
-            a = line.index(" ")
-            kind = line[:a]
-            b = line.find(" ", a + 1)
-            if b < 0:
-                return kind, int(line[a + 1:].strip()), None
-            return kind, int(line[a + 1:b]), line[b + 1:]
-        except (ValueError, IndexError):
-            return None, 0, None
-
-    def _top(self):
-        top = 0
-        try:
-            top = self.state["rseq"]
-        except Exception:
-            pass
-        for _, s in self._index:
-            if s > top:
-                top = s
-        return top
+            self.rewrite(0, None, None)
 
     # Rewrite the queue without its first `skip` records and without the record at index
-    # `drop`, then append `extra` (a line) if given: temp file + rename.
-    def _rewrite(self, skip, drop, extra):
+    # `drop`, then append `extra` (kind, seq, line) if given: temp file + rename.
+    def rewrite(self, skip, drop, extra):
         import os
 
         tmp = self.path + ".tmp"
         keep = []
         out = open(tmp, "w")
         try:
-            out.write("r %d\n" % self._top())
+            out.write("r %d\n" % self.top)
             try:
                 f = open(self.path)
             except OSError:
@@ -215,7 +170,7 @@ class Reporter:
                     for line in f:
                         if not line.endswith("\n"):
                             break
-                        kind, seq, _ = self._split(line)
+                        kind, seq, _ = _split(line)
                         if kind is None or kind == "r":
                             continue
                         if i >= skip and i != drop:
@@ -230,39 +185,40 @@ class Reporter:
         finally:
             out.close()
         os.rename(tmp, self.path)
-        self._index = keep
+        self.index = keep
 
-    def _append(self, kind, seq, line):
+    # False when the queue is full of more important reports (the new one is dropped).
+    def append(self, kind, seq, line):
         rec = (kind, seq, "%s %d %s\n" % (kind, seq, line))
-        if len(self._index) < _MAX_RECORDS:
-            new = False
+        if len(self.index) < _MAX_RECORDS:
             try:
-                open(self.path).close()
+                f = open(self.path, "a")
             except OSError:
-                new = True
-            if new:
-                self._rewrite(0, None, rec)
+                f = None
+            if f is None or not self.index and f.tell() == 0:
+                if f is not None:
+                    f.close()
+                self.rewrite(0, None, rec)  # new file: header first
                 return True
-            f = open(self.path, "a")
             try:
                 f.write(rec[2])
             finally:
                 f.close()
-            self._index.append((kind, seq))
+            self.index.append((kind, seq))
             return True
-        victim = self._victim(kind)
+        victim = self.victim(kind)
         if victim is None:
-            return False  # full of more important reports: this one is dropped
-        self._rewrite(0, victim, rec)
+            return False
+        self.rewrite(0, victim, rec)
         return True
 
     # Oldest record of the lowest rank that is not above the new one (h < p < d), or None
-    # when the queue holds only more important reports (then the new one is dropped).
-    def _victim(self, kind):
+    # when the queue holds only more important reports.
+    def victim(self, kind):
         rank = "hpd"
         top = rank.index(kind)
         best = None
-        for i, (qk, _) in enumerate(self._index):
+        for i, (qk, _) in enumerate(self.index):
             r = rank.index(qk) if qk in rank else 0
             if r <= top and (best is None or r < best[0]):
                 best = (r, i)
@@ -270,11 +226,98 @@ class Reporter:
                     break
         return None if best is None else best[1]
 
+    def batch(self, limit):
+        n = 0
+        parts = []
+        f = open(self.path)
+        try:
+            for line in f:
+                if n >= limit or not line.endswith("\n"):
+                    break
+                kind, _, js = _split(line)
+                if kind is None or kind == "r" or js is None:
+                    continue
+                parts.append(js.rstrip("\n"))
+                n += 1
+        finally:
+            f.close()
+        if not n:
+            return 0, None
+        if n == 1:
+            return 1, parts[0].encode()
+        return n, ('{"reports": [' + ", ".join(parts) + "]}").encode()
+
+
+# "<kind> <seq> <json>\n" or "r <seq>\n" -> (kind, seq, json or None); (None, 0, None)
+# for anything else.
+def _split(line):
+    try:
+        a = line.index(" ")
+        kind = line[:a]
+        b = line.find(" ", a + 1)
+        if b < 0:
+            return kind, int(line[a + 1:].strip()), None
+        return kind, int(line[a + 1:b]), line[b + 1:]
+    except (ValueError, IndexError):
+        return None, 0, None
+
+
+_queues = {}
+
+
+def _queue(path):
+    q = _queues.get(path)
+    if q is None:
+        q = _Queue(path)
+        _queues[path] = q
+    return q
+
+
+# Forget the shared queues (tests that reuse a folder within one process).
+def reset_queues():
+    _queues.clear()
+
+
+# Reporter(cfg, state, root): cfg is the config (dict-like: device_id, board, group,
+# report_url, token), state a mpota.state.State, root the config's folder.
+# event() and heartbeat() never raise and never block for longer than their budget.
+# post(url, body_bytes, headers, timeout_ms) -> HTTP status (raises on network errors)
+# can be replaced for tests; the default uses mpota.http.
+class Reporter:
+    def __init__(self, cfg, state, root, post=None):
+        self.cfg = cfg
+        self.state = state
+        self.path = join(root, _QUEUE)
+        self._post = post or _post_http
+        self._q = _queue(self.path)
+        self._slot = None
+        self._version = None
+        self.sent = 0  # reports delivered by this Reporter (for tests / diagnostics)
+        self.last_status = None
+        self._last_pct = None
+        self._sync()
+
+    def _sync(self):
+        try:
+            if self._q.top > self.state["rseq"]:
+                self.state["rseq"] = self._q.top
+            else:
+                self._q.top = self.state["rseq"]
+        except Exception:
+            pass
+
+    # A new report seq: above the state's and above anything this queue ever held.
+    def next_seq(self):
+        self._sync()
+        seq = self.state.next_report_seq()
+        self._q.top = seq
+        return seq
+
     def pending(self):
-        return len(self._index)
+        return len(self._q.index)
 
     def queued(self):
-        return [s for _, s in self._index]
+        return [s for _, s in self._q.index]
 
     # --- building -------------------------------------------------------------------------
     def build(self, name, seq, target=None, rollout=None, detail=None):
@@ -292,12 +335,9 @@ class Reporter:
         if self._slot is None:
             self._slot = running_slot()
         if self._version is None:
-            v = None
-            try:
-                v = st.data.get("version")
-            except Exception:
-                pass
-            self._version = v or self.cfg.get("version") or image_version()
+            # The running image's app_desc, as the updater compares it; the config's
+            # "version" for images without one.
+            self._version = image_version() or self.cfg.get("version")
         d = {}
         if detail:
             for k in detail:
@@ -334,17 +374,19 @@ class Reporter:
     # Returns the seq, or None when the report could not be queued. Never raises.
     def event(self, name, target=None, rollout=None, seq=None, flush_ms=_FLUSH_MS, **detail):
         try:
+            q = self._q
             if seq is None:
-                seq = self.state.next_report_seq()
-            elif seq > self.state["rseq"]:
-                self.state["rseq"] = seq
+                seq = self.next_seq()
+            elif seq > q.top:
+                q.top = seq
+                self._sync()
             queued = False
-            for _, s in self._index:
+            for _, s in q.index:
                 if s == seq:
                     queued = True
             if not queued:
                 r = self.build(name, seq, target, rollout, detail)
-                if not self._append(_kind(name), seq, json.dumps(r)):
+                if not q.append(_kind(name), seq, json.dumps(r)):
                     return None
         except Exception as e:
             self._log("report: cannot queue %s: %r" % (name, e))
@@ -380,7 +422,7 @@ class Reporter:
         if not url:
             return False
         try:
-            seq = self.state.next_report_seq()
+            seq = self.next_seq()
             r = self.build(name, seq, None, None, detail)
             status = self._post(url, json.dumps(r).encode(), self._headers(), timeout_ms)
         except Exception as e:
@@ -402,26 +444,27 @@ class Reporter:
     # failure (so event() does not stall the application while offline).
     def flush(self, budget_ms=_FLUSH_MS, force=True):
         url = self.cfg.get("report_url")
-        if not url or not self._index:
+        q = self._q
+        if not url or not q.index:
             return 0
         start = ticks_ms()
-        if not force and self._retry_at is not None and ticks_diff(self._retry_at, start) > 0:
+        if not force and q.retry_at is not None and ticks_diff(q.retry_at, start) > 0:
             return 0
         done = 0
         batch = _BATCH
-        while self._index:
+        while q.index:
             left = budget_ms - ticks_diff(ticks_ms(), start)
             if left < 200:
                 break
             try:
-                n, body = self._batch(batch)
+                n, body = q.batch(batch)
                 if not n:
                     break
                 status = self._post(url, body, self._headers(), min(left, _POST_MS))
                 body = None
             except Exception as e:
                 self._log("report: flush failed: %r" % (e,))
-                self._retry_at = ticks_ms() + _BACKOFF_MS
+                q.retry_at = ticks_ms() + _BACKOFF_MS
                 return done
             self.last_status = status
             if status == 409 and n > 1:
@@ -433,40 +476,17 @@ class Reporter:
                 else:
                     self.sent += n
                 try:
-                    self._rewrite(n, None, None)
+                    q.rewrite(n, None, None)
                 except Exception as e:
                     self._log("report: cannot trim queue: %r" % (e,))
                     return done
                 done += n
                 continue
-            self._retry_at = ticks_ms() + _BACKOFF_MS
+            q.retry_at = ticks_ms() + _BACKOFF_MS
             break
         else:
-            self._retry_at = None
+            q.retry_at = None
         return done
-
-    def _batch(self, limit):
-        n = 0
-        parts = []
-        f = open(self.path)
-        try:
-            for line in f:
-                if n >= limit:
-                    break
-                if not line.endswith("\n"):
-                    break
-                kind, _, js = self._split(line)
-                if kind is None or kind == "r" or js is None:
-                    continue
-                parts.append(js.rstrip("\n"))
-                n += 1
-        finally:
-            f.close()
-        if not n:
-            return 0, None
-        if n == 1:
-            return 1, parts[0].encode()
-        return n, ('{"reports": [' + ", ".join(parts) + "]}").encode()
 
     def _log(self, msg):
         try:
