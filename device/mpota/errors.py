@@ -74,3 +74,40 @@ class DownloadTimeout(DownloadError):
 
 class FlashError(OTAError):
     code = "flash"
+
+
+# Added by the updater (issue 4). Codes are the `detail.reason` of `failed` reports.
+
+
+class ConfigError(OTAError):
+    # /mpota.json missing or invalid: nothing can be checked or installed.
+    code = "config"
+
+
+class UnknownKey(SignatureError):
+    # No signature carries the keyid of a configured key of the required role
+    # (also what a document signed with the other role's key looks like).
+    code = "unknown_key"
+
+
+class PayloadTypeError(MetadataError):
+    code = "payload_type"
+
+
+class UpdatePending(OTAError):
+    # An installed update awaits its trial boot; the other slot is the rollback target.
+    code = "pending"
+
+
+class HashMismatch(IntegrityError):
+    code = "hash_mismatch"
+
+
+class SizeMismatch(IntegrityError):
+    # Truncated, or longer than the signed manifest declares.
+    code = "size_mismatch"
+
+
+class BadImage(IntegrityError):
+    # The first block is not an ESP app image for this chip (early reject).
+    code = "bad_image"

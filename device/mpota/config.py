@@ -1,0 +1,117 @@
+# /mpota.json (written by `mpota deploy`): loaded once, validated, keys decoded to bytes.
+# Every other device file (state, report queue) lives in the same folder as the config.
+from micropython import const
+
+# Size caps in one place (after python-tuf's UpdaterConfig): documents are refused while
+# being read as soon as they pass these.
+CHANNEL_MAX = const(8192)
+MANIFEST_MAX = const(16384)
+CONFIG_MAX = const(8192)
+
+_ROLES = ("release", "rollout")
+_GROUPS = ("canary", "internal", "pilot", "general")
+
+
+def _fail(msg):
+    from mpota.errors import ConfigError
+
+    raise ConfigError("config: " + msg)
+
+
+def _str(d, name, default=None):
+    v = d.get(name, default)
+    if not isinstance(v, str) or not v:
+        _fail("%s must be a non-empty string" % name)
+    return v
+
+
+def _int(d, name, default, lo, hi):
+    v = d.get(name, default)
+    if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+        _fail("%s must be an integer in %d..%d" % (name, lo, hi))
+    return v
+
+
+# -> [(keyid hex, 65-byte point), ...]
+def _keys(d, role):
+    import binascii
+    import hashlib
+
+    ks = d.get("keys")
+    lst = ks.get(role) if isinstance(ks, dict) else None
+    if not isinstance(lst, list) or not lst:
+        _fail("keys.%s must list at least one public key" % role)
+    out = []
+    for h in lst:
+        try:
+            pt = binascii.unhexlify(h)
+        except Exception:
+            pt = b""
+        if len(pt) != 65 or pt[0] != 4:
+            _fail("keys.%s: not a 65-byte uncompressed P-256 point in hex" % role)
+        out.append((str(binascii.hexlify(hashlib.sha256(pt).digest()), "ascii"), pt))
+    return out
+
+
+class Config:
+    def __init__(self, data, path):
+        if not isinstance(data, dict):
+            _fail("not a JSON object")
+        self.data = data
+        self.path = path
+        i = path.rfind("/")
+        self.root = path[:i] if i > 0 else ("/" if i == 0 else ".")
+        self.device_id = _str(data, "device_id")
+        self.board = _str(data, "board")
+        self.channel = _str(data, "channel", "stable")
+        self.group = _str(data, "group", "general")
+        if self.group not in _GROUPS:
+            _fail("group must be one of " + "|".join(_GROUPS))
+        self.feed_url = _str(data, "feed_url")
+        if not (self.feed_url.startswith("http://") or self.feed_url.startswith("https://")):
+            _fail("feed_url must be an http(s) URL")
+        if not self.feed_url.endswith("/"):
+            self.feed_url += "/"
+        r = data.get("report_url")
+        if r is not None and not isinstance(r, str):
+            _fail("report_url must be a string")
+        t = data.get("token")
+        if t is not None and not isinstance(t, str):
+            _fail("token must be a string")
+        self.keys = {}
+        for role in _ROLES:
+            self.keys[role] = _keys(data, role)
+        # Tunables (defaults suit a board on Wi-Fi).
+        self.timeout_ms = _int(data, "timeout_ms", 10000, 10, 600000)
+        self.retries = _int(data, "retries", 5, 0, 100)
+        self.backoff_ms = _int(data, "backoff_ms", 1000, 0, 600000)
+        self.max_backoff_ms = _int(data, "max_backoff_ms", 60000, 0, 3600000)
+        # Fallback running version when the running image carries no app_desc.
+        v = data.get("version")
+        self.version = v if isinstance(v, str) else None
+
+    def __getitem__(self, k):
+        return self.data[k]
+
+    def __contains__(self, k):
+        return k in self.data
+
+    def get(self, k, default=None):
+        return self.data.get(k, default)
+
+
+def load(path="/mpota.json"):
+    import json
+
+    try:
+        with open(path) as f:
+            text = f.read(CONFIG_MAX + 1)
+    except OSError:
+        _fail("cannot read " + path)
+    if len(text) > CONFIG_MAX:
+        _fail("too large")
+    try:
+        data = json.loads(text)
+    except ValueError:
+        _fail("not JSON")
+    return Config(data, path)

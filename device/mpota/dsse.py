@@ -1,0 +1,107 @@
+# DSSE envelopes on the device: read with a hard size cap, check payloadType, verify
+# at least one signature by a configured key of the required role over
+# PAE = "DSSEv1 SP len(type) SP type SP len(payload) SP payload", return the exact
+# payload bytes (the caller parses them; no canonicalisation on the device).
+from micropython import const
+
+RELEASE = "application/vnd.mpota.release+json"
+CHANNEL = "application/vnd.mpota.channel+json"
+_MAX_SIGS = const(8)
+
+
+# Read a whole response body, never more than cap + 1 bytes; `h` (a hashlib object) sees
+# every byte. `buf` is a scratch buffer (the updater's block buffer).
+def read_capped(resp, cap, buf, h=None):
+    from mpota.errors import DocumentTooLarge
+
+    if resp.length is not None and resp.length > cap:
+        raise DocumentTooLarge("document of %d bytes (cap %d)" % (resp.length, cap))
+    out = bytearray()
+    mv = memoryview(buf)
+    while True:
+        room = cap + 1 - len(out)
+        n = resp.readinto(mv[: min(room, len(mv))])
+        if not n:
+            return out
+        out.extend(mv[:n])
+        if h is not None:
+            h.update(mv[:n])
+        if len(out) > cap:
+            raise DocumentTooLarge("document larger than %d bytes" % cap)
+
+
+def _b64(s):
+    import binascii
+
+    if not isinstance(s, str):
+        raise ValueError
+    return binascii.a2b_base64(s)
+
+
+# Verify envelope bytes `data`; keys = [(keyid hex, 65-byte point), ...] of the role.
+# Returns the payload bytes or raises a MetadataError subclass.
+def verify(data, payload_type, keys):
+    import hashlib
+    import json
+
+    from mpota.errors import BadDocument, PayloadTypeError, SignatureError, UnknownKey
+
+    try:
+        env = json.loads(data)
+    except ValueError:
+        raise BadDocument("envelope is not JSON")
+    if not isinstance(env, dict):
+        raise BadDocument("envelope is not an object")
+    pt = env.get("payloadType")
+    sigs = env.get("signatures")
+    if not isinstance(pt, str) or not isinstance(sigs, list):
+        raise BadDocument("envelope lacks payloadType/signatures")
+    if pt != payload_type:
+        raise PayloadTypeError("payloadType %s, expected %s" % (pt[:60], payload_type))
+    try:
+        payload = _b64(env.get("payload"))
+    except ValueError:  # binascii.Error is a ValueError
+        raise BadDocument("payload is not base64")
+    if len(sigs) > _MAX_SIGS:
+        raise BadDocument("too many signatures")
+    env = data = None
+    h = hashlib.sha256(("DSSEv1 %d %s %d " % (len(pt), pt, len(payload))).encode())
+    h.update(payload)
+    digest = h.digest()
+    import mpota.p256 as p256
+
+    known = 0
+    tried = []
+    for s in sigs:
+        if not isinstance(s, dict):
+            raise BadDocument("bad signature entry")
+        kid = s.get("keyid")
+        for k, pub in keys:
+            if k == kid and k not in tried:
+                tried.append(k)  # each configured key is tried once
+                known += 1
+                try:
+                    sig = _b64(s.get("sig"))
+                except ValueError:
+                    break
+                if len(sig) == 64 and p256.verify_digest(pub, digest, sig):
+                    return payload
+                break
+    if not known:
+        raise UnknownKey("no signature by a %s key" % ("release" if payload_type == RELEASE else "rollout"))
+    raise SignatureError("bad signature")
+
+
+# Parse verified payload bytes into a dict with the expected _type.
+def parse(payload, type_):
+    import json
+
+    from mpota.errors import BadDocument
+
+    try:
+        doc = json.loads(payload)
+    except ValueError:
+        raise BadDocument("payload is not JSON")
+    if not isinstance(doc, dict) or doc.get("_type") != type_:
+        raise BadDocument("not a %s document" % type_)
+    return doc

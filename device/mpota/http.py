@@ -1,0 +1,251 @@
+# Streaming HTTP/1.1 client on sockets, shared by the updater and the reporter.
+# One request per connection (Connection: close), Content-Length or chunked bodies,
+# bounded redirects, capped status/header lines, connect and read timeouts via
+# settimeout. https imports ssl lazily. Errors are mpota.errors.DownloadError subclasses.
+import socket
+
+from micropython import const
+
+from mpota.errors import DownloadError, DownloadTimeout, HTTPStatusError
+
+_LINE_MAX = const(1024)     # one status or header line
+_HEAD_MAX = const(4096)     # all header lines together
+_REDIRECTS = (301, 302, 303, 307, 308)
+
+
+# (tls, host, port, path) of an http(s) URL.
+def split(url):
+    if url.startswith("http://"):
+        tls, rest, port = False, url[7:], 80
+    elif url.startswith("https://"):
+        tls, rest, port = True, url[8:], 443
+    else:
+        raise DownloadError("unsupported URL " + url[:40])
+    i = rest.find("/")
+    host, path = (rest, "/") if i < 0 else (rest[:i], rest[i:])
+    i = host.rfind(":")
+    if i > 0 and host[i + 1 :].isdigit():
+        port = int(host[i + 1 :])
+        host = host[:i]
+    if not host:
+        raise DownloadError("URL without host")
+    return tls, host, port, path
+
+
+# Resolve `ref` against `base` (absolute URL, absolute path or a relative path).
+def join(base, ref):
+    if "://" in ref:
+        return ref
+    i = base.find("://")
+    if ref.startswith("/"):
+        j = base.find("/", i + 3)
+        return (base if j < 0 else base[:j]) + ref
+    base = base.split("?", 1)[0]
+    j = base.rfind("/")
+    if j < i + 3:
+        return base + "/" + ref
+    return base[: j + 1] + ref
+
+
+def _neterr(e):
+    if isinstance(e, DownloadError):
+        return e
+    code = e.args[0] if e.args else 0
+    if code in (11, 110, 116) or "timed out" in str(e):
+        return DownloadTimeout("timed out")
+    return DownloadError("network error %s" % (code or e))
+
+
+class Response:
+    def __init__(self, sock, stream):
+        self._sock = sock
+        self._f = stream  # readinto/readline object (the socket itself on MicroPython)
+        self.status = 0
+        self.headers = {}
+        self.length = None
+        self._left = None     # body bytes still expected (Content-Length / current chunk)
+        self._chunked = False
+        self._done = False
+
+    def _line(self):
+        try:
+            ln = self._f.readline(_LINE_MAX + 1)
+        except OSError as e:
+            raise _neterr(e)
+        if not ln:
+            raise DownloadError("connection closed in headers")
+        if len(ln) > _LINE_MAX:
+            raise DownloadError("header line too long")
+        return ln
+
+    def _head(self, method):
+        ln = self._line()
+        parts = ln.split(None, 2)
+        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
+            raise DownloadError("not an HTTP response")
+        self.status = int(parts[1])
+        total = 0
+        while True:
+            ln = self._line()
+            total += len(ln)
+            if total > _HEAD_MAX:
+                raise DownloadError("headers too large")
+            if ln in (b"\r\n", b"\n"):
+                break
+            i = ln.find(b":")
+            if i <= 0:
+                raise DownloadError("bad header line")
+            try:
+                self.headers[str(ln[:i].strip(), "utf-8").lower()] = str(ln[i + 1 :].strip(), "utf-8")
+            except ValueError:  # UnicodeError
+                raise DownloadError("bad header line")
+        te = self.headers.get("transfer-encoding", "").lower()
+        if method == "HEAD" or self.status in (204, 304) or 100 <= self.status < 200:
+            self._left = 0
+            return
+        if te and te != "identity":
+            if te != "chunked":
+                raise DownloadError("unsupported transfer-encoding")
+            self._chunked = True
+            self._left = 0
+            return
+        cl = self.headers.get("content-length")
+        if cl is not None:
+            if not cl.isdigit():
+                raise DownloadError("bad content-length")
+            self.length = self._left = int(cl)
+
+    def _chunk(self):
+        # at a chunk boundary: read "<hex size>[;ext]\r\n" (after the previous chunk's CRLF)
+        if self._done:
+            return 0
+        ln = self._line()
+        if ln in (b"\r\n", b"\n"):
+            ln = self._line()
+        try:
+            n = int(ln.split(b";", 1)[0].strip(), 16)
+        except ValueError:
+            raise DownloadError("bad chunk size")
+        if n == 0:
+            self._done = True  # trailers are not read; the connection closes
+        self._left = n
+        return n
+
+    # Read up to len(buf) body bytes into buf; 0 at the end of the body. A body that ends
+    # before its declared length raises DownloadError (the caller may resume with Range).
+    def readinto(self, buf):
+        left = self._left
+        if left is not None:
+            if left == 0:
+                if not self._chunked or not self._chunk():
+                    return 0
+                left = self._left
+            if len(buf) > left:
+                buf = memoryview(buf)[:left]
+        try:
+            n = self._f.readinto(buf)
+        except OSError as e:
+            raise _neterr(e)
+        if not n:
+            if left is None:
+                return 0
+            raise DownloadError("connection closed early")
+        if left is not None:
+            self._left = left - n
+        return n
+
+    # Raise HTTPStatusError unless the status is one of `ok` (closes the connection).
+    def expect(self, *ok):
+        if self.status not in ok:
+            self.close()
+            raise HTTPStatusError(self.status)
+        return self
+
+    def close(self):
+        s = self._sock
+        if s is not None:
+            self._sock = None
+            try:
+                if self._f is not s:
+                    self._f.close()
+                s.close()
+            except OSError:
+                pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        self.close()
+
+
+def _connect(tls, host, port, timeout_ms):
+    try:
+        ai = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0]
+    except OSError as e:
+        raise DownloadError("cannot resolve %s (%s)" % (host, e))
+    s = socket.socket(ai[0], socket.SOCK_STREAM)
+    try:
+        s.settimeout(timeout_ms / 1000)
+        s.connect(ai[-1])
+        if tls:
+            import ssl
+
+            if hasattr(ssl, "create_default_context"):  # CPython
+                s = ssl.create_default_context().wrap_socket(s, server_hostname=host)
+            else:
+                s = ssl.wrap_socket(s, server_hostname=host)
+    except OSError as e:
+        s.close()
+        raise _neterr(e)
+    return s
+
+
+def _request(method, url, headers, body, timeout_ms):
+    tls, host, port, path = split(url)
+    s = _connect(tls, host, port, timeout_ms)
+    try:
+        if (tls and port != 443) or (not tls and port != 80):
+            host = "%s:%d" % (host, port)
+        req = "%s %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\nUser-Agent: mpota\r\n" % (
+            method, path, host)
+        if headers:
+            for k in headers:
+                req += "%s: %s\r\n" % (k, headers[k])
+        if body is not None:
+            if isinstance(body, str):
+                body = body.encode()
+            req += "Content-Length: %d\r\n" % len(body)
+        w = getattr(s, "write", None) or s.sendall
+        w((req + "\r\n").encode())
+        if body:
+            w(body)
+        # MicroPython sockets have readline/readinto; CPython's need a file wrapper
+        f = s if hasattr(s, "readinto") else s.makefile("rb", 0)
+        r = Response(s, f)
+        r._head(method)
+        return r
+    except BaseException as e:
+        s.close()
+        if isinstance(e, OSError):
+            raise _neterr(e)
+        raise
+
+
+# Open `url` and read the status and headers; the body is read with resp.readinto().
+# Follows up to `max_redirects` redirects. The caller closes the response.
+def open(url, method="GET", headers=None, body=None, timeout_ms=10000, max_redirects=3):
+    while True:
+        r = _request(method, url, headers, body, timeout_ms)
+        if r.status not in _REDIRECTS:
+            return r
+        loc = r.headers.get("location")
+        r.close()
+        if not loc:
+            raise DownloadError("redirect without location")
+        if max_redirects <= 0:
+            raise DownloadError("too many redirects")
+        max_redirects -= 1
+        url = join(url, loc)
+        if r.status == 303:
+            method, body = "GET", None

@@ -1,0 +1,623 @@
+# The update flow (DESIGN.md "Device"): channel -> eligibility -> manifest -> checks ->
+# stream the image into the next OTA slot -> verify -> set_boot -> pending -> report -> reset.
+#
+#   u = Updater.from_config("/mpota.json")
+#   offer = u.check()        # an Offer or None; downloads no image
+#   u.update()               # the whole flow; machine.reset() at the end unless reset=False
+#
+# Checks are functions on bytes and dicts; the network is mpota.http, the flash
+# esp32.Partition. Every failure raises an mpota.errors.OTAError subclass and is reported
+# (`failed`, detail.reason = error.code); the running slot and the boot slot are never
+# touched before the new image is complete and verified.
+#
+# Resume: within one update() a dropped or stalled connection is resumed with Range from
+# the byte where it broke (retries with exponential backoff and jitter). Across resets and
+# power cuts, state["dl"] records the raw bytes written and verified (saved every
+# _SAVE_EVERY blocks); the next update() re-hashes that prefix from the slot and asks for
+# the rest with Range. A zlib transfer cannot resume across a reset (DeflateIO's state is
+# not restorable), so it restarts from byte 0; within one run it resumes like a plain one,
+# because the decompressor reads from the resuming stream and never sees the break.
+# A server that ignores Range (200 instead of 206) restarts the transfer from byte 0 on
+# that same response: fresh hashes, fresh decompressor, every block rewritten.
+#
+# Rollout window (channel rollout.window): null, or {"start": "HH:MM", "end": "HH:MM"}
+# in UTC, start inclusive, end exclusive, may wrap past midnight; enforced only when the
+# clock is set (year >= 2024), like `expires`.
+import hashlib
+
+from micropython import const
+
+import mpota.errors as errors
+
+_BLOCK = const(4096)
+_SAVE_EVERY = const(32)   # blocks between download-progress saves (each one a flash write)
+_ZLIB_MAX_WBITS = const(15)
+_GROWTH = const(64)       # a zlib transfer may exceed the raw size by size/64 + 1 KiB
+
+
+class Offer:
+    def __init__(self, channel, manifest, manifest_url, seq):
+        rel = channel["release"]
+        ro = channel.get("rollout") or {}
+        self.version = manifest["version"]
+        self.seq = seq
+        self.rollout = ro.get("id")
+        self.manifest_sha256 = rel["manifest_sha256"]
+        self.manifest_url = manifest_url
+        self.security_version = manifest["security_version"]
+        img = manifest["image"]
+        self.image = img
+        self.size = img["size"]
+        self.hash = img["hash"][7:]
+        self.encoding = img.get("encoding") or "none"
+        self.window_bits = img.get("window_bits") or _ZLIB_MAX_WBITS
+        self.transfer_size = img.get("transfer_size", self.size)
+        th = img.get("transfer_hash")
+        self.transfer_hash = th[7:] if th else self.hash
+        import mpota.http as http
+
+        self.url = http.join(manifest_url, img["url"])
+        self.metadata = manifest.get("metadata") or {}
+        self.slot = None
+        self.prev_slot = None
+
+    def __repr__(self):
+        return "Offer(%s, rollout=%s, %d bytes)" % (self.version, self.rollout, self.size)
+
+
+def _hex(h):
+    import binascii
+
+    return str(binascii.hexlify(h.digest()), "ascii")
+
+
+def _sha(s):
+    return isinstance(s, str) and len(s) == 71 and s.startswith("sha256:")
+
+
+def _now():
+    # UTC "YYYY-MM-DDTHH:MM:SS" and minutes of the day, or None when the clock is not set
+    import time
+
+    try:
+        t = time.gmtime()
+    except Exception:
+        return None
+    if t[0] < 2024:
+        return None
+    return "%04d-%02d-%02dT%02d:%02d:%02d" % t[:6], t[3] * 60 + t[4]
+
+
+def _expired(doc, now):
+    exp = doc.get("expires")
+    if exp is None or now is None:
+        return False
+    if not isinstance(exp, str) or len(exp) < 19:
+        raise errors.BadDocument("bad expires")
+    return exp[:19] <= now[0]
+
+
+def _hhmm(s):
+    if not isinstance(s, str) or len(s) != 5 or s[2] != ":" or not (s[:2] + s[3:]).isdigit():
+        raise errors.BadDocument("bad window")
+    return int(s[:2]) * 60 + int(s[3:])
+
+
+def in_window(window, now):
+    if window is None or now is None:
+        return True
+    if not isinstance(window, dict):
+        raise errors.BadDocument("bad window")
+    a, b, m = _hhmm(window.get("start")), _hhmm(window.get("end")), now[1]
+    return a <= m < b if a <= b else (m >= a or m < b)
+
+
+# Sticky rollout bucket in [0, 100): first 4 bytes of SHA-256(rollout_id:device_id) as a
+# big-endian integer, mod 10000, / 100 (the server computes the same function).
+def bucket(rollout_id, device_id):
+    d = hashlib.sha256((rollout_id + ":" + device_id).encode()).digest()
+    return ((d[0] << 24 | d[1] << 16 | d[2] << 8 | d[3]) % 10000) / 100
+
+
+def eligible(rollout, group, device_id):
+    if not rollout:
+        return True
+    if rollout.get("state", "active") != "active":
+        return False  # paused / halted / completed-then-stopped: start nothing new
+    groups = rollout.get("groups") or []
+    if not isinstance(groups, list):
+        raise errors.BadDocument("bad rollout groups")
+    if group in groups:
+        return True
+    pct = rollout.get("percentage", 0)
+    if not isinstance(pct, (int, float)):
+        raise errors.BadDocument("bad rollout percentage")
+    rid = rollout.get("id")
+    if not isinstance(rid, str):
+        raise errors.BadDocument("bad rollout id")
+    return bucket(rid, device_id) < pct
+
+
+def _retryable(e):
+    if isinstance(e, errors.HTTPStatusError):
+        return e.status >= 500 or e.status in (408, 429)
+    return isinstance(e, errors.DownloadError)
+
+
+class _Restart(Exception):
+    pass
+
+
+# The transfer as a stream: readinto() returns the next bytes of [pos, total), resuming
+# with Range after a drop or a stall, hashing every byte when `h` is given.
+class _Source:
+    def __init__(self, upd, url, total, pos, h):
+        self.u = upd
+        self.url = url
+        self.total = total
+        self.pos = pos
+        self.h = h
+        self.r = None
+        self.restarts = 0
+
+    def close(self):
+        if self.r is not None:
+            self.r.close()
+            self.r = None
+
+    def _open(self):
+        import mpota.http as http
+
+        pos = orig = self.pos
+        r = http.open(self.url, headers={"Range": "bytes=%d-" % pos} if pos else None,
+                      timeout_ms=self.u.cfg.timeout_ms)
+        st = r.status
+        if st == 206 and pos:
+            cr = r.headers.get("content-range", "")
+            want = "bytes %d-%d/" % (pos, self.total - 1)
+            if not cr.startswith(want) or cr[len(want) :] not in (str(self.total), "*"):
+                r.close()
+                raise errors.SizeMismatch("Content-Range %s, expected %s%d" % (cr[:40], want, self.total))
+        elif st == 200:
+            if pos:
+                # Range ignored: this response is the whole file; start over on it
+                self.restarts += 1
+                if self.restarts > self.u.cfg.retries + 1:
+                    r.close()
+                    raise errors.HTTPStatusError(200, "again: the server ignores Range")
+                pos = self.pos = 0
+        else:
+            r.expect(200, 206)
+        if r.length is not None and r.length != self.total - pos:
+            r.close()
+            raise errors.SizeMismatch("server sends %d bytes, expected %d" % (r.length, self.total - pos))
+        self.r = r
+        if st == 200 and self.restarts and not pos and self.h is not None:
+            self.h = hashlib.sha256()
+        if st == 200 and pos != orig:
+            raise _Restart()
+
+    def readinto(self, buf):
+        left = self.total - self.pos
+        if left <= 0:
+            return 0
+        if len(buf) > left:
+            buf = memoryview(buf)[:left]
+        fails = 0
+        while True:
+            try:
+                if self.r is None:
+                    self._open()
+                n = self.r.readinto(buf)
+                if n:
+                    break
+                raise errors.DownloadError("connection closed early")
+            except errors.DownloadError as e:
+                self.close()
+                if not _retryable(e):
+                    raise
+                fails += 1
+                if fails > self.u.cfg.retries:
+                    raise
+                self.u._backoff(fails)
+        if self.h is not None:
+            self.h.update(buf if n == len(buf) else memoryview(buf)[:n])
+        self.pos += n
+        return n
+
+    # After `total` bytes: the server must have nothing more (longer than declared).
+    def finish(self, one):
+        r = self.r
+        if r is not None and r.length is None:
+            try:
+                extra = r.readinto(one)
+            except errors.DownloadError:
+                extra = 0
+            if extra:
+                self.close()
+                raise errors.SizeMismatch("transfer longer than the manifest declares")
+        self.close()
+
+
+def _fill(reader, mv, want):
+    got = 0
+    while got < want:
+        n = reader.readinto(mv[got:want])
+        if not n:
+            break
+        got += n
+    return got
+
+
+class Updater:
+    def __init__(self, cfg, state=None, reporter=None):
+        from mpota.state import State, open_store
+
+        self.cfg = cfg
+        self.state = state if state is not None else State(open_store(cfg.root))
+        self._reporter = reporter
+        self._buf = bytearray(_BLOCK)
+        self.offer = None
+
+    @classmethod
+    def from_config(cls, path="/mpota.json", **kw):
+        import mpota.config as config
+
+        return cls(config.load(path), **kw)
+
+    # --- reporting: never raises -------------------------------------------------------
+    def _rep(self):
+        if self._reporter is None:
+            try:
+                from mpota.report import Reporter
+
+                self._reporter = Reporter(self.cfg, self.state, self.cfg.root)
+            except Exception as e:
+                print("mpota: no reporter: %r" % (e,))
+        return self._reporter
+
+    def _report(self, name, offer=None, **detail):
+        try:
+            rep = self._rep()
+            if rep is None:
+                return
+            if offer is not None:
+                rep.event(name, target=offer.version, rollout=offer.rollout, **detail)
+            else:
+                rep.event(name, **detail)
+        except Exception as e:
+            print("mpota: report %s: %r" % (name, e))
+
+    def _fail(self, e, offer):
+        if not isinstance(e, errors.OTAError):
+            e = errors.OTAError("%s: %s" % (type(e).__name__, e))
+        self._report("failed", offer, reason=e.code, error=str(e))
+        return e
+
+    def _backoff(self, attempt):
+        import random
+        import time
+
+        ms = min(self.cfg.max_backoff_ms, self.cfg.backoff_ms << min(attempt - 1, 16))
+        ms = ms // 2 + random.getrandbits(16) % (ms // 2 + 1)  # jitter: [ms/2, ms]
+        if hasattr(time, "sleep_ms"):
+            time.sleep_ms(ms)
+        else:
+            time.sleep(ms / 1000)
+
+    # --- the board -------------------------------------------------------------------
+    def _running(self):
+        import esp32
+
+        import mpota.imagehdr as imagehdr
+
+        run = esp32.Partition(esp32.Partition.RUNNING)
+        d = imagehdr.read_desc(run, self._buf)
+        return run, d
+
+    def running_version(self):
+        d = self._running()[1]
+        return d[0] if d else self.cfg.version
+
+    # --- metadata --------------------------------------------------------------------
+    def _fetch(self, url, cap, h=None):
+        import mpota.dsse as dsse
+        import mpota.http as http
+
+        fails = 0
+        while True:
+            try:
+                r = http.open(url, timeout_ms=self.cfg.timeout_ms)
+                try:
+                    r.expect(200)
+                    return dsse.read_capped(r, cap, self._buf, h)
+                finally:
+                    r.close()
+            except errors.DownloadError as e:
+                fails += 1
+                if not _retryable(e) or fails > self.cfg.retries:
+                    raise
+                if h is not None:
+                    h = hashlib.sha256()
+                self._backoff(fails)
+
+    def _channel(self):
+        import mpota.config as config
+        import mpota.dsse as dsse
+
+        cfg = self.cfg
+        url = "%schannels/%s/%s.json" % (cfg.feed_url, cfg.board, cfg.channel)
+        data = self._fetch(url, config.CHANNEL_MAX)
+        payload = dsse.verify(data, dsse.CHANNEL, cfg.keys["rollout"])
+        data = None
+        ch = dsse.parse(payload, "channel")
+        seq = ch.get("seq")
+        if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
+            raise errors.BadDocument("bad channel seq")
+        if ch.get("board") != cfg.board or ch.get("channel", cfg.channel) != cfg.channel:
+            raise errors.NotForThisBoard("channel is for %s/%s" % (ch.get("board"), ch.get("channel")))
+        seen = self.state["seq"].get(cfg.channel, 0)
+        if seq < seen:
+            raise errors.ReplayError("channel seq %d < %d already seen" % (seq, seen))
+        if _expired(ch, _now()):
+            raise errors.ExpiredError("channel expired " + ch["expires"])
+        if seq > seen:
+            self.state["seq"][cfg.channel] = seq
+            self.state.save()
+        return ch
+
+    def _manifest(self, ch, running, chip_name, slot_size):
+        import mpota.config as config
+        import mpota.dsse as dsse
+        import mpota.http as http
+        import mpota.version as version
+
+        cfg = self.cfg
+        rel = ch["release"]
+        url = http.join(cfg.feed_url, rel["manifest"])
+        h = hashlib.sha256()
+        data = self._fetch(url, config.MANIFEST_MAX, h)
+        if _hex(h) != rel["manifest_sha256"]:
+            raise errors.PinMismatch("manifest is not the one the channel pins")
+        payload = dsse.verify(data, dsse.RELEASE, cfg.keys["release"])
+        data = None
+        m = dsse.parse(payload, "release")
+        payload = None
+        img = m.get("image")
+        sv = m.get("security_version")
+        if (not isinstance(m.get("version"), str) or not isinstance(img, dict)
+                or not isinstance(sv, int) or isinstance(sv, bool)
+                or not isinstance(img.get("size"), int) or not isinstance(img.get("url"), str)
+                or not _sha(img.get("hash"))):
+            raise errors.BadDocument("manifest lacks version/security_version/image")
+        enc = img.get("encoding") or "none"
+        ts = img.get("transfer_size", img["size"])
+        th = img.get("transfer_hash")
+        if enc not in ("none", "zlib") or not isinstance(ts, int) or (th is not None and not _sha(th)):
+            raise errors.BadDocument("bad image encoding/transfer fields")
+        wb = img.get("window_bits") or _ZLIB_MAX_WBITS
+        if enc == "zlib" and not (isinstance(wb, int) and 8 <= wb <= _ZLIB_MAX_WBITS):
+            raise errors.BadDocument("bad window_bits")
+        if enc == "none" and (ts != img["size"] or (th is not None and th != img["hash"])):
+            raise errors.BadDocument("uncompressed image with different transfer size/hash")
+        if m["version"] != rel.get("version"):
+            raise errors.PinMismatch("manifest %s, channel says %s" % (m["version"], rel.get("version")))
+        hw = m.get("target_hardware")
+        if not isinstance(hw, list) or cfg.board not in hw:
+            raise errors.NotForThisBoard("release is not for board %s" % cfg.board)
+        if chip_name is not None and m.get("chip") != chip_name:
+            raise errors.NotForThisBoard("release is for chip %s, this is %s" % (m.get("chip"), chip_name))
+        floor = self.state["floor"]
+        if sv < floor:
+            raise errors.SecurityVersionError("security_version %d below the floor %d" % (sv, floor))
+        try:
+            newer = running is None or version.compare(m["version"], running) > 0
+        except ValueError:
+            raise errors.BadDocument("bad version")
+        md = m.get("metadata")
+        if not newer and not (m.get("allow_downgrade") is True
+                              or (isinstance(md, dict) and md.get("allow_downgrade") is True)):
+            raise errors.NotNewer("%s is not newer than the running %s" % (m["version"], running))
+        if not 0 < img["size"] <= slot_size:
+            raise errors.TooBig("image of %d bytes, slot holds %d" % (img["size"], slot_size))
+        if not 0 < ts <= img["size"] + img["size"] // _GROWTH + 1024:
+            raise errors.TooBig("transfer of %d bytes for an image of %d" % (ts, img["size"]))
+        if _expired(m, _now()):
+            raise errors.ExpiredError("release expired " + m["expires"])
+        return m, url
+
+    def _check(self):
+        import mpota.imagehdr as imagehdr
+        import mpota.version as version
+
+        cfg = self.cfg
+        run, d = self._running()
+        running = d[0] if d else cfg.version
+        chip = d[2] if d else None
+        chip_name = imagehdr.CHIPS.get(chip) if chip is not None else cfg.get("chip")
+        ch = self._channel()
+        rel = ch.get("release")
+        if rel is None:
+            return None
+        if (not isinstance(rel, dict) or not isinstance(rel.get("version"), str)
+                or not isinstance(rel.get("manifest"), str)
+                or not isinstance(rel.get("manifest_sha256"), str)):
+            raise errors.BadDocument("bad channel release")
+        ro = ch.get("rollout")
+        if ro is not None and not isinstance(ro, dict):
+            raise errors.BadDocument("bad channel rollout")
+        now = _now()
+        if not eligible(ro, cfg.group, cfg.device_id) or not in_window(ro and ro.get("window"), now):
+            return None
+        try:
+            if running is not None and version.compare(rel["version"], running) == 0:
+                return None  # up to date
+        except ValueError:
+            raise errors.BadDocument("bad version")
+        if self.state.is_failed(rel["version"], ro and ro.get("id")):
+            return None  # failed here in this rollout: not retried
+        nxt = run.get_next_update()
+        m, url = self._manifest(ch, running, chip_name, nxt.info()[3])
+        offer = Offer(ch, m, url, ch["seq"])
+        offer.slot = nxt.info()[4]
+        offer.prev_slot = run.info()[4]
+        offer.chip = chip
+        return offer
+
+    # The offer this board should install now, or None (up to date, not eligible, outside
+    # the window, paused). Verifies everything but downloads no image.
+    def check(self):
+        try:
+            self.offer = self._check()
+            return self.offer
+        except Exception as e:
+            raise self._fail(e, None)
+
+    # --- install ---------------------------------------------------------------------
+    # Check, then download, verify, switch the boot slot, record the pending update and
+    # reset (reset=False returns the Offer instead, for tests and apps that reset later).
+    def update(self, offer=None, reset=True):
+        if self.state["pending"]:
+            e = errors.UpdatePending("an installed update awaits its trial boot")
+            raise self._fail(e, None)
+        if offer is None:
+            offer = self.check()
+            if offer is None:
+                return None
+        self._report("checking", offer)
+        try:
+            self._install(offer)
+        except Exception as e:
+            raise self._fail(e, offer)
+        self._report("installed", offer, slot=offer.slot)
+        if reset:
+            import machine
+
+            machine.reset()
+        return offer
+
+    def _install(self, o):
+        import esp32
+
+        import mpota.imagehdr as imagehdr
+
+        st = self.state
+        run = esp32.Partition(esp32.Partition.RUNNING)
+        part = run.get_next_update()
+        if part.info()[4] != o.slot:
+            raise errors.FlashError("next slot changed")
+        mv = memoryview(self._buf)
+        size = o.size
+        nblk = (size + _BLOCK - 1) // _BLOCK
+        plain = o.encoding == "none"
+        # resume a plain transfer recorded by an earlier run
+        start = 0
+        dl = st["dl"]
+        hr = hashlib.sha256()
+        if (plain and dl and dl.get("version") == o.version and dl.get("hash") == o.hash
+                and dl.get("slot") == o.slot and 0 < dl.get("offset", 0) < size):
+            start = dl["offset"]
+            for b in range(start // _BLOCK):
+                part.readblocks(b, self._buf)
+                if b == 0:
+                    imagehdr.check(mv, o.chip)
+                hr.update(mv)
+        if not start:
+            dl = {"version": o.version, "slot": o.slot, "hash": o.hash,
+                  "transfer_hash": o.transfer_hash, "offset": 0, "transfer_offset": 0}
+        st["dl"] = dl if plain else None
+        src = _Source(self, o.url, o.transfer_size, start, None if plain else hashlib.sha256())
+        try:
+            while True:
+                try:
+                    self._stream(o, part, src, hr, start, nblk, mv, dl, plain)
+                    break
+                except _Restart:
+                    start = dl["offset"] = dl["transfer_offset"] = 0
+                    hr = hashlib.sha256()
+            src.finish(mv[:1])
+            if not plain and src.pos != o.transfer_size:
+                raise errors.SizeMismatch("compressed stream ends before the transfer does")
+            if not plain and _hex(src.h) != o.transfer_hash:
+                raise errors.HashMismatch("transfer hash mismatch")
+            if _hex(hr) != o.hash:
+                raise errors.HashMismatch("image hash mismatch")
+        except errors.DownloadError:
+            if plain:
+                st.save()  # keep the progress: the next update() resumes
+            raise
+        except Exception:
+            if st["dl"] is not None:
+                st["dl"] = None
+                st.save()
+            raise
+        finally:
+            src.close()
+        self._report("downloaded", o)
+        # read the slot back: what the bootloader will see
+        h = hashlib.sha256()
+        left = size
+        for b in range(nblk):
+            part.readblocks(b, self._buf)
+            h.update(mv if left >= _BLOCK else mv[:left])
+            left -= _BLOCK
+        st["dl"] = None
+        if _hex(h) != o.hash:
+            st.save()
+            raise errors.FlashError("slot read-back does not match the image hash")
+        st["pending"] = {"version": o.version, "slot": o.slot, "prev_slot": o.prev_slot,
+                         "security_version": o.security_version, "rollout": o.rollout,
+                         "manifest_sha256": o.manifest_sha256, "attempts": 0}
+        st.save()
+        try:
+            part.set_boot()
+        except OSError as e:
+            st["pending"] = None
+            st.save()
+            raise errors.FlashError("set_boot refused the image (%s)" % e)
+
+    def _stream(self, o, part, src, hr, start, nblk, mv, dl, plain):
+        import mpota.imagehdr as imagehdr
+
+        if plain:
+            reader = src
+        else:
+            import mpota.inflate as inflate
+
+            reader = inflate.reader(src, o.window_bits)
+        size = o.size
+        blk = start // _BLOCK
+        pos = start
+        step = (nblk + 3) // 4  # progress reports at 0/25/50/75 %
+        while blk < nblk:
+            want = min(_BLOCK, size - pos)
+            got = _fill(reader, mv, want)
+            if got < want:
+                raise errors.SizeMismatch("image ends at %d of %d bytes" % (pos + got, size))
+            if blk == 0:
+                imagehdr.check(mv, o.chip)  # early reject, before anything is written
+            if want < _BLOCK:
+                for i in range(want, _BLOCK):
+                    mv[i] = 0xFF
+                hr.update(mv[:want])
+            else:
+                hr.update(mv)
+            if blk % step == 0:
+                self._progress(o, pos, size)
+            part.writeblocks(blk, mv)
+            blk += 1
+            pos += want
+            if plain:
+                dl["offset"] = dl["transfer_offset"] = pos
+                if blk % _SAVE_EVERY == 0 and blk < nblk:
+                    self.state.save()
+        if not plain and _fill(reader, mv[:1], 1):
+            raise errors.SizeMismatch("image longer than the manifest declares")
+
+    def _progress(self, o, pos, size):
+        try:
+            rep = self._rep()
+            if rep is not None:
+                rep.progress(pos, size, o.version, o.rollout)
+        except Exception:
+            pass
