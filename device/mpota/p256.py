@@ -282,19 +282,27 @@ def _verify(pubkey, digest, signature):
 
 
 # digest: the 32-byte SHA-256 of the message (for callers that hash while streaming).
+# Any malformed argument gives False; only MemoryError propagates (it says nothing about the
+# signature, and a caller should not report "bad signature" for it).
 def verify_digest(pubkey, digest, signature):
     try:
         return _verify(pubkey, digest, signature)
+    except MemoryError:
+        raise
     except Exception:
         return False
 
 
-# pubkey: 65-byte uncompressed point 04||X||Y; signature: 64 bytes r||s (IEEE P1363).
+# pubkey: 65-byte uncompressed point 04||X||Y; signature: 64 bytes r||s (IEEE P1363);
+# message: bytes-like, hashed with SHA-256 here (hashlib reads it in place, no copy).
 def verify(pubkey, message, signature):
     try:
-        return _verify(pubkey, hashlib.sha256(message).digest(), signature)
+        digest = hashlib.sha256(message).digest()
+    except MemoryError:
+        raise
     except Exception:
         return False
+    return verify_digest(pubkey, digest, signature)
 
 
 # Strict DER (X.690) ECDSA-Sig-Value SEQUENCE { r INTEGER, s INTEGER } -> 64-byte r||s,
