@@ -1,0 +1,462 @@
+"""`mpota serve`: one aiohttp process serving the feed, taking reports and driving rollouts.
+
+Routes (all JSON errors are {"error": "<one line>"}):
+  GET|HEAD /<feed path>            static feed files: Range (206/416), ETag + If-None-Match (304),
+                                   no dotfiles, no '..', no symlinks leading out of the feed
+  GET  /                           status page (HTML); GET /v1/status the same as JSON (public)
+  POST /v1/reports                 device reports (device token), see ingest.py for limits
+  POST /v1/devices                 register a device {device_id, board, group}: operator token, or
+                                   the device's own token (then reset_seq is not allowed)
+  GET  /v1/devices[?board=B]       inventory (operator); GET /v1/devices/{id} with recent events
+  GET  /v1/events?device=ID&limit=N  stored events (operator)
+  GET  /v1/rollouts                rollouts (operator); POST /v1/rollouts starts one
+                                   {board, channel, version, plan, id?}
+  GET  /v1/rollouts/{id}           per-stage status; POST /v1/rollouts/{id}/pause|resume|abort
+Report answers: 200 {"accepted": n} once committed; 409 a seq already seen (nothing stored);
+400 malformed; 401 bad/missing token; 403 report for another device; 413 too large; 5xx retry later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from aiohttp import web
+
+from host_tools.errors import MpotaError
+from host_tools.server.auth import TokenCache, bearer
+from host_tools.server.ingest import DEVICE_ID, MAX_BODY, GroupCommitWriter, ReportError, parse_reports
+from host_tools.server.orchestrator import ChannelPublisher, Orchestrator, RolloutError, RolloutNotFound
+from host_tools.server.plans import PlanError, RolloutPlan
+from host_tools.server.status_page import render
+from host_tools.server.store import ConflictError, SQLiteStore, Store, parse_db_url
+
+T = TypeVar("T")
+_CONTENT_TYPES = {".json": "application/json", ".bin": "application/octet-stream",
+                  ".z": "application/octet-stream", ".html": "text/html; charset=utf-8",
+                  ".txt": "text/plain; charset=utf-8", ".pem": "text/plain; charset=utf-8",
+                  ".pub": "text/plain; charset=utf-8"}
+_NAME = DEVICE_ID
+
+
+class ServeError(MpotaError):
+    pass
+
+
+@dataclass
+class ServerConfig:
+    feed_dir: Path
+    db_url: str | None = None          # default: sqlite:///<feed_dir>/../mpota.db
+    fleet_secret: bytes | None = None  # without it reports and operator calls answer 503
+    tick_s: float = 1.0                # orchestrator timer
+    synchronous: str = "NORMAL"        # SQLite; NORMAL survives kill -9, FULL also power loss
+    access_log: bool = False
+
+
+def default_db_url(feed_dir: Path) -> str:
+    return f"sqlite:///{feed_dir.resolve().parent / 'mpota.db'}"
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+class MpotaServer:
+    def __init__(self, config: ServerConfig, publisher: ChannelPublisher | None = None,
+                 store: Store | None = None, clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        feed = Path(config.feed_dir)
+        if not feed.is_dir():
+            raise ServeError(f"feed folder {feed} does not exist")
+        self.feed_root = os.path.realpath(feed)
+        if store is None:
+            path = parse_db_url(config.db_url or default_db_url(feed)).resolve()
+            if str(path).startswith(self.feed_root + os.sep):
+                raise ServeError(f"the database {path} must not live inside the feed (it would be served)")
+            store = SQLiteStore(path, synchronous=config.synchronous)
+        self.store = store
+        self.clock = clock
+        self.tokens = TokenCache(config.fleet_secret) if config.fleet_secret else None
+        self.db_exec = ThreadPoolExecutor(1, thread_name_prefix="mpota-db")
+        self.ops_exec = ThreadPoolExecutor(1, thread_name_prefix="mpota-ops")
+        self.orchestrator = Orchestrator(store, publisher, clock)
+        self._poke = asyncio.Event()
+        self.writer = GroupCommitWriter(store, self.db_exec, clock, on_progress=self._poke.set)
+        self._ticker: asyncio.Task[None] | None = None
+        self._last_error = ""
+
+    # ----------------------------------------------------------------- lifecycle
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=1024 * 1024)
+        r = app.router
+        r.add_get("/", self.page)
+        r.add_get("/v1/status", self.status_json)
+        r.add_post("/v1/reports", self.post_reports)
+        r.add_post("/v1/devices", self.post_device)
+        r.add_get("/v1/devices", self.get_devices)
+        r.add_get("/v1/devices/{device_id}", self.get_device)
+        r.add_get("/v1/events", self.get_events)
+        r.add_get("/v1/rollouts", self.get_rollouts)
+        r.add_post("/v1/rollouts", self.post_rollout)
+        r.add_get("/v1/rollouts/{rollout_id}", self.get_rollout)
+        r.add_post("/v1/rollouts/{rollout_id}/{action}", self.rollout_action)
+        r.add_route("*", "/v1/{tail:.*}", self.unknown_api)
+        r.add_get("/{path:.+}", self.feed_file)  # GET also answers HEAD
+        app.on_startup.append(self._startup)
+        app.on_cleanup.append(self._cleanup)
+        return app
+
+    async def _startup(self, app: web.Application) -> None:
+        self._poke = asyncio.Event()
+        self.writer.on_progress = self._poke.set
+        self.writer.start()
+        try:
+            for line in await self._ops(self.orchestrator.reconcile):
+                self._log(f"reconcile: {line}")
+        except MpotaError as exc:
+            self._log(f"reconcile failed (will retry): {exc}")
+        self._ticker = asyncio.get_running_loop().create_task(self._tick_loop())
+
+    async def _cleanup(self, app: web.Application) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            try:
+                await self._ticker
+            except asyncio.CancelledError:
+                pass
+        await self.writer.stop()
+        self.ops_exec.shutdown(wait=True)
+        self.db_exec.shutdown(wait=True)
+        self.store.close()
+
+    def _log(self, message: str) -> None:
+        print(f"mpota serve: {message}", file=sys.stderr, flush=True)
+
+    async def _ops(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.ops_exec, fn, *args)
+
+    async def _tick_loop(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._poke.wait(), timeout=self.config.tick_s)
+            except asyncio.TimeoutError:
+                pass
+            self._poke.clear()
+            try:
+                await self._ops(self._tick)
+            except Exception as exc:  # keep serving; say it once
+                message = f"orchestrator: {exc}"
+                if message != self._last_error:
+                    self._log(message)
+                    self._last_error = message
+            await asyncio.sleep(min(0.2, self.config.tick_s))
+
+    def _tick(self) -> None:
+        self.orchestrator.reconcile()
+        self.orchestrator.evaluate_all()
+
+    # ----------------------------------------------------------------- auth
+    def _need_operator(self, request: web.Request) -> web.Response | None:
+        if self.tokens is None:
+            return _error(503, "no fleet secret configured (start the server with --fleet-secret)")
+        if not self.tokens.operator_ok(bearer(request.headers.get("Authorization"))):
+            return _error(401, "operator token required (Authorization: Bearer <operator token>)")
+        return None
+
+    # ----------------------------------------------------------------- reports
+    async def post_reports(self, request: web.Request) -> web.Response:
+        tokens = self.tokens
+        if tokens is None:
+            return _error(503, "no fleet secret configured")
+        length = request.content_length
+        if length is not None and length > MAX_BODY:
+            return _error(413, f"report body larger than {MAX_BODY} bytes")
+        token = bearer(request.headers.get("Authorization"))
+        if token is None:
+            return _error(401, "missing device token (Authorization: Bearer <token>)")
+        claimed = request.headers.get("X-Mpota-Device")
+        if claimed is not None and not (_NAME.match(claimed) and tokens.device_ok(claimed, token)):
+            return _error(401, "bad device token")
+        body = await self._read_capped(request, MAX_BODY)
+        if body is None:
+            return _error(413, f"report body larger than {MAX_BODY} bytes")
+        try:
+            reports = parse_reports(json.loads(body))
+        except (ValueError, RecursionError) as exc:  # ReportError and JSON errors are ValueErrors
+            message = str(exc) if isinstance(exc, ReportError) else "body is not valid JSON"
+            return _error(400, message)
+        device_id = claimed or reports[0]["device_id"]
+        if claimed is None and not tokens.device_ok(device_id, token):
+            return _error(401, "bad device token")
+        for r in reports:
+            if r["device_id"] != device_id:
+                return _error(403, f"report for {r['device_id']} sent with the token of {device_id}")
+        try:
+            result = await self.writer.submit(device_id, reports)
+        except Exception as exc:
+            self._log(f"storing reports failed: {exc}")
+            return _error(503, "cannot store reports now, retry later")
+        if result.duplicates:
+            return _error(409, f"{result.duplicates} report seq(s) already received; nothing stored")
+        return web.json_response({"accepted": result.accepted})
+
+    @staticmethod
+    async def _read_capped(request: web.Request, cap: int) -> bytes | None:
+        if request.content_length is not None:
+            return await request.read()
+        data = bytearray()
+        while True:
+            chunk = await request.content.read(65536)
+            if not chunk:
+                return bytes(data)
+            data += chunk
+            if len(data) > cap:
+                return None
+
+    # ----------------------------------------------------------------- devices
+    async def post_device(self, request: web.Request) -> web.Response:
+        if self.tokens is None:
+            return _error(503, "no fleet secret configured")
+        token = bearer(request.headers.get("Authorization"))
+        body = await self._read_capped(request, 8192)
+        if body is None:
+            return _error(413, "body too large")
+        try:
+            data = json.loads(body)
+        except ValueError:
+            return _error(400, "body is not valid JSON")
+        if not isinstance(data, dict):
+            return _error(400, "expected an object {device_id, board, group}")
+        device_id = data.get("device_id")
+        if not isinstance(device_id, str) or not _NAME.match(device_id):
+            return _error(400, "device_id missing or invalid")
+        operator = self.tokens.operator_ok(token)
+        if not operator and not (token is not None and self.tokens.device_ok(device_id, token)):
+            return _error(401, "operator token or the device's own token required")
+        board, group = data.get("board"), data.get("group")
+        for name, value in (("board", board), ("group", group)):
+            if value is not None and (not isinstance(value, str) or not _NAME.match(value)):
+                return _error(400, f"{name} must be a short name")
+        reset = data.get("reset_seq", False)
+        if reset is not False and (reset is not True or not operator):
+            return _error(403 if reset is True else 400, "reset_seq needs the operator token")
+        loop = asyncio.get_running_loop()
+        device = await loop.run_in_executor(self.db_exec, self.store.register_device, device_id, board, group,
+                                            self.clock(), bool(reset))
+        return web.json_response(device)
+
+    async def get_devices(self, request: web.Request) -> web.Response:
+        denied = self._need_operator(request)
+        if denied:
+            return denied
+        board = request.query.get("board")
+        return web.json_response({"devices": await self._ops(self.store.list_devices, board)})
+
+    async def get_device(self, request: web.Request) -> web.Response:
+        denied = self._need_operator(request)
+        if denied:
+            return denied
+        device_id = request.match_info["device_id"]
+        device = await self._ops(self.store.get_device, device_id)
+        if device is None:
+            return _error(404, f"no device {device_id!r}")
+        device["events"] = await self._ops(self.store.device_events, device_id, 50)
+        return web.json_response(device)
+
+    async def get_events(self, request: web.Request) -> web.Response:
+        denied = self._need_operator(request)
+        if denied:
+            return denied
+        try:
+            limit = max(1, min(10000, int(request.query.get("limit", "100"))))
+        except ValueError:
+            return _error(400, "limit must be a number")
+        events = await self._ops(self.store.device_events, request.query.get("device"), limit)
+        return web.json_response({"events": events})
+
+    # ----------------------------------------------------------------- rollouts
+    async def _rollout_call(self, fn: Callable[..., Any], *args: Any) -> web.Response:
+        try:
+            result = await self._ops(fn, *args)
+        except RolloutNotFound as exc:
+            return _error(404, str(exc))
+        except (RolloutError, ConflictError) as exc:
+            return _error(409, str(exc))
+        except PlanError as exc:
+            return _error(400, str(exc))
+        except MpotaError as exc:  # publishing failed (key, disk): state is kept, reconcile retries
+            return _error(500, str(exc))
+        return web.json_response(result)
+
+    def _status_of(self, rollout_id: str) -> dict[str, Any]:
+        return self.orchestrator.status(rollout_id)
+
+    async def get_rollouts(self, request: web.Request) -> web.Response:
+        denied = self._need_operator(request)
+        if denied:
+            return denied
+        rollouts = await self._ops(self.store.list_rollouts)
+        return web.json_response({"rollouts": [r.to_dict() for r in rollouts]})
+
+    async def get_rollout(self, request: web.Request) -> web.Response:
+        denied = self._need_operator(request)
+        if denied:
+            return denied
+        return await self._rollout_call(self._status_of, request.match_info["rollout_id"])
+
+    async def post_rollout(self, request: web.Request) -> web.Response:
+        denied = self._need_operator(request)
+        if denied:
+            return denied
+        try:
+            data = await request.json()
+        except ValueError:
+            return _error(400, "body is not valid JSON")
+        if not isinstance(data, dict):
+            return _error(400, "expected an object {board, channel, version, plan}")
+        names: dict[str, str] = {}
+        for name in ("board", "channel", "version"):
+            value = data.get(name, "stable" if name == "channel" else None)
+            if not isinstance(value, str) or not value or len(value) > 64 or "/" in value or ".." in value:
+                return _error(400, f"{name} missing or invalid")
+            names[name] = value
+        board, channel, version = names["board"], names["channel"], names["version"]
+        rid = data.get("id")
+        if rid is not None and not isinstance(rid, str):
+            return _error(400, "id must be a string")
+        try:
+            plan = RolloutPlan.from_dict(data.get("plan") or {})
+        except PlanError as exc:
+            return _error(400, str(exc))
+
+        def start() -> dict[str, Any]:
+            rollout = self.orchestrator.start(board, channel, version, plan, rid)
+            return self.orchestrator.status(rollout.id)
+        response = await self._rollout_call(start)
+        if response.status == 200:
+            response.set_status(201)
+            self._poke.set()
+        return response
+
+    async def rollout_action(self, request: web.Request) -> web.Response:
+        denied = self._need_operator(request)
+        if denied:
+            return denied
+        rid, action = request.match_info["rollout_id"], request.match_info["action"]
+        reason = None
+        if request.can_read_body:
+            try:
+                data = await request.json()
+            except ValueError:
+                return _error(400, "body is not valid JSON")
+            if isinstance(data, dict) and isinstance(data.get("reason"), str):
+                reason = data["reason"][:200]
+        orch = self.orchestrator
+        calls: dict[str, Callable[[], Any]] = {
+            "pause": lambda: orch.pause(rid, reason or "paused by operator"),
+            "resume": lambda: orch.resume(rid),
+            "abort": lambda: orch.abort(rid, reason or "aborted by operator"),
+            "evaluate": lambda: orch.evaluate(rid),
+        }
+        call = calls.get(action)
+        if call is None:
+            return _error(404, f"unknown rollout action {action!r}")
+
+        def run() -> dict[str, Any]:
+            call()
+            return orch.status(rid)
+        response = await self._rollout_call(run)
+        self._poke.set()
+        return response
+
+    async def unknown_api(self, request: web.Request) -> web.Response:
+        return _error(404 if request.method in ("GET", "HEAD", "POST") else 405, "no such API endpoint")
+
+    # ----------------------------------------------------------------- status
+    def _overview(self) -> dict[str, Any]:
+        rollouts = sorted(self.store.list_rollouts(), key=lambda r: r.created_at, reverse=True)[:5]
+        statuses = []
+        for r in rollouts:
+            try:
+                statuses.append(self.orchestrator.status(r.id))
+            except MpotaError:
+                continue
+        return {"rollouts": statuses, "inventory": self.store.inventory_summary(), "time": self.clock()}
+
+    async def page(self, request: web.Request) -> web.Response:
+        overview = await self._ops(self._overview)
+        return web.Response(text=render(overview["rollouts"], overview["inventory"], overview["time"]),
+                            content_type="text/html")
+
+    async def status_json(self, request: web.Request) -> web.Response:
+        overview = await self._ops(self._overview)
+        for st in overview["rollouts"]:
+            st.pop("history", None)
+            st.pop("plan", None)
+        return web.json_response(overview)
+
+    # ----------------------------------------------------------------- feed
+    async def feed_file(self, request: web.Request) -> web.StreamResponse:
+        rel = request.match_info["path"]
+        parts = rel.split("/")
+        if any(not p or p.startswith(".") for p in parts) or "\\" in rel or "\0" in rel:
+            return _error(404, "not found")
+        path = os.path.join(self.feed_root, *parts)
+        real = os.path.realpath(path)
+        if not real.startswith(self.feed_root + os.sep):
+            return _error(403, "outside the feed")
+        if not os.path.isfile(real):
+            return _error(404, "not found")
+        ctype = _CONTENT_TYPES.get(os.path.splitext(real)[1], "application/octet-stream")
+        return web.FileResponse(real, headers={"Content-Type": ctype, "Cache-Control": "no-cache"})
+
+
+def make_publisher(feed_dir: Path, rollout_key: str | None, any_role: bool = False,
+                   expires_s: float | None = None) -> ChannelPublisher | None:
+    if rollout_key is None:
+        return None
+    from host_tools.server.publish import FeedPublisher
+
+    return FeedPublisher(feed_dir, rollout_key, expires_s=expires_s, any_role=any_role)
+
+
+def run(config: ServerConfig, host: str, port: int, publisher: ChannelPublisher | None,
+        ready: Callable[[str], Awaitable[None] | None] | None = None) -> None:
+    """Serve until interrupted; prints "serving on http://HOST:PORT" once listening."""
+    server = MpotaServer(config, publisher)
+
+    async def main() -> None:
+        app = server.app()
+        runner = web.AppRunner(app) if config.access_log else web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise ServeError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        sockets = getattr(site._server, "sockets", None) or []
+        bound = sockets[0].getsockname()[1] if sockets else port
+        url = f"http://{host}:{bound}"
+        print(f"serving on {url}", flush=True)
+        if ready is not None:
+            maybe = ready(url)
+            if maybe is not None:
+                await maybe
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await runner.cleanup()
+
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        pass

@@ -1,0 +1,157 @@
+"""Report validation (the schema of docs/ARCHITECTURE.md "Reports") and the group-commit writer.
+
+Limits: a request body is at most MAX_BODY bytes and holds one report or {"reports": [...]} with
+at most MAX_BATCH reports, all of the authenticated device. Validation is all or nothing: one
+bad report and the request is refused (400) with nothing stored.
+
+The writer: request handlers queue (device_id, reports, future); one task takes everything queued,
+stores it in ONE transaction on the database thread (group commit), then answers every waiting
+request. A 2xx therefore always means "committed".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import Any
+
+from host_tools.server.store import IngestResult, Report, Store
+
+MAX_BATCH = 50
+MAX_BODY = 64 * 1024
+MAX_DETAIL_KEYS = 16
+MAX_STR = 128
+EVENTS = frozenset({"checking", "downloading", "downloaded", "installed", "confirmed", "health_failed",
+                    "rolled_back", "failed", "heartbeat"})
+DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
+_STR_FIELDS = ("board", "group", "version", "slot", "rollout", "target")
+_INT_FIELDS = ("uptime_ms", "time")
+_MAX_INT = 1 << 53
+
+
+class ReportError(ValueError):
+    """A malformed report: the message says which field."""
+
+
+def _check_str(r: dict[str, Any], key: str, where: str) -> None:
+    v = r.get(key)
+    if v is not None and (not isinstance(v, str) or len(v) > MAX_STR):
+        raise ReportError(f"{where}: {key} must be a string of at most {MAX_STR} characters")
+
+
+def validate_report(obj: object, where: str = "report") -> Report:
+    """Check one report; returns it (the same dict) or raises ReportError."""
+    if not isinstance(obj, dict):
+        raise ReportError(f"{where}: expected an object")
+    device_id = obj.get("device_id")
+    if not isinstance(device_id, str) or not DEVICE_ID.match(device_id):
+        raise ReportError(f"{where}: device_id missing or invalid")
+    seq = obj.get("seq")
+    if type(seq) is not int or not 0 <= seq < _MAX_INT:
+        raise ReportError(f"{where}: seq must be a whole number >= 0")
+    event = obj.get("event")
+    if event not in EVENTS:
+        raise ReportError(f"{where}: unknown event {str(event)[:40]!r}")
+    for key in _STR_FIELDS:
+        _check_str(obj, key, where)
+    for key in _INT_FIELDS:
+        v = obj.get(key)
+        if v is not None and (type(v) is not int or not 0 <= v < _MAX_INT):
+            raise ReportError(f"{where}: {key} must be a whole number >= 0")
+    detail = obj.get("detail")
+    if detail is not None:
+        if not isinstance(detail, dict) or len(detail) > MAX_DETAIL_KEYS:
+            raise ReportError(f"{where}: detail must be an object with at most {MAX_DETAIL_KEYS} keys")
+        for k, v in detail.items():
+            if len(k) > 32 or not (v is None or isinstance(v, (bool, int, float))
+                                   or (isinstance(v, str) and len(v) <= 256)):
+                raise ReportError(f"{where}: detail.{k[:32]} must be a number, boolean or short string")
+    return obj
+
+
+def parse_reports(data: object) -> list[Report]:
+    """One report or {"reports": [...]} (1..MAX_BATCH) -> list of validated reports."""
+    if isinstance(data, dict) and "reports" in data and "event" not in data:
+        items = data["reports"]
+        if not isinstance(items, list) or not items:
+            raise ReportError("reports must be a non-empty list")
+        if len(items) > MAX_BATCH:
+            raise ReportError(f"at most {MAX_BATCH} reports per request (got {len(items)})")
+        reports = [validate_report(r, f"reports[{i}]") for i, r in enumerate(items)]
+        seqs = {r["seq"] for r in reports}
+        if len(seqs) != len(reports):
+            raise ReportError("the same seq appears twice in one request")
+        return reports
+    return [validate_report(data)]
+
+
+class GroupCommitWriter:
+    """Batches concurrent requests into one store transaction on a single database thread."""
+
+    def __init__(self, store: Store, executor: Executor, clock: Callable[[], float] = time.time,
+                 on_progress: Callable[[], None] | None = None, max_requests: int = 2000) -> None:
+        self.store = store
+        self.executor = executor
+        self.clock = clock
+        self.on_progress = on_progress
+        self.max_requests = max_requests
+        self._queue: asyncio.Queue[tuple[str, list[Report], asyncio.Future[IngestResult]]] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.commits = 0
+        self.requests = 0
+
+    def start(self) -> None:
+        self._queue = asyncio.Queue()
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    async def submit(self, device_id: str, reports: list[Report]) -> IngestResult:
+        assert self._queue is not None, "writer not started"
+        fut: asyncio.Future[IngestResult] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((device_id, reports, fut))
+        return await fut
+
+    async def _run(self) -> None:
+        assert self._queue is not None
+        loop = asyncio.get_running_loop()
+        queue = self._queue
+        while True:
+            batch = [await queue.get()]
+            while not queue.empty() and len(batch) < self.max_requests:
+                batch.append(queue.get_nowait())
+            live = [b for b in batch if not b[2].done()]
+            if not live:
+                continue
+            try:
+                results = await loop.run_in_executor(
+                    self.executor, self.store.ingest, [(d, r) for d, r, _ in live], self.clock())
+            except asyncio.CancelledError:
+                for _, _, fut in live:
+                    if not fut.done():
+                        fut.cancel()
+                raise
+            except Exception as exc:  # the database failed: every waiting request gets a 5xx
+                for _, _, fut in live:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                continue
+            self.commits += 1
+            self.requests += len(live)
+            progress = False
+            for (_, _, fut), result in zip(live, results, strict=True):
+                progress = progress or result.progress
+                if not fut.done():
+                    fut.set_result(result)
+            if progress and self.on_progress is not None:
+                self.on_progress()

@@ -1,0 +1,81 @@
+"""Channel publishing for the orchestrator: the one place that signs and writes channel documents.
+
+``FeedPublisher`` re-signs channels/<board>/<channel>.json with the rollout key through
+host_tools.feed.write_channel (seq = previous + 1, atomic replace). ``RecordingPublisher`` is the
+in-memory stand-in the orchestrator tests use to see every call.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from host_tools.errors import MpotaError
+
+
+class PublishError(MpotaError):
+    pass
+
+
+class FeedPublisher:
+    def __init__(self, feed_dir: str | os.PathLike[str], key_path: str | os.PathLike[str],
+                 expires_s: float | None = None, any_role: bool = False) -> None:
+        from host_tools.keys import load_private_key
+
+        self.feed_dir = Path(feed_dir)
+        self.key = load_private_key(key_path, expect_role=None if any_role else "rollout")
+        self.expires_s = expires_s
+
+    def _expires(self) -> str | None:
+        if self.expires_s is None:
+            return None
+        from datetime import datetime, timedelta, timezone
+
+        when = datetime.now(timezone.utc) + timedelta(seconds=self.expires_s)
+        return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    def publish(self, board: str, channel: str, version: str, rollout: dict[str, Any]) -> int:
+        from host_tools import feed
+
+        doc = feed.write_channel(self.feed_dir, board, channel, version, dict(rollout), self.key,
+                                 expires=self._expires())
+        return int(doc.seq)
+
+    def current(self, board: str, channel: str) -> dict[str, Any] | None:
+        from host_tools import feed
+
+        doc = feed.read_channel(self.feed_dir, board, channel)
+        if doc is None:
+            return None
+        return {"seq": doc.seq, "version": doc.release["version"], "rollout": doc.rollout}
+
+    def release_exists(self, board: str, version: str) -> bool:
+        return (self.feed_dir / "releases" / board / version / "manifest.json").is_file()
+
+
+class RecordingPublisher:
+    """Stand-in: keeps the latest document per channel in memory and records every publish."""
+
+    def __init__(self, releases: set[tuple[str, str]] | None = None) -> None:
+        self.calls: list[dict[str, Any]] = []
+        self.docs: dict[tuple[str, str], dict[str, Any]] = {}
+        self.releases = releases
+        self.fail_next = False
+
+    def publish(self, board: str, channel: str, version: str, rollout: dict[str, Any]) -> int:
+        if self.fail_next:
+            self.fail_next = False
+            raise PublishError("publish failed (injected)")
+        prev = self.docs.get((board, channel))
+        seq = (prev["seq"] if prev else 0) + 1
+        doc = {"seq": seq, "version": version, "rollout": dict(rollout)}
+        self.docs[(board, channel)] = doc
+        self.calls.append({"board": board, "channel": channel, **doc})
+        return seq
+
+    def current(self, board: str, channel: str) -> dict[str, Any] | None:
+        return self.docs.get((board, channel))
+
+    def release_exists(self, board: str, version: str) -> bool:
+        return self.releases is None or (board, version) in self.releases
