@@ -42,7 +42,9 @@ def pae(payload_type: str, payload: bytes) -> bytes:
     return b"DSSEv1 %d %s %d %s" % (len(t), t, len(payload), payload)
 
 
-def sign_envelope(payload_type: str, payload: bytes, keys: PrivateKey | Iterable[PrivateKey]) -> dict[str, Any]:
+def sign_envelope(
+    payload_type: str, payload: bytes, keys: PrivateKey | Iterable[PrivateKey]
+) -> dict[str, Any]:
     """An envelope over payload signed by each key (one signature per distinct keyid)."""
     key_list = [keys] if isinstance(keys, PrivateKey) else list(keys)
     if not key_list:

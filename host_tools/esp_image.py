@@ -243,8 +243,9 @@ def parse_image(data: bytes | memoryview, base: int = 0) -> ImageReport:
             return rep
         rep.segments.append(seg)
         if length % 4:
-            rep.add("error", f"segment {i} length {length} is not a multiple of 4 (the bootloader refuses it)")
-        if seg.memory in _FLASH_MAPPED and (addr - (base + pos + 8 - base)) % 0x10000:
+            rep.add("error", f"segment {i} length {length} is not a multiple of 4 "
+                             "(the bootloader refuses it)")
+        if seg.memory in _FLASH_MAPPED and (addr - (pos + 8)) % 0x10000:
             rep.add("error", f"segment {i} at 0x{addr:08x} is not page-aligned with its file offset "
                              f"0x{pos + 8:x} (the MMU cannot map it)")
         checksum = _xor(mv[base + pos + 8 : base + pos + 8 + length], checksum)

@@ -20,7 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from host_tools.channel import ChannelDoc, ChannelError, ChannelRelease, Rollout, channel_path, release_dir_path
+from host_tools.channel import (
+    ChannelDoc,
+    ChannelError,
+    ChannelRelease,
+    Rollout,
+    channel_path,
+    release_dir_path,
+)
 from host_tools.errors import MpotaError
 from host_tools.fsutil import atomic_write
 from host_tools.keys import PrivateKey, PublicKey, role_allows
@@ -210,7 +217,8 @@ def publish_release(
                             "choose one with --board")
         board = m.target_hardware[0]
     elif board not in m.target_hardware:
-        raise FeedError(f"board {board} is not in the release's target_hardware ({', '.join(m.target_hardware)})")
+        raise FeedError(f"board {board} is not in the release's target_hardware "
+                        f"({', '.join(m.target_hardware)})")
     ro_dict = dict(rollout) if rollout is not None else default_rollout(board, m.version)
     try:
         ro = Rollout.from_dict(ro_dict)
@@ -246,7 +254,8 @@ def publish_release(
             atomic_write(dest / MANIFEST_NAME, mbytes)
         doc = ChannelDoc(
             board=board, channel=channel, seq=(prev.seq + 1) if prev else 1,
-            release=ChannelRelease(m.version, f"{rel_dir}/{MANIFEST_NAME}", hashlib.sha256(mbytes).hexdigest()),
+            release=ChannelRelease(m.version, f"{rel_dir}/{MANIFEST_NAME}",
+                                   hashlib.sha256(mbytes).hexdigest()),
             rollout=ro, expires=expires,
         )
         _sign_and_write_channel(feed, doc, rollout_key)
@@ -275,7 +284,8 @@ def verify_feed(
 
     def problem(rel: str, exc: object) -> None:
         text = str(exc)
-        rep.problems.append(text if text.startswith(rel) or text.startswith(str(feed / rel)) else f"{rel}: {text}")
+        known = text.startswith(rel) or text.startswith(str(feed / rel))
+        rep.problems.append(text if known else f"{rel}: {text}")
 
     referenced: set[str] = set()
     now = utc_now()
@@ -292,7 +302,8 @@ def verify_feed(
             problem(rel, exc)
             continue
         if (doc.board, doc.channel) != (board, channel):
-            rep.problems.append(f"{rel}: says board {doc.board} channel {doc.channel}, not what its path says")
+            rep.problems.append(f"{rel}: says board {doc.board} channel {doc.channel}, "
+                                "not what its path says")
             continue
         if doc.expires is not None and parse_time(doc.expires) <= now:
             rep.problems.append(f"{rel}: expired at {doc.expires}")
@@ -330,13 +341,15 @@ def verify_feed(
     for doc in rep.channels:
         rel_ver = doc.release.version
         if doc.release.manifest != f"{release_dir_path(doc.board, rel_ver)}/{MANIFEST_NAME}":
-            rep.warnings.append(f"{doc.path}: release {rel_ver} lives at an unusual path {doc.release.manifest}")
+            rep.warnings.append(f"{doc.path}: release {rel_ver} lives at an unusual path "
+                                f"{doc.release.manifest}")
         elif (doc.board, rel_ver) not in rep.releases and not any(
             p.startswith(doc.release.manifest) for p in rep.problems
         ):
             rep.problems.append(f"{doc.path}: release {doc.board} {rel_ver} did not verify")
     for stray in sorted(feed.rglob(".*.tmp")):
-        rep.warnings.append(f"{stray.relative_to(feed).as_posix()}: leftover temp file from an interrupted write")
+        rep.warnings.append(f"{stray.relative_to(feed).as_posix()}: leftover temp file "
+                            "from an interrupted write")
     if not rep.channels and not rep.releases and not rep.problems:
         rep.problems.append("the feed holds no channel documents and no releases")
     return rep

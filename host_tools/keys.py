@@ -57,8 +57,8 @@ class PublicKey:
     """A P-256 public key: ``point`` is the 65-byte uncompressed point (0x04 || X || Y)."""
 
     def __init__(self, point: bytes, source: str = "") -> None:
-        from ecdsa import NIST256p, VerifyingKey
-        from ecdsa.errors import MalformedPointError
+        from ecdsa import NIST256p, VerifyingKey  # type: ignore[import-untyped]
+        from ecdsa.errors import MalformedPointError  # type: ignore[import-untyped]
 
         if len(point) != 65 or point[0] != 4:
             raise KeyFileError(f"{source or 'public key'}: expected a 65-byte uncompressed P-256 point")
@@ -77,7 +77,7 @@ class PublicKey:
     def verify(self, data: bytes, sig: bytes) -> bool:
         """True when sig (raw r||s, 64 bytes) is a valid ECDSA-SHA256 signature of data."""
         from ecdsa import BadSignatureError
-        from ecdsa.util import sigdecode_string
+        from ecdsa.util import sigdecode_string  # type: ignore[import-untyped]
 
         if len(sig) != 64:
             return False
@@ -213,7 +213,8 @@ def load_private_key(path: str | os.PathLike[str], expect_role: str | None = Non
     except Exception:  # ecdsa raises assorted errors on corrupt DER or non-EC keys
         raise KeyFileError(f"{path} is not a valid EC private key (mpota keys are ECDSA P-256)") from None
     if sk.curve != NIST256p:
-        raise KeyFileError(f"{path} is a key on curve {_curve_name(sk)}; mpota keys are ECDSA P-256 (NIST256p)")
+        raise KeyFileError(f"{path} is a key on curve {_curve_name(sk)}; "
+                           "mpota keys are ECDSA P-256 (NIST256p)")
     role = read_role(data)
     if role is not None and role not in ROLES:
         raise KeyFileError(f"{path} has an unknown role {role!r} (roles: {', '.join(ROLES)})")
@@ -251,7 +252,8 @@ def load_public_key(path_or_hex: str | os.PathLike[str] | bytes) -> PublicKey:
             try:
                 vk = VerifyingKey.from_pem(block)
             except Exception:
-                raise KeyFileError(f"{text} is not a valid EC public key (mpota keys are ECDSA P-256)") from None
+                raise KeyFileError(f"{text} is not a valid EC public key "
+                                   "(mpota keys are ECDSA P-256)") from None
             if vk.curve != NIST256p:
                 raise KeyFileError(
                     f"{text} is a key on curve {_curve_name(vk)}; mpota keys are ECDSA P-256 (NIST256p)"

@@ -62,7 +62,8 @@ def parse_time(text: Any, what: str = "time") -> datetime:
     if not m:
         raise ManifestError(f"{what} {text!r} is not a UTC timestamp like 2026-11-27T00:00:00Z")
     try:
-        return datetime(*(int(g) for g in m.groups()), tzinfo=timezone.utc)  # type: ignore[misc]
+        y, mo, d, h, mi, s = (int(g) for g in m.groups())
+        return datetime(y, mo, d, h, mi, s, tzinfo=timezone.utc)
     except ValueError:
         raise ManifestError(f"{what} {text!r} is not a valid date and time") from None
 
@@ -102,7 +103,7 @@ def _get(d: Mapping[str, Any], key: str, where: str) -> Any:
 def _int(v: Any, what: str, lo: int = 0, hi: int = 2**32 - 1) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
         raise ManifestError(f"{what} must be an integer in {lo}..{hi}, not {v!r}")
-    return v
+    return int(v)
 
 
 def _str(v: Any, what: str, max_len: int = 256) -> str:
@@ -193,7 +194,8 @@ class ImageRef:
             if self.window_bits is not None:
                 raise ManifestError("image.window_bits is only for encoding 'zlib'")
             if self.transfer_size != self.size or self.transfer_hash != self.hash:
-                raise ManifestError("image.transfer_size/transfer_hash must equal size/hash for encoding 'none'")
+                raise ManifestError("image.transfer_size/transfer_hash must equal size/hash "
+                                    "for encoding 'none'")
 
     @classmethod
     def from_dict(cls, d: Any) -> ImageRef:
@@ -208,7 +210,8 @@ class ImageRef:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"url": self.url, "size": self.size, "hash": self.hash, "encoding": self.encoding}
+        out: dict[str, Any] = {"url": self.url, "size": self.size, "hash": self.hash,
+                               "encoding": self.encoding}
         if self.encoding == "zlib":
             out["window_bits"] = self.window_bits
         out["transfer_size"] = self.transfer_size
@@ -259,7 +262,8 @@ class FirmwareManifest:
     def validate(self) -> None:
         check_version(self.version)
         if not isinstance(self.build_id, str) or not _BUILD_ID.match(self.build_id):
-            raise ManifestError(f"build_id {self.build_id!r} must be 1-64 printable characters without spaces")
+            raise ManifestError(f"build_id {self.build_id!r} must be 1-64 printable characters "
+                                "without spaces")
         _int(self.security_version, "security_version")
         if not isinstance(self.target_hardware, list) or not self.target_hardware:
             raise ManifestError("target_hardware must be a non-empty list of board names")

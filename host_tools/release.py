@@ -122,7 +122,8 @@ def _resolve_keys(key: PrivateKey | str | os.PathLike[str] | Sequence[PrivateKey
 
 def _check_out_dir(out: Path) -> None:
     if out.is_symlink() or (out.exists() and (not out.is_dir() or any(out.iterdir()))):
-        raise ReleaseError(f"output {out} already exists (choose a new folder; releases are never overwritten)")
+        raise ReleaseError(f"output {out} already exists "
+                           "(choose a new folder; releases are never overwritten)")
     if not out.parent.is_dir():
         raise ReleaseError(f"cannot create {out}: folder {out.parent} does not exist")
 
@@ -155,10 +156,12 @@ def sign_release(
     for extra in extra_boards:
         other = load_board(extra)
         if other.chip != b.chip:
-            raise ReleaseError(f"board {other.name} is an {other.chip}, {b.name} an {b.chip}: one chip per release")
+            raise ReleaseError(f"board {other.name} is an {other.chip}, {b.name} an {b.chip}: "
+                               "one chip per release")
     keys = _resolve_keys(key, any_role, "release")
     _check_out_dir(out)
-    if security_version is not None and (isinstance(security_version, bool) or not 0 <= security_version < 2**32):
+    if security_version is not None and (isinstance(security_version, bool)
+                                         or not 0 <= security_version < 2**32):
         raise ReleaseError(f"security version {security_version} must be an integer in 0..4294967295")
     if not MIN_WINDOW_BITS <= window_bits <= MAX_WINDOW_BITS:
         raise ReleaseError(f"window bits {window_bits} must be in {MIN_WINDOW_BITS}..{MAX_WINDOW_BITS}")
@@ -264,7 +267,7 @@ def verify_release(
     board: str | None = None,
     allow_expired: bool = False,
 ) -> VerifyResult:
-    """Check a release folder (or its manifest file) completely; raise ReleaseError/DsseError on the first fault.
+    """Check a release folder (or its manifest file); raise ReleaseError/DsseError on the first fault.
 
     Signature and payload type, manifest fields, transfer size + hash of the image file, the zlib
     stream inflating (with the recorded window) to exactly size + hash, and that the image is a valid
@@ -301,7 +304,8 @@ def load_release(
     env = parse_envelope(raw, str(mpath))
     if public_keys is None:
         if env["payloadType"] != RELEASE_PAYLOAD_TYPE:
-            raise ReleaseError(f"{mpath}: payloadType is {env['payloadType']!r}, expected {RELEASE_PAYLOAD_TYPE!r}")
+            raise ReleaseError(f"{mpath}: payloadType is {env['payloadType']!r}, "
+                               f"expected {RELEASE_PAYLOAD_TYPE!r}")
         payload = envelope_payload(env, str(mpath))
         signed_by: list[str] = []
         checks = ["signature not checked (no release key given)"]
@@ -317,10 +321,12 @@ def load_release(
     if m.expires is not None and parse_time(m.expires) <= utc_now() and not allow_expired:
         raise ReleaseError(f"{mpath}: the manifest expired at {m.expires}")
     if board is not None and board not in m.target_hardware:
-        raise ReleaseError(f"{mpath}: board {board} is not in target_hardware ({', '.join(m.target_hardware)})")
+        raise ReleaseError(f"{mpath}: board {board} is not in target_hardware "
+                           f"({', '.join(m.target_hardware)})")
     url = m.image.url
     if "://" in url or url.startswith("/"):
-        raise ReleaseError(f"{mpath}: image url {url!r} is absolute; verify checks local release folders only")
+        raise ReleaseError(f"{mpath}: image url {url!r} is absolute; "
+                           "verify checks local release folders only")
     img = (mpath.parent / url).resolve()
     if mpath.parent.resolve() not in img.parents:
         raise ReleaseError(f"{mpath}: image url {url!r} points outside the release folder")
@@ -347,7 +353,8 @@ def load_release(
     checks.append(f"image size and hash ({m.image.size} bytes)")
     rep = parse_image(raw_image)
     if rep.errors or rep.kind != "app":
-        raise ReleaseError(f"the signed image is not a valid app image: {(rep.errors or ['no app descriptor'])[0]}")
+        why = (rep.errors or ["no app descriptor"])[0]
+        raise ReleaseError(f"the signed image is not a valid app image: {why}")
     if rep.chip != m.chip:
         raise ReleaseError(f"the signed image is for {rep.chip}, the manifest says chip {m.chip}")
     if rep.app_desc is not None:

@@ -1,0 +1,129 @@
+"""`mpota feed publish|verify`: the static update feed."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from host_tools.errors import UsageError
+from host_tools.manifest import parse_expires
+
+
+def register(sub: Any) -> None:
+    feed = sub.add_parser("feed", help="publish releases to a static feed and verify feeds",
+                          description="Publish releases to a static feed (plain files any web server or CDN "
+                                      "serves) and verify feeds.")
+    fsub = feed.add_subparsers(dest="feed_command", metavar="ACTION", required=True)
+
+    pub = fsub.add_parser(
+        "publish", help="copy a signed release into the feed and point a channel at it",
+        description="Copy RELEASE_DIR to releases/<board>/<version>/ (image first, then manifest), then sign "
+                    "and write channels/<board>/<channel>.json last (seq = previous + 1), every file through "
+                    "a temp file and a rename. Refuses a different release already published under the same "
+                    "version and a lower security_version than the channel's current release (unless "
+                    "--allow-downgrade). Without rollout options the channel gets a full release: "
+                    "state active, no groups, 100%%.",
+        epilog="The key must have role rollout or both (see `mpota keygen --help`) unless --any-role is "
+               "given (the demo's single-key mode).")
+    pub.add_argument("release", metavar="RELEASE_DIR")
+    pub.add_argument("--feed", "-f", required=True, metavar="DIR",
+                     help="feed root folder (created if missing)")
+    pub.add_argument("--channel", "-c", required=True, metavar="CHANNEL", help="e.g. stable, beta")
+    pub.add_argument("--key", "-k", required=True, metavar="ROLLOUT_KEY", help="rollout private key (PEM)")
+    pub.add_argument("--board", "-b", metavar="BOARD",
+                     help="which target board (when the release has several)")
+    pub.add_argument("--release-pubkey", action="extend", nargs="+", default=None, metavar="PUB",
+                     help="also verify the release signature with these release public keys")
+    pub.add_argument("--rollout-id", metavar="ID", help="rollout id (default <board>-<version>-<UTC time>)")
+    pub.add_argument("--groups", metavar="G1,G2", help="device groups in the rollout, comma separated")
+    pub.add_argument("--percentage", type=float, metavar="P",
+                     help="share of the other devices, 0..100 (default 100, or 0 with --groups)")
+    pub.add_argument("--state", choices=("active", "paused", "halted"), default="active")
+    pub.add_argument("--window", metavar="HH:MM-HH:MM", help="maintenance window, UTC")
+    pub.add_argument("--expires", metavar="WHEN",
+                     help="channel document expiry: UTC time, a duration (30d, 12h) or never (default never)")
+    pub.add_argument("--allow-downgrade", action="store_true",
+                     help="publish a lower security_version than the channel's current release (warns)")
+    pub.add_argument("--any-role", action="store_true", help="accept a key of any role (or without one)")
+    pub.set_defaults(func=cmd_publish)
+
+    ver = fsub.add_parser(
+        "verify", help="check every channel document and release in a feed",
+        description="Verify every channels/<board>/<channel>.json (signature, manifest pin, expiry) and "
+                    "every releases/<board>/<version>/ (signature, hashes, image). "
+                    "Exit 0 only when all hold.")
+    ver.add_argument("feed", metavar="DIR")
+    ver.add_argument("--pubkey", "-p", action="extend", nargs="+", default=[], metavar="PUB",
+                     help="public key(s) accepted for both roles (PEM file or 130-digit hex)")
+    ver.add_argument("--release-pubkey", action="extend", nargs="+", default=None, metavar="PUB",
+                     help="release-role public key(s)")
+    ver.add_argument("--rollout-pubkey", action="extend", nargs="+", default=None, metavar="PUB",
+                     help="rollout-role public key(s)")
+    ver.set_defaults(func=cmd_verify)
+
+
+def _window(text: str | None) -> dict[str, str] | None:
+    if text is None:
+        return None
+    start, sep, end = text.partition("-")
+    if not sep:
+        raise UsageError(f"--window {text!r} must be HH:MM-HH:MM (UTC)")
+    return {"start": start.strip(), "end": end.strip()}
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from host_tools.feed import default_rollout, publish_release
+    from host_tools.keys import load_private_key, load_public_keys
+    from host_tools.release import load_release
+
+    key = load_private_key(args.key, None if args.any_role else "rollout")
+    release_keys = load_public_keys(args.release_pubkey) if args.release_pubkey else None
+    rollout: dict[str, Any] | None = None
+    if any(v is not None for v in (args.rollout_id, args.groups, args.percentage, args.window)) \
+            or args.state != "active":
+        m = load_release(args.release, release_keys)[0].manifest
+        board = args.board or m.target_hardware[0]
+        groups = [g.strip() for g in args.groups.split(",") if g.strip()] if args.groups else []
+        pct = args.percentage if args.percentage is not None else (0.0 if groups else 100.0)
+        rollout = default_rollout(board, m.version)
+        if args.rollout_id:
+            rollout["id"] = args.rollout_id
+        rollout["state"] = args.state
+        rollout["groups"] = groups
+        rollout["percentage"] = pct
+        rollout["window"] = _window(args.window)
+    doc = publish_release(
+        args.release, args.feed, args.channel, key, rollout=rollout, expires=parse_expires(args.expires),
+        allow_downgrade=args.allow_downgrade, board=args.board, release_keys=release_keys,
+        any_role=args.any_role, warn=lambda msg: print(f"mpota: {msg}", file=sys.stderr),
+    )
+    ro = doc.rollout
+    print(f"published {doc.board} {doc.release.version} -> {args.feed}/{doc.path} (seq {doc.seq})")
+    shown = ",".join(ro.groups) or "-"
+    print(f"rollout {ro.id}: {ro.state}, groups {shown}, {ro.percentage:g}%"
+          + (f", window {ro.window['start']}-{ro.window['end']} UTC" if ro.window else ""))
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from host_tools.feed import FeedError, verify_feed
+    from host_tools.keys import load_public_keys
+
+    if not args.pubkey and (args.release_pubkey is None or args.rollout_pubkey is None):
+        raise UsageError("give --pubkey, or both --release-pubkey and --rollout-pubkey")
+    rep = verify_feed(
+        args.feed, load_public_keys(args.pubkey),
+        release_keys=load_public_keys(args.release_pubkey) if args.release_pubkey else None,
+        rollout_keys=load_public_keys(args.rollout_pubkey) if args.rollout_pubkey else None,
+    )
+    for line in rep.checked:
+        print(f"ok: {line}")
+    for w in rep.warnings:
+        print(f"warning: {w}")
+    for p in rep.problems:
+        print(f"problem: {p}")
+    if not rep.ok:
+        raise FeedError(f"feed {args.feed}: {len(rep.problems)} problem(s), first: {rep.problems[0]}")
+    print(f"feed {args.feed}: {len(rep.channels)} channel(s), {len(rep.releases)} release(s) verified")
+    return 0

@@ -1,0 +1,113 @@
+"""`mpota sign` and `mpota verify`: signed release folders."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from host_tools.errors import UsageError
+from host_tools.manifest import DEFAULT_WINDOW_BITS, MAX_WINDOW_BITS, MIN_WINDOW_BITS, parse_expires
+
+
+def register(sub: Any) -> None:
+    sign = sub.add_parser(
+        "sign", help="sign an app image into a release folder",
+        description="Check an ESP32 app image against a board and write RELEASE_DIR with manifest.json "
+                    "(a DSSE envelope over the release manifest, signed by a release key) and the image "
+                    "(firmware.bin, or firmware.bin.z with --compress). Refuses an image that is not a valid "
+                    "app image, is a combined flash image, is for another chip, does not fit the board's "
+                    "OTA slot, or whose own version (esp_app_desc_t) differs from --version.",
+        epilog="The key must have role release or both ('# mpota-role:' line, see `mpota keygen --help`) "
+               "unless --any-role is given.")
+    sign.add_argument("image", metavar="IMAGE", help="the app image (not a combined firmware.bin: see "
+                                                     "`mpota image extract-app`)")
+    sign.add_argument("--key", "-k", required=True, metavar="KEY", help="release private key (PEM)")
+    sign.add_argument("--board", "-b", required=True, metavar="BOARD", help="board name (boards/<name>.json)")
+    sign.add_argument("--also-board", action="append", default=[], metavar="BOARD",
+                      help="another board (same chip) in target_hardware; repeatable")
+    sign.add_argument("--version", "-V", required=True, dest="release_version", metavar="VERSION",
+                      help="release version, MAJOR.MINOR.PATCH[-prerelease]")
+    sign.add_argument("--security-version", type=int, metavar="N",
+                      help="anti-rollback counter (default: the image's secure_version)")
+    sign.add_argument("--build-id", metavar="ID", help="build identifier (default: UTC time YYYYmmdd-HHMMSS)")
+    notes = sign.add_mutually_exclusive_group()
+    notes.add_argument("--notes", default="", metavar="TEXT", help="release notes")
+    notes.add_argument("--notes-file", metavar="FILE", help="read the release notes from FILE")
+    sign.add_argument("--required", action="store_true", help="mark the update as required")
+    sign.add_argument("--compress", action="store_true",
+                      help="ship a zlib stream with a bounded window (firmware.bin.z)")
+    sign.add_argument("--window-bits", type=int, default=DEFAULT_WINDOW_BITS, metavar="N",
+                      help=f"zlib window 2**N bytes, {MIN_WINDOW_BITS}..{MAX_WINDOW_BITS} (default "
+                           f"{DEFAULT_WINDOW_BITS}: the device needs a 2**N-byte buffer)")
+    sign.add_argument("--expires", metavar="WHEN",
+                      help="manifest expiry: UTC time (2027-11-27T00:00:00Z), a duration (365d, 12h) "
+                           "or never (default: never)")
+    sign.add_argument("--min-bootloader-version", metavar="V", help="recorded in the manifest")
+    sign.add_argument("--force-version", action="store_true",
+                      help="sign even when the image's own version differs from --version")
+    sign.add_argument("--any-role", action="store_true", help="accept a key of any role (or without one)")
+    sign.add_argument("--out", "-o", required=True, metavar="RELEASE_DIR",
+                      help="folder to create (must not exist)")
+    sign.set_defaults(func=cmd_sign)
+
+    ver = sub.add_parser(
+        "verify", help="verify a release folder or manifest",
+        description="Check a release: the DSSE signature by one of the given release keys, the payload "
+                    "type, the manifest fields, the image file's size and transfer hash, that a zlib stream "
+                    "decodes with the recorded window to exactly the signed size and hash, and that the "
+                    "image is a valid app image for the manifest's chip. Exit 0 only when all hold.")
+    ver.add_argument("path", metavar="RELEASE_DIR|MANIFEST")
+    ver.add_argument("--pubkey", "-p", required=True, action="extend", nargs="+", metavar="PUB",
+                     help="release public key(s): PEM file or 130-digit hex")
+    ver.add_argument("--threshold", type=int, default=1, metavar="N", help="signatures needed (default 1)")
+    ver.add_argument("--board", metavar="BOARD", help="also require BOARD in target_hardware")
+    ver.add_argument("--allow-expired", action="store_true", help="accept an expired manifest")
+    ver.set_defaults(func=cmd_verify)
+
+
+def cmd_sign(args: argparse.Namespace) -> int:
+    from host_tools.keys import load_private_key
+    from host_tools.release import sign_release
+
+    notes = args.notes
+    if args.notes_file:
+        try:
+            notes = Path(args.notes_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"cannot read --notes-file {args.notes_file}: {exc}") from None
+    key = load_private_key(args.key, None if args.any_role else "release")
+    info = sign_release(
+        args.image, key, args.board, args.release_version, out_dir=args.out,
+        security_version=args.security_version, build_id=args.build_id, notes=notes, required=args.required,
+        compress=args.compress, window_bits=args.window_bits, expires=parse_expires(args.expires),
+        min_bootloader_version=args.min_bootloader_version, force_version=args.force_version,
+        any_role=args.any_role, extra_boards=args.also_board,
+    )
+    for w in info.warnings:
+        print(f"mpota: warning: {w}", file=sys.stderr)
+    m = info.manifest
+    img = m.image
+    print(f"signed {m.version} for {', '.join(m.target_hardware)} ({m.chip}), security_version "
+          f"{m.security_version}, key {info.keyids[0][:16]}")
+    wire = f", {img.encoding} window_bits {img.window_bits}: {img.transfer_size} bytes on the wire" \
+        if img.encoding == "zlib" else ""
+    print(f"image: {img.size} bytes {img.hash}{wire}")
+    print(f"wrote {info.manifest_path} and {info.image_path}")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from host_tools.keys import load_public_keys
+    from host_tools.release import verify_release
+
+    keys = load_public_keys(args.pubkey)
+    res = verify_release(args.path, keys, threshold=args.threshold, board=args.board,
+                         allow_expired=args.allow_expired)
+    m = res.manifest
+    for c in res.checks:
+        print(f"ok: {c}")
+    print(f"verified {m.version} ({m.chip}, {', '.join(m.target_hardware)}), "
+          f"manifest sha256 {res.manifest_sha256}")
+    return 0
