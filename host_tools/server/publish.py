@@ -26,6 +26,7 @@ class FeedPublisher:
         self.feed_dir = Path(feed_dir)
         self.key = load_private_key(key_path, expect_role=None if any_role else "rollout")
         self.expires_s = expires_s
+        self.any_role = any_role
 
     def _expires(self) -> str | None:
         if self.expires_s is None:
@@ -39,7 +40,7 @@ class FeedPublisher:
         from host_tools import feed
 
         doc = feed.write_channel(self.feed_dir, board, channel, version, dict(rollout), self.key,
-                                 expires=self._expires())
+                                 expires=self._expires(), any_role=self.any_role)
         return int(doc.seq)
 
     def current(self, board: str, channel: str) -> dict[str, Any] | None:
@@ -48,7 +49,7 @@ class FeedPublisher:
         doc = feed.read_channel(self.feed_dir, board, channel)
         if doc is None:
             return None
-        return {"seq": doc.seq, "version": doc.release["version"], "rollout": doc.rollout}
+        return {"seq": doc.seq, "version": doc.release.version, "rollout": doc.rollout.to_dict()}
 
     def release_exists(self, board: str, version: str) -> bool:
         return (self.feed_dir / "releases" / board / version / "manifest.json").is_file()

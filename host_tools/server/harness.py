@@ -1,0 +1,199 @@
+"""Run the server in a background thread (tests, the demo) and talk to it like a device would.
+
+``ServerThread(config, publisher)`` starts the aiohttp app on 127.0.0.1 with a port chosen by the
+OS; ``.url`` is its base URL; ``.stop()`` (or leaving the ``with`` block) shuts it down cleanly.
+``SimDevice`` posts reports over real HTTP (http.client, keep-alive) with the device token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import threading
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from host_tools.fleet import device_token
+from host_tools.server.app import MpotaServer, ServerConfig
+from host_tools.server.orchestrator import ChannelPublisher
+
+
+class ServerThread:
+    def __init__(self, config: ServerConfig, publisher: ChannelPublisher | None = None,
+                 host: str = "127.0.0.1") -> None:
+        self.server = MpotaServer(config, publisher)
+        self.host = host
+        self.url = ""
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._main, name="mpota-server", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(30):
+            raise RuntimeError("server did not start")
+        if self._error is not None:
+            raise self._error
+
+    def _main(self) -> None:
+        try:
+            asyncio.run(self._serve())
+        except BaseException as exc:  # surfaced to the starting thread
+            self._error = exc
+            self._ready.set()
+
+    async def _serve(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        runner = web.AppRunner(self.server.app(), access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, self.host, 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.url = f"http://{self.host}:{port}"
+        self._ready.set()
+        try:
+            await self._stop.wait()
+        finally:
+            await runner.cleanup()
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stop is not None and self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(30)
+
+    def __enter__(self) -> ServerThread:
+        return self
+
+    def __exit__(self, t: type[BaseException] | None, e: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+
+class HttpClient:
+    """A tiny keep-alive JSON client over http.client (one connection, reconnects when dropped)."""
+
+    def __init__(self, base_url: str, timeout: float = 10.0) -> None:
+        parts = urlsplit(base_url)
+        self.host = parts.hostname or "127.0.0.1"
+        self.port = parts.port or 80
+        self.timeout = timeout
+        self._conn: http.client.HTTPConnection | None = None
+
+    def request(self, method: str, path: str, body: bytes | None = None,
+                headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+        for attempt in (0, 1):
+            if self._conn is None:
+                self._conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+            try:
+                self._conn.request(method, path, body=body, headers=headers or {})
+                resp = self._conn.getresponse()
+                data = resp.read()
+                return resp.status, {k.lower(): v for k, v in resp.getheaders()}, data
+            except (ConnectionError, http.client.HTTPException):
+                self._conn.close()
+                self._conn = None
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+class SimDevice:
+    """A device as the server sees it: id, group, token, a growing report seq."""
+
+    def __init__(self, base_url: str, secret: bytes, device_id: str, group: str | None = None,
+                 board: str = "esp32-generic-4mb", version: str = "1.0.0", slot: str = "ota_0") -> None:
+        self.client = HttpClient(base_url)
+        self.device_id = device_id
+        self.group = group
+        self.board = board
+        self.version = version
+        self.slot = slot
+        self.token = device_token(secret, device_id)
+        self.seq = 0
+
+    def build(self, event: str, rollout: str | None = None, target: str | None = None,
+              **detail: Any) -> dict[str, Any]:
+        self.seq += 1
+        return {"device_id": self.device_id, "seq": self.seq, "event": event, "uptime_ms": 1000 * self.seq,
+                "board": self.board, "group": self.group, "version": self.version, "slot": self.slot,
+                "rollout": rollout, "target": target, "detail": detail}
+
+    def post(self, payload: object, token: str | None = None,
+             device_header: str | None = None) -> tuple[int, dict[str, Any]]:
+        headers = {"Content-Type": "application/json",
+                   "Authorization": f"Bearer {self.token if token is None else token}",
+                   "X-Mpota-Device": self.device_id if device_header is None else device_header}
+        status, _, data = self.client.request("POST", "/v1/reports", json.dumps(payload).encode(), headers)
+        try:
+            answer = json.loads(data) if data else {}
+        except ValueError:
+            answer = {"raw": data.decode("utf-8", "replace")}
+        return status, answer
+
+    def report(self, event: str, rollout: str | None = None, target: str | None = None,
+               **detail: Any) -> int:
+        return self.post(self.build(event, rollout, target, **detail))[0]
+
+    def update(self, rollout: str, target: str, outcome: str = "confirmed") -> list[int]:
+        """The reports of one update attempt: downloading..installed, then the outcome."""
+        codes = [self.report("downloading", rollout, target, progress=0),
+                 self.report("downloaded", rollout, target),
+                 self.report("installed", rollout, target)]
+        if outcome == "confirmed":
+            self.version = target
+            self.slot = "ota_1" if self.slot == "ota_0" else "ota_0"
+            codes.append(self.report("confirmed", rollout, target))
+        elif outcome == "rolled_back":
+            codes.append(self.report("health_failed", rollout, target, check="wifi"))
+            codes.append(self.report("rolled_back", rollout, target, reason="health_check"))
+        elif outcome == "failed":
+            codes.append(self.report("failed", rollout, target, reason="hash_mismatch"))
+        elif outcome != "stall":
+            raise ValueError(outcome)
+        return codes
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def publish_test_release(feed_dir: str | Path, work_dir: str | Path, key_path: str | Path, version: str,
+                         board: str = "esp32-generic-4mb", channel: str | None = None,
+                         security_version: int = 0, sim_flags: str = "") -> Path:
+    """Build a genuine app image, sign it as a release and copy it into the feed.
+
+    With ``channel`` the channel document is also pointed at it (a full release); without, only
+    the release folder lands (what ``mpota rollout start`` needs). Returns the release folder.
+    """
+    from host_tools import feed, release
+    from host_tools.boards import load_board
+    from host_tools.imagebuild import build_app_image
+    from host_tools.keys import load_private_key
+
+    work = Path(work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    chip = load_board(board).chip
+    image = work / f"app-{version}.bin"
+    image.write_bytes(build_app_image(chip, version, "mpota-test", security_version, code_size=0x4000,
+                                      sim_flags=sim_flags))
+    key = load_private_key(key_path)
+    info = release.sign_release(image, key, board, version, out_dir=work / f"release-{version}",
+                                security_version=security_version, any_role=True)
+    if channel is not None:
+        feed.publish_release(info.out_dir, feed_dir, channel, key, any_role=True, allow_downgrade=True)
+    else:
+        dest = Path(feed_dir) / "releases" / board / version
+        dest.mkdir(parents=True, exist_ok=True)
+        for f in (info.image_path, info.manifest_path):
+            (dest / f.name).write_bytes(f.read_bytes())
+    return info.out_dir
