@@ -415,21 +415,19 @@ class Reporter:
         except Exception:
             return None
 
-    # Send one report now without queueing it (the trial's heartbeat check).
-    # True when the server took it (2xx or 409).
+    # Queue one report and deliver it now (the trial's heartbeat check): True when the
+    # server took it (2xx or 409) within timeout_ms. Queued like any other report, so its
+    # seq is durable and a failed one is sent later.
     def send_now(self, name, timeout_ms=_POST_MS, **detail):
-        url = self.cfg.get("report_url")
-        if not url:
+        if not self.cfg.get("report_url"):
             return False
-        try:
-            seq = self.next_seq()
-            r = self.build(name, seq, None, None, detail)
-            status = self._post(url, json.dumps(r).encode(), self._headers(), timeout_ms)
-        except Exception as e:
-            self._log("report: %s not sent: %r" % (name, e))
+        seq = self.event(name, flush_ms=0, **detail)
+        if seq is None:
             return False
-        self.last_status = status
-        return 200 <= status < 300 or status == 409
+        self.last_status = None
+        self.flush(timeout_ms)
+        st = self.last_status
+        return seq not in self.queued() and st is not None and (200 <= st < 300 or st == 409)
 
     def _headers(self):
         return {

@@ -163,7 +163,7 @@ class Session:
     def reserve(self, key):
         p = self.state["pending"]
         if not p.get(key):
-            p[key] = self.state.next_report_seq()
+            p[key] = self.reporter.next_seq()
         return p[key]
 
     # Trial failed (reason "health_failed", check = which) or ran out of attempts
@@ -242,11 +242,9 @@ class Session:
             sv = p.get("security_version") or 0
             if sv > st["floor"]:
                 st["floor"] = sv
-            st["version"] = p.get("version")
             p["phase"] = "confirmed"
             self.reserve("cseq")
             st.save()
-        self.reporter.set_version(p.get("version"))
         self.reporter.event("confirmed", seq=p["cseq"], flush_ms=0, attempts=p.get("attempts", 0))
         st["pending"] = None
         st.save()

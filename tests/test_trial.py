@@ -1,0 +1,464 @@
+"""Trial boot (device/mpota/trial.py, health.py): confirm or roll back, idempotent under
+resets and power cuts at every step.
+
+Part 1 runs mpota.boot() in-process under CPython on a small model board (otadata with
+ESP-IDF rollback semantics, NVS commits, power cuts before any commit or otadata write),
+which makes the exhaustive fault-injection sweep fast. Part 2 runs the same flows on the
+simulated board (tests/fakes, sim/board.py) under CPython and the MicroPython unix port.
+Reports go to a real HTTP collector on loopback in both parts.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from collector import Collector
+
+ROOT = Path(__file__).resolve().parent.parent
+for p in (ROOT / "device", ROOT / "tests" / "fakes"):
+    if str(p) not in sys.path:
+        sys.path.insert(0, str(p))
+
+
+# ---------------------------------------------------------------- model board (part 1)
+class PowerCut(BaseException):
+    pass
+
+
+class Reset(BaseException):
+    pass
+
+
+class Model:
+    """Two OTA slots, otadata states as ESP-IDF keeps them, NVS with commit, op counter."""
+
+    def __init__(self, rollback: bool = True) -> None:
+        self.rollback = rollback
+        self.boot = "ota_0"
+        self.states = {"ota_0": "VALID", "ota_1": "UNDEFINED"}
+        self.running = "ota_0"
+        self.nvs: dict[str, bytes] = {}
+        self.ops: list[str] = []
+        self.cut_at = -1
+        self.wifi = True
+        self.cause = 1
+        self.boots: list[str] = []
+        self.wdt: int | None = None
+
+    def op(self, what: str) -> None:
+        self.ops.append(what)
+        if len(self.ops) == self.cut_at:
+            raise PowerCut(what)
+
+    def power_on(self) -> str:
+        b = self.boot
+        other = "ota_1" if b == "ota_0" else "ota_0"
+        if self.rollback and self.states[b] == "PENDING":
+            self.states[b] = "ABORTED"
+            b = other
+        if self.rollback and self.states[b] == "NEW":
+            self.states[b] = "PENDING"
+        if self.states[b] == "ABORTED":
+            b = other
+        self.running = b
+        self.boots.append(b)
+        self.wdt = None
+        return b
+
+    def modules(self) -> dict[str, Any]:
+        model = self
+
+        class Partition:
+            BOOT, RUNNING, TYPE_APP = 0, 1, 0
+
+            def __init__(self, which: Any) -> None:
+                if which == Partition.RUNNING:
+                    which = model.running
+                elif which == Partition.BOOT:
+                    which = model.boot
+                self.label = which
+
+            def info(self) -> tuple[Any, ...]:
+                addr = 0x10000 if self.label == "ota_0" else 0x190000
+                return (0, 0x10 if self.label == "ota_0" else 0x11, addr, 0x180000, self.label, False)
+
+            @classmethod
+            def find(cls, type: int = 0, subtype: int = 255, label: str | None = None) -> list[Any]:
+                return [cls(lb) for lb in ("ota_0", "ota_1") if label in (None, lb)]
+
+            def readblocks(self, block: int, buf: Any, off: int = 0) -> None:
+                for i in range(len(buf)):
+                    buf[i] = 0xFF
+
+            def set_boot(self) -> None:
+                model.op("set_boot " + self.label)
+                model.boot = self.label
+                model.states[self.label] = "NEW" if model.rollback else "UNDEFINED"
+
+            @staticmethod
+            def mark_app_valid_cancel_rollback() -> None:
+                if not model.rollback:
+                    raise OSError(-261, "ESP_ERR_NOT_SUPPORTED")
+                if model.states[model.running] != "VALID":
+                    model.op("mark_valid " + model.running)
+                    model.states[model.running] = "VALID"
+
+        class NVS:
+            def __init__(self, ns: str) -> None:
+                self.staged: dict[str, bytes] = {}
+
+            def set_blob(self, key: str, value: Any) -> None:
+                self.staged[key] = bytes(value.encode() if isinstance(value, str) else value)
+
+            def get_blob(self, key: str, buf: bytearray) -> int:
+                if key not in model.nvs:
+                    raise OSError(-0x1102)
+                data = model.nvs[key]
+                buf[: len(data)] = data
+                return len(data)
+
+            def commit(self) -> None:
+                model.op("commit")
+                model.nvs.update(self.staged)
+
+        class WDT:
+            def __init__(self, timeout: int = 5000, id: int = 0) -> None:
+                model.wdt = timeout
+
+            def feed(self) -> None:
+                pass
+
+        def reset() -> None:
+            raise Reset()
+
+        esp32 = type(sys)("esp32")
+        esp32.Partition = Partition  # type: ignore[attr-defined]
+        esp32.NVS = NVS  # type: ignore[attr-defined]
+        machine = type(sys)("machine")
+        machine.reset = reset  # type: ignore[attr-defined]
+        machine.WDT = WDT  # type: ignore[attr-defined]
+        machine.WDT_RESET = 3  # type: ignore[attr-defined]
+        machine.reset_cause = lambda: model.cause  # type: ignore[attr-defined]
+        network = type(sys)("network")
+        network.STA_IF = 0  # type: ignore[attr-defined]
+
+        class WLAN:
+            def __init__(self, i: int) -> None:
+                pass
+
+            def isconnected(self) -> bool:
+                return model.wifi
+
+        network.WLAN = WLAN  # type: ignore[attr-defined]
+        return {"esp32": esp32, "machine": machine, "network": network}
+
+    def state(self) -> dict[str, Any]:
+        return json.loads(self.nvs["state"]) if "state" in self.nvs else {}
+
+
+@pytest.fixture
+def collector():
+    with Collector(tokens={"dev-1": "tok-1"}) as c:
+        yield c
+
+
+@pytest.fixture
+def rig(tmp_path, collector, monkeypatch):
+    return Rig(tmp_path, collector, monkeypatch)
+
+
+class Rig:
+    def __init__(self, tmp_path: Path, collector: Collector, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.fs = tmp_path / "fs"
+        self.fs.mkdir()
+        self.collector = collector
+        self.mp = monkeypatch
+        self.config = str(self.fs / "mpota.json")
+        self.write_config()
+        self.model = Model()
+
+    def write_config(self, **extra: Any) -> None:
+        cfg = {"device_id": "dev-1", "board": "esp32-generic-4mb", "group": "canary",
+               "feed_url": "http://127.0.0.1:9/feed/", "channel": "stable",
+               "report_url": self.collector.url, "token": "tok-1", "version": "1.0.0",
+               "keys": {"release": ["04" + "11" * 64], "rollout": ["04" + "11" * 64]}}
+        cfg.update(extra)
+        Path(self.config).write_text(json.dumps(cfg))
+
+    def install(self) -> None:
+        for name, mod in self.model.modules().items():
+            self.mp.setitem(sys.modules, name, mod)
+        import mpota.report
+        import mpota.trial
+
+        mpota.report.reset_queues()
+        mpota.trial._wdt = None
+
+    def pending(self, version: str = "1.1.0", sv: int = 3) -> None:
+        """What the updater leaves behind: new image in ota_1, set_boot(), state.pending."""
+        m = self.model
+        m.boot = "ota_1"
+        m.states["ota_1"] = "NEW"
+        st = m.state() or {}
+        st["pending"] = {"version": version, "slot": "ota_1", "prev_slot": "ota_0",
+                         "security_version": sv, "rollout": "r-1", "manifest_sha256": "ab" * 32,
+                         "attempts": 0}
+        st.setdefault("floor", 1)
+        m.nvs["state"] = json.dumps(st).encode()
+
+    def boot(self, checks: Any = (), **kw: Any) -> tuple[str, Any]:
+        """Power on and run mpota.boot(); -> (how it ended, BootResult or None)."""
+        self.model.power_on()
+        self.install()
+        from mpota.trial import boot
+
+        kw.setdefault("timeout_ms", 2000)
+        try:
+            return "returned", boot(checks=checks, config=self.config, **kw)
+        except Reset:
+            return "reset", None
+        except PowerCut:
+            return "cut", None
+
+    def settle(self, checks: Any = (), limit: int = 6) -> list[str]:
+        ends = []
+        for _ in range(limit):
+            how, _res = self.boot(checks)
+            ends.append(how)
+            if how == "returned" and not self.model.state().get("pending"):
+                return ends
+        raise AssertionError("board did not settle: %r, state %r" % (ends, self.model.state()))
+
+
+def decisions(collector: Collector) -> list[tuple[str, Any]]:
+    return [(r["event"], r.get("target")) for r in collector.reports if r["event"] != "heartbeat"]
+
+
+# ---------------------------------------------------------------- part 1 tests
+def test_healthy_update_confirms_and_stays(rig):
+    rig.pending()
+    how, res = rig.boot()
+    assert how == "returned" and res.outcome == "confirmed" and res.trial
+    assert [r[0] for r in res.results] == ["wifi", "server", "mqtt", "heartbeat"]
+    m = rig.model
+    assert m.states["ota_1"] == "VALID" and m.running == "ota_1"
+    st = m.state()
+    assert st["pending"] is None and st["floor"] == 3
+    assert m.wdt == 60000  # armed for the trial
+    for _ in range(3):  # further resets: stays, no network, no new decision
+        how, res = rig.boot()
+        assert how == "returned" and res.outcome == "normal" and not res.trial
+        assert m.running == "ota_1"
+        assert m.wdt is None
+    assert decisions(rig.collector) == [("confirmed", "1.1.0")]
+    confirmed = rig.collector.of("confirmed")[0]
+    assert confirmed["rollout"] == "r-1" and confirmed["slot"] == "ota_1"
+    assert rig.collector.events().count("heartbeat") == 1  # the heartbeat check
+    assert m.state()["boots"] == 4
+
+
+def test_failing_user_check_rolls_back_and_reports_why(rig):
+    rig.pending()
+
+    def sensor_ok():
+        return False
+
+    how, _ = rig.boot([sensor_ok])
+    assert how == "reset"
+    m = rig.model
+    assert m.boot == "ota_0"  # explicit rollback: previous slot set to boot
+    assert m.state()["pending"]["phase"] == "rollback"
+    how, res = rig.boot([sensor_ok])
+    assert how == "returned" and res.outcome == "rolled_back" and res.reason == "health_failed"
+    assert m.running == "ota_0" and m.states["ota_0"] == "VALID"
+    st = m.state()
+    assert st["pending"] is None and st["floor"] == 1
+    assert st["failed"] == [["1.1.0", "r-1"]]
+    assert decisions(rig.collector) == [("health_failed", "1.1.0"), ("rolled_back", "1.1.0")]
+    hf = rig.collector.of("health_failed")[0]
+    assert hf["detail"]["check"] == "sensor_ok"
+    assert rig.collector.of("rolled_back")[0]["detail"]["reason"] == "health_failed"
+    how, res = rig.boot([sensor_ok])  # stays on the old firmware, runs normally
+    assert res.outcome == "normal" and m.running == "ota_0"
+
+
+@pytest.mark.parametrize("case", ["raises", "slow", "wifi", "server"])
+def test_each_kind_of_check_failure_rolls_back(rig, case):
+    import time
+
+    checks: list[Any] = []
+    if case == "raises":
+        def boom():
+            raise RuntimeError("no sensor")
+        checks = [boom]
+    elif case == "slow":
+        def slow():
+            time.sleep(0.3)
+            return True
+        checks = [slow]
+    elif case == "wifi":
+        rig.model.wifi = False
+    elif case == "server":
+        rig.write_config(report_url="http://127.0.0.1:9/v1/reports")
+    rig.pending()
+    timeout = 200 if case in ("slow", "wifi") else 2000
+    how, _ = rig.boot(checks, timeout_ms=timeout)
+    assert how == "reset"
+    st = rig.model.state()
+    want = {"raises": "boom", "slow": "slow", "wifi": "wifi", "server": "server"}[case]
+    assert st["pending"]["check"] == want
+    rig.model.wifi = True
+    rig.write_config()
+    how, res = rig.boot()
+    assert res.outcome == "rolled_back" and rig.model.running == "ota_0"
+    assert [e for e, _ in decisions(rig.collector)] == ["health_failed", "rolled_back"]
+    hf = rig.collector.of("health_failed")[0]["detail"]
+    assert hf["check"] == want
+    if case == "slow":
+        assert hf["error"] == "timeout"
+    if case == "raises":
+        assert "no sensor" in hf["error"]
+
+
+def test_crash_during_trial_is_rolled_back_by_the_bootloader(rig):
+    rig.pending()
+
+    def crash():
+        raise Reset()  # the firmware resets (panic / WDT) in the middle of the trial
+
+    how, _ = rig.boot([crash])
+    assert how == "reset" and rig.model.state()["pending"]["attempts"] == 1
+    how, res = rig.boot([crash])  # bootloader: PENDING_VERIFY -> ABORTED -> ota_0
+    assert how == "returned" and res.outcome == "rolled_back" and res.reason == "bootloader"
+    assert rig.model.running == "ota_0" and rig.model.states["ota_1"] == "ABORTED"
+    assert rig.model.state()["failed"] == [["1.1.0", "r-1"]]
+    assert decisions(rig.collector) == [("rolled_back", "1.1.0")]
+
+
+def test_attempt_limit_is_second_line_without_bootloader_rollback(rig):
+    rig.model = Model(rollback=False)
+    rig.pending()
+    rig.model.states["ota_1"] = "UNDEFINED"
+
+    def crash():
+        raise Reset()
+
+    ends = [rig.boot([crash])[0] for _ in range(3)]
+    # attempts 1 and 2 crash; attempt 3 exceeds rollback_attempts=2 and goes back
+    assert ends == ["reset", "reset", "reset"]
+    assert rig.model.boot == "ota_0"
+    how, res = rig.boot([crash])
+    assert res.outcome == "rolled_back" and res.reason == "attempts"
+    assert not res.rollback_supported
+    assert rig.model.running == "ota_0"
+    assert decisions(rig.collector) == [("rolled_back", "1.1.0")]
+
+
+def test_no_rollback_support_confirms_and_says_so_once(rig, capsys):
+    rig.model = Model(rollback=False)
+    rig.pending()
+    rig.model.states["ota_1"] = "UNDEFINED"
+    import mpota.trial
+
+    mpota.trial._said_no_rollback = False
+    how, res = rig.boot()
+    assert res.outcome == "confirmed" and not res.rollback_supported
+    how, res = rig.boot()
+    assert res.outcome == "normal"
+    assert capsys.readouterr().out.count("without app rollback") == 1
+
+
+def test_outside_a_trial_boot_is_cheap_and_harmless(rig):
+    # no pending update, no network: a few boots touch nothing but the boot counter
+    rig.write_config(report_url="http://127.0.0.1:9/v1/reports")
+    for i in range(3):
+        how, res = rig.boot()
+        assert how == "returned" and res.outcome == "normal" and res.wdt is None
+    assert rig.model.ops == ["commit"] * 3
+    assert rig.model.state()["boots"] == 3
+    assert rig.collector.posts == []
+
+
+def test_watchdog_reset_is_counted(rig):
+    rig.model.cause = 3
+    rig.boot()
+    rig.model.cause = 1
+    rig.boot()
+    st = rig.model.state()
+    assert st["boots"] == 2 and st["wdt"] == 1
+
+
+def test_unreachable_report_server_queues_the_decision(rig):
+    rig.pending()
+    rig.collector.mode = "503"
+    how, res = rig.boot(builtin=("wifi",))
+    assert res.outcome == "confirmed"
+    assert rig.collector.reports == []
+    rig.collector.mode = "up"
+    import mpota.report
+    from mpota.state import State, open_store
+
+    mpota.report.reset_queues()
+    st = State(open_store(str(rig.fs)))
+    rep = mpota.report.Reporter({"report_url": rig.collector.url, "device_id": "dev-1", "token": "tok-1"},
+                                st, str(rig.fs))
+    assert rep.flush(3000) == 1
+    assert decisions(rig.collector) == [("confirmed", "1.1.0")]
+
+
+# Every NVS commit and otadata write of a trial, cut in turn; then boot until settled.
+@pytest.mark.parametrize("path", ["confirm", "rollback"])
+def test_power_cut_at_every_step_ends_consistent(rig, path, tmp_path, monkeypatch):
+    def sensor_ok():
+        return path == "confirm"
+
+    # reference run: how many ops from the trial boot to settled
+    rig.pending()
+    rig.settle([sensor_ok])
+    total = len(rig.model.ops)
+    assert total >= 4
+    outcomes = set()
+    for cut in range(1, total + 1):
+        collector = rig.collector
+        collector.reports.clear()
+        collector._seen.clear()
+        for f in rig.fs.iterdir():
+            if f.name != "mpota.json":
+                f.unlink()
+        rig.model = Model()
+        rig.pending()
+        rig.model.cut_at = cut
+        ends = rig.settle([sensor_ok])
+        assert "cut" in ends, (cut, ends)
+        m = rig.model
+        st = m.state()
+        ev = decisions(collector)
+        assert st["pending"] is None
+        if m.running == "ota_1":
+            outcomes.add("confirmed")
+            assert path == "confirm"
+            assert m.states["ota_1"] == "VALID" and st["floor"] == 3 and st["failed"] == []
+            assert ev == [("confirmed", "1.1.0")], (cut, m.ops[cut - 1], ev)
+        else:
+            outcomes.add("rolled_back")
+            assert m.running == "ota_0" and m.states["ota_0"] == "VALID"
+            assert st["floor"] == 1 and st["failed"] == [["1.1.0", "r-1"]]
+            names = [e for e, _ in ev]
+            assert names.count("rolled_back") == 1, (cut, m.ops[cut - 1], ev)
+            assert "confirmed" not in names
+            assert names.count("health_failed") <= 1
+            if path == "rollback" and st.get("pending") is None and names.count("health_failed"):
+                assert names == ["health_failed", "rolled_back"]
+        seqs = [r["seq"] for r in collector.reports]
+        assert len(seqs) == len(set(seqs))
+        # and it stays settled
+        how, res = rig.boot([sensor_ok])
+        assert res.outcome == "normal" and rig.model.running == m.running
+    if path == "confirm":
+        assert outcomes == {"confirmed", "rolled_back"}  # cuts before mark_valid roll back
+    else:
+        assert outcomes == {"rolled_back"}
