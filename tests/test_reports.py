@@ -238,3 +238,40 @@ def test_two_reporters_in_one_process_never_share_a_seq(interp, tmp_path, collec
     assert res["seqs"] == [1, 2, 3, 4]
     assert res["head"].startswith("r ")
     assert sorted(r["seq"] for r in collector.reports) == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("interp", INTERPRETERS)
+def test_reports_reach_the_real_rollout_server(interp, tmp_path):
+    from host_tools.fleet import device_token
+    from host_tools.server.app import ServerConfig
+    from host_tools.server.harness import ServerThread
+
+    secret = b"s" * 32
+    feed = tmp_path / "srv" / "feed"
+    feed.mkdir(parents=True)
+    cfg = ServerConfig(feed_dir=feed, fleet_secret=secret, tick_s=60)
+    token = device_token(secret, "dev-1")
+    with ServerThread(cfg) as srv:
+        url = srv.url + "/v1/reports"
+        out = run_device(interp, tmp_path, url, f"""
+            CFG["token"] = {token!r}
+            st = state()
+            r = Reporter(CFG, st, ROOT)
+            r.event("checking", target="1.1.0", rollout="r-1")
+            r.event("failed", target="1.1.0", rollout="r-1", reason="bad_signature", error="x" * 300)
+            # the same decision again (a reset before the state was cleared): 409 = delivered
+            r.event("confirmed", seq=9, target="1.1.0")
+            r2 = Reporter(CFG, state(), ROOT)
+            reset_queues()
+            r3 = Reporter(CFG, state(), ROOT)
+            r3.event("confirmed", seq=9, target="1.1.0")
+            r3.heartbeat(health="OK")
+            print(json.dumps({{"pending": r3.pending(), "status": r3.last_status}}))
+        """.replace("reset_queues()", "import mpota.report; mpota.report.reset_queues()"))
+        assert last_json(out) == {"pending": 0, "status": 200}
+        events = srv.server.store.device_events("dev-1")
+    assert [(e["seq"], e["event"]) for e in events] == [
+        (1, "checking"), (2, "failed"), (9, "confirmed"), (10, "heartbeat")]
+    failed = events[1]
+    assert failed["detail"]["reason"] == "bad_signature" and len(failed["detail"]["error"]) <= 80
+    assert failed["rollout"] == "r-1" and failed["target"] == "1.1.0" and failed["group"] == "pilot"

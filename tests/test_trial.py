@@ -231,7 +231,7 @@ class Rig:
             ends.append(how)
             if how == "returned" and not self.model.state().get("pending"):
                 return ends
-        raise AssertionError("board did not settle: %r, state %r" % (ends, self.model.state()))
+        raise AssertionError(f"board did not settle: {ends!r}, state {self.model.state()!r}")
 
 
 def decisions(collector: Collector) -> list[tuple[str, Any]]:
@@ -375,7 +375,7 @@ def test_no_rollback_support_confirms_and_says_so_once(rig, capsys):
 def test_outside_a_trial_boot_is_cheap_and_harmless(rig):
     # no pending update, no network: a few boots touch nothing but the boot counter
     rig.write_config(report_url="http://127.0.0.1:9/v1/reports")
-    for i in range(3):
+    for _i in range(3):
         how, res = rig.boot()
         assert how == "returned" and res.outcome == "normal" and res.wdt is None
     assert rig.model.ops == ["commit"] * 3
