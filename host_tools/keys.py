@@ -226,7 +226,8 @@ def load_private_key(path: str | os.PathLike[str], expect_role: str | None = Non
                 "block, or accept any role explicitly)"
             )
         if not role_allows(role, expect_role):
-            raise KeyFileError(f"{path} is a {role} key; this step needs a {expect_role} key")
+            raise KeyFileError(f"{path} is a {role} key; this step needs a {expect_role} key "
+                               "(or a 'both' key, or accept any role explicitly)")
     return PrivateKey(sk, role, str(path))
 
 

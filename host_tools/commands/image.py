@@ -65,7 +65,7 @@ def _app_lines(rep: ImageReport, indent: str = "") -> list[str]:
         sha = "none appended"
     out.append(f"{indent}sha256:     {sha}")
     if rep.segments:
-        out.append(f"{indent}segments:   #  load addr   length    file off  memory")
+        out.append(f"{indent}segments:   #  load addr   length    data off  memory")
         for s in rep.segments:
             out.append(f"{indent}            {s.index:<2} {_hex(s.load_addr)}  {s.length:<9} "
                        f"0x{s.file_offset:<7x} {s.memory}")
