@@ -1,0 +1,392 @@
+"""`mpota rollout start|status|list|pause|resume|abort|rollback`: staged rollouts on a running server."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from host_tools.commands.devices import add_server_args
+from host_tools.errors import UsageError
+
+_PLAN_HELP = """\
+A plan is a TOML file (--plan, see examples/rollout.toml) and/or flags; flags replace the file's
+top-level values (a value set on a stage in the file still wins for that stage). Default plan:
+stages canary -> internal -> pilot (each the device group of that name) -> general in 25%% batches
+(25, 50, 75, 100), pause when a stage's failure, rollback or health-check failure rate passes 20%%
+of its finished devices (judged once min_finished devices finished), soak 30 s per step, a device
+that started and did not finish within 30 min counts as failed."""
+
+
+def register(sub: Any) -> None:
+    ro = sub.add_parser(
+        "rollout",
+        help="start and steer staged rollouts on a running `mpota serve`",
+        description="Staged rollouts: the server re-signs the channel document at each step "
+        "(higher seq, next groups/percentage) and pauses by itself when a gate "
+        "fails. Operator calls use the operator token derived from the fleet "
+        "secret.",
+        epilog=_PLAN_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    rsub = ro.add_subparsers(dest="rollout_command", metavar="ACTION", required=True)
+
+    st = rsub.add_parser(
+        "start",
+        help="start a rollout of a release already in the feed",
+        epilog=_PLAN_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    st.add_argument("--board", "-b", required=True)
+    st.add_argument("--version", "-v", required=True, help="release version (in releases/<board>/<version>/)")
+    st.add_argument("--channel", "-c", default="stable", help="channel (default stable)")
+    st.add_argument(
+        "--id", dest="rollout_id", metavar="ID", help="rollout id (default r-<UTC time>-<version>)"
+    )
+    _plan_args(st)
+    st.add_argument("--json", action="store_true", help="print the status as JSON")
+    add_server_args(st)
+    st.set_defaults(func=cmd_start)
+
+    s = rsub.add_parser("status", help="per-stage table of a rollout (default: the latest)")
+    s.add_argument("rollout_id", nargs="?", metavar="ID")
+    s.add_argument("--json", action="store_true", help="print JSON")
+    s.add_argument("--history", action="store_true", help="also print the rollout's history")
+    add_server_args(s)
+    s.set_defaults(func=cmd_status)
+
+    ls = rsub.add_parser("list", help="list rollouts")
+    ls.add_argument("--json", action="store_true", help="print JSON")
+    add_server_args(ls)
+    ls.set_defaults(func=cmd_list)
+
+    for action, text in (
+        ("pause", "pause: devices start nothing new (channel state paused)"),
+        ("resume", "resume a paused rollout (failures so far are accepted)"),
+        ("abort", "abort: channel state halted, the rollout ends"),
+    ):
+        a = rsub.add_parser(action, help=text)
+        a.add_argument("rollout_id", nargs="?", metavar="ID", help="default: the open rollout")
+        if action != "resume":
+            a.add_argument("--reason", help="recorded with the rollout")
+        a.add_argument("--json", action="store_true", help="print the status as JSON")
+        add_server_args(a)
+        a.set_defaults(func=cmd_action, action=action)
+
+    rb = rsub.add_parser(
+        "rollback",
+        help="roll the fleet back: publish an earlier firmware as a new release",
+        description="Take release FROM (--to) from the feed, stamp NEW_VERSION (--version) into its image "
+        "with the current release's security_version, sign it with the release key, copy it into the "
+        "feed, abort the open rollout and roll NEW_VERSION out (one stage, 100%%, unless --staged). "
+        "Devices accept it: it is newer and its security_version is not lower.",
+    )
+    rb.add_argument("--feed", "-f", required=True, metavar="DIR", help="the feed folder the server serves")
+    rb.add_argument("--board", "-b", required=True)
+    rb.add_argument("--channel", "-c", default="stable")
+    rb.add_argument(
+        "--to",
+        dest="from_version",
+        required=True,
+        metavar="VERSION",
+        help="the earlier, good release to go back to",
+    )
+    rb.add_argument(
+        "--version",
+        "-v",
+        dest="new_version",
+        required=True,
+        metavar="NEW_VERSION",
+        help="the version the rollback release gets (newer than what devices run)",
+    )
+    rb.add_argument("--release-key", required=True, metavar="KEY", help="release private key")
+    rb.add_argument(
+        "--security-version",
+        type=int,
+        metavar="N",
+        help="default: the higher of the earlier and the current release's",
+    )
+    rb.add_argument(
+        "--work", metavar="DIR", help="where the signed release is built (default: next to the feed)"
+    )
+    rb.add_argument("--any-role", action="store_true", help="accept keys of any role (demo single-key mode)")
+    rb.add_argument("--staged", action="store_true", help="roll it out with the normal staged plan")
+    rb.add_argument(
+        "--no-server",
+        action="store_true",
+        help="no server: sign the channel directly as a full release (needs --rollout-key)",
+    )
+    rb.add_argument("--rollout-key", metavar="KEY", help="rollout key, with --no-server")
+    _plan_args(rb)
+    add_server_args(rb)
+    rb.set_defaults(func=cmd_rollback)
+
+
+def _plan_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("plan")
+    g.add_argument("--plan", metavar="TOML", help="plan file")
+    g.add_argument(
+        "--stages", metavar="A,B,..", help="stage names in order (default canary,internal,pilot,general)"
+    )
+    g.add_argument(
+        "--batch-size-percentage", type=float, metavar="P", help="general stage batches (default 25)"
+    )
+    g.add_argument("--ramp", choices=("linear", "exponential"), help="percentage ramp of the last stage")
+    g.add_argument("--soak", metavar="DURATION", help="wait per step before advancing, e.g. 30s, 10m")
+    g.add_argument("--min-finished", type=int, metavar="N", help="finished devices before a stage is judged")
+    g.add_argument("--failure-rate", type=float, metavar="PCT", help="failure_rate_threshold, percent")
+    g.add_argument("--rollback-rate", type=float, metavar="PCT", help="rollback_rate_threshold, percent")
+    g.add_argument(
+        "--health-failure-rate", type=float, metavar="PCT", help="health_check_failure_rate, percent"
+    )
+    g.add_argument("--timeout", metavar="DURATION", help="in-progress timeout (default 30m)")
+    g.add_argument("--window", metavar="HH:MM-HH:MM", help="maintenance window (UTC), carried to devices")
+
+
+def build_plan(args: argparse.Namespace) -> dict[str, Any]:
+    """The plan from --plan and the flags, checked here so mistakes fail before the server is asked."""
+    from host_tools.server.plans import PlanError, RolloutPlan, plan_with_overrides
+
+    base: dict[str, Any] | None = None
+    if args.plan:
+        import tomllib
+
+        try:
+            with open(args.plan, "rb") as f:
+                base = tomllib.load(f)
+        except OSError as exc:
+            raise PlanError(f"cannot read plan {args.plan}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise PlanError(f"{args.plan}: not valid TOML: {exc}") from None
+    window = None
+    if args.window:
+        start, sep, end = args.window.partition("-")
+        if not sep:
+            raise UsageError(f"--window {args.window!r} must be HH:MM-HH:MM (UTC)")
+        window = {"start": start.strip(), "end": end.strip()}
+    overrides: dict[str, Any] = {
+        "failure_rate_threshold": args.failure_rate,
+        "rollback_rate_threshold": args.rollback_rate,
+        "health_check_failure_rate": args.health_failure_rate,
+        "min_finished": args.min_finished,
+        "soak": args.soak,
+        "in_progress_timeout": args.timeout,
+        "window": window,
+        "batch_size_percentage": args.batch_size_percentage,
+        "ramp": args.ramp,
+        "stage_names": [s.strip() for s in args.stages.split(",") if s.strip()] if args.stages else None,
+    }
+    plan: RolloutPlan = plan_with_overrides(base, overrides)
+    return plan.to_dict()
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from host_tools.server.client import ServerClient, resolve_token
+
+    return ServerClient(args.server, resolve_token(args.token, args.fleet_secret))
+
+
+def _open_rollout(
+    client: Any, board: str | None = None, channel: str | None = None, open_only: bool = True
+) -> dict[str, Any] | None:
+    rollouts = client.call("GET", "/v1/rollouts")["rollouts"]
+    if board is not None:
+        rollouts = [r for r in rollouts if r["board"] == board and r["channel"] == channel]
+    if open_only:
+        rollouts = [r for r in rollouts if r["state"] in ("active", "paused")]
+    return rollouts[-1] if rollouts else None
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{v:.1f}%"
+
+
+def print_status(status: dict[str, Any], history: bool = False) -> None:
+    r = status["rollout"]
+    step = status["step"]
+    print(f"rollout {r['id']}: {r['version']} on {r['board']}/{r['channel']}: {r['state'].upper()}")
+    groups = ", ".join(step["groups"]) or "-"
+    seq = r["published_seq"] if r["published_seq"] is not None else "-"
+    print(
+        f"step {step['index'] + 1}/{step['count']}: {step['stage']} (groups {groups}; "
+        f"{step['percentage']:g}%), channel seq {seq}"
+    )
+    if r.get("reason"):
+        print(f"reason: {r['reason']}")
+    cols = (
+        "stage",
+        "targeted",
+        "started",
+        "in prog",
+        "confirmed",
+        "failed",
+        "rolled back",
+        "timed out",
+        "failure",
+        "rollback",
+        "health",
+        "gate",
+    )
+    rows = []
+    for s in status["stages"]:
+        c = s["counts"]
+        rows.append(
+            (
+                s["name"],
+                str(c["targeted"]),
+                str(c["started"]),
+                str(c["in_progress"]),
+                str(c["confirmed"]),
+                str(c["failed"]),
+                str(c["rolled_back"]),
+                str(c["timed_out"]),
+                _pct(s["failure_rate"]),
+                _pct(s["rollback_rate"]),
+                _pct(s["health_check_failure_rate"]),
+                s["verdict"],
+            )
+        )
+    widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(cols)]
+    print(
+        "  ".join(
+            c.rjust(w) if 0 < i < len(cols) - 1 else c.ljust(w)
+            for i, (c, w) in enumerate(zip(cols, widths, strict=True))
+        ).rstrip()
+    )
+    for row in rows:
+        print(
+            "  ".join(
+                v.rjust(w) if 0 < i < len(cols) - 1 else v.ljust(w)
+                for i, (v, w) in enumerate(zip(row, widths, strict=True))
+            ).rstrip()
+        )
+    nxt = status.get("next") or {}
+    if r["state"] == "active" and nxt.get("waiting_for"):
+        print(f"waiting for: {nxt['waiting_for']}")
+    if history:
+        for h in status.get("history", []):
+            stamp = time.strftime("%H:%M:%S", time.gmtime(h["time"]))
+            print(f"  {stamp}  {h['kind']:<10} {h['message']}")
+
+
+def _show(args: argparse.Namespace, status: dict[str, Any]) -> None:
+    if getattr(args, "json", False):
+        print(json.dumps(status, indent=2))
+    else:
+        print_status(status, getattr(args, "history", False))
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    plan = build_plan(args)
+    client = _client(args)
+    body = {"board": args.board, "channel": args.channel, "version": args.version, "plan": plan}
+    if args.rollout_id:
+        body["id"] = args.rollout_id
+    _show(args, client.call("POST", "/v1/rollouts", body))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    client = _client(args)
+    rid = args.rollout_id
+    if rid is None:
+        latest = _open_rollout(client) or _open_rollout(client, open_only=False)
+        if latest is None:
+            raise UsageError("the server has no rollouts yet")
+        rid = latest["id"]
+    _show(args, client.call("GET", f"/v1/rollouts/{rid}"))
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    rollouts = _client(args).call("GET", "/v1/rollouts")["rollouts"]
+    if args.json:
+        print(json.dumps(rollouts, indent=2))
+        return 0
+    for r in rollouts:
+        created = time.strftime("%Y-%m-%d %H:%M", time.gmtime(r["created_at"]))
+        print(
+            f"{r['id']}  {r['board']}/{r['channel']}  {r['version']}  {r['state']}  step {r['step'] + 1}  "
+            f"{created}  {r.get('reason') or ''}".rstrip()
+        )
+    if not rollouts:
+        print("no rollouts")
+    return 0
+
+
+def cmd_action(args: argparse.Namespace) -> int:
+    client = _client(args)
+    rid = args.rollout_id
+    if rid is None:
+        current = _open_rollout(client)
+        if current is None:
+            raise UsageError("no open rollout; give its ID")
+        rid = current["id"]
+    body = {"reason": args.reason} if getattr(args, "reason", None) else None
+    _show(args, client.call("POST", f"/v1/rollouts/{rid}/{args.action}", body))
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from host_tools.server.rollback import prepare_rollback
+
+    if args.no_server and not args.rollout_key:
+        raise UsageError("--no-server needs --rollout-key (the channel document is signed here)")
+    client = None if args.no_server else _client(args)
+    plan = (
+        build_plan(args)
+        if args.staged
+        else {"soak": args.soak or 0, "stages": [{"name": "rollback", "groups": [], "percentages": [100.0]}]}
+    )
+    feed = Path(args.feed)
+    work = Path(args.work) if args.work else feed.resolve().parent / "rollback-work"
+    rb = prepare_rollback(
+        feed,
+        args.board,
+        args.channel,
+        args.from_version,
+        args.new_version,
+        args.release_key,
+        work,
+        args.security_version,
+        any_role=args.any_role,
+    )
+    print(
+        f"signed rollback release {rb.version} (image of {rb.from_version}, security_version "
+        f"{rb.security_version}) into {rb.feed_release}"
+    )
+    if client is None:
+        from host_tools.feed import default_rollout, write_channel
+        from host_tools.keys import load_private_key
+
+        key = load_private_key(args.rollout_key, None if args.any_role else "rollout")
+        doc = write_channel(
+            feed,
+            args.board,
+            args.channel,
+            rb.version,
+            default_rollout(args.board, rb.version),
+            key,
+            any_role=args.any_role,
+        )
+        print(
+            f"channel {args.board}/{args.channel} now points at {rb.version} for every device (seq {doc.seq})"
+        )
+        return 0
+    current = _open_rollout(client, args.board, args.channel)
+    if current is not None:
+        client.call(
+            "POST",
+            f"/v1/rollouts/{current['id']}/abort",
+            {"reason": f"rolled back to {rb.from_version} as {rb.version}"},
+        )
+        print(f"aborted rollout {current['id']}")
+    status = client.call(
+        "POST",
+        "/v1/rollouts",
+        {"board": args.board, "channel": args.channel, "version": rb.version, "plan": plan},
+    )
+    print_status(status)
+    return 0

@@ -1,0 +1,51 @@
+"""`mpota serve`: the feed, the report endpoint, rollouts and the status page in one process."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "serve", help="serve the feed, take device reports and drive rollouts",
+        description="One process: the static feed (Range, ETag, HEAD), POST /v1/reports (device tokens), "
+                    "POST /v1/devices, the rollout API used by `mpota rollout` (operator token = "
+                    "HMAC-SHA256(fleet secret, 'mpota operator'); see `mpota fleet token --operator`) and a "
+                    "status page at /. State lives in SQLite (WAL); a report answered 2xx is committed.",
+        epilog="Without --fleet-secret the report and operator endpoints answer 503; without --rollout-key "
+               "rollouts cannot start (channel documents are signed by the rollout key).")
+    p.add_argument("--feed", "-f", required=True, metavar="DIR", help="feed root folder")
+    p.add_argument("--db", metavar="URL",
+                   help="database, sqlite:///PATH (default sqlite:///<feed parent>/mpota.db)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 = any free port)")
+    p.add_argument("--fleet-secret", metavar="PATH", help="fleet secret (`mpota fleet secret`)")
+    p.add_argument("--rollout-key", metavar="KEY", help="rollout private key (role rollout or both)")
+    p.add_argument("--any-role", action="store_true", help="accept a rollout key of any role")
+    p.add_argument("--tick", type=float, default=1.0, metavar="SECONDS",
+                   help="orchestrator timer (default 1 s; it also runs right after reports)")
+    p.add_argument("--durable", action="store_true",
+                   help="SQLite synchronous=FULL: acknowledged reports also survive a power cut "
+                        "(default NORMAL survives a killed process)")
+    p.add_argument("--access-log", action="store_true", help="log every request")
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from host_tools.errors import UsageError
+    from host_tools.fleet import load_secret
+    from host_tools.server.app import ServerConfig, make_publisher, run
+
+    if not 0 <= args.port <= 65535:
+        raise UsageError(f"--port {args.port} is not a port number")
+    if args.tick <= 0:
+        raise UsageError("--tick must be > 0")
+    feed = Path(args.feed)
+    secret = load_secret(args.fleet_secret) if args.fleet_secret else None
+    publisher = make_publisher(feed, args.rollout_key, any_role=args.any_role)
+    config = ServerConfig(feed_dir=feed, db_url=args.db, fleet_secret=secret, tick_s=args.tick,
+                          synchronous="FULL" if args.durable else "NORMAL", access_log=args.access_log)
+    run(config, args.host, args.port, publisher)
+    return 0

@@ -1,0 +1,63 @@
+"""The operator side of the server API (used by `mpota rollout` and `mpota devices`): stdlib HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.error
+import urllib.request
+from typing import Any
+
+from host_tools.errors import MpotaError
+from host_tools.fleet import load_secret
+from host_tools.server.auth import operator_token
+
+DEFAULT_SERVER = "http://127.0.0.1:8080"
+
+
+class ClientError(MpotaError):
+    pass
+
+
+def resolve_token(token: str | None, secret_path: str | None) -> str:
+    """--token, else MPOTA_OPERATOR_TOKEN, else derived from --fleet-secret / MPOTA_FLEET_SECRET."""
+    token = token or os.environ.get("MPOTA_OPERATOR_TOKEN")
+    if token:
+        return token
+    secret_path = secret_path or os.environ.get("MPOTA_FLEET_SECRET")
+    if not secret_path:
+        raise ClientError("no operator credentials: give --fleet-secret PATH or --token TOKEN "
+                          "(or set MPOTA_FLEET_SECRET / MPOTA_OPERATOR_TOKEN)")
+    return operator_token(load_secret(secret_path))
+
+
+class ServerClient:
+    def __init__(self, base_url: str | None, token: str, timeout: float = 30.0) -> None:
+        self.base = (base_url or os.environ.get("MPOTA_SERVER") or DEFAULT_SERVER).rstrip("/")
+        if not self.base.startswith(("http://", "https://")):
+            raise ClientError(f"server URL {self.base!r} must start with http:// or https://")
+        self.token = token
+        self.timeout = timeout
+
+    def call(self, method: str, path: str, body: Any = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.base + path, data=data, method=method, headers={
+            "Authorization": f"Bearer {self.token}", "Content-Type": "application/json",
+            "Accept": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                payload = resp.read()
+        except urllib.error.HTTPError as exc:
+            raw = exc.read()
+            try:
+                message = json.loads(raw)["error"]
+            except (ValueError, KeyError, TypeError):
+                message = raw.decode("utf-8", "replace").strip()[:200] or exc.reason
+            raise ClientError(f"server said {exc.code}: {message}") from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise ClientError(f"cannot reach the server at {self.base}: {reason}") from None
+        try:
+            return json.loads(payload)
+        except ValueError:
+            raise ClientError(f"the server at {self.base} did not answer JSON") from None
