@@ -127,7 +127,8 @@ class Feed:
         if seq is None:
             seq = self.seq + 1
         if manifest_sha256 is None:
-            manifest_sha256 = hashlib.sha256((self.root / self.manifest_rel(version)).read_bytes()).hexdigest()
+            mpath = self.root / self.manifest_rel(version)
+            manifest_sha256 = hashlib.sha256(mpath.read_bytes()).hexdigest()
         ro = {"id": ROLLOUT_ID, "state": "active", "groups": [], "percentage": 100.0, "window": None}
         if rollout:
             ro.update(rollout)
@@ -141,8 +142,9 @@ class Feed:
             doc["expires"] = expires
         return doc
 
-    def set_channel(self, version: str, *, key: str = "rollout", payload_type: str = hdsse.CHANNEL_PAYLOAD_TYPE,
-                    doc: dict[str, Any] | None = None, channel: str = CHANNEL, **kw: Any) -> dict[str, Any]:
+    def set_channel(self, version: str, *, key: str = "rollout",
+                    payload_type: str = hdsse.CHANNEL_PAYLOAD_TYPE, doc: dict[str, Any] | None = None,
+                    channel: str = CHANNEL, **kw: Any) -> dict[str, Any]:
         """Sign and publish the channel document (last, like the host tools)."""
         if doc is None:
             doc = self.channel_doc(version, channel=channel, **kw)
@@ -373,3 +375,218 @@ def device_config(server: FeedServer, keys: Keys, **over: Any) -> dict[str, Any]
     }
     cfg.update(over)
     return cfg
+
+
+# --- a minimal board until the simulated board (sim/board.py) is used everywhere ----------
+# Partition over a file per slot (NOR semantics: erase sets 0xFF, a write ANDs), set_boot
+# records the chosen slot, NVS is a JSON file, machine.reset() exits 85. Runs under CPython
+# and the MicroPython unix port.
+MINI_ESP32 = r'''
+import json
+_DIR = %(dir)r
+_SLOT = 0x180000
+_BS = 4096
+_LABELS = ("ota_0", "ota_1")
+
+def _boot():
+    try:
+        with open(_DIR + "/boot.json") as f:
+            return json.load(f)
+    except OSError:
+        return {"running": "ota_0", "next": None}
+
+class Partition:
+    BOOT = 0
+    RUNNING = 1
+    TYPE_APP = 0
+    TYPE_DATA = 1
+
+    def __init__(self, id, block_size=4096):
+        if id == Partition.RUNNING or id == Partition.BOOT:
+            id = _boot()["running"]
+        if id not in _LABELS:
+            raise ValueError("no partition")
+        self.label = id
+        self.path = _DIR + "/" + id + ".bin"
+
+    def info(self):
+        i = _LABELS.index(self.label)
+        return (0, 0x10 + i, 0x10000 + i * _SLOT, _SLOT, self.label, False)
+
+    def get_next_update(self):
+        return Partition(_LABELS[1 - _LABELS.index(self.label)])
+
+    def _rw(self, off, n, data=None):
+        if off < 0 or off + n > _SLOT:
+            raise OSError(-0x102)
+        f = open(self.path, "r+b")
+        try:
+            f.seek(off)
+            old = f.read(n)
+            old = old + b"\xff" * (n - len(old))
+            if data is None:
+                return old
+            f.seek(off)
+            f.write(bytes(a & b for a, b in zip(old, data)))
+        finally:
+            f.close()
+
+    def readblocks(self, block, buf, off=0):
+        b = self._rw(block * _BS + off, len(buf))
+        buf[:] = b
+
+    def writeblocks(self, block, buf, off=None):
+        if off is None:
+            if len(buf) %% _BS:
+                raise OSError(-0x102)
+            self._erase(block, len(buf) // _BS)
+            off = 0
+        self._rw(block * _BS + off, len(buf), bytes(buf))
+
+    def _erase(self, block, n):
+        f = open(self.path, "r+b")
+        f.seek(block * _BS)
+        f.write(b"\xff" * (n * _BS))
+        f.close()
+
+    def ioctl(self, cmd, arg):
+        if cmd == 4:
+            return _SLOT // _BS
+        if cmd == 5:
+            return _BS
+        if cmd == 6:
+            self._erase(arg, 1)
+            return 0
+
+    def set_boot(self):
+        b = self._rw(0, 1)
+        if b[0] != 0xE9:
+            raise OSError(-5379)
+        st = _boot()
+        st["next"] = self.label
+        with open(_DIR + "/boot.json", "w") as f:
+            json.dump(st, f)
+
+    @staticmethod
+    def mark_app_valid_cancel_rollback():
+        pass
+
+class NVS:
+    def __init__(self, ns):
+        self.path = _DIR + "/nvs-" + ns + ".json"
+        try:
+            with open(self.path) as f:
+                self.d = json.load(f)
+        except OSError:
+            self.d = {}
+
+    def set_blob(self, k, v):
+        self.d[k] = v if isinstance(v, str) else bytes(v).decode()
+
+    def get_blob(self, k, buf):
+        if k not in self.d:
+            raise OSError(-0x1102)
+        v = self.d[k].encode()
+        buf[: len(v)] = v
+        return len(v)
+
+    def commit(self):
+        with open(self.path + ".tmp", "w") as f:
+            json.dump(self.d, f)
+        import os
+        os.rename(self.path + ".tmp", self.path)
+'''
+
+MINI_MACHINE = r'''
+import sys
+def reset():
+    print("MACHINE-RESET")
+    sys.exit(85)
+'''
+
+
+ROOT = Path(__file__).resolve().parent.parent
+MICROPYTHON = ROOT / ".venv" / "bin" / "micropython"
+
+
+@dataclass
+class RunOut:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    def result(self) -> dict[str, Any]:
+        for line in reversed(self.stdout.splitlines()):
+            if line.startswith("RESULT "):
+                return dict(json.loads(line[7:]))
+        raise AssertionError(f"no RESULT in output (rc {self.returncode}):\n{self.stdout}\n{self.stderr}")
+
+
+class MiniBoard:
+    def __init__(self, simdir: Path, running_image: bytes, config: dict[str, Any]) -> None:
+        self.dir = simdir
+        (simdir / "fakes").mkdir(parents=True, exist_ok=True)
+        (simdir / "fs").mkdir(exist_ok=True)
+        (simdir / "fakes" / "esp32.py").write_text(MINI_ESP32 % {"dir": str(simdir)})
+        (simdir / "fakes" / "machine.py").write_text(MINI_MACHINE)
+        for label in ("ota_0", "ota_1"):
+            with open(simdir / f"{label}.bin", "wb") as f:
+                f.write(b"\xff" * 0x180000)
+        self.write_slot("ota_0", running_image)
+        (simdir / "boot.json").write_text(json.dumps({"running": "ota_0", "next": None}))
+        self.config_path = simdir / "fs" / "mpota.json"
+        self.config_path.write_text(json.dumps(config))
+
+    def write_slot(self, label: str, data: bytes) -> None:
+        with open(self.dir / f"{label}.bin", "r+b") as f:
+            f.write(data)
+
+    def slot(self, label: str) -> bytes:
+        return (self.dir / f"{label}.bin").read_bytes()
+
+    def boot_state(self) -> dict[str, Any]:
+        return dict(json.loads((self.dir / "boot.json").read_text()))
+
+    def state(self) -> dict[str, Any]:
+        p = self.dir / "nvs-mpota.json"
+        if not p.exists():
+            return {}
+        return dict(json.loads(json.loads(p.read_text())["state"]))
+
+    def run(self, body: str, interpreter: str, heapsize: str = "256k", timeout: float = 60) -> RunOut:
+        import subprocess
+        import sys
+
+        script = self.dir / "script.py"
+        paths = [str(self.dir / "fakes"), str(ROOT / "device"), str(ROOT / "tests" / "fakes")]
+        head = f"import sys\nsys.path[:0] = {paths!r}\nCONFIG = {str(self.config_path)!r}\n"
+        script.write_text(head + body)
+        if interpreter == "cpython":
+            cmd = [sys.executable, str(script)]
+        else:
+            cmd = [str(MICROPYTHON), "-X", f"heapsize={heapsize}", str(script)]
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        return RunOut(p.returncode, p.stdout, p.stderr)
+
+
+# The device script every updater test runs: one update(), the outcome as one JSON line.
+UPDATE_SCRIPT = r'''
+import json
+import mpota.errors as errors
+from mpota.updater import Updater
+def out(**kw):
+    print("RESULT " + json.dumps(kw))
+try:
+    u = Updater.from_config(CONFIG)
+    r = u.%(call)s
+    if r is None:
+        out(outcome="none")
+    else:
+        out(outcome="ok", version=r.version, slot=r.slot)
+except errors.OTAError as e:
+    out(outcome="error", error=type(e).__name__, code=e.code, msg=str(e))
+'''
+
+
+def update_script(call: str = "update(reset=False)") -> str:
+    return UPDATE_SCRIPT % {"call": call}
