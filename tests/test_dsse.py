@@ -1,4 +1,4 @@
-"""DSSE: the PAE bytes, signing, verification verdicts, and cross-checks with `ecdsa` and the device's p256."""
+"""DSSE: PAE bytes, signing, verification verdicts, cross-checks with `ecdsa` and the device's p256."""
 
 from __future__ import annotations
 
@@ -90,7 +90,8 @@ def test_verify_returns_exact_payload(keys: list[PrivateKey]) -> None:
     env = sign_envelope(RELEASE_PAYLOAD_TYPE, payload, keys[:2])
     assert len(env["signatures"]) == 2
     assert verify_envelope(env, RELEASE_PAYLOAD_TYPE, [k.public for k in keys]) == payload
-    assert verify_envelope(env, RELEASE_PAYLOAD_TYPE, [keys[0].public, keys[1].public], threshold=2) == payload
+    both = [keys[0].public, keys[1].public]
+    assert verify_envelope(env, RELEASE_PAYLOAD_TYPE, both, threshold=2) == payload
     with pytest.raises(SignatureError, match="1 valid of 2"):
         env1 = sign_envelope(RELEASE_PAYLOAD_TYPE, payload, keys[0])
         env1["signatures"].append({"keyid": keys[1].keyid, "sig": env1["signatures"][0]["sig"]})

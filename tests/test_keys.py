@@ -108,7 +108,8 @@ def test_bad_key_files(tmp_path: Path) -> None:
     (tmp_path / "k1.pem").write_bytes(k1.to_pem())
     (tmp_path / "empty.pem").write_bytes(b"")
     (tmp_path / "garbage.pem").write_bytes(os.urandom(300))
-    (tmp_path / "corrupt.pem").write_text("-----BEGIN EC PRIVATE KEY-----\nAAAA\n-----END EC PRIVATE KEY-----\n")
+    (tmp_path / "corrupt.pem").write_text(
+        "-----BEGIN EC PRIVATE KEY-----\nAAAA\n-----END EC PRIVATE KEY-----\n")
     unreadable = tmp_path / "unreadable.pem"
     unreadable.write_bytes((tmp_path / "k").read_bytes())
     unreadable.chmod(0)
