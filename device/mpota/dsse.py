@@ -33,9 +33,13 @@ def read_capped(resp, cap, buf, h=None):
 def _b64(s):
     import binascii
 
-    if not isinstance(s, str):
+    # strict: a2b_base64 skips stray characters, so check the length comes out exact
+    if not isinstance(s, str) or len(s) % 4:
         raise ValueError
-    return binascii.a2b_base64(s)
+    out = binascii.a2b_base64(s)
+    if len(out) != len(s) // 4 * 3 - s.endswith("=") - s.endswith("=="):
+        raise ValueError
+    return out
 
 
 # Verify envelope bytes `data`; keys = [(keyid hex, 65-byte point), ...] of the role.

@@ -1,0 +1,155 @@
+"""device/mpota/dsse.py, table-driven: envelopes made by the host tools (host_tools.dsse, real
+P-256 keys), verified by the device code with the real pure-Python P-256 under CPython and the
+MicroPython unix port. Also the size cap enforced while reading."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from feedkit import Keys
+
+from host_tools import dsse as hdsse
+
+ROOT = Path(__file__).resolve().parent.parent
+DEVICE = ROOT / "device"
+FAKES = ROOT / "tests" / "fakes"
+MICROPYTHON = ROOT / ".venv" / "bin" / "micropython"
+REL = hdsse.RELEASE_PAYLOAD_TYPE
+CHAN = hdsse.CHANNEL_PAYLOAD_TYPE
+
+
+def _env(keys: Keys, payload: bytes, names: list[str], ptype: str = REL) -> dict[str, Any]:
+    return hdsse.sign_envelope(ptype, payload, [keys.keys[n] for n in names])
+
+
+def _b(env: dict[str, Any]) -> str:
+    return json.dumps(env)
+
+
+def cases(keys: Keys) -> list[tuple[str, str, str, str, str]]:
+    """(name, envelope text, payloadType wanted, role, expected: 'ok' or error class)."""
+    p = json.dumps({"_type": "release", "version": "1.2.3"}).encode()
+    good = _env(keys, p, ["release"])
+    two = _env(keys, p, ["stranger", "release"])
+    bad = _env(keys, p, ["release"])
+    sig = bytearray(base64.b64decode(bad["signatures"][0]["sig"]))
+    sig[0] ^= 0x80
+    bad["signatures"][0]["sig"] = base64.b64encode(bytes(sig)).decode()
+    short = json.loads(json.dumps(good))
+    short["signatures"][0]["sig"] = base64.b64encode(bytes(sig[:63])).decode()
+    notb64 = json.loads(json.dumps(good))
+    notb64["signatures"][0]["sig"] = "!!!not base64!!!"
+    dup = {**good, "signatures": bad["signatures"] + good["signatures"]}
+    tampered = {**good, "payload": base64.b64encode(p.replace(b"1.2.3", b"9.9.9")).decode()}
+    many = {**good, "signatures": good["signatures"] * 9}
+    out = [
+        ("valid", _b(good), REL, "release", "ok"),
+        ("unknown_then_valid", _b(two), REL, "release", "ok"),
+        ("bad_sig", _b(bad), REL, "release", "SignatureError"),
+        ("tampered_payload", _b(tampered), REL, "release", "SignatureError"),
+        ("short_sig", _b(short), REL, "release", "SignatureError"),
+        ("sig_not_base64", _b(notb64), REL, "release", "SignatureError"),
+        ("bad_then_good_same_key", _b(dup), REL, "release", "SignatureError"),
+        ("stranger_only", _b(_env(keys, p, ["stranger"])), REL, "release", "UnknownKey"),
+        ("wrong_role", _b(good), REL, "rollout", "UnknownKey"),
+        ("no_signatures", _b({**good, "signatures": []}), REL, "release", "UnknownKey"),
+        ("payload_type", _b(_env(keys, p, ["release"], CHAN)), REL, "release", "PayloadTypeError"),
+        ("not_json", "{\"payloadType\": ", REL, "release", "BadDocument"),
+        ("array", "[1, 2]", REL, "release", "BadDocument"),
+        ("no_payload_type", _b({"payload": good["payload"], "signatures": []}), REL, "release",
+         "BadDocument"),
+        ("sigs_not_list", _b({**good, "signatures": {}}), REL, "release", "BadDocument"),
+        ("payload_not_b64", _b({**good, "payload": "***"}), REL, "release", "BadDocument"),
+        ("payload_not_str", _b({**good, "payload": 5}), REL, "release", "BadDocument"),
+        ("payload_stray_chars", _b({**good, "payload": good["payload"][:-4] + "*" + good["payload"][-3:]}),
+         REL, "release", "BadDocument"),
+        ("too_many_sigs", _b(many), REL, "release", "BadDocument"),
+        ("sig_entry_not_obj", _b({**good, "signatures": ["x"]}), REL, "release", "BadDocument"),
+    ]
+    return out
+
+
+SCRIPT = r"""
+import sys, json
+sys.path[:0] = %(paths)r
+import mpota.dsse as dsse
+import mpota.errors as errors
+import mpota.config as config
+with open(%(data)r) as f:
+    d = json.load(f)
+cfg = config.Config({"device_id": "d", "board": "b", "feed_url": "http://x/", "keys": d["keys"]},
+                    "/x/mpota.json")
+res = {}
+for name, text, ptype, role, _ in d["cases"]:
+    try:
+        payload = dsse.verify(text.encode(), ptype, cfg.keys[role])
+        doc = dsse.parse(payload, "release")
+        res[name] = "ok" if doc["version"] == "1.2.3" else "wrong payload"
+    except errors.OTAError as e:
+        res[name] = type(e).__name__
+for name, payload in (("parse_not_json", b"{x"), ("parse_wrong_type", b'{"_type": "channel"}'),
+                      ("parse_list", b"[]")):
+    try:
+        dsse.parse(payload, "release")
+        res[name] = "ok"
+    except errors.OTAError as e:
+        res[name] = type(e).__name__
+
+class Resp:
+    def __init__(self, total, length):
+        self.left = total
+        self.length = length
+        self.read = 0
+    def readinto(self, buf):
+        n = min(len(buf), self.left)
+        for i in range(n):
+            buf[i] = 0x20
+        self.left -= n
+        self.read += n
+        return n
+
+buf = bytearray(4096)
+for name, total, length, cap in (("cap_exact", 8192, None, 8192), ("cap_over_stream", 10 ** 6, None, 8192),
+                                 ("cap_over_length", 10 ** 6, 10 ** 6, 8192), ("cap_small", 100, 100, 8192)):
+    r = Resp(total, length)
+    try:
+        out = dsse.read_capped(r, cap, buf)
+        res[name] = ["ok", len(out), r.read]
+    except errors.OTAError as e:
+        res[name] = [type(e).__name__, 0, r.read]
+print("RESULT " + json.dumps(res))
+"""
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[tuple[str, str, str, str, str]]]:
+    tmp = tmp_path_factory.mktemp("dsse")
+    keys = Keys(tmp / "keys")
+    cs = cases(keys)
+    path = tmp / "cases.json"
+    path.write_text(json.dumps({"keys": keys.config_keys(), "cases": cs}))
+    return path, cs
+
+
+@pytest.mark.parametrize("interp", ["cpython", "micropython"])
+def test_dsse_table(interp: str, data: tuple[Path, list[Any]], tmp_path: Path) -> None:
+    path, cs = data
+    script = tmp_path / "dsse.py"
+    script.write_text(SCRIPT % {"paths": [str(DEVICE), str(FAKES)], "data": str(path)})
+    cmd = [sys.executable] if interp == "cpython" else [str(MICROPYTHON), "-X", "heapsize=256k"]
+    p = subprocess.run(cmd + [str(script)], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stdout + p.stderr
+    res = json.loads([ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")][-1][7:])
+    for name, _, _, _, want in cs:
+        assert res[name] == want, name
+    assert res["parse_not_json"] == res["parse_wrong_type"] == res["parse_list"] == "BadDocument"
+    assert res["cap_exact"] == ["ok", 8192, 8192]
+    assert res["cap_over_stream"] == ["DocumentTooLarge", 0, 8193]  # never more than cap + 1
+    assert res["cap_over_length"] == ["DocumentTooLarge", 0, 0]     # refused from Content-Length
+    assert res["cap_small"] == ["ok", 100, 100]
