@@ -343,9 +343,7 @@ def verify_feed(
         if doc.release.manifest != f"{release_dir_path(doc.board, rel_ver)}/{MANIFEST_NAME}":
             rep.warnings.append(f"{doc.path}: release {rel_ver} lives at an unusual path "
                                 f"{doc.release.manifest}")
-        elif (doc.board, rel_ver) not in rep.releases and not any(
-            p.startswith(doc.release.manifest) for p in rep.problems
-        ):
+        elif (doc.board, rel_ver) not in rep.releases:
             rep.problems.append(f"{doc.path}: release {doc.board} {rel_ver} did not verify")
     for stray in sorted(feed.rglob(".*.tmp")):
         rep.warnings.append(f"{stray.relative_to(feed).as_posix()}: leftover temp file "
