@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any
@@ -100,6 +101,7 @@ class GroupCommitWriter:
         self.max_requests = max_requests
         self._queue: asyncio.Queue[tuple[str, list[Report], asyncio.Future[IngestResult]]] | None = None
         self._task: asyncio.Task[None] | None = None
+        self._queue_front: deque[tuple[str, list[Report], asyncio.Future[IngestResult]]] = deque()
         self.commits = 0
         self.requests = 0
 
@@ -127,9 +129,12 @@ class GroupCommitWriter:
         loop = asyncio.get_running_loop()
         queue = self._queue
         while True:
-            batch = [await queue.get()]
-            while not queue.empty() and len(batch) < self.max_requests:
-                batch.append(queue.get_nowait())
+            if self._queue_front:  # retried alone after a failed group commit
+                batch = [self._queue_front.popleft()]
+            else:
+                batch = [await queue.get()]
+                while not queue.empty() and len(batch) < self.max_requests:
+                    batch.append(queue.get_nowait())
             live = [b for b in batch if not b[2].done()]
             if not live:
                 continue
@@ -141,8 +146,12 @@ class GroupCommitWriter:
                     if not fut.done():
                         fut.cancel()
                 raise
-            except Exception as exc:  # the database failed: every waiting request gets a 5xx
-                for _, _, fut in live:
+            except Exception as exc:
+                if len(live) > 1:  # one request must not sink the others: store them one by one
+                    for item in live:
+                        self._queue_front.append(item)
+                    continue
+                for _, _, fut in live:  # the database failed: the request gets a 5xx, retried later
                     if not fut.done():
                         fut.set_exception(exc)
                 continue

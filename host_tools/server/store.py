@@ -423,6 +423,12 @@ class SQLiteStore(Store):
                 "grp = COALESCE(excluded.grp, grp), registered_at = excluded.registered_at",
                 (device_id, board, group, now))
             if reset_seq:
+                # The board starts counting again (flash erased). Earlier events stay, with their seq
+                # moved below every earlier one (negative: outside the replay check, seqs are >= 0).
+                low = conn.execute("SELECT min(0, coalesce(min(seq), 0)) FROM events WHERE device_id = ?",
+                                   (device_id,)).fetchone()[0]
+                conn.execute("UPDATE events SET seq = seq - ? + ? WHERE device_id = ? AND seq >= 0",
+                             (1 << 53, low, device_id))
                 conn.execute("UPDATE devices SET last_seq = -1 WHERE device_id = ?", (device_id,))
                 self._seq.pop(device_id, None)
         device = self.get_device(device_id)
