@@ -83,7 +83,8 @@ def micropython_exe() -> str:
         return str(venv)
     found = shutil.which("micropython")
     if not found:
-        raise FileNotFoundError("the MicroPython unix port (micropython) is not installed; run `make test` once")
+        raise FileNotFoundError("the MicroPython unix port (micropython) is not installed; "
+                                "run `make test` once")
     return found
 
 

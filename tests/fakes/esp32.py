@@ -151,7 +151,8 @@ class Partition:
                 raise _err(_sf.ESP_ERR_NOT_FOUND)
             run.flash.erase(od.offset, od.size)
             return
-        _sf.rewrite_ota_data(run.flash, run.cfg, p.subtype - _sf.SUBTYPE_OTA_0, run.cfg.get("rollback_supported", True))
+        rollback = run.cfg.get("rollback_supported", True)
+        _sf.rewrite_ota_data(run.flash, run.cfg, p.subtype - _sf.SUBTYPE_OTA_0, rollback)
 
     def get_next_update(self):
         run = _run()

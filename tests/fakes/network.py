@@ -48,8 +48,10 @@ class WLAN:
         self._if = interface_id
         st = _state.get(interface_id)
         if st is None:
-            up = interface_id == STA_IF and wifi_up()
-            st = {"active": up, "connected": up, "ssid": "sim-wifi" if up else None}
+            # the station is active and has tried to connect, as boot.py does
+            sta = interface_id == STA_IF
+            up = sta and wifi_up()
+            st = {"active": sta, "connected": up, "ssid": "sim-wifi" if sta else None}
             _state[interface_id] = st
         self._st = st
 

@@ -143,6 +143,7 @@ def main(argv):
     SIMDIR = simdir
     if MP:
         import os
+
         import vfs
         raw = vfs.VfsPosix()
         simflash.RAW = raw

@@ -5,8 +5,8 @@
 #
 # flash.bin holds the bitwise complement of the flash contents, so a sparse file (holes
 # read as 0x00) is erased flash (0xFF) and a 4 MiB board costs only what was written.
-import sys
 import struct
+import sys
 
 try:
     from micropython import const
@@ -54,7 +54,8 @@ _NAMES = {
     ESP_ERR_NOT_FOUND: "ESP_ERR_NOT_FOUND", ESP_ERR_NVS_NOT_FOUND: "ESP_ERR_NVS_NOT_FOUND",
     ESP_ERR_NVS_TYPE_MISMATCH: "ESP_ERR_NVS_TYPE_MISMATCH",
     ESP_ERR_NVS_NOT_ENOUGH_SPACE: "ESP_ERR_NVS_NOT_ENOUGH_SPACE",
-    ESP_ERR_NVS_INVALID_NAME: "ESP_ERR_NVS_INVALID_NAME", ESP_ERR_NVS_KEY_TOO_LONG: "ESP_ERR_NVS_KEY_TOO_LONG",
+    ESP_ERR_NVS_INVALID_NAME: "ESP_ERR_NVS_INVALID_NAME",
+    ESP_ERR_NVS_KEY_TOO_LONG: "ESP_ERR_NVS_KEY_TOO_LONG",
     ESP_ERR_NVS_INVALID_LENGTH: "ESP_ERR_NVS_INVALID_LENGTH",
     ESP_ERR_NVS_VALUE_TOO_LONG: "ESP_ERR_NVS_VALUE_TOO_LONG",
     ESP_ERR_OTA_VALIDATE_FAILED: "ESP_ERR_OTA_VALIDATE_FAILED",
@@ -289,7 +290,8 @@ class Flash:
             new = _complement(data)
         else:
             mask = (1 << (8 * n)) - 1
-            new = (int.from_bytes(old, "little") | (int.from_bytes(data, "little") ^ mask)).to_bytes(n, "little")
+            new = int.from_bytes(old, "little") | (int.from_bytes(data, "little") ^ mask)
+            new = new.to_bytes(n, "little")
         self.f.seek(addr)
         self.f.write(new)
         if run is not None:
@@ -625,7 +627,8 @@ def bootloader(flash, cfg, log):
             if a >= 0:
                 index = (two[a].seq - 1) % len(slots)
                 if rollback and two[a].state == OTA_NEW:
-                    log.append("otadata[%d] seq %d (%s) NEW -> PENDING_VERIFY" % (a, two[a].seq, slots[index].label))
+                    log.append("otadata[%d] seq %d (%s) NEW -> PENDING_VERIFY" % (
+                        a, two[a].seq, slots[index].label))
                     two[a].state = OTA_PENDING_VERIFY
                     write_entry(flash, od, a, two[a])
             else:

@@ -1,0 +1,55 @@
+"""Shared test fixtures: repository paths, the interpreter parametrization, simulated boards.
+
+- ``interp``: parametrized over "cpython" and "micropython" (the unix port); a test taking it
+  runs once per interpreter. Pass it to ``SimBoard.run(script, interp)``.
+- ``sim_board``: a fresh simulated esp32-generic-4mb board (factory state, v1.0.0 in ota_0,
+  device package copied to /lib/mpota) in the test's tmp dir.
+- ``make_board(name="esp32-generic-4mb", **kwargs)``: more boards (see ``SimBoard.create``).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+TESTS = REPO / "tests"
+FAKES = TESTS / "fakes"
+DEVICE = REPO / "device"
+VENV_BIN = Path(sys.executable).parent
+MICROPYTHON = VENV_BIN / "micropython"
+ESPTOOL = VENV_BIN / "esptool"
+INTERPRETERS = ("cpython", "micropython")
+
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from sim.board import SimBoard  # noqa: E402
+
+
+@pytest.fixture(params=[
+    "cpython",
+    pytest.param("micropython", marks=pytest.mark.mpy),
+])
+def interp(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def make_board(tmp_path: Path) -> Callable[..., SimBoard]:
+    count = [0]
+
+    def make(board: str = "esp32-generic-4mb", **kwargs: Any) -> SimBoard:
+        count[0] += 1
+        return SimBoard.create(tmp_path / f"board{count[0]}", board, **kwargs)
+
+    return make
+
+
+@pytest.fixture
+def sim_board(make_board: Callable[..., SimBoard]) -> SimBoard:
+    return make_board()
