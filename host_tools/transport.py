@@ -145,9 +145,13 @@ class RecordingTransport:
         args = list(argv)
         self.calls.append(args)
         for arg in args[1:]:
-            path = Path(arg)
-            if not arg.startswith(":") and "/" in arg and path.is_file():
-                self.files[arg] = path.read_bytes()
+            if arg.startswith(":") or "/" not in arg or "\n" in arg:
+                continue  # a board path, an option or a script
+            try:
+                if Path(arg).is_file():
+                    self.files[arg] = Path(arg).read_bytes()
+            except OSError:
+                continue
         result = self.responder(args) if self.responder else None
         return result if result is not None else CommandResult(tuple(args), 0)
 

