@@ -222,24 +222,34 @@ class ImageRef:
 
 @dataclass
 class Metadata:
+    """``allow_downgrade`` (written only when true) lets a device install this release although it
+    runs a newer version (a signed, deliberate downgrade; security_version still applies)."""
+
     release_notes: str = ""
     required: bool = False
+    allow_downgrade: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _str(self.release_notes, "metadata.release_notes", MAX_RELEASE_NOTES)
         if not isinstance(self.required, bool):
             raise ManifestError("metadata.required must be true or false")
+        if not isinstance(self.allow_downgrade, bool):
+            raise ManifestError("metadata.allow_downgrade must be true or false")
 
     @classmethod
     def from_dict(cls, d: Any) -> Metadata:
         if not isinstance(d, dict):
             raise ManifestError("metadata must be an object")
-        return cls(d.get("release_notes", ""), d.get("required", False),
-                   _extra(d, ("release_notes", "required")))
+        return cls(d.get("release_notes", ""), d.get("required", False), d.get("allow_downgrade", False),
+                   _extra(d, ("release_notes", "required", "allow_downgrade")))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"release_notes": self.release_notes, "required": self.required, **self.extra}
+        out: dict[str, Any] = {"release_notes": self.release_notes, "required": self.required}
+        if self.allow_downgrade:
+            out["allow_downgrade"] = True
+        out.update(self.extra)
+        return out
 
 
 @dataclass

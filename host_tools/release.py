@@ -146,6 +146,7 @@ def sign_release(
     force_version: bool = False,
     any_role: bool = False,
     extra_boards: Sequence[str] = (),
+    allow_version_downgrade: bool = False,
 ) -> ReleaseInfo:
     """Check the image against the board, build + sign the manifest, write RELEASE_DIR atomically."""
     from host_tools.boards import load_board
@@ -211,7 +212,7 @@ def sign_release(
         min_bootloader_version=min_bootloader_version,
         image=ImageRef(url=file_name, size=len(data), hash=raw_hash, encoding=encoding, window_bits=wbits,
                        transfer_size=len(wire), transfer_hash="sha256:" + hashlib.sha256(wire).hexdigest()),
-        metadata=Metadata(notes, required),
+        metadata=Metadata(notes, required, allow_version_downgrade),
         created=created,
         expires=expires,
     )

@@ -365,3 +365,15 @@ def test_firmware_manifest_example_runs(tmp_path: Path) -> None:
 
     m = load_manifest(tmp_path / "manifest.json", [load_public_key(tmp_path / "release.pem.pub")])
     assert m.security_version == 4 and m.min_bootloader_version == "2.1.0"
+
+
+def test_signed_version_downgrade_flag(tmp_path: Path, rel_key: PrivateKey) -> None:
+    img = _image(tmp_path)
+    plain = sign_release(img, rel_key, "esp32-generic-4mb", "1.2.3", out_dir=tmp_path / "a")
+    plain_doc = _independent_payload(plain.manifest_path, rel_key.public.point)
+    assert "allow_downgrade" not in plain_doc["metadata"]
+    down = sign_release(img, rel_key, "esp32-generic-4mb", "1.2.3", out_dir=tmp_path / "b",
+                        allow_version_downgrade=True)
+    meta = _independent_payload(down.manifest_path, rel_key.public.point)["metadata"]
+    assert meta == {"release_notes": "", "required": False, "allow_downgrade": True}
+    assert verify_release(tmp_path / "b", [rel_key.public]).manifest.metadata.allow_downgrade is True

@@ -45,6 +45,9 @@ def register(sub: Any) -> None:
                       help="manifest expiry: UTC time (2027-11-27T00:00:00Z), a duration (365d, 12h) "
                            "or never (default: never)")
     sign.add_argument("--min-bootloader-version", metavar="V", help="recorded in the manifest")
+    sign.add_argument("--allow-version-downgrade", action="store_true",
+                      help="let devices running a newer version install this one (metadata.allow_downgrade; "
+                           "the security_version floor still applies)")
     sign.add_argument("--force-version", action="store_true",
                       help="sign even when the image's own version differs from --version")
     sign.add_argument("--any-role", action="store_true", help="accept a key of any role (or without one)")
@@ -84,6 +87,7 @@ def cmd_sign(args: argparse.Namespace) -> int:
         compress=args.compress, window_bits=args.window_bits, expires=parse_expires(args.expires),
         min_bootloader_version=args.min_bootloader_version, force_version=args.force_version,
         any_role=args.any_role, extra_boards=args.also_board,
+        allow_version_downgrade=args.allow_version_downgrade,
     )
     for w in info.warnings:
         print(f"mpota: warning: {w}", file=sys.stderr)
