@@ -550,3 +550,27 @@ def register_device(server: str, secret: bytes, device_id: str, board: str, grou
     except ValueError:
         doc = {}
     return doc if isinstance(doc, dict) else {}
+
+
+def package_json(root: Path | None = None) -> dict[str, Any]:
+    """mip's package.json for device/: every device/mpota/*.py, URLs relative to the package.json."""
+    base = root or device_dir()
+    files = sorted(p.name for p in (base / "mpota").glob("*.py") if p.is_file())
+    version = "0.0.0"
+    m = re.search(r'^__version__\s*=\s*"([^"]+)"', (base / "mpota" / "__init__.py").read_text(), re.M)
+    if m:
+        version = m.group(1)
+    return {"urls": [[f"mpota/{n}", f"mpota/{n}"] for n in files], "version": version}
+
+
+def write_package_json(root: Path | None = None) -> Path:
+    """Regenerate device/package.json (run after adding or removing a device module)."""
+    from host_tools.fsutil import atomic_write_text
+
+    base = root or device_dir()
+    target = base / "package.json"
+    doc = package_json(base)
+    rows = ",\n".join(f"    {json.dumps(u)}" for u in doc["urls"])
+    version = json.dumps(doc["version"])
+    atomic_write_text(target, f'{{\n  "urls": [\n{rows}\n  ],\n  "version": {version}\n}}\n')
+    return target

@@ -465,3 +465,48 @@ def test_device_dir_is_the_repo_folder(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MPOTA_DEVICE_DIR", raising=False)
     assert device_dir() == DEVICE
     assert (device_dir() / "mpota" / "__init__.py").is_file()
+
+
+# ------------------------------------------------------------------------------------------------
+# mip: device/package.json and device/manifest.py
+
+def test_package_json_lists_exactly_the_device_modules() -> None:
+    from host_tools.deploy import package_json
+
+    doc = json.loads((DEVICE / "package.json").read_text())
+    files = sorted(f"mpota/{m}.py" for m in MODULES)
+    assert sorted(u[0] for u in doc["urls"]) == files, \
+        "device/package.json is stale: python -c 'from host_tools.deploy import write_package_json as w; w()'"
+    assert all(target == src for target, src in doc["urls"])  # relative to package.json
+    assert doc == package_json(DEVICE)
+    init = (DEVICE / "mpota" / "__init__.py").read_text()
+    assert f'__version__ = "{doc["version"]}"' in init
+    manifest = (DEVICE / "manifest.py").read_text()
+    assert 'package("mpota")' in manifest and f'version="{doc["version"]}"' in manifest
+
+
+@pytest.mark.mpy
+def test_mip_install_from_package_json(unix_board: UnixBoard) -> None:
+    # mpremote's mip fetches package.json and each URL relative to it (as it would from GitHub for
+    # `mip install github:<owner>/<repo>/device`), then copies the files to the board.
+    import functools
+    import http.server
+    import threading
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(DEVICE))
+    handler.log_message = lambda *a: None  # type: ignore[attr-defined]
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/package.json"
+        r = subprocess.run([MPREMOTE, "connect", unix_board.port, "resume", "mip", "install", "--target",
+                            "/lib", url], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stdout + r.stderr
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    installed = sorted(os.listdir(unix_board.root / "lib" / "mpota"))
+    assert installed == sorted(f"{m}.py" for m in MODULES)
+    out = _board_exec(unix_board, "import mpota, mpota.config, mpota.updater; print(mpota.__version__)")
+    assert out.strip() == "0.1.0"
