@@ -183,6 +183,54 @@ def _same_file(path: Path, data: bytes) -> bool | None:
         return None
 
 
+def _check_existing(feed: Path, board: str, version: str, image_name: str, mbytes: bytes,
+                    wire: bytes) -> bool:
+    """True when the feed already holds exactly this release; raise when it holds another one."""
+    rel_dir = release_dir_path(board, version)
+    dest = feed / rel_dir
+    existing = _same_file(dest / MANIFEST_NAME, mbytes)
+    if existing is False:
+        raise FeedError(f"the feed already has a different release {board} {version} "
+                        f"({dest / MANIFEST_NAME}); publish it under a new version")
+    if existing and _same_file(dest / image_name, wire) is not True:
+        raise FeedError(f"the feed's {rel_dir}/{image_name} does not match this release; "
+                        "remove the broken release folder or publish a new version")
+    return bool(existing)
+
+
+def _write_release(dest: Path, image_name: str, mbytes: bytes, wire: bytes) -> None:
+    # Image first, manifest second: a manifest in the feed always has its image next to it.
+    atomic_write(dest / image_name, wire)
+    atomic_write(dest / MANIFEST_NAME, mbytes)
+
+
+def add_release(
+    release_dir: str | os.PathLike[str],
+    feed_dir: str | os.PathLike[str],
+    *,
+    board: str | None = None,
+    release_keys: Sequence[PublicKey] | None = None,
+) -> str:
+    """Copy a checked release into releases/<board>/<version>/ without touching any channel
+    (e.g. to stage it before a rollout). Returns the manifest path relative to the feed root."""
+    feed = Path(feed_dir)
+    result, mbytes, wire = load_release(release_dir, release_keys)
+    m = result.manifest
+    if board is None:
+        if len(m.target_hardware) != 1:
+            raise FeedError(f"the release targets several boards ({', '.join(m.target_hardware)}); "
+                            "choose one with --board")
+        board = m.target_hardware[0]
+    elif board not in m.target_hardware:
+        raise FeedError(f"board {board} is not in the release's target_hardware "
+                        f"({', '.join(m.target_hardware)})")
+    rel_dir = release_dir_path(board, m.version)
+    with feed_lock(feed):
+        if not _check_existing(feed, board, m.version, result.image_path.name, mbytes, wire):
+            _write_release(feed / rel_dir, result.image_path.name, mbytes, wire)
+    return f"{rel_dir}/{MANIFEST_NAME}"
+
+
 def publish_release(
     release_dir: str | os.PathLike[str],
     feed_dir: str | os.PathLike[str],
@@ -226,16 +274,8 @@ def publish_release(
         raise FeedError(str(exc)) from None
 
     rel_dir = release_dir_path(board, m.version)
-    dest = feed / rel_dir
-    image_name = result.image_path.name
     with feed_lock(feed):
-        existing = _same_file(dest / MANIFEST_NAME, mbytes)
-        if existing is False:
-            raise FeedError(f"the feed already has a different release {board} {m.version} "
-                            f"({dest / MANIFEST_NAME}); publish it under a new version")
-        if existing and _same_file(dest / image_name, wire) is not True:
-            raise FeedError(f"the feed's {rel_dir}/{image_name} does not match this release; "
-                            "remove the broken release folder or publish a new version")
+        existing = _check_existing(feed, board, m.version, result.image_path.name, mbytes, wire)
         prev = read_channel(feed, board, channel)
         if prev is not None:
             cur = _release_manifest_unverified(feed, prev.release.manifest)
@@ -246,12 +286,12 @@ def publish_release(
                 if not allow_downgrade:
                     raise FeedError(msg + " (use --allow-downgrade to publish anyway)")
                 say("warning: " + msg)
-            if parse_version(m.version) <= parse_version(prev.release.version):
+            if (parse_version(m.version) <= parse_version(prev.release.version)
+                    and not m.metadata.allow_downgrade):
                 say(f"warning: {m.version} is not newer than the channel's current {prev.release.version}; "
                     "devices already on it will not install it (publish a new version to roll back)")
         if not existing:
-            atomic_write(dest / image_name, wire)
-            atomic_write(dest / MANIFEST_NAME, mbytes)
+            _write_release(feed / rel_dir, result.image_path.name, mbytes, wire)
         doc = ChannelDoc(
             board=board, channel=channel, seq=(prev.seq + 1) if prev else 1,
             release=ChannelRelease(m.version, f"{rel_dir}/{MANIFEST_NAME}",

@@ -317,3 +317,18 @@ def _independent_channel_bytes(data: bytes, point: bytes) -> dict[str, Any]:
         f.write(data)
         f.flush()
         return _independent_channel(Path(f.name), point)
+
+
+def test_add_release_stages_without_a_channel(tmp_path: Path, keys: dict[str, PrivateKey],
+                                              releases: dict[str, Path]) -> None:
+    from host_tools.feed import add_release
+
+    feed = tmp_path / "feed"
+    rel = add_release(releases["1.1.0"], feed, release_keys=[keys["release"].public])
+    assert rel == f"releases/{BOARD}/1.1.0/manifest.json"
+    assert not (feed / "channels").exists()
+    assert add_release(releases["1.1.0"], feed) == rel  # idempotent
+    doc = write_channel(feed, BOARD, "stable", "1.1.0", {"id": "r-9", "groups": ["canary"], "percentage": 0},
+                        keys["rollout"])
+    assert doc.seq == 1 and doc.release.manifest == rel
+    assert verify_feed(feed, [keys["release"].public, keys["rollout"].public]).ok
