@@ -1,0 +1,260 @@
+"""The operator CLI through the real entry point against a running server: fleet, rollout, devices,
+rollback; bad inputs give one line and a non-zero exit."""
+
+from __future__ import annotations
+
+import json
+import stat
+import subprocess
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from host_tools.channel import ChannelDoc
+from host_tools.cli import main
+from host_tools.esp_image import parse_image
+from host_tools.fleet import create_secret, device_token, load_secret
+from host_tools.keys import generate_key, load_public_key
+from host_tools.server.app import ServerConfig, make_publisher
+from host_tools.server.auth import operator_token
+from host_tools.server.harness import ServerThread, SimDevice, publish_test_release
+
+REPO = Path(__file__).resolve().parent.parent
+BOARD = "esp32-generic-4mb"
+
+
+@pytest.fixture()
+def env(tmp_path: Path) -> Iterator[tuple[Path, ServerThread, list[str]]]:
+    key = tmp_path / "k.pem"
+    generate_key(key, "both")
+    create_secret(tmp_path / "fleet.secret")
+    feed = tmp_path / "feed"
+    publish_test_release(feed, tmp_path / "work", key, "1.0.0", BOARD, channel="stable", security_version=2)
+    publish_test_release(feed, tmp_path / "work", key, "1.1.0", BOARD, security_version=3)
+    config = ServerConfig(
+        feed_dir=feed,
+        db_url=f"sqlite:///{tmp_path / 'db.sqlite'}",
+        fleet_secret=load_secret(tmp_path / "fleet.secret"),
+        tick_s=0.05,
+    )
+    with ServerThread(config, make_publisher(feed, str(key))) as srv:
+        yield tmp_path, srv, ["--server", srv.url, "--fleet-secret", str(tmp_path / "fleet.secret")]
+
+
+def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_fleet_secret_and_tokens(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "s"
+    code, out, _ = _run(capsys, "fleet", "secret", str(path))
+    assert code == 0 and "wrote fleet secret" in out
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    code, _, err = _run(capsys, "fleet", "secret", str(path))
+    assert code == 1 and err.startswith("mpota: error: ") and "already exists" in err and err.count("\n") == 1
+    code, out, _ = _run(capsys, "fleet", "token", "dev-1", "--secret", str(path))
+    assert code == 0 and out.strip() == device_token(load_secret(path), "dev-1")
+    code, out, _ = _run(capsys, "fleet", "token", "--operator", "--secret", str(path))
+    assert out.strip() == operator_token(load_secret(path))
+    assert _run(capsys, "fleet", "token", "bad id!", "--secret", str(path))[0] == 1
+    assert _run(capsys, "fleet", "token", "--secret", str(path))[0] == 2
+    assert _run(capsys, "fleet", "token", "dev-1", "--secret", str(tmp_path / "missing"))[0] == 1
+
+
+def test_rollout_commands(
+    env: tuple[Path, ServerThread, list[str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    root, srv, conn = env
+    secret = load_secret(root / "fleet.secret")
+    devs = [SimDevice(srv.url, secret, f"{g}-1", g) for g in ("canary", "internal", "pilot", "general")]
+    for d in devs:
+        assert d.report("heartbeat", health="OK") == 200
+    code, _, err = _run(capsys, "rollout", "status", *conn)
+    assert code == 2 and "no rollouts" in err
+    code, out, err = _run(
+        capsys,
+        "rollout",
+        "start",
+        "--board",
+        BOARD,
+        "--version",
+        "1.1.0",
+        "--id",
+        "r-cli",
+        "--plan",
+        str(REPO / "examples" / "rollout.toml"),
+        "--soak",
+        "1h",
+        *conn,
+    )
+    assert code == 0, err
+    assert "rollout r-cli: 1.1.0 on esp32-generic-4mb/stable: ACTIVE" in out
+    assert "step 1/7: canary" in out and "waiting for: canary: 0 of 1 devices finished" in out
+    header = next(line for line in out.splitlines() if line.startswith("stage"))
+    assert header.split()[:3] == ["stage", "targeted", "started"] and header.endswith("gate")
+    devs[0].update("r-cli", "1.1.0", "rolled_back")
+    code, out, _ = _run(capsys, "rollout", "status", "--json", *conn)
+    st = json.loads(out)
+    assert st["rollout"]["id"] == "r-cli" and st["stages"][0]["counts"]["rolled_back"] == 1
+    import time
+
+    for _ in range(100):
+        code, out, _ = _run(capsys, "rollout", "status", "r-cli", "--history", *conn)
+        if "PAUSED" in out:
+            break
+        time.sleep(0.05)
+    assert "reason: canary: failure rate 100.0% > 20%" in out and "auto-pause" in out
+    canary = next(line for line in out.splitlines() if line.startswith("canary"))
+    assert canary.split()[1:8] == ["1", "1", "0", "0", "0", "1", "0"] and canary.endswith("fail")
+    code, out, _ = _run(capsys, "rollout", "resume", *conn)
+    assert code == 0 and "ACTIVE" in out
+    code, out, _ = _run(capsys, "rollout", "pause", "r-cli", "--reason", "lunch", *conn)
+    assert code == 0 and "reason: lunch" in out
+    code, out, _ = _run(capsys, "rollout", "list", *conn)
+    assert "r-cli" in out and "paused" in out
+    code, out, _ = _run(capsys, "rollout", "abort", "--json", *conn)
+    assert json.loads(out)["rollout"]["state"] == "aborted"
+    code, _, err = _run(capsys, "rollout", "abort", "r-cli", *conn)
+    assert code == 1 and "already aborted" in err
+    # inventory
+    code, out, _ = _run(capsys, "devices", *conn)
+    assert code == 0 and "4 device(s)" in out and "canary-1" in out and "rolled_back" in out
+    code, out, _ = _run(capsys, "devices", "--json", *conn)
+    assert {d["device_id"] for d in json.loads(out)} == {"canary-1", "internal-1", "pilot-1", "general-1"}
+    code, out, _ = _run(capsys, "devices", "canary-1", *conn)
+    assert "health: failed:wifi" in out and "health_failed" in out
+    for d in devs:
+        d.close()
+
+
+def test_cli_errors_are_one_line(
+    env: tuple[Path, ServerThread, list[str]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root, srv, conn = env
+    cases = [
+        (["rollout", "status", "--server", "http://127.0.0.1:9", "--token", "x"], "cannot reach the server"),
+        (["rollout", "list", "--server", srv.url, "--token", "bad"], "server said 401"),
+        (["rollout", "list", "--server", srv.url], "no operator credentials"),
+        (
+            ["rollout", "start", "--board", BOARD, "--version", "1.1.0", "--soak", "soon", *conn],
+            "not a duration",
+        ),
+        (
+            [
+                "rollout",
+                "start",
+                "--board",
+                BOARD,
+                "--version",
+                "1.1.0",
+                "--plan",
+                str(tmp_path / "none.toml"),
+                *conn,
+            ],
+            "cannot read plan",
+        ),
+        (["rollout", "start", "--board", BOARD, "--version", "7.7.7", *conn], "not in the feed"),
+        (["rollout", "start", "--board", BOARD, "--version", "1.1.0", "--window", "1-2", *conn], "window"),
+        (["rollout", "pause", "nope", *conn], "server said 404"),
+        (["devices", "ghost", *conn], "server said 404"),
+        (["serve", "--feed", str(tmp_path / "no-feed"), "--port", "0"], "does not exist"),
+        (["serve", "--feed", str(root / "feed"), "--db", "postgresql://x/y", "--port", "0"], "PostgreSQL"),
+        (
+            ["serve", "--feed", str(root / "feed"), "--db", f"sqlite:///{root / 'feed' / 'x.db'}"],
+            "inside the feed",
+        ),
+        (["serve", "--feed", str(root / "feed"), "--rollout-key", str(root / "fleet.secret")], "PEM"),
+    ]
+    for argv, message in cases:
+        code, out, err = _run(capsys, *argv)
+        assert code != 0, argv
+        assert err.startswith("mpota: error: ") and message in err and err.count("\n") == 1, (argv, err)
+        assert "Traceback" not in err
+
+
+def test_fleet_rollback(
+    env: tuple[Path, ServerThread, list[str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    root, srv, conn = env
+    feed = root / "feed"
+    canary = SimDevice(srv.url, load_secret(root / "fleet.secret"), "canary-9", "canary")
+    assert canary.report("heartbeat") == 200  # holds the rollout at its first stage
+    canary.close()
+    code, _, err = _run(
+        capsys, "rollout", "start", "--board", BOARD, "--version", "1.1.0", "--soak", "1h", *conn
+    )
+    assert code == 0, err
+    code, out, err = _run(
+        capsys,
+        "rollout",
+        "rollback",
+        "--feed",
+        str(feed),
+        "--board",
+        BOARD,
+        "--to",
+        "1.0.0",
+        "--version",
+        "1.1.1",
+        "--release-key",
+        str(root / "k.pem"),
+        "--any-role",
+        *conn,
+    )
+    assert code == 0, err
+    assert "signed rollback release 1.1.1 (image of 1.0.0, security_version 3)" in out
+    assert "aborted rollout" in out and "step 1/1: rollback" in out, out
+    doc = ChannelDoc.from_envelope_bytes(
+        (feed / "channels" / BOARD / "stable.json").read_bytes(),
+        [load_public_key(str(root / "k.pem") + ".pub")],
+    )
+    assert (
+        doc.release.version == "1.1.1" and doc.rollout.percentage == 100.0 and doc.rollout.state == "active"
+    )
+    # the new release carries the old firmware with the new version stamped in, and it verifies
+    assert (
+        main(["verify", str(feed / "releases" / BOARD / "1.1.1"), "--pubkey", str(root / "k.pem") + ".pub"])
+        == 0
+    )
+    rel = feed / "releases" / BOARD
+    manifest = json.loads(
+        __import__("base64").b64decode(json.loads((rel / "1.1.1" / "manifest.json").read_text())["payload"])
+    )
+    assert manifest["security_version"] == 3 and manifest["version"] == "1.1.1"
+    new = rel / "1.1.1" / manifest["image"]["url"]
+    raw = zlib.decompress(new.read_bytes()) if manifest["image"]["encoding"] == "zlib" else new.read_bytes()
+    rep = parse_image(raw)
+    assert rep.ok and rep.app_desc is not None and rep.app_desc.version == "1.1.1"
+    assert rep.app_desc.secure_version == 3 and rep.app_desc.project_name == "mpota-test"
+    tmp = root / "check.bin"
+    tmp.write_bytes(raw)
+    proc = subprocess.run(
+        [str(REPO / ".venv" / "bin" / "esptool"), "--chip", "esp32", "image-info", str(tmp)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0 and "1.1.1" in proc.stdout, proc.stdout + proc.stderr
+    # the same version twice is refused, nothing changes
+    code, _, err = _run(
+        capsys,
+        "rollout",
+        "rollback",
+        "--feed",
+        str(feed),
+        "--board",
+        BOARD,
+        "--to",
+        "1.0.0",
+        "--version",
+        "1.1.1",
+        "--release-key",
+        str(root / "k.pem"),
+        "--any-role",
+        *conn,
+    )
+    assert code == 1 and "already has a release 1.1.1" in err
