@@ -19,7 +19,7 @@ import pytest
 from collector import Collector
 
 ROOT = Path(__file__).resolve().parent.parent
-for p in (ROOT / "device", ROOT / "tests" / "fakes"):
+for p in (ROOT / "device", ROOT / "tests" / "fakes", ROOT):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
@@ -462,3 +462,266 @@ def test_power_cut_at_every_step_ends_consistent(rig, path, tmp_path, monkeypatc
         assert outcomes == {"confirmed", "rolled_back"}  # cuts before mark_valid roll back
     else:
         assert outcomes == {"rolled_back"}
+
+
+# ---------------------------------------------------------------- simulated board (part 2)
+INTERPRETERS = ["micropython", "cpython"]
+
+# main.py of the simulated firmware: mpota.boot() with an application check whose bug is
+# frozen into the image (sim flags), then print what boot() decided.
+SIM_MAIN = """
+import json
+import esp32
+import simboot
+import mpota
+
+flags = esp32.sim_firmware()["flags"]
+
+
+def firmware_ok():
+    if flags.get("crash") == "trial":
+        esp32.sim_panic("firmware crashes during its trial")
+    if flags.get("hang") == "trial":
+        while True:
+            pass
+    return flags.get("health") != "fail"
+
+
+res = mpota.boot(checks=[firmware_ok], config=simboot.CONFIG, timeout_ms=3000, wdt_ms=WDT_MS)
+print("RESULT " + json.dumps({"outcome": res.outcome, "trial": res.trial, "check": res.check,
+                              "reason": res.reason, "results": [r[0] for r in res.results]}))
+# the application loop's first heartbeat (it also delivers what is still queued)
+hr = mpota.HealthReporter(config=simboot.CONFIG, checks=[firmware_ok])
+print("HEALTH", hr.report_health(), hr.status, hr.boot_count)
+"""
+
+# What the updater leaves behind, done on the board itself: set_boot() on the new slot and
+# state["pending"] written through mpota.state.
+SIM_INSTALL = """
+import esp32
+import simboot
+from mpota.state import State, open_store
+
+p = esp32.Partition.find(esp32.Partition.TYPE_APP, label="ota_1")[0]
+st = State(open_store(simboot.ROOT or "/"))
+st["pending"] = {"version": "1.1.0", "slot": "ota_1", "prev_slot": "ota_0", "security_version": 3,
+                 "rollout": "r-1", "manifest_sha256": "ab" * 32, "attempts": 0}
+st.save()
+p.set_boot()
+print("INSTALLED")
+"""
+
+
+def sim_config(url: str) -> dict[str, Any]:
+    key = "04" + "11" * 64
+    return {"device_id": "dev-1", "board": "esp32-generic-4mb", "group": "canary",
+            "feed_url": "http://127.0.0.1:9/feed/", "channel": "stable", "report_url": url,
+            "token": "tok-1", "keys": {"release": [key], "rollout": [key]}}
+
+
+def sim_result(res: Any) -> dict[str, Any]:
+    for line in res.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return dict(json.loads(line[7:]))
+    raise AssertionError(str(res))
+
+
+class SimRig:
+    def __init__(self, tmp_path: Path, collector: Collector, interp: str, flags: str = "",
+                 rollback: bool = True, wdt_ms: int = 60000) -> None:
+        from host_tools.imagebuild import build_app_image
+        from sim.board import SimBoard
+
+        self.interp = interp
+        self.collector = collector
+        self.board = SimBoard.create(tmp_path / "board", version="1.0.0", secure_version=1,
+                                     rollback_supported=rollback, device="link",
+                                     config=sim_config(collector.url))
+        self.main = SIM_MAIN.replace("WDT_MS", str(wdt_ms))
+        self.new_image = build_app_image("esp32", "1.1.0", "mpota-app", 3, sim_flags=flags)
+
+    def run(self, script: str, **kw: Any) -> Any:
+        kw.setdefault("timeout", 30)
+        return self.board.run(script, self.interp, **kw)
+
+    def first_boot_and_install(self) -> None:
+        res = self.run(self.main)
+        assert res.kind == "exit" and sim_result(res)["outcome"] == "normal", res
+        self.board.flash_slot("ota_1", self.new_image)
+        res = self.run(SIM_INSTALL)
+        assert res.kind == "exit" and "INSTALLED" in res.stdout, res
+
+    def settle(self, **kw: Any) -> list[Any]:
+        runs = self.board.boot_until_settled(self.main, interpreter=self.interp, timeout=30, **kw)
+        assert runs[-1].kind == "exit", runs[-1]
+        return runs
+
+    def state(self) -> dict[str, Any]:
+        blob = self.board.nvs().get("mpota", {}).get("state")
+        assert isinstance(blob, bytes)
+        return dict(json.loads(blob))
+
+
+@pytest.fixture(params=INTERPRETERS)
+def interp(request):
+    return request.param
+
+
+def test_sim_healthy_update_confirms_and_stays(tmp_path, collector, interp):
+    rig = SimRig(tmp_path, collector, interp)
+    rig.first_boot_and_install()
+    runs = rig.settle()
+    assert len(runs) == 1 and runs[0].slot == "ota_1" and runs[0].version == "1.1.0"
+    out = sim_result(runs[0])
+    assert out["outcome"] == "confirmed" and out["trial"]
+    assert out["results"] == ["wifi", "server", "mqtt", "heartbeat", "firmware_ok"]
+    assert rig.board.ota_state("ota_1") == "VALID"
+    st = rig.state()
+    assert st["pending"] is None and st["floor"] == 3
+    for _ in range(2):  # further resets: stays on 1.1.0, no second decision
+        runs = rig.settle(reset_cause=2)
+        assert runs[-1].slot == "ota_1" and sim_result(runs[-1])["outcome"] == "normal"
+        assert runs[-1].ops == 1  # the boot counter commit only
+    assert decisions(collector) == [("confirmed", "1.1.0")]
+    c = collector.of("confirmed")[0]
+    assert c["version"] == "1.1.0" and c["slot"] == "ota_1" and c["rollout"] == "r-1"
+
+
+def test_sim_failing_check_rolls_back_and_reports_why(tmp_path, collector, interp):
+    rig = SimRig(tmp_path, collector, interp, flags="health=fail")
+    rig.first_boot_and_install()
+    runs = rig.settle()
+    assert [r.kind for r in runs] == ["reset", "exit"]
+    assert runs[0].slot == "ota_1" and runs[1].slot == "ota_0"
+    assert sim_result(runs[1])["outcome"] == "rolled_back"
+    assert sim_result(runs[1])["reason"] == "health_failed"
+    st = rig.state()
+    assert st["pending"] is None and st["floor"] == 0 and st["failed"] == [["1.1.0", "r-1"]]
+    assert rig.board.ota_state("ota_0") == "VALID"
+    assert decisions(collector) == [("health_failed", "1.1.0"), ("rolled_back", "1.1.0")]
+    assert collector.of("health_failed")[0]["detail"]["check"] == "firmware_ok"
+    assert collector.of("health_failed")[0]["version"] == "1.1.0"
+    assert collector.of("rolled_back")[0]["version"] == "1.0.0"
+    runs = rig.settle()  # and stays on the old firmware
+    assert runs[-1].slot == "ota_0" and sim_result(runs[-1])["outcome"] == "normal"
+
+
+@pytest.mark.parametrize("flags", ["crash=trial", "crash=boot", "hang=trial"])
+def test_sim_crash_loop_during_trial_rolls_back(tmp_path, collector, interp, flags):
+    rig = SimRig(tmp_path, collector, interp, flags=flags, wdt_ms=1500)
+    rig.first_boot_and_install()
+    runs = rig.settle()
+    kinds = [r.kind for r in runs]
+    want = {"crash=trial": "panic", "crash=boot": "panic", "hang=trial": "watchdog"}[flags]
+    assert kinds == [want, "exit"], kinds
+    assert runs[-1].slot == "ota_0"
+    out = sim_result(runs[-1])
+    assert out["outcome"] == "rolled_back" and out["reason"] == "bootloader"
+    st = rig.state()
+    assert st["pending"] is None and st["failed"] == [["1.1.0", "r-1"]]
+    assert decisions(collector) == [("rolled_back", "1.1.0")]
+    rb = collector.of("rolled_back")[0]["detail"]
+    assert rb["attempts"] == (0 if flags == "crash=boot" else 1)
+    if flags == "hang=trial":
+        assert st["wdt"] == 1
+
+
+def test_sim_no_rollback_support_attempt_limit(tmp_path, collector, interp):
+    rig = SimRig(tmp_path, collector, interp, flags="crash=trial", rollback=False)
+    rig.first_boot_and_install()
+    runs = rig.settle()
+    # no bootloader rollback: two crashing trials, the third boot gives up (attempts)
+    assert [r.kind for r in runs] == ["panic", "panic", "reset", "exit"]
+    assert runs[-1].slot == "ota_0"
+    out = sim_result(runs[-1])
+    assert out["outcome"] == "rolled_back" and out["reason"] == "attempts"
+    assert "without app rollback" in runs[-1].stdout
+    assert decisions(collector) == [("rolled_back", "1.1.0")]
+
+
+def _clone(src: Path, dst: Path) -> None:
+    import subprocess
+
+    subprocess.run(["cp", "-a", "--sparse=always", str(src), str(dst)], check=True)
+
+
+# A power cut before or after every flash write, erase and NVS commit of the trial boot and
+# of the boots that follow it (bootloader otadata writes included); then the board runs on.
+# The default run cuts each operation once per interpreter, alternating before/after so the
+# two interpreters together cover both; the slow run does both everywhere.
+def power_cut_sweep(tmp_path: Path, collector: Collector, interp: str, path: str, modes: Any) -> None:
+    from sim.board import SimBoard
+
+    flags = "" if path == "confirm" else "health=fail"
+    rig = SimRig(tmp_path / "ref", collector, interp, flags=flags)
+    rig.first_boot_and_install()
+    snapshot = tmp_path / "snap"
+    _clone(rig.board.simdir, snapshot)
+    runs = rig.settle()
+    per_boot = [r.ops for r in runs]
+    total = sum(per_boot)
+    assert total >= 5
+    outcomes = set()
+    for op in range(1, total + 1):
+        for when in modes(op):
+            collector.reports.clear()
+            collector._seen.clear()
+            d = tmp_path / f"cut-{op}-{when}"
+            _clone(snapshot, d)
+            rig.board = SimBoard(d)
+            # replay the boots before the one making the op-th operation, then cut there
+            left, k = op, 0
+            while left > per_boot[k]:
+                res = rig.run(rig.main)
+                assert res.ops == per_boot[k] and res.rebooted, res
+                left -= per_boot[k]
+                k += 1
+            runs = rig.settle(cut=(left, when))
+            assert runs[0].kind == "powercut", runs[0]
+            st = rig.state()
+            ev = decisions(collector)
+            names = [e for e, _ in ev]
+            last = runs[-1]
+            where = (op, when, runs[0].why)
+            assert st["pending"] is None, (where, st)
+            assert sim_result(last)["outcome"] in ("confirmed", "rolled_back", "normal"), where
+            if last.slot == "ota_1":
+                outcomes.add("confirmed")
+                assert path == "confirm"
+                assert rig.board.ota_state("ota_1") == "VALID"
+                assert st["floor"] == 3 and st["failed"] == []
+                assert ev == [("confirmed", "1.1.0")], (where, ev)
+            else:
+                outcomes.add("rolled_back")
+                assert last.slot == "ota_0" and rig.board.ota_state("ota_0") == "VALID", where
+                assert st["floor"] == 0 and st["failed"] == [["1.1.0", "r-1"]]
+                assert names.count("rolled_back") == 1 and "confirmed" not in names, (where, ev)
+                assert names.count("health_failed") <= 1, (where, ev)
+            seqs = [r["seq"] for r in collector.reports]
+            assert len(seqs) == len(set(seqs))
+            again = rig.settle()
+            assert again[-1].slot == last.slot and sim_result(again[-1])["outcome"] == "normal"
+            shutil_rm(d)
+    if path == "confirm":
+        assert outcomes == {"confirmed", "rolled_back"}  # a cut before mark_valid rolls back
+    else:
+        assert outcomes == {"rolled_back"}
+
+
+def shutil_rm(d: Path) -> None:
+    import shutil
+
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.mark.parametrize("path", ["confirm", "rollback"])
+def test_sim_power_cut_at_every_step_ends_consistent(tmp_path, collector, interp, path):
+    first = 0 if interp == "micropython" else 1
+    power_cut_sweep(tmp_path, collector, interp, path,
+                    lambda op: [("before", "after")[(op + first) % 2]])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", ["confirm", "rollback"])
+def test_sim_power_cut_before_and_after_every_step(tmp_path, collector, interp, path):
+    power_cut_sweep(tmp_path, collector, interp, path, lambda op: ["before", "after"])

@@ -108,6 +108,19 @@ def mark_valid(esp32):
         raise
 
 
+# Mark the running image valid, repairing otadata that does not select the running slot
+# (a power cut inside an otadata write leaves no valid entry: the bootloader then falls
+# back to a slot by order and ESP-IDF refuses to mark it, ESP_FAIL): set_boot() on the
+# running slot writes a fresh entry, then mark it valid.
+def confirm_running(esp32):
+    try:
+        return mark_valid(esp32)
+    except OSError as e:
+        _log("cannot mark the running image valid (%r): rewriting otadata" % (e,))
+    esp32.Partition(esp32.Partition.RUNNING).set_boot()
+    return mark_valid(esp32)
+
+
 def _label(part):
     return part.info()[4]
 
@@ -327,7 +340,7 @@ def boot(checks=(), timeout_ms=_TIMEOUT_MS, config="/mpota.json", rollback_attem
     try:
         if where == "trial":
             return _trial(s, result, checks, timeout_ms, rollback_attempts, wdt_ms, builtin)
-        result.rollback_supported = mark_valid(s.esp32)
+        result.rollback_supported = confirm_running(s.esp32)
         _count_boot(s)
         if where == "back":
             s.finish_rolled_back(result)
@@ -387,6 +400,6 @@ def _trial(s, result, checks, timeout_ms, rollback_attempts, wdt_ms, builtin):
         s.rollback("health_failed", failed, note)
         result.outcome = "health_failed"
         return result  # not reached on a board (reset)
-    result.rollback_supported = mark_valid(s.esp32)
+    result.rollback_supported = confirm_running(s.esp32)
     s.finish_confirmed(result)
     return result
