@@ -25,7 +25,14 @@ from host_tools import esp_image
 from host_tools.boards import Board
 from host_tools.errors import MpotaError
 from host_tools.fsutil import atomic_write
-from host_tools.partitions import PartitionError, build_binary, parse_binary
+from host_tools.partitions import (
+    TYPE_DATA,
+    Partition,
+    PartitionError,
+    PartitionTable,
+    build_binary,
+    parse_binary,
+)
 from host_tools.transport import ToolError, Transport, expand_port, find_tool
 
 OTADATA_BLANK_SIZE = 0x2000
@@ -103,6 +110,8 @@ def _check_combined(board: Board, firmware: Path, data: bytes,
         raise FlashError(f"{name}: cannot read its partition table at 0x{board.partition_table_offset:x}: "
                          f"{exc}") from None
     diff = embedded.same_layout(board.table)
+    if diff is not None and implicit_vfs(board, embedded) is not None:
+        diff = None  # MicroPython >= 1.26 tables leave vfs out and create it at boot on the same region
     if diff is not None:
         ota = "no OTA slots" if not embedded.ota_slots else f"{len(embedded.ota_slots)} OTA slots"
         raise FlashError(f"{name}: its partition table ({ota}) differs from board {board.name}'s "
@@ -122,6 +131,25 @@ def _check_combined(board: Board, firmware: Path, data: bytes,
     if end > board.flash_size:
         raise FlashError(f"{name} ends at 0x{end:x}, past the board's flash (0x{board.flash_size:x})")
     return rep
+
+
+def implicit_vfs(board: Board, embedded: PartitionTable) -> Partition | None:
+    """The board's last partition, when it is the filesystem MicroPython creates by itself.
+
+    Since MicroPython 1.26 the port's partition CSVs stop after the last app partition and the
+    firmware creates the "vfs" filesystem partition at boot on the rest of the flash. Such a table
+    equals the board's table without its final vfs/ffat entry, which must start where the last
+    embedded entry ends and run to the end of the flash.
+    """
+    entries = board.table.entries
+    if len(entries) != len(embedded.entries) + 1 or entries[:-1] != embedded.entries:
+        return None
+    last = entries[-1]
+    start = max(p.end for p in embedded.entries)
+    if last.name in ("vfs", "ffat") and last.type == TYPE_DATA and last.offset == start \
+            and last.end == board.flash_size:
+        return last
+    return None
 
 
 def plan_flash(board: Board, port: str, firmware: str | Path, *, workdir: Path, erase: bool = False,
@@ -158,6 +186,12 @@ def plan_flash(board: Board, port: str, firmware: str | Path, *, workdir: Path, 
                               f"whichever slot it selects")
         plan.notes.append(f"combined image (bootloader + partition table + app) at "
                           f"0x{board.bootloader_offset:x}; its partition table matches {board.name}")
+        pt_file = board.partition_table_offset - board.bootloader_offset
+        embedded = parse_binary(data[pt_file : pt_file + 0xC00], check=False)
+        vfs = implicit_vfs(board, embedded)
+        if vfs is not None:
+            plan.notes.append(f"its table has no {vfs.name} entry: MicroPython creates {vfs.name} at boot on "
+                              f"0x{vfs.offset:x}..0x{vfs.end:x}, as the board defines it")
     args: list[str] = []
     for offset, path in plan.writes:
         args += [f"0x{offset:x}", str(path)]

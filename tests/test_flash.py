@@ -27,6 +27,17 @@ DATA = Path(__file__).resolve().parent / "data"
 ESPTOOL = find_tool("esptool")
 B4 = load_board("esp32-generic-4mb")
 B8 = load_board("esp32s3-generic-8mb")
+# MicroPython >= 1.26: ports/esp32/partitions-4MiB-ota.csv and partitions-8MiBplus-ota.csv end after
+# ota_1; the firmware creates "vfs" on the rest of the flash at boot.
+MP126_4MB_CSV = ("nvs, data, nvs, 0x9000, 0x4000,\notadata, data, ota, 0xd000, 0x2000,\n"
+                 "phy_init, data, phy, 0xf000, 0x1000,\nota_0, app, ota_0, 0x10000, 0x180000,\n"
+                 "ota_1, app, ota_1, 0x190000, 0x180000,\n")
+MP126_8MB_CSV = ("nvs, data, nvs, 0x9000, 0x4000,\notadata, data, ota, 0xd000, 0x2000,\n"
+                 "phy_init, data, phy, 0xf000, 0x1000,\nota_0, app, ota_0, 0x10000, 0x270000,\n"
+                 "ota_1, app, ota_1, 0x280000, 0x270000,\n")
+SMALL_SLOTS_CSV = ("nvs, data, nvs, 0x9000, 0x4000,\notadata, data, ota, 0xd000, 0x2000,\n"
+                   "phy_init, data, phy, 0xf000, 0x1000,\nota_0, app, ota_0, 0x10000, 0x100000,\n"
+                   "ota_1, app, ota_1, 0x110000, 0x100000,\n")
 NON_OTA_CSV = ("nvs, data, nvs, 0x9000, 0x6000,\nphy_init, data, phy, 0xf000, 0x1000,\n"
                "factory, app, factory, 0x10000, 0x1F0000,\nvfs, data, fat, 0x200000, 0x200000,\n")
 
@@ -53,6 +64,9 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "combined": build_combined_image("esp32", app, B4.table.to_binary(), 0x1000),
         "combined_s3": build_combined_image("esp32s3", app_s3, B8.table.to_binary(), 0x0),
         "combined_plain": build_combined_image("esp32", app, parse_csv(NON_OTA_CSV).to_binary(), 0x1000),
+        "mp126": build_combined_image("esp32", app, parse_csv(MP126_4MB_CSV).to_binary(), 0x1000),
+        "mp126_s3": build_combined_image("esp32s3", app_s3, parse_csv(MP126_8MB_CSV).to_binary(), 0x0),
+        "small_slots": build_combined_image("esp32", app, parse_csv(SMALL_SLOTS_CSV).to_binary(), 0x1000),
         "big": build_app_image("esp32", "1.24.0", "micropython", code_size=0x180000),
         "junk": os.urandom(4096),
     }
@@ -90,6 +104,19 @@ def test_combined_s3_at_offset_zero(images: dict[str, Path], port: str) -> None:
     flash(B8, port, images["combined_s3"], transport=t, echo=lambda s: None)
     assert t.calls == [[ESPTOOL, "--chip", "esp32s3", "--port", port, "write-flash", "0x0",
                         str(images["combined_s3"])]]
+
+
+@pytest.mark.parametrize("board,name,vfs", [(B4, "mp126", "0x310000..0x400000"),
+                                             (B8, "mp126_s3", "0x4f0000..0x800000")])
+def test_micropython_126_table_without_vfs_is_accepted(images: dict[str, Path], port: str, board: Board,
+                                                       name: str, vfs: str) -> None:
+    t = RecordingTransport()
+    lines: list[str] = []
+    flash(board, port, images[name], transport=t, echo=lines.append)
+    assert t.calls == [[ESPTOOL, "--chip", board.chip, "--port", port, "write-flash",
+                        f"0x{board.bootloader_offset:x}", str(images[name])]]
+    assert f"its table has no vfs entry: MicroPython creates vfs at boot on {vfs}, as the board defines it" \
+        in lines
 
 
 def test_dry_run_prints_exact_commands_and_keeps_files(images: dict[str, Path], tmp_path: Path) -> None:
@@ -135,6 +162,9 @@ def test_refusals_before_anything_is_written(images: dict[str, Path], port: str,
                                       r"esp32-generic-4mb \(0x180000 bytes\)")
     _refused(B4, port, images["combined_plain"], r"combined_plain.bin: its partition table \(no OTA slots\) "
                                                  r"differs from board esp32-generic-4mb's \(entry 1: nvs")
+    _refused(B4, port, images["small_slots"], r"small_slots.bin: its partition table \(2 OTA slots\) differs "
+                                              r"from board esp32-generic-4mb's \(entry 4: ota_0 app/ota_0 "
+                                              r"0x10000\+0x100000 vs ota_0 app/ota_0 0x10000\+0x180000\)")
     _refused(B4, port, images["app"], r"--erase would erase the bootloader", erase=True)
     _refused(B4, port, tmp_path / "missing.bin", r"cannot read image .*missing.bin: No such file")
     _refused(B4, str(tmp_path / "ttyUSB9"), images["app"], r"serial port .*ttyUSB9 does not exist")
