@@ -377,140 +377,14 @@ def device_config(server: FeedServer, keys: Keys, **over: Any) -> dict[str, Any]
     return cfg
 
 
-# --- a minimal board until the simulated board (sim/board.py) is used everywhere ----------
-# Partition over a file per slot (NOR semantics: erase sets 0xFF, a write ANDs), set_boot
-# records the chosen slot, NVS is a JSON file, machine.reset() exits 85. Runs under CPython
-# and the MicroPython unix port.
-MINI_ESP32 = r'''
-import json
-_DIR = %(dir)r
-_SLOT = 0x180000
-_BS = 4096
-_LABELS = ("ota_0", "ota_1")
-
-def _boot():
-    try:
-        with open(_DIR + "/boot.json") as f:
-            return json.load(f)
-    except OSError:
-        return {"running": "ota_0", "next": None}
-
-class Partition:
-    BOOT = 0
-    RUNNING = 1
-    TYPE_APP = 0
-    TYPE_DATA = 1
-
-    def __init__(self, id, block_size=4096):
-        if id == Partition.RUNNING or id == Partition.BOOT:
-            id = _boot()["running"]
-        if id not in _LABELS:
-            raise ValueError("no partition")
-        self.label = id
-        self.path = _DIR + "/" + id + ".bin"
-
-    def info(self):
-        i = _LABELS.index(self.label)
-        return (0, 0x10 + i, 0x10000 + i * _SLOT, _SLOT, self.label, False)
-
-    def get_next_update(self):
-        return Partition(_LABELS[1 - _LABELS.index(self.label)])
-
-    def _rw(self, off, n, data=None):
-        if off < 0 or off + n > _SLOT:
-            raise OSError(-0x102)
-        f = open(self.path, "r+b")
-        try:
-            f.seek(off)
-            old = f.read(n)
-            old = old + b"\xff" * (n - len(old))
-            if data is None:
-                return old
-            f.seek(off)
-            f.write(bytes(a & b for a, b in zip(old, data)))
-        finally:
-            f.close()
-
-    def readblocks(self, block, buf, off=0):
-        b = self._rw(block * _BS + off, len(buf))
-        buf[:] = b
-
-    def writeblocks(self, block, buf, off=None):
-        if off is None:
-            if len(buf) %% _BS:
-                raise OSError(-0x102)
-            self._erase(block, len(buf) // _BS)
-            off = 0
-        self._rw(block * _BS + off, len(buf), bytes(buf))
-
-    def _erase(self, block, n):
-        f = open(self.path, "r+b")
-        f.seek(block * _BS)
-        f.write(b"\xff" * (n * _BS))
-        f.close()
-
-    def ioctl(self, cmd, arg):
-        if cmd == 4:
-            return _SLOT // _BS
-        if cmd == 5:
-            return _BS
-        if cmd == 6:
-            self._erase(arg, 1)
-            return 0
-
-    def set_boot(self):
-        b = self._rw(0, 1)
-        if b[0] != 0xE9:
-            raise OSError(-5379)
-        st = _boot()
-        st["next"] = self.label
-        with open(_DIR + "/boot.json", "w") as f:
-            json.dump(st, f)
-
-    @staticmethod
-    def mark_app_valid_cancel_rollback():
-        pass
-
-class NVS:
-    def __init__(self, ns):
-        self.path = _DIR + "/nvs-" + ns + ".json"
-        try:
-            with open(self.path) as f:
-                self.d = json.load(f)
-        except OSError:
-            self.d = {}
-
-    def set_blob(self, k, v):
-        self.d[k] = v if isinstance(v, str) else bytes(v).decode()
-
-    def get_blob(self, k, buf):
-        if k not in self.d:
-            raise OSError(-0x1102)
-        v = self.d[k].encode()
-        buf[: len(v)] = v
-        return len(v)
-
-    def commit(self):
-        with open(self.path + ".tmp", "w") as f:
-            json.dump(self.d, f)
-        import os
-        os.rename(self.path + ".tmp", self.path)
-'''
-
-MINI_MACHINE = r'''
-import sys
-def reset():
-    print("MACHINE-RESET")
-    sys.exit(85)
-'''
-
+# --- the simulated board (sim/board.py) as the updater tests use it ----------------------
 
 ROOT = Path(__file__).resolve().parent.parent
-MICROPYTHON = ROOT / ".venv" / "bin" / "micropython"
 
 
 @dataclass
 class RunOut:
+    kind: str
     returncode: int
     stdout: str
     stderr: str
@@ -519,54 +393,43 @@ class RunOut:
         for line in reversed(self.stdout.splitlines()):
             if line.startswith("RESULT "):
                 return dict(json.loads(line[7:]))
-        raise AssertionError(f"no RESULT in output (rc {self.returncode}):\n{self.stdout}\n{self.stderr}")
+        raise AssertionError(f"no RESULT in output ({self.kind}, rc {self.returncode}):\n"
+                             f"{self.stdout}\n{self.stderr}")
 
 
-class MiniBoard:
-    def __init__(self, simdir: Path, running_image: bytes, config: dict[str, Any]) -> None:
-        self.dir = simdir
-        (simdir / "fakes").mkdir(parents=True, exist_ok=True)
-        (simdir / "fs").mkdir(exist_ok=True)
-        (simdir / "fakes" / "esp32.py").write_text(MINI_ESP32 % {"dir": str(simdir)})
-        (simdir / "fakes" / "machine.py").write_text(MINI_MACHINE)
-        for label in ("ota_0", "ota_1"):
-            with open(simdir / f"{label}.bin", "wb") as f:
-                f.write(b"\xff" * 0x180000)
-        self.write_slot("ota_0", running_image)
-        (simdir / "boot.json").write_text(json.dumps({"running": "ota_0", "next": None}))
-        self.config_path = simdir / "fs" / "mpota.json"
-        self.config_path.write_text(json.dumps(config))
+class Board:
+    """A SimBoard in factory state (``running_image`` in ota_0, blank otadata), the device
+    package installed (.mpy for MicroPython, as deployed; source for CPython), ``config`` as
+    /mpota.json. Scripts get ``CONFIG`` (the config path on the board) predefined."""
+
+    def __init__(self, simdir: Path, running_image: bytes, config: dict[str, Any],
+                 device: str = "copy") -> None:
+        from sim.board import SimBoard
+
+        self.sim = SimBoard.create(simdir, BOARD, image=running_image, config=config, device=device)
+        self.dir = self.sim.simdir
 
     def write_slot(self, label: str, data: bytes) -> None:
-        with open(self.dir / f"{label}.bin", "r+b") as f:
-            f.write(data)
+        self.sim.flash_slot(label, data)
 
-    def slot(self, label: str) -> bytes:
-        return (self.dir / f"{label}.bin").read_bytes()
+    def slot(self, label: str, n: int | None = None) -> bytes:
+        return self.sim.read_slot(label, n)
 
     def boot_state(self) -> dict[str, Any]:
-        return dict(json.loads((self.dir / "boot.json").read_text()))
+        """Which slot boots next and the otadata entries (what "the boot slot" means)."""
+        return {"next": self.sim.next_boot_slot(), "otadata": self.sim.otadata()}
 
     def state(self) -> dict[str, Any]:
-        p = self.dir / "nvs-mpota.json"
-        if not p.exists():
-            return {}
-        return dict(json.loads(json.loads(p.read_text())["state"]))
+        blob = self.sim.nvs().get("mpota", {}).get("state")
+        return dict(json.loads(blob)) if isinstance(blob, bytes) else {}
 
-    def run(self, body: str, interpreter: str, heapsize: str = "256k", timeout: float = 60) -> RunOut:
-        import subprocess
-        import sys
-
-        script = self.dir / "script.py"
-        paths = [str(self.dir / "fakes"), str(ROOT / "device"), str(ROOT / "tests" / "fakes")]
-        head = f"import sys\nsys.path[:0] = {paths!r}\nCONFIG = {str(self.config_path)!r}\n"
-        script.write_text(head + body)
-        if interpreter == "cpython":
-            cmd = [sys.executable, str(script)]
-        else:
-            cmd = [str(MICROPYTHON), "-X", f"heapsize={heapsize}", str(script)]
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-        return RunOut(p.returncode, p.stdout, p.stderr)
+    def run(self, body: str, interpreter: str, heapsize: str | None = None, timeout: float = 60,
+            cut: Any = None) -> RunOut:
+        head = "import simboot\nCONFIG = simboot.CONFIG\n"
+        if interpreter == "micropython" and heapsize is None:
+            heapsize = "2m"
+        r = self.sim.run(head + body, interpreter, heapsize=heapsize, timeout=timeout, cut=cut)
+        return RunOut(r.kind, r.returncode, r.stdout, r.stderr)
 
 
 # The device script every updater test runs: one update(), the outcome as one JSON line.
