@@ -255,6 +255,8 @@ def _fsync_dir(path: Path) -> None:
 
 def _manifest_path(path: str | os.PathLike[str]) -> Path:
     p = Path(path)
+    if not p.exists():
+        raise ReleaseError(f"release {p} not found (expected a release folder or its manifest.json)")
     if p.is_dir():
         p = p / MANIFEST_NAME
     return p

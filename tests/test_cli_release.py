@@ -377,7 +377,10 @@ def test_verify_bad_inputs(work: Path, capsys: pytest.CaptureFixture[str]) -> No
         )[0]
         == 0
     )
-    fails(capsys, "cannot read manifest", "verify", "nowhere", "--pubkey", "rel.pem.pub")
+    fails(capsys, "release nowhere not found", "verify", "nowhere", "--pubkey", "rel.pem.pub")
+    fails(capsys, r"--window '1-2' must be HH:MM-HH:MM", "feed", "publish", "rel", "--feed", "f",
+          "--channel", "s", "--key", "ro.pem", "--window", "1-2")
+    assert not Path("f").exists()
     fails(capsys, "expected 130", "verify", "rel", "--pubkey", "abcdef0123456789abcdef")
     data = bytearray(Path("rel/firmware.bin").read_bytes())
     data[-40] ^= 0xFF

@@ -122,6 +122,7 @@ def test_bad_key_files(tmp_path: Path) -> None:
         "garbage.pem": "not a PEM key file",
         "corrupt.pem": "not a valid EC private key",
     }
+    cases["."] = "cannot read key .*it is a folder"
     if os.geteuid() != 0:  # root reads anything
         cases["unreadable.pem"] = "cannot read key .*Permission denied"
     for name, pattern in cases.items():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from typing import Any
 
@@ -66,10 +67,10 @@ def register(sub: Any) -> None:
 def _window(text: str | None) -> dict[str, str] | None:
     if text is None:
         return None
-    start, sep, end = text.partition("-")
-    if not sep:
-        raise UsageError(f"--window {text!r} must be HH:MM-HH:MM (UTC)")
-    return {"start": start.strip(), "end": end.strip()}
+    m = re.fullmatch(r"\s*([0-2][0-9]:[0-5][0-9])\s*-\s*([0-2][0-9]:[0-5][0-9])\s*", text)
+    if not m or int(m.group(1)[:2]) > 23 or int(m.group(2)[:2]) > 23:
+        raise UsageError(f"--window {text!r} must be HH:MM-HH:MM (UTC), e.g. 01:00-05:00")
+    return {"start": m.group(1), "end": m.group(2)}
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
