@@ -141,6 +141,7 @@ class ImageReport:
     app_desc: AppDesc | None = None
     # combined images
     bootloader_offset: int | None = None
+    flash_offset: int | None = None  # flash address of the file's first byte (where to write it)
     partition_table_offset: int | None = None
     partitions: list[Partition] = field(default_factory=list)
     app_partition: str | None = None
@@ -312,22 +313,30 @@ def parse_partition_table(data: bytes | memoryview, offset: int) -> list[Partiti
     return out
 
 
-def _detect_combined(data: bytes, boot: ImageReport) -> ImageReport | None:
-    """A combined flash image report, when data holds a partition table where a flash image would."""
+def _detect_combined(data: bytes, boot: ImageReport, dump: bool = False) -> ImageReport | None:
+    """A combined flash image report, when data holds a partition table where a flash image would.
+
+    Normally the file starts with the bootloader (written at the bootloader offset); with ``dump``
+    it starts at flash address 0 (``esptool read-flash 0 ...``) and the bootloader is further in.
+    """
     offsets: list[int] = []
     if boot.chip in BOOTLOADER_OFFSETS:
         offsets.append(BOOTLOADER_OFFSETS[boot.chip])
     offsets += [o for o in (0x1000, 0x0, 0x2000) if o not in offsets]
     for boot_off in offsets:
-        pt_file = PARTITION_TABLE_FLASH_OFFSET - boot_off
+        start = 0 if dump else boot_off  # flash address of the file's first byte
+        pt_file = PARTITION_TABLE_FLASH_OFFSET - start
         if data[pt_file : pt_file + 2] != PARTITION_MAGIC:
+            continue
+        if dump and data[boot_off : boot_off + 1] != bytes([IMAGE_MAGIC]):
             continue
         parts = parse_partition_table(data, pt_file)
         rep = ImageReport(kind="combined", file_size=len(data), chip=boot.chip, chip_id=boot.chip_id,
                           bootloader_offset=boot_off, partition_table_offset=PARTITION_TABLE_FLASH_OFFSET,
-                          partitions=parts, findings=[])
-        rep.add("warning", f"combined flash image (bootloader + partition table + app) for "
-                           f"`esptool write-flash 0x{boot_off:x}`: sign only the app "
+                          partitions=parts, findings=[], flash_offset=start)
+        what = "flash dump (from address 0x0)" if dump else "combined flash image"
+        rep.add("warning", f"{what} (bootloader + partition table + app) for "
+                           f"`esptool write-flash 0x{start:x}`: sign only the app "
                            "(mpota image extract-app FILE --out app.bin)")
         if boot.chip is not None and BOOTLOADER_OFFSETS.get(boot.chip) != boot_off:
             rep.add("warning", f"the bootloader is for {boot.chip}, which loads it from "
@@ -335,7 +344,7 @@ def _detect_combined(data: bytes, boot: ImageReport) -> ImageReport | None:
         apps = [p for p in parts if p.type == 0]
         apps.sort(key=lambda p: (0 if p.subtype == 0x10 else 1 if p.subtype == 0x00 else 2, p.offset))
         for p in apps:
-            file_off = p.offset - boot_off
+            file_off = p.offset - start
             if 0 <= file_off < len(data) and data[file_off] == IMAGE_MAGIC:
                 app = parse_image(data, file_off)
                 rep.app, rep.app_partition = app, p.label
@@ -359,6 +368,12 @@ def inspect_image(data: bytes) -> ImageReport:
         combined = _detect_combined(data, rep)
         if combined is not None:
             return combined
+    if data[:1] == b"\xff" and len(data) > PARTITION_TABLE_FLASH_OFFSET:
+        for boot_off in (0x1000, 0x2000):
+            if data[boot_off : boot_off + 1] == bytes([IMAGE_MAGIC]):
+                dump = _detect_combined(data, parse_image(data, boot_off), dump=True)
+                if dump is not None:
+                    return dump
     if rep.kind == "bootloader":
         rep.add("error", "not an app image: no esp_app_desc_t (this looks like a bootloader)")
     if rep.image_length is not None and rep.image_length < len(data):

@@ -174,3 +174,14 @@ def test_read_image_file_errors(tmp_path: Path) -> None:
     (tmp_path / "trail.bin").write_bytes(_app("esp32") + b"\xff" * 16)
     with pytest.raises(ImageError, match="16 bytes after the app image end"):
         load_app_image(tmp_path / "trail.bin")
+
+
+def test_full_flash_dump_from_zero() -> None:
+    """`esptool read-flash 0 ...` of an ESP32: 0x1000 bytes of 0xFF, then the combined layout."""
+    app = _app("esp32")
+    dump = b"\xff" * 0x1000 + _combined("esp32", app)
+    rep = inspect_image(dump)
+    assert rep.kind == "combined" and rep.bootloader_offset == 0x1000
+    assert rep.app_file_offset == 0x10000 and rep.app_partition == "ota_0"
+    assert any("flash dump" in f.message for f in rep.findings)
+    assert extract_app(dump)[0] == app

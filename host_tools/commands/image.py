@@ -82,7 +82,8 @@ def format_report(name: str, rep: ImageReport) -> str:
              "invalid": "invalid image"}
     lines = [f"file:       {name} ({rep.file_size} bytes)", f"kind:       {kinds.get(rep.kind, rep.kind)}"]
     if rep.kind == "combined":
-        lines.append(f"layout:     write at 0x{rep.bootloader_offset or 0:x}; partition table at "
+        lines.append(f"layout:     write at 0x{rep.flash_offset or 0:x}; bootloader at "
+                     f"0x{rep.bootloader_offset or 0:x}; partition table at "
                      f"0x{rep.partition_table_offset or 0:x}; app in {rep.app_partition or '?'} at "
                      f"0x{rep.app_flash_offset or 0:x}")
         if rep.partitions:
