@@ -62,6 +62,14 @@ try:
     uid = binascii.hexlify(machine.unique_id()).decode()
 except Exception:
     pass
+parts = running = None
+try:
+    import esp32
+    P = esp32.Partition
+    parts = [list(q.info()[:5]) for q in P.find(P.TYPE_APP) + P.find(P.TYPE_DATA)]
+    running = P(P.RUNNING).info()[4]
+except Exception:
+    pass
 st = None
 try:
     import esp32
@@ -77,7 +85,8 @@ print('MPOTA-PROBE', json.dumps({'mpy': getattr(sys.implementation, '_mpy', None
     'version': list(sys.implementation.version[:3]), 'platform': sys.platform,
     'machine': getattr(sys.implementation, '_machine', ''), 'uid': uid,
     'root': _ls('/'), 'lib': _ls('/lib'), 'pkg': _ls('/lib/mpota'),
-    'state': st is not None, 'rseq': st.get('rseq') if isinstance(st, dict) else None}))
+    'state': st is not None, 'rseq': st.get('rseq') if isinstance(st, dict) else None,
+    'parts': parts, 'running': running}))
 """
 
 # Runs on the board after the copy: import the package, load the config with the device's own
@@ -168,6 +177,8 @@ class BoardInfo:
     pkg: list[str] | None
     has_state: bool
     rseq: int | None
+    parts: list[tuple[int, int, int, int, str]] | None = None  # esp32.Partition info()[:5], when known
+    running: str | None = None
 
     @property
     def version_text(self) -> str:
@@ -259,7 +270,38 @@ def board_info_from(doc: dict[str, Any]) -> BoardInfo:
         pkg=doc.get("pkg") if isinstance(doc.get("pkg"), list) else None,
         has_state=bool(doc.get("state")),
         rseq=rseq if isinstance(rseq, int) else None,
+        parts=_parts(doc.get("parts")),
+        running=doc.get("running") if isinstance(doc.get("running"), str) else None,
     )
+
+
+def _parts(value: object) -> list[tuple[int, int, int, int, str]] | None:
+    if not isinstance(value, list):
+        return None
+    out: list[tuple[int, int, int, int, str]] = []
+    for item in value:
+        if (isinstance(item, list) and len(item) == 5 and all(isinstance(v, int) for v in item[:4])
+                and isinstance(item[4], str)):
+            out.append((item[0], item[1], item[2], item[3], item[4]))
+    return out
+
+
+def check_board_partitions(board: Board, info: BoardInfo) -> None:
+    """The board's live partition table (from esp32.Partition) must hold the board's OTA slots."""
+    if info.parts is None:
+        return  # no esp32 module (e.g. the unix port): nothing to compare
+    live = {label: (ptype, addr, size) for ptype, _sub, addr, size, label in info.parts}
+    apps = sorted(label for ptype, _s, _a, _z, label in info.parts if ptype == 0)
+    slots = [p for _t, sub, _a, _z, p in info.parts if _t == 0 and 0x10 <= sub <= 0x1F]
+    if len(slots) < 2:
+        raise DeployError(f"the board runs a MicroPython without OTA slots (app partitions: "
+                          f"{', '.join(apps) or 'none'}): flash the OTA build first (mpota flash)")
+    for p in [*board.ota_slots, *([board.otadata] if board.otadata else [])]:
+        got = live.get(p.name)
+        if got != (p.type, p.offset, p.size):
+            have = f"0x{got[1]:x}+0x{got[2]:x}" if got else "missing"
+            raise DeployError(f"the board's partition {p.name} ({have}) is not board {board.name}'s "
+                              f"(0x{p.offset:x}+0x{p.size:x}): wrong --board, or flash it with mpota flash")
 
 
 def mpy_cross_version(transport: Transport, tool: str) -> tuple[int, int, str]:
@@ -382,6 +424,7 @@ class Deployer:
             self.echo(f"board on {self.port}: MicroPython {info.version_text} "
                       f"({info.machine or info.platform}), "
                       f".mpy v{info.mpy_major if info.mpy_major is not None else '?'}")
+            check_board_partitions(board, info)
             if cross is not None and info.mpy_major != cross[0]:
                 have = f".mpy v{info.mpy_major}" if info.mpy_major is not None else "no .mpy version"
                 raise DeployError(

