@@ -377,3 +377,31 @@ def test_signed_version_downgrade_flag(tmp_path: Path, rel_key: PrivateKey) -> N
     meta = _independent_payload(down.manifest_path, rel_key.public.point)["metadata"]
     assert meta == {"release_notes": "", "required": False, "allow_downgrade": True}
     assert verify_release(tmp_path / "b", [rel_key.public]).manifest.metadata.allow_downgrade is True
+
+
+ORDERED = ["0.9.9", "1.0.0-alpha", "1.0.0-alpha.1", "1.0.0-alpha.beta", "1.0.0-beta", "1.0.0-beta.2",
+           "1.0.0-beta.11", "1.0.0-rc.1", "1.0.0", "1.0.1", "1.2.0", "1.10.0", "2.0.0"]
+
+
+def test_version_rule_and_device_agreement() -> None:
+    from host_tools.versions import VersionError, compare_versions, parse_version
+
+    for i, a in enumerate(ORDERED):
+        for j, b in enumerate(ORDERED):
+            assert compare_versions(a, b) == (i > j) - (i < j), (a, b)
+    assert str(parse_version("1.3.0-rc.1")) == "1.3.0-rc.1"
+    for bad in ("1.2", "v1.2.3", "01.2.3", "1.2.3+build", "1.2.3-", "1.2.3-rc..1", "1.2.3-01", "x" * 40, ""):
+        with pytest.raises(VersionError):
+            parse_version(bad)
+    # The device compares with its own code: it must order our versions the same way.
+    repo = Path(__file__).resolve().parent.parent
+    sys.path.insert(0, str(repo / "device"))
+    try:
+        import importlib
+
+        device_version = importlib.import_module("mpota.version")
+    finally:
+        sys.path.remove(str(repo / "device"))
+    for i, a in enumerate(ORDERED):
+        for j, b in enumerate(ORDERED):
+            assert device_version.compare(a, b) == (i > j) - (i < j), (a, b)
