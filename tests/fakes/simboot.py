@@ -13,6 +13,9 @@ ROOT = None
 SIMDIR = None
 FS = None
 CONFIG = None
+# MicroPython: heap bytes the simulator itself holds when the script starts (the fakes are
+# Python here; on a board esp32/machine/network are C in flash). Subtract it from heap floors.
+BOARD_HEAP = 0
 
 
 def _cpython_shims(cfg):
@@ -162,8 +165,15 @@ def main(argv):
 
     sys.argv[:] = [script] + argv[3:]
     g = {"__name__": "__main__", "__file__": script}
+    import gc
+    gc.collect()  # the app starts on a heap without the boot's leftovers
+    if MP:
+        global BOARD_HEAP
+        BOARD_HEAP = gc.mem_alloc()
+    code = compile(src, script, "exec")
+    src = None
     try:
-        exec(compile(src, script, "exec"), g)
+        exec(code, g)
     except SystemExit:
         if run.dead is not None:
             raise SystemExit(run.dead)
