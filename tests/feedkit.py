@@ -388,6 +388,8 @@ class RunOut:
     returncode: int
     stdout: str
     stderr: str
+    ops: int = -1
+    log: list[tuple[str, int, int]] = field(default_factory=list)
 
     def result(self) -> dict[str, Any]:
         for line in reversed(self.stdout.splitlines()):
@@ -429,7 +431,7 @@ class Board:
         if interpreter == "micropython" and heapsize is None:
             heapsize = "2m"
         r = self.sim.run(head + body, interpreter, heapsize=heapsize, timeout=timeout, cut=cut)
-        return RunOut(r.kind, r.returncode, r.stdout, r.stderr)
+        return RunOut(r.kind, r.returncode, r.stdout, r.stderr, r.ops, r.log)
 
 
 # The device script every updater test runs: one update(), the outcome as one JSON line.

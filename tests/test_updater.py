@@ -72,7 +72,7 @@ class Env:
     def failed_reasons(self) -> list[str]:
         return [d.get("reason", "") for e, d in self.server.events() if e == "failed"]
 
-    def assert_untouched(self) -> None:
+    def assert_untouched(self, pending_ok: bool = False) -> None:
         b = self.board
         assert b is not None
         # the boot slot: still ota_0, and no otadata entry selects ota_1
@@ -80,7 +80,7 @@ class Env:
         assert b.sim.ota_state("ota_1") is None
         assert b.slot("ota_0", len(self.running_image)) == self.running_image
         st = b.state()
-        assert st.get("pending") is None
+        assert pending_ok or st.get("pending") is None
 
     def assert_installed(self, version: str = NEW) -> None:
         b = self.board
@@ -632,3 +632,66 @@ def test_run_output_is_clean(env: Env) -> None:
     env.run()
     out: RunOut = env.last
     assert "Traceback" not in out.stdout + out.stderr
+
+
+# --- power cuts on the simulated board ----------------------------------------------------------
+
+_CUTS: dict[str, dict[str, tuple[int, str]]] = {}
+
+
+def _cut_points(log: list[tuple[str, int, int]]) -> dict[str, tuple[int, str]]:
+    slot1 = 0x190000
+    writes = [i for i, (k, a, _) in enumerate(log) if k == "write" and a >= slot1]
+    commits = [i for i, (k, _, _) in enumerate(log) if k == "commit"]
+    first = writes[0]
+    dl_save = [i for i in commits if i > first][0]
+    od = [i for i, (k, a, _) in enumerate(log) if a == 0xD000 or a == 0xE000]
+    set_erase, set_write = [i for i in od if i > first][:2]
+    pending = [i for i in commits if i < set_erase][-1]
+    return {  # op numbers are 1-based
+        "mid_download": (writes[10] + 1, "after"),
+        "after_progress_save": (dl_save + 1, "after"),
+        "before_pending": (pending + 1, "before"),
+        "after_pending": (pending + 1, "after"),
+        "otadata_erased": (set_erase + 1, "after"),
+        "otadata_written": (set_write + 1, "after"),
+    }
+
+
+@pytest.mark.parametrize("point", ["mid_download", "after_progress_save", "before_pending", "after_pending",
+                                   "otadata_erased", "otadata_written"])
+def test_power_cut_during_update(env: Env, point: str) -> None:
+    publish(env, size=200 * 1024)
+    if env.interp not in _CUTS:  # the op sequence of an uninterrupted update, once per interpreter
+        ref = Board(env.tmp / "ref", env.running_image, device_config(env.server, env.keys),
+                    "mpy" if env.interp == "micropython" else "copy")
+        out = ref.run(update_script(), env.interp)
+        assert out.result()["outcome"] == "ok"
+        _CUTS[env.interp] = _cut_points(out.log)
+    cut = _CUTS[env.interp][point]
+    env.server.reset()
+    b = env.make_board()
+    out = b.run(update_script(), env.interp, cut=cut)
+    assert out.kind == "powercut", out
+    st = b.state()
+    assert b.slot("ota_0", len(env.running_image)) == env.running_image
+    if point != "otadata_written":
+        if point in ("after_pending", "otadata_erased"):
+            assert st["pending"]["version"] == NEW and "set" not in st["pending"]
+        env.assert_untouched(pending_ok=True)
+        env.server.reset()
+        res = env.run()
+        assert res["outcome"] == "ok", res
+        env.assert_installed()
+        ranges = [r.range for r in env.image_requests()]
+        if point in ("after_progress_save", "before_pending"):
+            assert st["dl"]["offset"] == 32 * 4096
+            assert ranges == [f"bytes={32 * 4096}-"]  # resumed, not restarted
+        else:
+            assert ranges == [None]
+    else:
+        # set_boot() completed: the board boots the new image on trial (trial.boot() decides)
+        assert b.boot_state()["next"] == "ota_1"
+        assert st["pending"]["version"] == NEW and "set" not in st["pending"]
+        res = env.run()
+        assert res["outcome"] == "error" and res["code"] == "pending"

@@ -315,6 +315,11 @@ class Updater:
         d = imagehdr.read_desc(run, self._buf)
         return run, d
 
+    def _running_label(self):
+        import esp32
+
+        return esp32.Partition(esp32.Partition.RUNNING).info()[4]
+
     def running_version(self):
         d = self._running()[1]
         return d[0] if d else self.cfg.version
@@ -477,7 +482,12 @@ class Updater:
     # Check, then download, verify, switch the boot slot, record the pending update and
     # reset (reset=False returns the Offer instead, for tests and apps that reset later).
     def update(self, offer=None, reset=True):
-        if self.state["pending"]:
+        p = self.state["pending"]
+        if p and not p.get("set") and not p.get("phase") and self._running_label() != p.get("slot"):
+            # an install cut before set_boot() finished: the boot slot never changed
+            self.state["pending"] = None
+            self.state.save()
+        elif p:
             e = errors.UpdatePending("an installed update awaits its trial boot")
             raise self._fail(e, None)
         if offer is None:
@@ -575,6 +585,10 @@ class Updater:
             st["pending"] = None
             st.save()
             raise errors.FlashError("set_boot refused the image (%s)" % e)
+        # "set": the boot slot did change. A pending record without it after a reset means
+        # the install was cut before set_boot() completed: nothing to judge, nothing failed.
+        st["pending"]["set"] = True
+        st.save()
 
     def _stream(self, o, part, src, hr, start, nblk, mv, dl, plain):
         import mpota.imagehdr as imagehdr
