@@ -58,6 +58,7 @@ def test_help_for_every_command(capsys: pytest.CaptureFixture[str]) -> None:
         ["sign"],
         ["verify"],
         ["feed", "publish"],
+        ["feed", "add"],
         ["feed", "verify"],
     ):
         with pytest.raises(SystemExit) as e:
@@ -378,8 +379,21 @@ def test_verify_bad_inputs(work: Path, capsys: pytest.CaptureFixture[str]) -> No
         == 0
     )
     fails(capsys, "release nowhere not found", "verify", "nowhere", "--pubkey", "rel.pem.pub")
-    fails(capsys, r"--window '1-2' must be HH:MM-HH:MM", "feed", "publish", "rel", "--feed", "f",
-          "--channel", "s", "--key", "ro.pem", "--window", "1-2")
+    fails(
+        capsys,
+        r"--window '1-2' must be HH:MM-HH:MM",
+        "feed",
+        "publish",
+        "rel",
+        "--feed",
+        "f",
+        "--channel",
+        "s",
+        "--key",
+        "ro.pem",
+        "--window",
+        "1-2",
+    )
     assert not Path("f").exists()
     fails(capsys, "expected 130", "verify", "rel", "--pubkey", "abcdef0123456789abcdef")
     data = bytearray(Path("rel/firmware.bin").read_bytes())
@@ -418,3 +432,37 @@ def test_installed_script(work: Path) -> None:
     assert (
         bad.stderr == "mpota: error: apps3.bin is an esp32s3 image, but board esp32-generic-4mb is an esp32\n"
     )
+
+
+def test_feed_add_stages_a_release(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert (
+        run(
+            capsys,
+            "sign",
+            "app32.bin",
+            "--key",
+            "rel.pem",
+            "--board",
+            B32,
+            "--version",
+            "2.0.0",
+            "--out",
+            "r",
+        )[0]
+        == 0
+    )
+    code, out, _ = run(capsys, "feed", "add", "r", "--feed", "f", "--release-pubkey", "rel.pem.pub")
+    assert code == 0 and f"releases/{B32}/2.0.0/manifest.json (no channel changed)" in out
+    assert not Path("f/channels").exists()
+    fails(
+        capsys,
+        "not signed by any of the given keys",
+        "feed",
+        "add",
+        "r",
+        "--feed",
+        "f2",
+        "--release-pubkey",
+        "ro.pem.pub",
+    )
+    assert not Path("f2/releases").exists()

@@ -49,6 +49,20 @@ def register(sub: Any) -> None:
     pub.add_argument("--any-role", action="store_true", help="accept a key of any role (or without one)")
     pub.set_defaults(func=cmd_publish)
 
+    add = fsub.add_parser(
+        "add", help="copy a signed release into the feed without touching any channel",
+        description="Stage a release: copy RELEASE_DIR to releases/<board>/<version>/ (image first, then "
+                    "manifest, each atomically). No channel document changes, so no device is offered it "
+                    "until `mpota feed publish` or a rollout points a channel at it.")
+    add.add_argument("release", metavar="RELEASE_DIR")
+    add.add_argument("--feed", "-f", required=True, metavar="DIR",
+                     help="feed root folder (created if missing)")
+    add.add_argument("--board", "-b", metavar="BOARD",
+                     help="which target board (when the release has several)")
+    add.add_argument("--release-pubkey", action="extend", nargs="+", default=None, metavar="PUB",
+                     help="also verify the release signature with these release public keys")
+    add.set_defaults(func=cmd_add)
+
     ver = fsub.add_parser(
         "verify", help="check every channel document and release in a feed",
         description="Verify every channels/<board>/<channel>.json (signature, manifest pin, expiry) and "
@@ -104,6 +118,16 @@ def cmd_publish(args: argparse.Namespace) -> int:
     shown = ",".join(ro.groups) or "-"
     print(f"rollout {ro.id}: {ro.state}, groups {shown}, {ro.percentage:g}%"
           + (f", window {ro.window['start']}-{ro.window['end']} UTC" if ro.window else ""))
+    return 0
+
+
+def cmd_add(args: argparse.Namespace) -> int:
+    from host_tools.feed import add_release
+    from host_tools.keys import load_public_keys
+
+    release_keys = load_public_keys(args.release_pubkey) if args.release_pubkey else None
+    rel = add_release(args.release, args.feed, board=args.board, release_keys=release_keys)
+    print(f"added {args.feed}/{rel} (no channel changed)")
     return 0
 
 
