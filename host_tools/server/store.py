@@ -199,6 +199,7 @@ ON CONFLICT(device_id) DO UPDATE SET
     last_seq = max(last_seq, excluded.last_seq)
 """
 
+_dumps = json.JSONEncoder(separators=(",", ":")).encode
 _LAST_SEQ = "SELECT last_seq FROM devices WHERE device_id = ?"
 _INVENTORY_FIELDS = ((1, "board"), (2, "group"), (5, "version"), (6, "slot"), (11, "rollout"), (12, "target"))
 
@@ -340,38 +341,22 @@ class SQLiteStore(Store):
             if result.duplicates:
                 continue
             dev = devices.get(device_id)
+            if dev is None:
+                dev = [device_id, None, None, now, now] + [None] * 8 + [top]
+                devices[device_id] = dev
+            newest = None
             for r in reports:
                 seq = r["seq"]
                 pending.add((device_id, seq))
-                result.accepted += 1
                 event = r["event"]
                 detail = r.get("detail")
                 rollout = r.get("rollout")
                 events.append((now, device_id, seq, event, r.get("time"), r.get("uptime_ms"), r.get("board"),
                                r.get("group"), r.get("version"), r.get("slot"), rollout,
-                               r.get("target"), None if detail is None else json.dumps(detail)))
-                if dev is None:
-                    dev = [device_id, None, None, now, now] + [None] * 8 + [top]
-                    devices[device_id] = dev
-                dev[4] = now
+                               r.get("target"), None if detail is None else _dumps(detail)))
                 if seq > top:  # the newest report describes the device; a late older one only counts as seen
                     top = seq
-                    dev[13] = seq
-                    for i, name in _INVENTORY_FIELDS:
-                        v = r.get(name)
-                        if v is not None:
-                            dev[i] = v
-                    dev[7] = event
-                    dev[8] = now
-                    if detail is not None:
-                        h = detail.get("health")
-                        if isinstance(h, str):
-                            dev[9] = h[:32]
-                        f = detail.get("free")
-                        if isinstance(f, int) and not isinstance(f, bool):
-                            dev[10] = f
-                    if event == "confirmed":
-                        dev[9] = "ok"
+                    newest = r
                 if event == "health_failed":
                     check = detail.get("check") if detail else None
                     dev[9] = f"failed:{check}" if isinstance(check, str) else "failed"
@@ -388,6 +373,30 @@ class SQLiteStore(Store):
                             cur = _Progress(row[0], row[1], row[2], int(row[3]))
                     new_progress[pkey] = advance_progress(cur, event, now)
                     result.progress = True
+            result.accepted = len(reports)
+            if newest is not None:
+                r = newest
+                dev[13] = top
+                for i, name in _INVENTORY_FIELDS:
+                    v = r.get(name)
+                    if v is not None:
+                        dev[i] = v
+                event = dev[7] = r["event"]
+                dev[8] = now
+                detail = r.get("detail")
+                if detail:
+                    h = detail.get("health")
+                    if type(h) is str:
+                        dev[9] = h[:32]
+                    f = detail.get("free")
+                    if type(f) is int:
+                        dev[10] = f
+                if event == "confirmed":
+                    dev[9] = "ok"
+                elif event == "health_failed":
+                    check = detail.get("check") if detail else None
+                    dev[9] = f"failed:{check}" if isinstance(check, str) else "failed"
+            dev[4] = now
             new_seq[device_id] = top
         if events:
             conn.execute("BEGIN IMMEDIATE")

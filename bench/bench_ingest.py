@@ -1,0 +1,197 @@
+"""Report ingest: `mpota serve` with SQLite against a bare aiohttp baseline, clients in other processes.
+
+Clients: CLIENT_PROCS processes, each with CONNS keep-alive connections on loopback, each
+connection sending one request after the other (raw HTTP/1.1, prepared bytes, so the clients cost
+little CPU on this shared 2-core machine). Figures: single-report requests/s and reports/s with
+batches of 50, for the real server and for the baseline (a bare aiohttp handler doing the HMAC
+check and group-committed SQLite inserts), measured in the same run; ratio = server / baseline.
+
+    python -m bench.bench_ingest            # prints one line
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import multiprocessing as mp
+import os
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+SECRET = b"\x5a" * 32
+CLIENT_PROCS = 3
+CONNS = 8
+DURATION = 3.0
+DEVICES_PER_CONN = 8
+
+
+def _token(device_id: str) -> str:
+    return hmac.new(SECRET, device_id.encode(), hashlib.sha256).hexdigest()
+
+
+# --------------------------------------------------------------------------- baseline server
+def baseline_server(db: str) -> None:
+    """The floor to compare with: aiohttp + HMAC per request + group-committed SQLite inserts."""
+    from aiohttp import web
+
+    conn = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY, device_id TEXT, seq INTEGER, "
+                 "event TEXT, body TEXT)")
+    from concurrent.futures import ThreadPoolExecutor
+    pool = ThreadPoolExecutor(1)
+    queue: asyncio.Queue[tuple[list[tuple[Any, ...]], asyncio.Future[None]]] = asyncio.Queue()
+
+    def commit(rows: list[tuple[Any, ...]]) -> None:
+        conn.execute("BEGIN")
+        conn.executemany("INSERT INTO events (device_id, seq, event, body) VALUES (?, ?, ?, ?)", rows)
+        conn.execute("COMMIT")
+
+    async def writer() -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            items = [await queue.get()]
+            while not queue.empty():
+                items.append(queue.get_nowait())
+            await loop.run_in_executor(pool, commit, [r for rows, _ in items for r in rows])
+            for _, fut in items:
+                fut.set_result(None)
+
+    async def handler(request: web.Request) -> web.Response:
+        device = request.headers.get("X-Mpota-Device", "")
+        token = request.headers.get("Authorization", "")[7:]
+        if not hmac.compare_digest(_token(device), token):
+            return web.json_response({"error": "bad token"}, status=401)
+        data = json.loads(await request.read())
+        reports = data["reports"] if "reports" in data else [data]
+        fut = asyncio.get_running_loop().create_future()
+        queue.put_nowait(([(r["device_id"], r["seq"], r["event"], json.dumps(r)) for r in reports], fut))
+        await fut
+        return web.json_response({"accepted": len(reports)})
+
+    async def main() -> None:
+        app = web.Application()
+        app.router.add_post("/v1/reports", handler)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        asyncio.get_running_loop().create_task(writer())
+        print(f"serving on http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}", flush=True)  # type: ignore
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
+
+
+# --------------------------------------------------------------------------- clients
+def _client(port: int, proc: int, batch: int, duration: float, start_at: float, seq0: int, out: Any) -> None:
+    async def conn_loop(c: int) -> int:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        devices = [f"bench-{proc}-{c}-{i}" for i in range(DEVICES_PER_CONN)]
+        heads = {d: (f"POST /v1/reports HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     f"Authorization: Bearer {_token(d)}\r\nX-Mpota-Device: {d}\r\n") for d in devices}
+        seqs = dict.fromkeys(devices, seq0)
+        done = 0
+        n = 0
+        while time.time() < start_at:
+            await asyncio.sleep(0.005)
+        end = start_at + duration
+        while time.time() < end:
+            d = devices[n % len(devices)]
+            n += 1
+            reports = []
+            for _ in range(batch):
+                seqs[d] += 1
+                reports.append({"device_id": d, "seq": seqs[d], "event": "heartbeat", "uptime_ms": 1000,
+                                "board": "esp32-generic-4mb", "group": "general", "version": "1.0.0",
+                                "slot": "ota_0", "rollout": None, "target": None,
+                                "detail": {"free": 61234, "health": "OK"}})
+            body = json.dumps(reports[0] if batch == 1 else {"reports": reports}).encode()
+            writer.write(heads[d].encode() + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = 0
+            for line in head.split(b"\r\n"):
+                if line[:15].lower() == b"content-length:":
+                    length = int(line[15:])
+            await reader.readexactly(length)
+            if head[9:12] != b"200":
+                raise RuntimeError(f"server answered {head[:40]!r}")
+            done += 1
+        writer.close()
+        return done
+
+    async def main() -> int:
+        return sum(await asyncio.gather(*(conn_loop(c) for c in range(CONNS))))
+
+    out.put(asyncio.run(main()))
+
+
+def _measure(port: int, batch: int, duration: float = DURATION) -> float:
+    ctx = mp.get_context("fork")
+    out = ctx.Queue()
+    start_at = time.time() + 0.5
+    seq0 = int(time.time() * 1000) * 1000  # fresh seqs for every measurement
+    procs = [ctx.Process(target=_client, args=(port, p, batch, duration, start_at, seq0, out))
+             for p in range(CLIENT_PROCS)]
+    for p in procs:
+        p.start()
+    total = sum(out.get(timeout=duration + 60) for _ in procs)
+    for p in procs:
+        p.join(10)
+    return total / duration
+
+
+def _start(cmd: list[str]) -> tuple[subprocess.Popen[str], int]:
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=REPO)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line.startswith("serving on"):
+        proc.kill()
+        raise RuntimeError(f"server did not start: {line!r}")
+    return proc, int(line.rsplit(":", 1)[1])
+
+
+def run() -> dict[str, float]:
+    results: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        (root / "feed").mkdir()
+        (root / "fleet.secret").write_text(SECRET.hex())
+        for name, cmd in (
+            ("baseline", [sys.executable, "-m", "bench.bench_ingest", "--baseline-server", str(root / "b.db")]),
+            ("server", [sys.executable, "-m", "host_tools.cli", "serve", "--feed", str(root / "feed"),
+                        "--port", "0", "--db", f"sqlite:///{root / 's.db'}",
+                        "--fleet-secret", str(root / "fleet.secret")]),
+        ):
+            proc, port = _start(cmd)
+            try:
+                _measure(port, 1, 0.5)  # warm up: caches, connections, first devices
+                results[f"{name}_single_rps"] = _measure(port, 1)
+                results[f"{name}_batch50_reports_s"] = _measure(port, 50) * 50
+            finally:
+                proc.kill()
+                proc.wait()
+    results["ratio_single"] = results["server_single_rps"] / results["baseline_single_rps"]
+    results["ratio_batch50"] = results["server_batch50_reports_s"] / results["baseline_batch50_reports_s"]
+    return results
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--baseline-server":
+        baseline_server(sys.argv[2])
+        sys.exit(0)
+    r = run()
+    print(f"ingest (SQLite, {CLIENT_PROCS} client processes x {CONNS} connections, loopback, "
+          f"{os.cpu_count()} cores): single {r['server_single_rps']:.0f} req/s "
+          f"(baseline {r['baseline_single_rps']:.0f}, ratio {r['ratio_single']:.2f}); "
+          f"batches of 50 {r['server_batch50_reports_s']:.0f} reports/s "
+          f"(baseline {r['baseline_batch50_reports_s']:.0f}, ratio {r['ratio_batch50']:.2f})")
