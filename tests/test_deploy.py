@@ -13,7 +13,7 @@ import sys
 import time
 import tty
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -166,7 +166,8 @@ def _expected_config(fleet: Fleet, device_id: str, **kw: object) -> dict[str, ob
 @pytest.mark.mpy
 def test_deploy_end_to_end_on_the_unix_port(unix_board: UnixBoard, fleet: Fleet, device_root: Path) -> None:
     lines: list[str] = []
-    res = deploy(_request(fleet, unix_board.port, group="pilot"), ProcessTransport(), echo=lines.append)
+    transport = CachingProcessTransport()
+    res = deploy(_request(fleet, unix_board.port, group="pilot"), transport, echo=lines.append)
     root = unix_board.root
     assert res.device_id == f"esp32-{UID}"
     assert sorted(os.listdir(root / "lib" / "mpota")) == sorted(f"{m}.mpy" for m in MODULES)
@@ -190,7 +191,7 @@ def test_deploy_end_to_end_on_the_unix_port(unix_board: UnixBoard, fleet: Fleet,
     (root / "main.py").write_text("print('my app')\n")
     (root / "lib" / "mpota" / "updater.py").write_text("raise ImportError('stale')\n")
     lines.clear()
-    res = deploy(_request(fleet, unix_board.port, device_id="dev-0042"), ProcessTransport(),
+    res = deploy(_request(fleet, unix_board.port, device_id="dev-0042"), CachingProcessTransport(),
                  echo=lines.append)
     assert (root / "main.py").read_text() == "print('my app')\n"  # never overwritten without --force
     assert res.kept == ["/boot.py", "/main.py"]
@@ -200,7 +201,7 @@ def test_deploy_end_to_end_on_the_unix_port(unix_board: UnixBoard, fleet: Fleet,
     assert "note: kept the board's /main.py (--force replaces it with " \
            f"{device_root / 'examples' / 'main.py'})" in lines
 
-    res = deploy(_request(fleet, unix_board.port, device_id="dev-0042", force=True), ProcessTransport(),
+    res = deploy(_request(fleet, unix_board.port, device_id="dev-0042", force=True), transport,
                  echo=lambda s: None)
     assert (root / "main.py").read_bytes() == (device_root / "examples" / "main.py").read_bytes()
     assert res.kept == []
@@ -248,6 +249,34 @@ def _probe(**kw: object) -> str:
     return f"{PROBE_TAG} {json.dumps(doc)}\n"
 
 
+_COMPILED: dict[tuple[str, ...], bytes] = {}
+
+
+def _mpy_cross(argv: list[str]) -> CommandResult:
+    """Real mpy-cross output, compiled once per source and reused (keeps these tests fast)."""
+    if argv[1] == "--version":
+        return ProcessTransport().run(argv, capture=True)
+    out = Path(argv[argv.index("-o") + 1])
+    key = (argv[-1], argv[argv.index("-s") + 1], str(Path(argv[-1]).stat().st_mtime_ns))
+    if key not in _COMPILED:
+        r = ProcessTransport().run(argv, capture=True)
+        if r.returncode != 0:
+            return r
+        _COMPILED[key] = out.read_bytes()
+    out.write_bytes(_COMPILED[key])
+    return CommandResult(tuple(argv), 0)
+
+
+class CachingProcessTransport(ProcessTransport):
+    """Real programs, with mpy-cross results reused across deploys of the same sources."""
+
+    def run(self, argv: Sequence[str], *, capture: bool = False,
+            timeout: float | None = None) -> CommandResult:
+        if argv[0] == MPY_CROSS:
+            return _mpy_cross(list(argv))
+        return super().run(argv, capture=capture, timeout=timeout)
+
+
 class FakeBoard:
     """Answers mpremote like a board would; mpy-cross runs for real so the staged .mpy files exist."""
 
@@ -259,7 +288,7 @@ class FakeBoard:
 
     def __call__(self, argv: list[str]) -> CommandResult | None:
         if argv[0] == MPY_CROSS:
-            return ProcessTransport().run(argv, capture=True)
+            return _mpy_cross(argv)
         if self.fail and self.fail in argv:
             return CommandResult(tuple(argv), 1, "", f"mpremote: {self.fail}: failed\n")
         if argv[-2:] == ["exec", PROBE_SCRIPT]:
