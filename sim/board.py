@@ -25,6 +25,7 @@ import importlib.util
 import json
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import time
@@ -72,6 +73,7 @@ def _load_simflash() -> ModuleType:
 sf = _load_simflash()
 
 STATE_NAMES: dict[int, str] = dict(sf.STATE_NAMES)
+_OP_NAMES: dict[int, str] = {v: k for k, v in sf.OP_CODES.items()}
 
 
 def micropython_exe() -> str:
@@ -321,10 +323,10 @@ class SimBoard:
         d = data or {}
         log: list[tuple[str, int, int]] = []
         if log_path.exists():
-            for line in log_path.read_text().splitlines():
-                parts = line.split()
-                if len(parts) == 3:
-                    log.append((parts[0], int(parts[1]), int(parts[2])))
+            raw = log_path.read_bytes()
+            raw = raw[: len(raw) - len(raw) % 9]
+            for code, addr, n in struct.iter_unpack("<BII", raw):
+                log.append((_OP_NAMES.get(code, "?"), addr, n))
         return RunResult(
             kind=kind, returncode=rc, stdout=stdout, stderr=stderr,
             ops=int(d.get("ops", -1)), boot_ops=int(d.get("boot_ops", -1)),

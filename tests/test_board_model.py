@@ -560,3 +560,39 @@ def test_device_package_is_importable_from_lib(make_board: Any, interp: str) -> 
     ok(res)
     assert r["v"]
     assert r["f"].endswith(".mpy" if interp == "micropython" else "__init__.py")
+
+
+def test_flash_operations_use_no_micropython_heap(sim_board: SimBoard) -> None:
+    # On a board Partition and WDT are C: reading and writing blocks costs the app no heap.
+    # The fakes must not either, or heap floors measured on the simulator would be wrong.
+    res, r = run(sim_board, "micropython", """
+import micropython, gc
+p = P("ota_1")
+buf = bytearray(4096)
+wdt = machine.WDT(timeout=5000)
+def work(p, buf, wdt):
+    i = 0
+    while i < 16:
+        p.writeblocks(i, buf)
+        p.readblocks(i, buf)
+        p.writeblocks(i, buf, 0)
+        p.readblocks(i, buf, 100)
+        p.ioctl(6, i)
+        wdt.feed()
+        i += 1
+work(p, buf, wdt)
+gc.collect()
+micropython.heap_lock()
+try:
+    work(p, buf, wdt)
+    locked = "ok"
+except MemoryError:
+    locked = "allocated"
+micropython.heap_unlock()
+import simboot
+out(locked=locked, board_heap=simboot.BOARD_HEAP)
+""", heapsize="120k")
+    ok(res)
+    assert r["locked"] == "ok"
+    assert 0 < r["board_heap"] < 80000
+    assert res.ops == 2 + 2 * 16 * 4  # boot otadata write, then erase+write+write+erase per round

@@ -33,6 +33,9 @@ KINDS = {
     EXIT_WATCHDOG: "watchdog", EXIT_PANIC: "panic", EXIT_NOBOOT: "noboot", EXIT_DEEPSLEEP: "deepsleep",
 }
 
+# operation kinds in ops.log
+OP_CODES = {"write": 1, "erase": 2, "commit": 3}
+
 # esp_err_t values. MicroPython's check_esp_err raises OSError(-err, esp_err_to_name(err)).
 ESP_FAIL = const(-1)
 ESP_ERR_INVALID_ARG = const(0x102)
@@ -134,8 +137,10 @@ class Run:
         self.cfg = cfg
         self.ops = 0
         self.boot_ops = 0
-        # the operation log goes straight to a file: constant RAM however long the run
-        self.logf = hopen(simdir + "/ops.log", "w")
+        # the operation log goes straight to a file, 9 bytes per operation (<BII: kind, address,
+        # length): constant RAM however long the run, and no heap use per operation
+        self.logf = hopen(simdir + "/ops.log", "wb")
+        self._rec = bytearray(9)
         self.last = None
         self.boot_log = []
         cut = run.get("cut") or None
@@ -158,7 +163,8 @@ class Run:
         if self.wdt_ms:
             self.wdt_check()
         self.ops += 1
-        self.logf.write("%s %d %d\n" % (kind, addr, n))
+        struct.pack_into("<BII", self._rec, 0, OP_CODES[kind], addr, n)
+        self.logf.write(self._rec)
         self.last = kind
         if self.ops == self.cut_op and not self.cut_after:
             self.end(EXIT_POWERCUT, "power cut before %s #%d at 0x%x+%d" % (kind, self.ops, addr, n))
@@ -292,6 +298,7 @@ class Flash:
         self.size = size
         self.run = run
         self._scratch = bytearray(SECTOR)
+        self._mv = memoryview(self._scratch)
 
     def close(self):
         self.f.close()
@@ -328,7 +335,10 @@ class Flash:
         run = self.run
         if run is not None:
             run.op("write", addr, n)
-        s = memoryview(self._scratch if n <= SECTOR else bytearray(n))[:n]
+        if n == SECTOR:
+            s = self._mv
+        else:
+            s = memoryview(self._scratch if n < SECTOR else bytearray(n))[:n]
         self._load(addr, s, n)
         _program(s, data, n)
         self.f.seek(addr)
