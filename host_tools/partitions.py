@@ -428,11 +428,26 @@ def load_table(path: str | os.PathLike[str], *, flash_size: int | None = None,
         raise PartitionError(f"cannot read {p}: {exc.strerror}") from None
     if is_binary_table(data):
         return parse_binary(data, source=p.name, flash_size=flash_size, table_offset=table_offset)
+    embedded = table_in_image(data, table_offset)
+    if embedded is not None:
+        return parse_binary(data[embedded : embedded + TABLE_SIZE], source=f"{p.name} (table at file offset "
+                            f"0x{embedded:x})", flash_size=flash_size, table_offset=table_offset)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise PartitionError(f"{p}: neither a partition CSV nor a binary table (no AA50 magic)") from None
     return parse_csv(text, source=p.name, flash_size=flash_size, table_offset=table_offset)
+
+
+def table_in_image(data: bytes, table_offset: int = DEFAULT_TABLE_OFFSET) -> int | None:
+    """File offset of the table inside a combined flash image (bootloader at 0x1000, 0x0 or 0x2000)."""
+    if data[:1] != b"\xe9":
+        return None
+    for boot in (0x1000, 0x0, 0x2000):
+        at = table_offset - boot
+        if data[at : at + 2] == ENTRY_MAGIC:
+            return at
+    return None
 
 
 def with_source(table: PartitionTable, source: str) -> PartitionTable:

@@ -261,3 +261,15 @@ def test_cli_errors_are_one_line_and_write_nothing(tmp_path: Path) -> None:
     assert r.stderr.startswith("mpota: error: unknown board 'esp32-nope' (known: esp32-generic-4mb, ")
     r = run_cli("partitions", "show", str(bad), "--flash-size", "lots")
     assert r.returncode == 2 and "bad --flash-size" in r.stderr
+
+
+def test_show_the_table_inside_a_combined_image(tmp_path: Path) -> None:
+    from host_tools.imagebuild import build_app_image, build_combined_image
+
+    fw = tmp_path / "firmware.bin"
+    fw.write_bytes(build_combined_image("esp32", build_app_image("esp32"), REF_4MB, 0x1000))
+    assert load_table(fw).entries == parse_binary(REF_4MB).entries
+    r = run_cli("partitions", "show", str(fw))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("firmware.bin (table at file offset 0x7000): binary table, 6 partitions, "
+                               "MD5 ok")

@@ -33,9 +33,10 @@ def register(sub: Any) -> None:
     build.add_argument("--no-md5", action="store_true", help="omit the MD5 entry (ESP-IDF --disable-md5sum)")
     build.set_defaults(func=cmd_build)
 
-    show = psub.add_parser("show", help="print a partition table (binary, CSV or board)",
-                           description="Print a partition table read from a binary table, a CSV or a board.")
-    show.add_argument("source", metavar="BIN|CSV|BOARD")
+    show = psub.add_parser("show", help="print a partition table (binary, CSV, board or firmware.bin)",
+                           description="Print a partition table read from a binary table, a CSV, a board, "
+                                       "or the table inside a combined flash image (firmware.bin).")
+    show.add_argument("source", metavar="BIN|CSV|BOARD|FIRMWARE")
     show.add_argument("--flash-size", metavar="SIZE", help="check entries fit (e.g. 4M, 0x400000)")
     show.add_argument("--csv", action="store_true", help="print as CSV instead of a table")
     show.set_defaults(func=cmd_show)
