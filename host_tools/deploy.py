@@ -74,45 +74,45 @@ st = None
 try:
     import esp32
     b = bytearray(2048)
-    st = json.loads(bytes(b[:esp32.NVS('mpota').get_blob('state', b)]))
+    st = json.loads(bytes(b[:esp32.NVS("mpota").get_blob("state", b)]))
 except Exception:
     try:
-        with open('/mpota_state.json') as f:
+        with open("/mpota_state.json") as f:
             st = json.load(f)
     except Exception:
         pass
-print('MPOTA-PROBE', json.dumps({'mpy': getattr(sys.implementation, '_mpy', None),
-    'version': list(sys.implementation.version[:3]), 'platform': sys.platform,
-    'machine': getattr(sys.implementation, '_machine', ''), 'uid': uid,
-    'root': _ls('/'), 'lib': _ls('/lib'), 'pkg': _ls('/lib/mpota'),
-    'state': st is not None, 'rseq': st.get('rseq') if isinstance(st, dict) else None,
-    'parts': parts, 'running': running}))
+print("MPOTA-PROBE", json.dumps({"mpy": getattr(sys.implementation, "_mpy", None),
+    "version": list(sys.implementation.version[:3]), "platform": sys.platform,
+    "machine": getattr(sys.implementation, "_machine", ""), "uid": uid,
+    "root": _ls("/"), "lib": _ls("/lib"), "pkg": _ls("/lib/mpota"),
+    "state": st is not None, "rseq": st.get("rseq") if isinstance(st, dict) else None,
+    "parts": parts, "running": running}))
 """
 
 # Runs on the board after the copy: import the package, load the config with the device's own
 # validator, import every module. One line: MPOTA-VERIFY {json}.
 VERIFY_TEMPLATE = """\
 import sys, json
-for _k in [k for k in sys.modules if k == 'mpota' or k.startswith('mpota.')]:
+for _k in [k for k in sys.modules if k == "mpota" or k.startswith("mpota.")]:
     del sys.modules[_k]
-if '/lib' not in sys.path:
-    sys.path.append('/lib')
-out = {'failed': []}
+if "/lib" not in sys.path:
+    sys.path.append("/lib")
+out = {"failed": []}
 try:
     import mpota
-    out['version'] = mpota.__version__
+    out["version"] = mpota.__version__
     import mpota.config
-    c = mpota.config.load('/mpota.json')
-    out['device_id'] = c.device_id
-    out['file'] = mpota.__file__ if hasattr(mpota, '__file__') else None
+    c = mpota.config.load("/mpota.json")
+    out["device_id"] = c.device_id
+    out["file"] = mpota.__file__ if hasattr(mpota, "__file__") else None
 except Exception as e:
-    out['failed'].append(['mpota', repr(e)])
+    out["failed"].append(["mpota", repr(e)])
 for m in %s:
     try:
-        __import__('mpota.' + m)
+        __import__("mpota." + m)
     except Exception as e:
-        out['failed'].append(['mpota.' + m, repr(e)])
-print('MPOTA-VERIFY', json.dumps(out))
+        out["failed"].append(["mpota." + m, repr(e)])
+print("MPOTA-VERIFY", json.dumps(out))
 """
 
 
@@ -470,7 +470,8 @@ class Deployer:
             if not req.dry_run:
                 self._verify([p.stem for p in sources if p.stem != "__init__"], device_id)
             else:
-                self._run(self._mp("exec", VERIFY_TEMPLATE % "[...]"), "verify")
+                modules = [p.stem for p in sources if p.stem != "__init__"]
+                self._run(self._mp("exec", VERIFY_TEMPLATE % json.dumps(modules)), "verify")
         finally:
             if not keep_stage:
                 shutil.rmtree(stage, ignore_errors=True)
