@@ -114,9 +114,12 @@ def _check_combined(board: Board, firmware: Path, data: bytes,
         diff = None  # MicroPython >= 1.26 tables leave vfs out and create it at boot on the same region
     if diff is not None:
         ota = "no OTA slots" if not embedded.ota_slots else f"{len(embedded.ota_slots)} OTA slots"
+        build = (f"MicroPython's {board.micropython_board}-OTA firmware"
+                 if board.micropython_variant == "OTA" and board.micropython_board
+                 else "a MicroPython build with this layout")
         raise FlashError(f"{name}: its partition table ({ota}) differs from board {board.name}'s "
-                         f"({diff}); use the MicroPython {board.micropython_board or board.chip} "
-                         f"{board.micropython_variant or 'OTA'} firmware, or flash the app image instead")
+                         f"({diff}); flash {build} (see mpota partitions show {board.name}), or its "
+                         f"app image alone")
     app = rep.app
     if app is None or rep.app_file_offset is None:
         raise FlashError(f"{name}: the combined image holds no app image")

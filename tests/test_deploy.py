@@ -467,6 +467,14 @@ def test_cli_errors_are_one_line(fleet: Fleet) -> None:
 # ------------------------------------------------------------------------------------------------
 # registration with the real rollout server
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def test_registers_with_the_server(port: str, fleet: Fleet, tmp_path: Path) -> None:
     from host_tools.server.app import ServerConfig
     from host_tools.server.auth import operator_token
@@ -488,6 +496,11 @@ def test_registers_with_the_server(port: str, fleet: Fleet, tmp_path: Path) -> N
             dev = json.loads(resp.read())
         assert dev["board"] == "esp32-generic-4mb"
         assert dev.get("group", dev.get("grp")) == "internal"
+        # A server that is not there: one line, saying the board itself is deployed.
+        dead = f"http://127.0.0.1:{_free_port()}"
+        with pytest.raises(DeployError, match=r"^deployed, but cannot reach the server at "
+                                              rf"{dead}/v1/devices to register esp32-0a0b0c0d0e0f"):
+            deploy(_request(fleet, port, server=dead), RecordingTransport(fake), echo=lambda s: None)
         # A wrong fleet secret: the server refuses, and the message says the board is deployed.
         other = tmp_path / "other.secret"
         create_secret(other)
