@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 SECRET = b"\x5a" * 32
 CLIENT_PROCS = 3
 CONNS = 8
-DURATION = 3.0
+DURATION = 2.0
 DEVICES_PER_CONN = 8
 
 
@@ -160,24 +160,32 @@ def _start(cmd: list[str]) -> tuple[subprocess.Popen[str], int]:
     return proc, int(line.rsplit(":", 1)[1])
 
 
-def run() -> dict[str, float]:
+def run(rounds: int = 2, duration: float = DURATION) -> dict[str, float]:
+    """Both servers run side by side (idle one costs nothing); measurements alternate between them and
+    the best of `rounds` counts, so load from other processes on the machine skews both alike."""
     results: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         (root / "feed").mkdir()
         (root / "fleet.secret").write_text(SECRET.hex())
-        for name, cmd in (
-            ("baseline", [sys.executable, "-m", "bench.bench_ingest", "--baseline-server", str(root / "b.db")]),
-            ("server", [sys.executable, "-m", "host_tools.cli", "serve", "--feed", str(root / "feed"),
-                        "--port", "0", "--db", f"sqlite:///{root / 's.db'}",
-                        "--fleet-secret", str(root / "fleet.secret")]),
-        ):
-            proc, port = _start(cmd)
-            try:
+        servers = {
+            "baseline": _start([sys.executable, "-m", "bench.bench_ingest", "--baseline-server",
+                                str(root / "b.db")]),
+            "server": _start([sys.executable, "-m", "host_tools.cli", "serve", "--feed", str(root / "feed"),
+                              "--port", "0", "--db", f"sqlite:///{root / 's.db'}",
+                              "--fleet-secret", str(root / "fleet.secret")]),
+        }
+        try:
+            for _, port in servers.values():
                 _measure(port, 1, 0.5)  # warm up: caches, connections, first devices
-                results[f"{name}_single_rps"] = _measure(port, 1)
-                results[f"{name}_batch50_reports_s"] = _measure(port, 50) * 50
-            finally:
+            for _ in range(rounds):
+                for batch, label in ((1, "single_rps"), (50, "batch50_reports_s")):
+                    for name, (_, port) in servers.items():
+                        value = _measure(port, batch, duration) * batch
+                        key = f"{name}_{label}"
+                        results[key] = max(results.get(key, 0.0), value)
+        finally:
+            for proc, _ in servers.values():
                 proc.kill()
                 proc.wait()
     results["ratio_single"] = results["server_single_rps"] / results["baseline_single_rps"]

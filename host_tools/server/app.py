@@ -33,7 +33,14 @@ from aiohttp import web
 
 from host_tools.errors import MpotaError
 from host_tools.server.auth import TokenCache, bearer
-from host_tools.server.ingest import DEVICE_ID, MAX_BODY, GroupCommitWriter, ReportError, parse_reports
+from host_tools.server.ingest import (
+    DEVICE_ID,
+    MAX_BATCH,
+    MAX_BODY,
+    GroupCommitWriter,
+    ReportError,
+    parse_reports,
+)
 from host_tools.server.orchestrator import ChannelPublisher, Orchestrator, RolloutError, RolloutNotFound
 from host_tools.server.plans import PlanError, RolloutPlan
 from host_tools.server.status_page import render
@@ -45,6 +52,7 @@ _CONTENT_TYPES = {".json": "application/json", ".bin": "application/octet-stream
                   ".txt": "text/plain; charset=utf-8", ".pem": "text/plain; charset=utf-8",
                   ".pub": "text/plain; charset=utf-8"}
 _NAME = DEVICE_ID
+_ACCEPTED = [b'{"accepted": %d}' % n for n in range(MAX_BATCH + 1)]  # prebuilt answers (hot path)
 
 
 class ServeError(MpotaError):
@@ -206,7 +214,7 @@ class MpotaServer:
             return _error(503, "cannot store reports now, retry later")
         if result.duplicates:
             return _error(409, f"{result.duplicates} report seq(s) already received; nothing stored")
-        return web.json_response({"accepted": result.accepted})
+        return web.Response(body=_ACCEPTED[result.accepted], content_type="application/json")
 
     @staticmethod
     async def _read_capped(request: web.Request, cap: int) -> bytes | None:

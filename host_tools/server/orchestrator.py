@@ -152,11 +152,10 @@ def compute_stats(plan: RolloutPlan, rollout: Rollout, devices: Sequence[DeviceP
     timeout = plan.in_progress_timeout_s
     since = rollout.gate_since
     rid = rollout.id
-    for d in devices:
-        first = group_step.get(d.group, _BIG) if d.group is not None else _BIG
+    for device_id, group, status, started_at, finished_at, health_failed in devices:
+        first = group_step.get(group, _BIG) if group is not None else _BIG
         if use_pct and first > k:
-            first = min(first, bisect_right(pcts, cache.get(rid, d.device_id)))
-        status = d.status
+            first = min(first, bisect_right(pcts, cache.get(rid, device_id)))
         if first > k:
             if status is None:
                 continue
@@ -166,10 +165,10 @@ def compute_stats(plan: RolloutPlan, rollout: Rollout, devices: Sequence[DeviceP
         if status is None:
             continue
         c.started += 1
-        if d.health_failed:
+        if health_failed:
             c.health_failed += 1
         if status == "started":
-            started = d.started_at or now
+            started = started_at or now
             if now - started >= timeout:
                 c.timed_out += 1
                 if started + timeout >= since:
@@ -184,13 +183,13 @@ def compute_stats(plan: RolloutPlan, rollout: Rollout, devices: Sequence[DeviceP
             c.failed += 1
         elif status == "rolled_back":
             c.rolled_back += 1
-        if (d.finished_at or now) >= since:
+        if (finished_at or now) >= since:
             c.judged += 1
             if status != "confirmed":
                 c.judged_bad += 1
             if status == "rolled_back":
                 c.judged_rolled_back += 1
-            if d.health_failed:
+            if health_failed:
                 c.judged_health += 1
     stages: list[StageStats] = []
     current_stage = steps[k].stage
