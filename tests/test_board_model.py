@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from host_tools.imagebuild import build_app_image
-from sim.board import PWRON_RESET, SOFT_RESET, WDT_RESET, RunResult, SimBoard
+from sim.board import DEEPSLEEP_RESET, PWRON_RESET, SOFT_RESET, WDT_RESET, RunResult, SimBoard
 
 OTA_0 = 0x10000
 OTA_1 = 0x190000
@@ -336,6 +336,21 @@ def test_without_rollback_support_the_new_image_is_kept(make_board: Any, interp:
         assert r == {"slot": "ota_1"}
 
 
+def test_bootloader_never_starts_an_image_that_fails_verification(sim_board: SimBoard, interp: str) -> None:
+    image = build_app_image("esp32", "2.0.0")
+    sim_board.flash_slot("ota_1", image)
+    ok(_trial(sim_board, interp, "install")[0], "reset")
+    sim_board.flash_slot("ota_1", _flip(image, 0x12000))  # a bit rots after set_boot()
+    res, r = run(sim_board, interp, "out(slot=P(P.RUNNING).info()[4], fw=esp32.sim_firmware()['version'])")
+    ok(res)
+    assert r == {"slot": "ota_0", "fw": "1.0.0"}
+    assert "ota_1 is not bootable: checksum mismatch (computed 0x" in "\n".join(res.boot_log)
+    # as ESP-IDF: the entry was marked PENDING_VERIFY before the load failed; the next boot aborts it
+    assert sim_board.ota_state("ota_1") == "PENDING_VERIFY"
+    ok(sim_board.run("pass", interp))
+    assert sim_board.ota_state("ota_1") == "ABORTED"
+
+
 def test_no_bootable_app(sim_board: SimBoard, interp: str) -> None:
     sim_board.erase_partition("ota_0")
     res = sim_board.run("print('never')", interp)
@@ -453,8 +468,11 @@ def test_reset_causes_and_machine_basics(sim_board: SimBoard, interp: str) -> No
     res, r = run(sim_board, interp, body + "P('ota_1').writeblocks(0, bytes(4096))\n", cut=1)
     ok(res, "powercut")
     assert res.returncode == 86 and r["cause"] == SOFT_RESET
+    res, r = run(sim_board, interp, body + "machine.deepsleep(10)\n")
+    ok(res, "deepsleep")
+    assert r["cause"] == PWRON_RESET and res.rebooted
     res, r = run(sim_board, interp, body)
-    assert r["cause"] == PWRON_RESET
+    assert r["cause"] == DEEPSLEEP_RESET
 
 
 def test_swallowed_reset_does_not_let_code_touch_flash(sim_board: SimBoard, interp: str) -> None:
