@@ -50,7 +50,7 @@ def run(devices: int = DEVICES) -> dict[str, float]:
         rollout.step = 4  # general at 50%: group steps + bucket placement both exercised
         _fill(store, devices, rollout.id)
         timings = []
-        for i in range(3):  # the first pass also fills the bucket cache; a new rollout would pay that
+        for _ in range(3):  # the first pass also fills the bucket cache; a new rollout would pay that
             t0 = time.perf_counter()
             rows = store.rollout_progress(BOARD, rollout.id)
             t1 = time.perf_counter()
