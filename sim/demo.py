@@ -272,7 +272,8 @@ class Demo:
         where = f"{step['stage']} ({', '.join(step['groups'])}{' + ' if step['percentage'] else ''}"
         where += f"{step['percentage']:g}% of the rest)" if step["percentage"] else ")"
         state = st["rollout"]["state"]
-        self.say(f"poll {rnd}: {s.line()}")
+        drops = sum(p.dropped for p in self.fleet.proxies.values())
+        self.say(f"poll {rnd}: {s.line()}, connections cut so far {drops}")
         boards = ", ".join(f"v{k} x{v}" for k, v in sorted(vers.items(), key=lambda kv: str(kv[0])))
         self.say(f"        server: {state}, step {step['index'] + 1}/{step['count']} {where}; "
                  f"boards: {boards}")

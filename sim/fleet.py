@@ -69,9 +69,9 @@ class FaultProfile:
 
 PROFILES: dict[str, FaultProfile] = {
     "clean": FaultProfile(),
-    "flaky": FaultProfile("flaky", drop_rate=0.3),
+    "flaky": FaultProfile("flaky", drop_rate=0.4, drop_within=96 * 1024),
     "slow": FaultProfile("slow", bytes_per_s=256 * 1024, latency_ms=150),
-    "powercut": FaultProfile("powercut", powercut_rate=0.5),
+    "powercut": FaultProfile("powercut", powercut_rate=1.0),
     "nowifi": FaultProfile("nowifi", nowifi_rate=0.5),
 }
 
@@ -436,7 +436,7 @@ class Fleet:
                 # the update back for good (the torture tests cover that); the fleet keeps it out
                 # so a rollout's outcome does not depend on the dice.
                 cut_boot = 0
-                cut = (self.rng.randint(1, 120), self.rng.choice(("before", "after")))
+                cut = (self.rng.randint(1, 80), self.rng.choice(("before", "after")))
             nowifi = p.nowifi_rate and self.rng.random() < p.nowifi_rate
         runs: list[RunResult] = []
         powercut = False
