@@ -535,7 +535,8 @@ class SimRig:
         self.interp = interp
         self.collector = collector
         self.board = SimBoard.create(tmp_path / "board", version="1.0.0", secure_version=1,
-                                     rollback_supported=rollback, device="link",
+                                     rollback_supported=rollback,
+                                     device="mpy" if interp == "micropython" else "link",
                                      config=sim_config(collector.url))
         self.main = SIM_MAIN.replace("WDT_MS", str(wdt_ms))
         self.new_image = build_app_image("esp32", "1.1.0", "mpota-app", 3, sim_flags=flags)
@@ -725,3 +726,85 @@ def test_sim_power_cut_at_every_step_ends_consistent(tmp_path, collector, interp
 @pytest.mark.parametrize("path", ["confirm", "rollback"])
 def test_sim_power_cut_before_and_after_every_step(tmp_path, collector, interp, path):
     power_cut_sweep(tmp_path, collector, interp, path, lambda op: ["before", "after"])
+
+
+def test_health_reporter_status_and_trial_rollback(rig):
+    from mpota.health import DEGRADED, FAILED, OK, HealthReporter
+
+    rig.write_config(mqtt_host="127.0.0.1", mqtt_port=9)  # nothing listens there
+    rig.model.power_on()
+    rig.install()
+    hr = HealthReporter(config=rig.config, timeout_ms=1000)
+    assert hr.check() == DEGRADED and hr.failed == "mqtt"
+    assert not hr.can_connect_to_broker()
+    assert hr.can_send_heartbeat()
+    assert not hr.should_rollback() and hr.trigger_rollback() is False  # not in a trial
+    seq = hr.report_health()
+    hb = [r for r in rig.collector.reports if r["seq"] == seq][0]
+    assert hb["detail"]["health"] == DEGRADED and hb["detail"]["check"] == "mqtt"
+
+    rig.write_config()
+    rig.pending()
+    rig.model.power_on()
+    rig.install()
+    hr = HealthReporter(config=rig.config, checks=[("display", lambda: False)], timeout_ms=1000)
+    assert hr.in_trial and hr.check() == FAILED and hr.failed == "display"
+    assert hr.should_rollback()
+    with pytest.raises(Reset):
+        hr.trigger_rollback()
+    assert rig.model.boot == "ota_0" and rig.model.state()["pending"]["phase"] == "rollback"
+    how, res = rig.boot()
+    assert res.outcome == "rolled_back" and rig.model.running == "ota_0"
+    assert rig.collector.of("health_failed")[0]["detail"]["check"] == "display"
+    hr = HealthReporter(config=rig.config, checks=[("display", lambda: True)])
+    assert hr.check() == OK and hr.boot_count == 1  # boots are counted by mpota.boot()
+
+
+# ---------------------------------------------------------------- examples and templates
+def run_example(name: str, *args: str) -> str:
+    import subprocess
+
+    proc = subprocess.run([sys.executable, str(ROOT / "examples" / name), *args], capture_output=True,
+                          text=True, timeout=240, cwd=str(ROOT))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+@pytest.mark.parametrize("args", [(), ("--bad", "--cpython")])
+def test_device_client_example_real_updater_then_trial(args):
+    # the real updater installs a signed release from `mpota serve`, resets, the trial decides
+    out = run_example("device_client_example.py", *args)
+    events = [ln.split()[1] for ln in out.split("==== the server received")[1].splitlines() if ln.strip()]
+    assert "installed" in events
+    if not args:
+        assert "boot: confirmed 1.1.0" in out
+        assert events.count("confirmed") == 1 and "rolled_back" not in events
+        assert "(firmware 1.1.0) ended: exit" in out.split("==== later boots")[1]
+    else:
+        assert "boot: rolled_back 1.1.0 health_failed" in out
+        assert events.count("health_failed") == 1 and events.count("rolled_back") == 1
+        later = out.split("==== later boots")[1]
+        assert "(firmware 1.0.0) ended: exit" in later and "up to date" in later  # no retry loop
+
+
+def test_health_check_example_runs_on_the_simulated_board():
+    out = run_example("health_check_example.py", "--bad")
+    assert "check sensor_ok  FAIL" not in out  # the failing trial resets before printing
+    assert "boot: rolled_back" in out and "health_failed" in out
+    assert "health OK (boots 3" in out
+
+
+def test_boot_and_main_templates_run_on_the_simulated_board(tmp_path, collector):
+    from sim.board import SimBoard
+
+    cfg = sim_config(collector.url)
+    cfg["retries"] = 0  # the updater's retry backoff would hold the loop for a while here
+    board = SimBoard.create(tmp_path / "board", version="1.0.0", device="mpy", config=cfg)
+    src = (ROOT / "device" / "examples" / "boot.py").read_text()
+    src += "\n" + (ROOT / "device" / "examples" / "main.py").read_text()
+    res = board.run(src, "micropython", timeout=4)
+    assert res.kind == "timeout", res  # the application loop runs until the board is reset
+    assert "Wi-Fi not started" in res.stdout  # no /wifi.json on this board
+    assert "BootResult(normal" in res.stdout
+    assert "mpota: update:" in res.stdout  # the feed is unreachable here: reported, loop goes on
+    assert "heartbeat" in collector.events() and "failed" in collector.events()

@@ -118,6 +118,58 @@ BUILTIN_CHECKS = {
     "heartbeat": heartbeat_accepted,
 }
 
+BUILTIN = ("wifi", "server", "mqtt", "heartbeat")
+
+
+def _name(check, i):
+    if isinstance(check, tuple):
+        return check[0]
+    return getattr(check, "__name__", None) or "check%d" % i
+
+
+# Run the built-in checks named in `builtin`, then the application's `checks` (callables,
+# or (name, callable) pairs, returning True/False or raising), each within timeout_ms.
+# MicroPython cannot interrupt a synchronous call: the time is measured and an overrun
+# counts as a failure; a hang is left to the watchdog (fed before every check).
+# -> (name of the first failed check or None, [(name, ok, ms, note)]); stops at the first
+# failure unless run_all.
+def run_checks(session, checks, timeout_ms, builtin=BUILTIN, run_all=False):
+    from mpota.report import ticks_diff, ticks_ms
+
+    todo = []  # type: list
+    for name in builtin:
+        fn = BUILTIN_CHECKS.get(name)
+        if fn is not None:
+            todo.append((name, fn, (session, timeout_ms)))
+    i = 0
+    for c in checks:
+        i += 1
+        todo.append((_name(c, i), c[1] if isinstance(c, tuple) else c, ()))
+    results = []
+    failed = None
+    for name, fn, args in todo:
+        _feed()
+        t0 = ticks_ms()
+        note = None
+        try:
+            ok = fn(*args)
+        except Exception as e:
+            ok, note = False, repr(e)
+        ms = ticks_diff(ticks_ms(), t0)
+        if ok is None:
+            ok, note = True, "skipped"
+        elif ms > timeout_ms:
+            ok, note = False, "timeout"
+        ok = bool(ok)
+        results.append((name, ok, ms, note))
+        if not ok and failed is None:
+            failed = name
+            if not run_all:
+                break
+    _feed()
+    return failed, results
+
+
 # Failing one of these makes the status DEGRADED (a service is down); any other failure
 # (Wi-Fi, an application check) makes it FAILED.
 _SERVICES = ("server", "mqtt", "heartbeat")
@@ -169,44 +221,17 @@ class HealthReporter:
 
     # Run all checks (every one, not stopping at the first failure) and set status.
     def check(self):
-        from mpota.report import ticks_diff, ticks_ms
-
-        todo = [(n, BUILTIN_CHECKS[n], True) for n in self.builtin if n in BUILTIN_CHECKS]
-        i = 0
-        for c in self.checks:
-            i += 1
-            if isinstance(c, tuple):
-                todo.append((c[0], c[1], False))
-            else:
-                todo.append((getattr(c, "__name__", None) or "check%d" % i, c, False))
+        self.failed, self.results = run_checks(self.session, self.checks, self.timeout_ms,
+                                               self.builtin, run_all=True)
         status = OK
-        self.failed = None
-        self.results = []
-        for name, fn, is_builtin in todo:
-            _feed()
-            t0 = ticks_ms()
-            note = None
-            try:
-                ok = fn(self.session, self.timeout_ms) if is_builtin else fn()
-            except Exception as e:
-                ok, note = False, repr(e)
-            ms = ticks_diff(ticks_ms(), t0)
-            if ok is None:
-                ok, note = True, "skipped"
-            elif ms > self.timeout_ms:
-                ok, note = False, "timeout"
-            ok = bool(ok)
+        for name, ok, _ms, _note in self.results:
             if name == "mqtt":
                 self._broker = ok
-            self.results.append((name, ok, ms, note))
             if not ok:
-                if self.failed is None:
-                    self.failed = name
-                if name in _SERVICES:
-                    if status == OK:
-                        status = DEGRADED
-                else:
+                if name not in _SERVICES:
                     status = FAILED
+                elif status == OK:
+                    status = DEGRADED
         self.status = status
         return status
 

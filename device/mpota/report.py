@@ -14,7 +14,7 @@ import json
 from micropython import const
 
 try:
-    from time import ticks_diff, ticks_ms
+    from time import ticks_add, ticks_diff, ticks_ms
 except ImportError:  # CPython (tests, simulator)
     import time as _t
 
@@ -25,6 +25,9 @@ except ImportError:  # CPython (tests, simulator)
 
     def ticks_diff(a, b):
         return a - b
+
+    def ticks_add(a, b):
+        return a + b
 
 
 _QUEUE = "mpota_reports.q"
@@ -104,6 +107,19 @@ def image_version():
         return (v if n < 0 else v[:n]).decode() or None
     except Exception:
         return None
+
+
+# A trial boot arms a watchdog that cannot be stopped; long work that reports as it goes
+# (an update's download progress) keeps it fed. No-op when mpota.trial was never imported.
+def _feed_trial_watchdog():
+    import sys
+
+    t = sys.modules.get("mpota.trial")
+    if t is not None:
+        try:
+            t.feed()
+        except Exception:
+            pass
 
 
 def _post_http(url, body, headers, timeout_ms):
@@ -262,7 +278,7 @@ def _split(line):
         return None, 0, None
 
 
-_queues = {}
+_queues = {}  # type: dict[str, _Queue]
 
 
 def _queue(path):
@@ -373,6 +389,7 @@ class Reporter:
     # that seq is not queued twice, and one already delivered comes back as 409 = delivered.
     # Returns the seq, or None when the report could not be queued. Never raises.
     def event(self, name, target=None, rollout=None, seq=None, flush_ms=_FLUSH_MS, **detail):
+        _feed_trial_watchdog()
         try:
             q = self._q
             if seq is None:
@@ -462,7 +479,7 @@ class Reporter:
                 body = None
             except Exception as e:
                 self._log("report: flush failed: %r" % (e,))
-                q.retry_at = ticks_ms() + _BACKOFF_MS
+                q.retry_at = ticks_add(ticks_ms(), _BACKOFF_MS)
                 return done
             self.last_status = status
             if status == 409 and n > 1:
@@ -480,7 +497,7 @@ class Reporter:
                     return done
                 done += n
                 continue
-            q.retry_at = ticks_ms() + _BACKOFF_MS
+            q.retry_at = ticks_add(ticks_ms(), _BACKOFF_MS)
             break
         else:
             q.retry_at = None

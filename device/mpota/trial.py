@@ -21,7 +21,7 @@ _TIMEOUT_MS = const(10000)  # default time limit of one health check
 _WDT_MS = const(60000)      # default watchdog timeout while the trial runs
 _NO_ROLLBACK = const(-261)  # ESP_ERR_NOT_SUPPORTED: built without app rollback
 
-BUILTIN = ("wifi", "server", "mqtt", "heartbeat")
+BUILTIN = ("wifi", "server", "mqtt", "heartbeat")  # mpota.health.BUILTIN
 
 _said_no_rollback = False
 _wdt = None
@@ -267,62 +267,6 @@ class Session:
         _log("confirmed %s" % (p.get("version"),))
 
 
-def _check_name(check, i):
-    if isinstance(check, tuple):
-        return check[0]
-    return getattr(check, "__name__", None) or "check%d" % i
-
-
-def _ticks():
-    from mpota.report import ticks_ms
-
-    return ticks_ms()
-
-
-# Run the checks, each within timeout_ms (measured: MicroPython cannot interrupt a
-# synchronous call, so an overrun counts as a failure and a hang is left to the
-# watchdog). Returns (failed check name or None, results).
-def run_checks(session, checks, timeout_ms, builtin=BUILTIN):
-    from mpota.health import BUILTIN_CHECKS
-    from mpota.report import ticks_diff
-
-    todo = []
-    for name in builtin:
-        fn = BUILTIN_CHECKS.get(name)
-        if fn is not None:
-            todo.append((name, fn, True))
-    i = 0
-    for c in checks:
-        i += 1
-        todo.append((_check_name(c, i), c[1] if isinstance(c, tuple) else c, False))
-    results = []
-    failed = None
-    for name, fn, is_builtin in todo:
-        feed()
-        t0 = _ticks()
-        note = None
-        try:
-            ok = fn(session, timeout_ms) if is_builtin else fn()
-        except Exception as e:
-            ok = False
-            note = repr(e)
-        ms = ticks_diff(_ticks(), t0)
-        if ok is None:
-            note = "skipped"
-            ok = True
-        elif ms > timeout_ms:
-            ok = False
-            note = "timeout"
-        else:
-            ok = bool(ok)
-        results.append((name, ok, ms, note))
-        if not ok:
-            failed = name
-            break
-    feed()
-    return failed, results
-
-
 # Call early in main.py on every boot. Outside a trial it is cheap (no network): it marks
 # the running image valid, counts the boot and returns. On the trial boot of a pending
 # update it decides: confirm and return, or roll back (reset, does not return).
@@ -390,6 +334,8 @@ def _trial(s, result, checks, timeout_ms, rollback_attempts, wdt_ms, builtin):
         s.rollback("attempts")
         return result
     _log("trial boot of %s (attempt %d)" % (p.get("version"), p["attempts"]))
+    from mpota.health import run_checks
+
     failed, result.results = run_checks(s, checks, timeout_ms, builtin)
     if failed is not None:
         result.check = failed
