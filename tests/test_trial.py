@@ -808,3 +808,20 @@ def test_boot_and_main_templates_run_on_the_simulated_board(tmp_path, collector)
     assert "BootResult(normal" in res.stdout
     assert "mpota: update:" in res.stdout  # the feed is unreachable here: reported, loop goes on
     assert "heartbeat" in collector.events() and "failed" in collector.events()
+
+
+def test_interrupted_install_is_not_a_failure(rig):
+    # an updater that marks pending "installing" until set_boot() returned, cut in between
+    rig.pending()
+    m = rig.model
+    m.boot = "ota_0"
+    m.states["ota_1"] = "UNDEFINED"
+    st = m.state()
+    st["pending"]["phase"] = "installing"
+    m.nvs["state"] = json.dumps(st).encode()
+    how, res = rig.boot()
+    assert res.outcome == "interrupted" and m.running == "ota_0"
+    st = m.state()
+    assert st["pending"] is None and st["failed"] == []  # may be tried again
+    assert decisions(rig.collector) == [("failed", "1.1.0")]
+    assert rig.collector.of("failed")[0]["detail"]["reason"] == "interrupted"

@@ -6,6 +6,10 @@
 # Every step is ordered so a reset or power cut between any two writes ends consistent;
 # state["pending"]["phase"] says how far the decision got:
 #   (absent)     written by the updater before set_boot(): no trial boot has started
+#   "installing" optional: an updater that saves pending with this phase before set_boot()
+#                and clears the phase after it lets a board that never left the old slot
+#                tell an interrupted install (not a failure: no report of rolled_back, the
+#                version may be tried again) from a bootloader rollback
 #   "trial"      attempts counted, checks running (a reset here: the bootloader rolls back
 #                the unconfirmed image, or the next boot counts another attempt)
 #   "confirmed"  image marked valid, floor raised, confirmed report has a reserved seq
@@ -29,7 +33,7 @@ _wdt = None
 
 class BootResult:
     def __init__(self, outcome, trial=False):
-        self.outcome = outcome  # normal | confirmed | rolled_back | no_ota | error
+        self.outcome = outcome  # normal confirmed rolled_back interrupted no_ota error
         self.trial = trial      # this boot ran health checks
         self.check = None       # name of the check that failed (when one did)
         self.results = []       # [(name, ok, ms, note)] of the checks run
@@ -248,6 +252,22 @@ class Session:
         result.version = p.get("version")
         _log("rolled back from %s (%s)" % (p.get("version"), reason))
 
+    # set_boot() never completed: nothing was tried, so nothing failed. The updater reports
+    # the install again when it retries; this boot says why the first one vanished.
+    def finish_interrupted(self, result):
+        st = self.state
+        p = st["pending"]
+        if not p.get("iseq"):
+            self.reserve("iseq")
+            st.save()
+        self.reporter.event("failed", seq=p["iseq"], flush_ms=0, reason="interrupted")
+        st["pending"] = None
+        st.save()
+        self.reporter.flush(3000)
+        result.outcome = "interrupted"
+        result.version = p.get("version")
+        _log("install of %s was interrupted" % (p.get("version"),))
+
     def finish_confirmed(self, result):
         st = self.state
         p = st["pending"]
@@ -286,7 +306,9 @@ def boot(checks=(), timeout_ms=_TIMEOUT_MS, config="/mpota.json", rollback_attem
             return _trial(s, result, checks, timeout_ms, rollback_attempts, wdt_ms, builtin)
         result.rollback_supported = confirm_running(s.esp32)
         _count_boot(s)
-        if where == "back":
+        if where == "back" and s.state["pending"].get("phase") == "installing":
+            s.finish_interrupted(result)
+        elif where == "back":
             s.finish_rolled_back(result)
         else:
             s.state.save()
