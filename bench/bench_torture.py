@@ -1,0 +1,358 @@
+"""Power-cut torture (after MCUboot's simulator): cut power at every flash operation of an update.
+
+Two scenarios on a simulated esp32-generic-4mb board running the real device code (the fleet's
+board app: ``mpota.boot()`` with a health check, ``Updater.update()``, a heartbeat), against a
+real signed feed on loopback (tests/feedkit.py: host-tools releases, a report collector):
+
+- ``confirm``:  v1.0.0 -> v1.1.0 (security_version 1): download, install, reset, trial boot,
+  health checks pass, confirm.
+- ``rollback``: v1.0.0 -> v1.2.0 (security_version 1, sim flag health=fail): download, install,
+  reset, trial boot, the health check fails, roll back, reset, boot v1.0.0 and report.
+
+A dry run records every flash write, sector erase and NVS commit of every boot (the fakes' op
+log, bootloader included). Then, for every one of those operations and for "before" and "after"
+it, a fresh board repeats the story with the power cut at exactly that point (the op at the cut
+is checked against the dry run's), boots again until it settles (the updater resumes or restarts
+the download from the feed), and boots once more. Each time it asserts:
+
+- the board boots an image the bootloader accepts whose bytes are one of the two signed images;
+- it ends on the new version (``confirm``) or the old one (``rollback``; also ``confirm`` when
+  the cut fell in the trial boot before the image was marked valid: the bootloader rolls an
+  unconfirmed image back, as ESP-IDF does; the version is then recorded as failed, no retry);
+- its state is consistent: nothing pending, no download in progress, the security floor raised
+  exactly when the new image was confirmed, the failed list right, the otadata entry valid;
+- it stays there on the next boot, and it reported the outcome to the collector: one
+  ``confirmed`` (or one ``rolled_back``) decision, and no report seq reused for another report.
+
+``python -m bench.bench_torture`` runs every cut point of both scenarios under CPython and under
+the MicroPython unix port (no sampling) and prints the number of cut points checked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+for _p in (REPO, REPO / "tests"):
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
+
+import feedkit  # noqa: E402  (tests/feedkit.py: signed feeds + loopback server)
+
+from sim.board import RunResult, SimBoard  # noqa: E402
+from sim.fleet import BOARD_APP  # noqa: E402
+
+OLD = "1.0.0"
+IMAGE_BYTES = 96 * 1024
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    version: str
+    sim_flags: str
+    expect_new: bool          # the story ends on the new version when nothing goes wrong
+
+
+SCENARIOS = {
+    "confirm": Scenario("confirm", "1.1.0", "", True),
+    "rollback": Scenario("rollback", "1.2.0", "health=fail", False),
+}
+
+
+@dataclass(frozen=True)
+class CutPoint:
+    boot: int          # which boot of the story (0 = the update boot)
+    op: int            # operation number within that boot (1-based, bootloader included)
+    when: str          # "before" | "after"
+    kind: str          # what the dry run did there: write | erase | commit
+    addr: int
+    length: int
+
+    def label(self) -> str:
+        return f"boot {self.boot} op {self.op} {self.when} {self.kind}@0x{self.addr:x}+{self.length}"
+
+
+@dataclass
+class PointResult:
+    point: CutPoint
+    ok: bool
+    outcome: str = ""            # "new" | "old"
+    problems: list[str] = field(default_factory=list)
+    boots: int = 0
+
+
+class Torture:
+    """One scenario's world: a signed feed served on loopback, a dry run, cut-point runs."""
+
+    def __init__(self, root: Path, scenario: Scenario, interpreter: str = "cpython",
+                 image_bytes: int = IMAGE_BYTES, compress: bool = True) -> None:
+        self.root = root
+        self.sc = scenario
+        self.interpreter = interpreter
+        self.device_mode = "mpy" if interpreter == "micropython" else "link"
+        root.mkdir(parents=True, exist_ok=True)
+        self.keys = feedkit.Keys(root / "keys")
+        self.feed = feedkit.Feed(root / "feed", self.keys)
+        self.new_image = feedkit.image(scenario.version, size=image_bytes, secure_version=1,
+                                       sim_flags=scenario.sim_flags)
+        self.feed.add_release(scenario.version, self.new_image, compress=compress, window_bits=10)
+        self.feed.set_channel(scenario.version)
+        self.rollout = feedkit.ROLLOUT_ID
+        self.server = feedkit.FeedServer(self.feed.root)
+        self.old_image: bytes | None = None
+        self.dry: list[RunResult] = []
+        self._n = 0
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self.server.close()
+
+    def __enter__(self) -> Torture:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ boards
+    def board(self, name: str) -> SimBoard:
+        cfg = feedkit.device_config(self.server, self.keys, device_id=name, timeout_ms=2000, retries=3,
+                                    backoff_ms=10, max_backoff_ms=50)
+        b = SimBoard.create(self.root / "boards" / name, device=self.device_mode, config=cfg)
+        if self.old_image is None:
+            p = b.partition("ota_0")
+            self.old_image = b.read(p.offset, _image_len(b, "ota_0"))
+        return b
+
+    def run(self, b: SimBoard, **kw: Any) -> RunResult:
+        return b.run(BOARD_APP, self.interpreter, timeout=60, **kw)
+
+    def dry_run(self) -> list[CutPoint]:
+        """The story without faults; returns every cut point (each op, before and after)."""
+        b = self.board("dry")
+        self.dry = b.boot_until_settled(BOARD_APP, max_boots=8, interpreter=self.interpreter, timeout=60)
+        kinds = [r.kind for r in self.dry]
+        want = ["reset", "exit"] if self.sc.expect_new else ["reset", "reset", "exit"]
+        if kinds != want:
+            raise AssertionError(f"{self.sc.name}: dry run boots ended {kinds}, expected {want}\n"
+                                 f"{self.dry[-1]}")
+        problems = self.check(b, "dry", None)
+        if problems:
+            raise AssertionError(f"{self.sc.name}: dry run: {problems}")
+        points = []
+        for i, r in enumerate(self.dry):
+            if r.ops != len(r.log):
+                raise AssertionError(f"dry run boot {i}: {r.ops} ops but {len(r.log)} logged")
+            for k, (kind, addr, n) in enumerate(r.log, 1):
+                for when in ("before", "after"):
+                    points.append(CutPoint(i, k, when, kind, addr, n))
+        return points
+
+    def cut(self, point: CutPoint) -> PointResult:
+        with self._lock:
+            self._n += 1
+            name = f"cut{self._n:04d}-b{point.boot}-o{point.op}-{point.when[0]}"
+        res = PointResult(point, False)
+        b = self.board(name)
+        try:
+            for i in range(point.boot):
+                r = self.run(b)
+                res.boots += 1
+                if r.kind != self.dry[i].kind:
+                    res.problems.append(f"boot {i} before the cut ended {r.kind}, dry run {self.dry[i].kind}")
+                    return res
+            r = self.run(b, cut=(point.op, point.when))
+            res.boots += 1
+            if r.kind != "powercut":
+                res.problems.append(f"the cut boot ended {r.kind} ({r.why}), not powercut: ops differ from "
+                                    "the dry run")
+                return res
+            got = r.log[point.op - 1] if len(r.log) >= point.op else None
+            if got != (point.kind, point.addr, point.length):
+                res.problems.append(f"op {point.op} was {got}, dry run {point.kind}@0x{point.addr:x}")
+                return res
+            after = b.boot_until_settled(BOARD_APP, max_boots=8, interpreter=self.interpreter, timeout=60)
+            res.boots += len(after)
+            if after[-1].rebooted:
+                res.problems.append(f"never settled: {[x.kind for x in after]}")
+                return res
+            for x in after:
+                if x.kind not in ("exit", "reset"):
+                    res.problems.append(f"a boot after the cut ended {x.kind}: {x.why}")
+            res.problems += self.check(b, name, point, res)
+            again = self.run(b)
+            res.boots += 1
+            if again.kind != "exit" or again.version != after[-1].version:
+                res.problems.append(f"next boot: {again.kind} on {again.version}, was {after[-1].version}")
+        except Exception as exc:  # a harness failure is a failed point, with the reason
+            res.problems.append(f"{type(exc).__name__}: {exc}")
+        finally:
+            res.ok = not res.problems
+            if res.ok:
+                shutil.rmtree(b.simdir, ignore_errors=True)
+        return res
+
+    # ------------------------------------------------------------------ the checks
+    def check(self, b: SimBoard, device_id: str, point: CutPoint | None,
+              res: PointResult | None = None) -> list[str]:
+        problems: list[str] = []
+        slot = b.next_boot_slot()
+        if slot is None:
+            return ["no bootable slot"]
+        why = b.verify_slot(slot)
+        if why is not None:
+            problems.append(f"{slot} holds an image the bootloader refuses: {why}")
+        fw = b.firmware(slot)
+        version = fw.get("version")
+        data = b.read_slot(slot, _image_len(b, slot))
+        new = hashlib.sha256(data).digest() == hashlib.sha256(self.new_image).digest()
+        old = self.old_image is not None and data == self.old_image
+        if not (new or old):
+            problems.append(f"{slot} ({version}) is neither signed image")
+        outcome = "new" if new else "old"
+        if res is not None:
+            res.outcome = outcome
+        if self.sc.expect_new and outcome == "old":
+            # only a cut in the trial boot, before the image was marked valid, may end there
+            if point is None or point.boot == 0:
+                problems.append("ended on the old version although the cut was not in the trial boot")
+        if not self.sc.expect_new and outcome == "new":
+            problems.append("kept a firmware whose health check fails")
+        ota = b.ota_state(slot)
+        if ota not in ("VALID", None if slot == "ota_0" else "VALID"):
+            problems.append(f"otadata state of {slot} is {ota}")
+        st = _device_state(b)
+        if st.get("pending"):
+            problems.append(f"pending update left: {st['pending']}")
+        if st.get("dl"):
+            problems.append(f"download progress left: {st['dl']}")
+        floor = st.get("floor", 0)
+        if floor != (1 if outcome == "new" else 0):
+            problems.append(f"security floor {floor} on the {outcome} image")
+        failed = [list(x) for x in st.get("failed") or []]
+        marked = [self.sc.version, self.rollout] in failed
+        if marked != (outcome == "old"):
+            problems.append(f"failed list {failed} on the {outcome} image")
+        problems += self.check_reports(device_id, outcome)
+        return problems
+
+    def check_reports(self, device_id: str, outcome: str) -> list[str]:
+        with self.server._lock:
+            mine = [r for r in self.server.reports if r.get("device_id") == device_id]
+        problems = []
+        by_seq: dict[int, set[str]] = {}
+        for r in mine:
+            by_seq.setdefault(int(r.get("seq", -1)), set()).add(
+                json.dumps({k: r.get(k) for k in ("event", "target", "rollout", "detail")}, sort_keys=True))
+        reused = [s for s, v in by_seq.items() if len(v) > 1]
+        if reused:
+            problems.append(f"report seq reused for different reports: {reused[:5]}")
+        decisions = Counter()
+        for r in mine:
+            if r.get("event") in ("confirmed", "rolled_back") and r.get("target") == self.sc.version:
+                decisions[(r["event"], r["seq"])] += 1
+        want = "confirmed" if outcome == "new" else "rolled_back"
+        got = Counter(e for e, _ in decisions)
+        if got != Counter({want: 1}):
+            problems.append(f"decision reports {dict(got)}, expected one {want}")
+        return problems
+
+
+def _image_len(b: SimBoard, slot: str) -> int:
+    # an app image's length: header + segments, padding, checksum, appended SHA-256
+    head = b.read_slot(slot, 24)
+    nseg = head[1]
+    off = 24
+    for _ in range(nseg):
+        seg = b.read_slot(slot, 8, off)
+        off += 8 + int.from_bytes(seg[4:8], "little")
+    off += 15 - off % 16 + 1
+    return off + (32 if head[23] == 1 else 0)
+
+
+def _device_state(b: SimBoard) -> dict[str, Any]:
+    blob = b.nvs().get("mpota", {}).get("state")
+    if isinstance(blob, bytes):
+        return dict(json.loads(blob.decode()))
+    return {}
+
+
+def run_points(t: Torture, points: Iterable[CutPoint], workers: int | None = None,
+               progress: Callable[[PointResult], None] | None = None) -> list[PointResult]:
+    todo = list(points)
+    with ThreadPoolExecutor(workers or max(2, os.cpu_count() or 2)) as pool:
+        out = []
+        for r in pool.map(t.cut, todo):
+            out.append(r)
+            if progress is not None:
+                progress(r)
+    return out
+
+
+def subset(points: list[CutPoint], stride: int = 8, tail: int = 6) -> list[CutPoint]:
+    """The fixed quick subset (make test): every cut point of the boots after the update boot
+    (trial, rollback), the last ``tail`` operations of the update boot (set_boot, the pending
+    record, otadata) and every ``stride``-th of its other operations, both before and after."""
+    boot0 = sorted({p.op for p in points if p.boot == 0})
+    keep = set(boot0[-tail:]) | set(boot0[::stride])
+    return [p for p in points if p.boot > 0 or p.op in keep]
+
+
+def torture(scenario: str, interpreter: str, root: Path, sample: bool = False,
+            workers: int | None = None, image_bytes: int = IMAGE_BYTES) -> dict[str, Any]:
+    start = time.monotonic()
+    with Torture(root / f"{scenario}-{interpreter}", SCENARIOS[scenario], interpreter, image_bytes) as t:
+        points = t.dry_run()
+        chosen = subset(points) if sample else points
+        results = run_points(t, chosen, workers)
+    failed = [r for r in results if not r.ok]
+    return {
+        "scenario": scenario, "interpreter": interpreter, "ops": sum(r.ops for r in t.dry),
+        "points": len(points), "checked": len(results), "failed": len(failed),
+        "failures": [f"{r.point.label()}: {'; '.join(r.problems)}" for r in failed[:20]],
+        "outcomes": dict(Counter(r.outcome for r in results)),
+        "boots": sum(r.boots for r in results), "seconds": round(time.monotonic() - start, 1),
+    }
+
+
+def run() -> dict[str, Any]:
+    out: dict[str, Any] = {"runs": []}
+    with tempfile.TemporaryDirectory(prefix="mpota-torture-") as tmp:
+        for interpreter in ("cpython", "micropython"):
+            for scenario in SCENARIOS:
+                r = torture(scenario, interpreter, Path(tmp))
+                out["runs"].append(r)
+                print(f"  {scenario:<8} {interpreter:<11} {r['checked']} cut points ({r['ops']} ops x before/"
+                      f"after), {r['failed']} failed, outcomes {r['outcomes']}, {r['boots']} boots, "
+                      f"{r['seconds']} s", file=sys.stderr, flush=True)
+                for f in r["failures"]:
+                    print(f"    FAILED {f}", file=sys.stderr, flush=True)
+    out["checked"] = sum(r["checked"] for r in out["runs"])
+    out["failed"] = sum(r["failed"] for r in out["runs"])
+    return out
+
+
+def line(res: dict[str, Any]) -> str:
+    parts = ", ".join(f"{r['scenario']}/{r['interpreter']} {r['checked']}" for r in res["runs"])
+    secs = sum(r["seconds"] for r in res["runs"])
+    return (f"torture: {res['checked']} power-cut points checked, no sampling ({parts}), "
+            f"{res['failed']} failed, {secs:.0f} s")
+
+
+if __name__ == "__main__":
+    result = run()
+    print(line(result))
+    sys.exit(1 if result["failed"] else 0)

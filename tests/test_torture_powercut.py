@@ -1,0 +1,69 @@
+"""Power-cut torture, quick subset (the full run, every cut point, is bench/bench_torture.py and the
+slow test below). See bench/bench_torture.py for what each cut point asserts.
+
+The quick subset is fixed, not random (``bench_torture.subset``): every cut point of the boots
+after the update boot (the trial boot, the rollback and the boot after it), the last 6 operations
+of the update boot (the pending record, set_boot's otadata erase + write, the reset) and every
+8th (CPython) or 16th (MicroPython) other operation of the update boot, each before and after.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench.bench_torture import SCENARIOS, Torture, run_points, subset, torture
+
+STRIDE = {"cpython": 8, "micropython": 16}
+
+
+def _explain(results: list) -> str:  # type: ignore[type-arg]
+    bad = [r for r in results if not r.ok]
+    return f"{len(bad)} of {len(results)} cut points failed:\n" + "\n".join(
+        f"  {r.point.label()}: {'; '.join(r.problems)}" for r in bad[:15])
+
+
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_power_cut_subset(scenario: str, interp: str, tmp_path: Path) -> None:
+    with Torture(tmp_path, SCENARIOS[scenario], interp) as t:
+        points = t.dry_run()
+        # the dry run saw every kind of operation the update makes: these are the cut points
+        kinds = {p.kind for p in points}
+        assert kinds == {"write", "erase", "commit"}, kinds
+        assert len(points) == 2 * sum(r.ops for r in t.dry) > 100
+        boots_after = {p.boot for p in points} - {0}
+        assert boots_after == ({1} if scenario == "confirm" else {1, 2})
+        chosen = subset(points, stride=STRIDE[interp])
+        assert len(chosen) < len(points)
+        results = run_points(t, chosen, workers=2)
+    print(f"{scenario}/{interp}: {len(results)} of {len(points)} cut points checked")
+    assert all(r.ok for r in results), _explain(results)
+    outcomes = {r.outcome for r in results}
+    if scenario == "rollback":
+        assert outcomes == {"old"}
+    else:
+        assert "new" in outcomes
+
+
+def test_a_cut_point_is_the_operation_the_dry_run_saw(tmp_path: Path) -> None:
+    # The engine itself: the op at the cut must be the dry run's op, so a count that drifts
+    # between runs (nondeterminism) is caught instead of silently testing another point.
+    with Torture(tmp_path, SCENARIOS["confirm"], "cpython") as t:
+        points = t.dry_run()
+        p = next(p for p in points if p.boot == 0 and p.kind == "write" and p.when == "after")
+        r = t.cut(p)
+        assert r.ok, r.problems
+        assert r.outcome == "new" and r.boots >= 3
+        forged = type(p)(p.boot, p.op, p.when, "erase", p.addr + 1, p.length)
+        r2 = t.cut(forged)
+        assert not r2.ok and "dry run" in r2.problems[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_power_cut_every_point(scenario: str, interp: str, tmp_path: Path) -> None:
+    r = torture(scenario, interp, tmp_path)
+    print(f"{scenario}/{interp}: {r['checked']} cut points checked, {r['failed']} failed")
+    assert r["checked"] == r["points"] > 100
+    assert r["failed"] == 0, "\n".join(r["failures"])
