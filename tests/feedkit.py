@@ -165,7 +165,7 @@ class Fault:
     ``delay`` s), ignore_range (200 + whole file), status (answer ``status``), endless (no
     Content-Length, the file then garbage forever), drip (``chunk`` bytes every ``delay`` s),
     length (declare ``length`` as Content-Length), nolength (no Content-Length, close at the end),
-    body (serve ``body`` instead of the file).
+    body (serve ``body`` instead of the file), pace (send at ``rate`` bytes/s, a slower link).
     """
 
     kind: str
@@ -176,6 +176,7 @@ class Fault:
     status: int = 500
     length: int = 0
     chunk: int = 64
+    rate: float = 0.0
     body: bytes = b""
     hits: int = 0
 
@@ -332,6 +333,13 @@ class FeedServer:
                 w = self.wfile
                 if f is None or f.kind in ("ignore_range", "length", "nolength", "body"):
                     w.write(data)
+                elif f.kind == "pace":
+                    t0 = time.monotonic()
+                    for i in range(0, len(data), 8192):
+                        w.write(data[i: i + 8192])
+                        ahead = t0 + (i + 8192) / f.rate - time.monotonic()
+                        if ahead > 0:
+                            time.sleep(ahead)
                 elif f.kind == "drop":
                     w.write(data[: max(0, f.at - start)])
                     w.flush()

@@ -102,14 +102,15 @@ class Config:
 
 def load(path="/mpota.json"):
     import json
+    import os
 
     try:
+        if os.stat(path)[6] > CONFIG_MAX:
+            _fail("too large")
         with open(path) as f:
-            text = f.read(CONFIG_MAX + 1)
+            text = f.read()
     except OSError:
         _fail("cannot read " + path)
-    if len(text) > CONFIG_MAX:
-        _fail("too large")
     try:
         data = json.loads(text)
     except ValueError:

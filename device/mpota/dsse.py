@@ -14,18 +14,32 @@ _MAX_SIGS = const(8)
 def read_capped(resp, cap, buf, h=None):
     from mpota.errors import DocumentTooLarge
 
-    if resp.length is not None and resp.length > cap:
-        raise DocumentTooLarge("document of %d bytes (cap %d)" % (resp.length, cap))
+    n = resp.length
+    if n is not None:
+        # known length: read straight into a buffer of that size (no copies, no regrowth)
+        if n > cap:
+            raise DocumentTooLarge("document of %d bytes (cap %d)" % (n, cap))
+        out = bytearray(n)
+        mv = memoryview(out)
+        got = 0
+        while got < n:
+            k = resp.readinto(mv[got:])
+            if not k:
+                break
+            got += k
+        if h is not None:
+            h.update(mv[:got])
+        return out if got == n else out[:got]
     out = bytearray()
     mv = memoryview(buf)
     while True:
         room = cap + 1 - len(out)
-        n = resp.readinto(mv[: min(room, len(mv))])
-        if not n:
+        k = resp.readinto(mv[: min(room, len(mv))])
+        if not k:
             return out
-        out.extend(mv[:n])
+        out.extend(mv[:k])
         if h is not None:
-            h.update(mv[:n])
+            h.update(mv[:k])
         if len(out) > cap:
             raise DocumentTooLarge("document larger than %d bytes" % cap)
 

@@ -46,7 +46,6 @@ class Offer:
         self.manifest_url = manifest_url
         self.security_version = manifest["security_version"]
         img = manifest["image"]
-        self.image = img
         self.size = img["size"]
         self.hash = img["hash"][7:]
         self.encoding = img.get("encoding") or "none"
@@ -57,7 +56,6 @@ class Offer:
         import mpota.http as http
 
         self.url = http.join(manifest_url, img["url"])
-        self.metadata = manifest.get("metadata") or {}
         self.slot = None
         self.prev_slot = None
 
@@ -239,6 +237,27 @@ class _Source:
         self.close()
 
 
+# MicroPython keeps an imported module's code in RAM until it is dropped from sys.modules
+# (and from the package): modules needed by one phase only are unloaded after it.
+def _unload(*names):
+    import sys
+
+    if sys.implementation.name != "micropython":
+        return
+    import gc
+
+    import mpota
+
+    for n in names:
+        if "mpota." + n in sys.modules:
+            del sys.modules["mpota." + n]
+        try:
+            delattr(mpota, n)
+        except Exception:  # AttributeError; KeyError on MicroPython
+            pass
+    gc.collect()
+
+
 def _fill(reader, mv, want):
     got = 0
     while got < want:
@@ -263,7 +282,10 @@ class Updater:
     def from_config(cls, path="/mpota.json", **kw):
         import mpota.config as config
 
-        return cls(config.load(path), **kw)
+        cfg = config.load(path)
+        config = None
+        _unload("config")
+        return cls(cfg, **kw)
 
     # --- reporting: never raises -------------------------------------------------------
     def _rep(self):
@@ -290,6 +312,11 @@ class Updater:
 
     def _fail(self, e, offer):
         if not isinstance(e, errors.OTAError):
+            import sys
+
+            pe = getattr(sys, "print_exception", None)
+            if pe is not None:
+                pe(e)  # unexpected (MemoryError, a bug): keep the traceback in the log
             e = errors.OTAError("%s: %s" % (type(e).__name__, e))
         self._report("failed", offer, reason=e.code, error=str(e))
         return e
@@ -474,9 +501,11 @@ class Updater:
     def check(self):
         try:
             self.offer = self._check()
-            return self.offer
         except Exception as e:
+            _unload("dsse", "p256", "version")
             raise self._fail(e, None)
+        _unload("dsse", "p256", "version")
+        return self.offer
 
     # --- install ---------------------------------------------------------------------
     # Check, then download, verify, switch the boot slot, record the pending update and
