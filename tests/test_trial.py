@@ -825,3 +825,15 @@ def test_interrupted_install_is_not_a_failure(rig):
     assert st["pending"] is None and st["failed"] == []  # may be tried again
     assert decisions(rig.collector) == [("failed", "1.1.0")]
     assert rig.collector.of("failed")[0]["detail"]["reason"] == "interrupted"
+
+
+def test_sim_trial_confirms_with_a_capped_heap(tmp_path, collector):
+    # MicroPython with -X heapsize and the package as .mpy (as deployed). The simulator's own
+    # modules take ~58 KB of this heap (a real board does not load them); the trial path
+    # (config, state, reports, HTTP, checks) confirmed at 144 KB total when this was written.
+    rig = SimRig(tmp_path, collector, "micropython")
+    rig.first_boot_and_install()
+    runs = rig.board.boot_until_settled(rig.main, interpreter="micropython", heapsize="176k", timeout=30)
+    assert [r.kind for r in runs] == ["exit"], runs[-1]
+    assert sim_result(runs[0])["outcome"] == "confirmed"
+    assert decisions(collector) == [("confirmed", "1.1.0")]
