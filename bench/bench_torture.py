@@ -302,13 +302,15 @@ def run_points(t: Torture, points: Iterable[CutPoint], workers: int | None = Non
     return out
 
 
-def subset(points: list[CutPoint], stride: int = 8, tail: int = 6) -> list[CutPoint]:
-    """The fixed quick subset (make test): every cut point of the boots after the update boot
-    (trial, rollback), the last ``tail`` operations of the update boot (set_boot, the pending
-    record, otadata) and every ``stride``-th of its other operations, both before and after."""
+def subset(points: list[CutPoint], stride: int = 16, tail: int = 6, later: str = "all") -> list[CutPoint]:
+    """The fixed quick subset (make test): in the update boot, its last ``tail`` operations (the
+    pending record, set_boot's otadata erase + write, the reset) and every ``stride``-th other one,
+    before and after; in the boots after it (trial, rollback), every operation, before and after
+    (``later="all"``) or before only (``later="before"``)."""
     boot0 = sorted({p.op for p in points if p.boot == 0})
     keep = set(boot0[-tail:]) | set(boot0[::stride])
-    return [p for p in points if p.boot > 0 or p.op in keep]
+    return [p for p in points
+            if (p.boot == 0 and p.op in keep) or (p.boot > 0 and (later == "all" or p.when == later))]
 
 
 def torture(scenario: str, interpreter: str, root: Path, sample: bool = False,
