@@ -9,7 +9,7 @@ tools) offers a genuine 1.5 MB app image. Scripts run on a fresh board per probe
   script without the update call", as issue 4 defines the reference);
 - update: the same plus ``u.update(reset=False)`` (channel, manifest, two P-256 verifies, 1.5 MB
   streamed into the next slot with SHA-256, read-back verification, set_boot, pending record,
-  reports to the server).
+  reports to the server, all of them delivered during the run).
 
 For each, the smallest heapsize (to HEAP_STEP bytes) at which the run succeeds; the line prints
 the floors and update - empty (target, issue 4: <= 24 KB), and update - bare for reference.
@@ -78,8 +78,11 @@ def run(image_bytes: int = IMAGE_BYTES, encoding: str = "none") -> dict[str, Any
                 def ok(heap: int) -> bool:
                     count[0] += 1
                     board = Board(tmp / f"b{count[0]}", running, cfg, device="mpy")
+                    srv.reset()
                     out = board.run(body, "micropython", heapsize=str(heap), timeout=300)
                     good = out.kind == "exit" and '"outcome": "ok"' in out.stdout
+                    if body is _UPDATE:  # and every report reached the server (none left queued)
+                        good = good and [e for e, _ in srv.events()][-1:] == ["installed"]
                     probes.append((name, heap, good))
                     return good
                 return ok

@@ -81,6 +81,8 @@ class Config:
         self.keys = {}
         for role in _ROLES:
             self.keys[role] = _keys(data, role)
+        self.channel_max = CHANNEL_MAX
+        self.manifest_max = MANIFEST_MAX
         # Tunables (defaults suit a board on Wi-Fi).
         self.timeout_ms = _int(data, "timeout_ms", 10000, 10, 600000)
         self.retries = _int(data, "retries", 5, 0, 100)

@@ -8,8 +8,8 @@ from micropython import const
 
 from mpota.errors import DownloadError, DownloadTimeout, HTTPStatusError
 
-_LINE_MAX = const(1024)     # one status or header line
-_HEAD_MAX = const(4096)     # all header lines together
+_LINE_MAX = const(256)      # one status line or header line kept (longer headers are skipped)
+_HEAD_MAX = const(8192)     # all header lines together
 _REDIRECTS = (301, 302, 303, 307, 308)
 
 
@@ -66,30 +66,43 @@ class Response:
         self._left = None     # body bytes still expected (Content-Length / current chunk)
         self._chunked = False
         self._done = False
+        self._total = 0
 
+    # One line of at most _LINE_MAX bytes (readline(n) allocates n bytes up front); the
+    # rest of a longer line is read and dropped, and None returned. _total caps the head.
     def _line(self):
+        ln = self._read_line()
+        if ln.endswith(b"\n"):
+            return ln
+        while not ln.endswith(b"\n"):
+            ln = self._read_line()
+        return None
+
+    def _read_line(self):
         try:
-            ln = self._f.readline(_LINE_MAX + 1)
+            ln = self._f.readline(_LINE_MAX)
         except OSError as e:
             raise _neterr(e)
         if not ln:
             raise DownloadError("connection closed in headers")
-        if len(ln) > _LINE_MAX:
-            raise DownloadError("header line too long")
+        self._total += len(ln)
+        if self._total > _HEAD_MAX:
+            raise DownloadError("headers too large")
         return ln
 
     def _head(self, method):
+        self._total = 0
         ln = self._line()
+        if ln is None:
+            raise DownloadError("status line too long")
         parts = ln.split(None, 2)
         if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
             raise DownloadError("not an HTTP response")
         self.status = int(parts[1])
-        total = 0
         while True:
             ln = self._line()
-            total += len(ln)
-            if total > _HEAD_MAX:
-                raise DownloadError("headers too large")
+            if ln is None:
+                continue  # an overlong header (cookies, policies): not one we need
             if ln in (b"\r\n", b"\n"):
                 break
             i = ln.find(b":")
@@ -119,9 +132,12 @@ class Response:
         # at a chunk boundary: read "<hex size>[;ext]\r\n" (after the previous chunk's CRLF)
         if self._done:
             return 0
+        self._total = 0
         ln = self._line()
         if ln in (b"\r\n", b"\n"):
             ln = self._line()
+        if ln is None:
+            raise DownloadError("bad chunk size")
         try:
             n = int(ln.split(b";", 1)[0].strip(), 16)
         except ValueError:

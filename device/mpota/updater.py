@@ -374,12 +374,12 @@ class Updater:
                 self._backoff(fails)
 
     def _channel(self):
-        import mpota.config as config
         import mpota.dsse as dsse
 
         cfg = self.cfg
         url = "%schannels/%s/%s.json" % (cfg.feed_url, cfg.board, cfg.channel)
-        data = self._fetch(url, config.CHANNEL_MAX)
+        data = self._fetch(url, cfg.channel_max)
+        _unload("http")  # not needed while verifying: make room for p256
         payload = dsse.verify(data, dsse.CHANNEL, cfg.keys["rollout"])
         data = None
         ch = dsse.parse(payload, "channel")
@@ -399,7 +399,6 @@ class Updater:
         return ch
 
     def _manifest(self, ch, running, chip_name, slot_size):
-        import mpota.config as config
         import mpota.dsse as dsse
         import mpota.http as http
         import mpota.version as version
@@ -407,10 +406,12 @@ class Updater:
         cfg = self.cfg
         rel = ch["release"]
         url = http.join(cfg.feed_url, rel["manifest"])
+        http = None
         h = hashlib.sha256()
-        data = self._fetch(url, config.MANIFEST_MAX, h)
+        data = self._fetch(url, cfg.manifest_max, h)
         if _hex(h) != rel["manifest_sha256"]:
             raise errors.PinMismatch("manifest is not the one the channel pins")
+        _unload("http")
         payload = dsse.verify(data, dsse.RELEASE, cfg.keys["release"])
         data = None
         m = dsse.parse(payload, "release")
@@ -502,9 +503,9 @@ class Updater:
         try:
             self.offer = self._check()
         except Exception as e:
-            _unload("dsse", "p256", "version")
+            _unload("dsse", "p256", "version", "imagehdr")
             raise self._fail(e, None)
-        _unload("dsse", "p256", "version")
+        _unload("dsse", "p256", "version", "imagehdr")
         return self.offer
 
     # --- install ---------------------------------------------------------------------
