@@ -15,4 +15,10 @@ def __getattr__(name):
     if name == "HealthReporter":
         from mpota.health import HealthReporter
         return HealthReporter
-    raise AttributeError(name)
+    # `from mpota import state` on MicroPython asks here before trying the submodule.
+    if name.startswith("__"):
+        raise AttributeError(name)
+    try:
+        return __import__("mpota." + name, None, None, (name,))
+    except ImportError:
+        raise AttributeError(name)
