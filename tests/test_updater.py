@@ -95,7 +95,7 @@ class Env:
         st = b.state()
         p = st["pending"]
         assert p["version"] == version and p["slot"] == "ota_1" and p["prev_slot"] == "ota_0"
-        assert p["attempts"] == 0 and p["rollout"] == "r-test-1"
+        assert p["attempts"] == 0 and p["rollout"] == "r-test-1" and "phase" not in p
         assert p["manifest_sha256"] == hashlib.sha256(
             (self.feed.release_dir(version) / "manifest.json").read_bytes()).hexdigest()
         assert st["dl"] is None
@@ -677,7 +677,7 @@ def test_power_cut_during_update(env: Env, point: str) -> None:
     assert b.slot("ota_0", len(env.running_image)) == env.running_image
     if point != "otadata_written":
         if point in ("after_pending", "otadata_erased"):
-            assert st["pending"]["version"] == NEW and "set" not in st["pending"]
+            assert st["pending"]["version"] == NEW and st["pending"]["phase"] == "installing"
         env.assert_untouched(pending_ok=True)
         env.server.reset()
         res = env.run()
@@ -692,6 +692,6 @@ def test_power_cut_during_update(env: Env, point: str) -> None:
     else:
         # set_boot() completed: the board boots the new image on trial (trial.boot() decides)
         assert b.boot_state()["next"] == "ota_1"
-        assert st["pending"]["version"] == NEW and "set" not in st["pending"]
+        assert st["pending"]["version"] == NEW and st["pending"]["phase"] == "installing"
         res = env.run()
         assert res["outcome"] == "error" and res["code"] == "pending"

@@ -513,8 +513,8 @@ class Updater:
     # reset (reset=False returns the Offer instead, for tests and apps that reset later).
     def update(self, offer=None, reset=True):
         p = self.state["pending"]
-        if p and not p.get("set") and not p.get("phase") and self._running_label() != p.get("slot"):
-            # an install cut before set_boot() finished: the boot slot never changed
+        if p and p.get("phase") == "installing" and self._running_label() != p.get("slot"):
+            # an install cut before set_boot() finished (trial.boot() clears these too)
             self.state["pending"] = None
             self.state.save()
         elif p:
@@ -605,9 +605,11 @@ class Updater:
         if _hex(h) != o.hash:
             st.save()
             raise errors.FlashError("slot read-back does not match the image hash")
+        # phase "installing" until set_boot() returned (see trial.py): a board cut before
+        # that never left the old slot and must not count the install as a failed update
         st["pending"] = {"version": o.version, "slot": o.slot, "prev_slot": o.prev_slot,
                          "security_version": o.security_version, "rollout": o.rollout,
-                         "manifest_sha256": o.manifest_sha256, "attempts": 0}
+                         "manifest_sha256": o.manifest_sha256, "attempts": 0, "phase": "installing"}
         st.save()
         try:
             part.set_boot()
@@ -615,9 +617,7 @@ class Updater:
             st["pending"] = None
             st.save()
             raise errors.FlashError("set_boot refused the image (%s)" % e)
-        # "set": the boot slot did change. A pending record without it after a reset means
-        # the install was cut before set_boot() completed: nothing to judge, nothing failed.
-        st["pending"]["set"] = True
+        del st["pending"]["phase"]
         st.save()
 
     def _stream(self, o, part, src, hr, start, nblk, mv, dl, plain):
