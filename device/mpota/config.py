@@ -18,6 +18,10 @@ def _fail(msg):
     raise ConfigError("config: " + msg)
 
 
+def _list(v):
+    return v if isinstance(v, list) else []
+
+
 def _str(d, name, default=None):
     v = d.get(name, default)
     if not isinstance(v, str) or not v:
@@ -38,8 +42,8 @@ def _keys(d, role):
     import hashlib
 
     ks = d.get("keys")
-    lst = ks.get(role) if isinstance(ks, dict) else None
-    if not isinstance(lst, list) or not lst:
+    lst = _list(ks.get(role) if isinstance(ks, dict) else None)
+    if not lst:
         _fail("keys.%s must list at least one public key" % role)
     out = []
     for h in lst:

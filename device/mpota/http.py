@@ -147,6 +147,9 @@ class Response:
         self._left = n
         return n
 
+    def _chunk_left(self):
+        return self._left or 0
+
     # Read up to len(buf) body bytes into buf; 0 at the end of the body. A body that ends
     # before its declared length raises DownloadError (the caller may resume with Range).
     def readinto(self, buf):
@@ -155,7 +158,7 @@ class Response:
             if left == 0:
                 if not self._chunked or not self._chunk():
                     return 0
-                left = self._left
+                left = self._chunk_left()
             if len(buf) > left:
                 buf = memoryview(buf)[:left]
         try:
@@ -210,7 +213,7 @@ def _connect(tls, host, port, timeout_ms):
             if hasattr(ssl, "create_default_context"):  # CPython
                 s = ssl.create_default_context().wrap_socket(s, server_hostname=host)
             else:
-                s = ssl.wrap_socket(s, server_hostname=host)
+                s = ssl.wrap_socket(s, server_hostname=host)  # type: ignore[call-arg]
     except OSError as e:
         s.close()
         raise _neterr(e)

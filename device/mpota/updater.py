@@ -58,6 +58,7 @@ class Offer:
         self.url = http.join(manifest_url, img["url"])
         self.slot = None
         self.prev_slot = None
+        self.chip = None
 
     def __repr__(self):
         return "Offer(%s, rollout=%s, %d bytes)" % (self.version, self.rollout, self.size)
@@ -206,7 +207,8 @@ class _Source:
             try:
                 if self.r is None:
                     self._open()
-                n = self.r.readinto(buf)
+                r = self.r
+                n = r.readinto(buf) if r is not None else 0
                 if n:
                     break
                 raise errors.DownloadError("connection closed early")
@@ -283,7 +285,7 @@ class Updater:
         import mpota.config as config
 
         cfg = config.load(path)
-        config = None
+        del config
         _unload("config")
         return cls(cfg, **kw)
 
@@ -406,7 +408,7 @@ class Updater:
         cfg = self.cfg
         rel = ch["release"]
         url = http.join(cfg.feed_url, rel["manifest"])
-        http = None
+        del http
         h = hashlib.sha256()
         data = self._fetch(url, cfg.manifest_max, h)
         if _hex(h) != rel["manifest_sha256"]:
