@@ -60,6 +60,7 @@ class FaultProfile:
     bytes_per_s: int = 0            # slow link (0: unthrottled)
     latency_ms: int = 0             # added before the first response byte
     powercut_rate: float = 0.0      # share of poll cycles with one power cut at a random flash op
+    cut_within: int = 80            # ... the op number uniform in [1, cut_within] of the cycle's first boot
     nowifi_rate: float = 0.0        # share of poll cycles whose first boot has no Wi-Fi
 
     @property
@@ -436,7 +437,7 @@ class Fleet:
                 # the update back for good (the torture tests cover that); the fleet keeps it out
                 # so a rollout's outcome does not depend on the dice.
                 cut_boot = 0
-                cut = (self.rng.randint(1, 80), self.rng.choice(("before", "after")))
+                cut = (self.rng.randint(1, p.cut_within), self.rng.choice(("before", "after")))
             nowifi = p.nowifi_rate and self.rng.random() < p.nowifi_rate
         runs: list[RunResult] = []
         powercut = False
