@@ -207,17 +207,16 @@ def _connect(tls, host, port, timeout_ms):
     try:
         s.settimeout(timeout_ms / 1000)
         s.connect(ai[-1])
-        if tls:
-            import ssl
+        if not tls:
+            return s
+        import ssl
 
-            if hasattr(ssl, "create_default_context"):  # CPython
-                s = ssl.create_default_context().wrap_socket(s, server_hostname=host)
-            else:
-                s = ssl.wrap_socket(s, server_hostname=host)  # type: ignore[call-arg]
+        if hasattr(ssl, "create_default_context"):  # CPython
+            return ssl.create_default_context().wrap_socket(s, server_hostname=host)
+        return ssl.wrap_socket(s, server_hostname=host)
     except OSError as e:
         s.close()
         raise _neterr(e)
-    return s
 
 
 def _request(method, url, headers, body, timeout_ms):

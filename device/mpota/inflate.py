@@ -48,7 +48,7 @@ class _Deflate:
 
 class _Zlib:
     def __init__(self, src, wbits):
-        import zlib
+        import zlib  # type: ignore[import-not-found]  # CPython only; MicroPython has deflate
 
         self._src = src
         self._z = zlib.decompressobj(wbits)
@@ -56,7 +56,7 @@ class _Zlib:
         self._raw = bytearray(_CHUNK * 16)
 
     def readinto(self, buf):
-        import zlib
+        import zlib  # type: ignore[import-not-found]
 
         want = len(buf)
         while True:

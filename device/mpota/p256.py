@@ -143,7 +143,7 @@ def _mul2(u1, u2, qx, qy):
         X, Y, Z = _add(X, Y, Z, d2)
         zz = Z * Z % p
         zzz = zz * Z % p
-    d2 = None
+    del d2
     n1, l1 = _wnaf(u1, _WG)
     n2, l2 = _wnaf(u2, _WQ)
     gt = _GTAB

@@ -15,18 +15,18 @@ from micropython import const
 
 try:
     from time import ticks_add, ticks_diff, ticks_ms
-except ImportError:  # CPython (tests, simulator)
+except ImportError:  # CPython without the simulator's shims; MicroPython's stubs lack these
     import time as _t
 
-    _T0 = _t.monotonic()
+    _T0 = _t.monotonic()  # type: ignore[attr-defined]
 
     def ticks_ms():
-        return int((_t.monotonic() - _T0) * 1000)
+        return int((_t.monotonic() - _T0) * 1000)  # type: ignore[attr-defined]
 
-    def ticks_diff(a, b):
+    def ticks_diff(a, b):  # type: ignore[no-redef]
         return a - b
 
-    def ticks_add(a, b):
+    def ticks_add(a, b):  # type: ignore[misc]
         return a + b
 
 
@@ -87,7 +87,8 @@ def running_slot():
     try:
         import esp32
 
-        return esp32.Partition(esp32.Partition.RUNNING).info()[4]
+        # the stub types the id as a label (str); BOOT/RUNNING are ints (esp32.rst)
+        return esp32.Partition(esp32.Partition.RUNNING).info()[4]  # type: ignore[arg-type]
     except Exception:
         return None
 
@@ -99,7 +100,7 @@ def image_version():
         import esp32
 
         buf = bytearray(48)
-        esp32.Partition(esp32.Partition.RUNNING).readblocks(0, buf, 0x20)
+        esp32.Partition(esp32.Partition.RUNNING).readblocks(0, buf, 0x20)  # type: ignore[arg-type]
         if buf[0:4] != b"\x32\x54\xcd\xab":
             return None
         v = bytes(buf[16:48])

@@ -134,6 +134,14 @@ def _find(esp32, label):
     return found[0] if found else None
 
 
+# A hardware module (esp32, machine), or None where the port lacks it.
+def _module(name):
+    try:
+        return __import__(name)
+    except ImportError:
+        return None
+
+
 # The pieces boot() and HealthReporter share: config, state, reporter, hardware modules.
 class Session:
     def __init__(self, config="/mpota.json", cfg=None, state=None, reporter=None):
@@ -143,18 +151,8 @@ class Session:
         self.cfg = cfg if cfg is not None else load_config(config)
         self.state = state if state is not None else State(open_store(self.root))
         self._reporter = reporter
-        try:
-            import esp32
-
-            self.esp32 = esp32
-        except ImportError:
-            self.esp32 = None
-        try:
-            import machine
-
-            self.machine = machine
-        except ImportError:
-            self.machine = None
+        self.esp32 = _module("esp32")
+        self.machine = _module("machine")
 
     @property
     def reporter(self):

@@ -260,6 +260,13 @@ def _unload(*names):
     gc.collect()
 
 
+def _running_part():
+    import esp32
+
+    # the stub types the id as a label (str); BOOT/RUNNING are ints (esp32.rst)
+    return esp32.Partition(esp32.Partition.RUNNING)  # type: ignore[arg-type]
+
+
 def _fill(reader, mv, want):
     got = 0
     while got < want:
@@ -336,18 +343,14 @@ class Updater:
 
     # --- the board -------------------------------------------------------------------
     def _running(self):
-        import esp32
-
         import mpota.imagehdr as imagehdr
 
-        run = esp32.Partition(esp32.Partition.RUNNING)
+        run = _running_part()
         d = imagehdr.read_desc(run, self._buf)
         return run, d
 
     def _running_label(self):
-        import esp32
-
-        return esp32.Partition(esp32.Partition.RUNNING).info()[4]
+        return _running_part().info()[4]
 
     def running_version(self):
         d = self._running()[1]
@@ -539,12 +542,10 @@ class Updater:
         return offer
 
     def _install(self, o):
-        import esp32
-
         import mpota.imagehdr as imagehdr
 
         st = self.state
-        run = esp32.Partition(esp32.Partition.RUNNING)
+        run = _running_part()
         part = run.get_next_update()
         if part.info()[4] != o.slot:
             raise errors.FlashError("next slot changed")
