@@ -388,16 +388,18 @@ class Demo:
         if self.fleet is not None:
             self.fleet.close()
         for proc in self.procs:
-            if proc.poll() is None:
+            # Ctrl-C first (the server shuts down cleanly), then SIGTERM (SIGINT may be ignored,
+            # e.g. in a background job), then SIGKILL; each to the process group it leads
+            for sig, wait in ((signal.SIGINT, 3), (signal.SIGTERM, 5), (signal.SIGKILL, 10)):
+                if proc.poll() is not None:
+                    break
                 try:
-                    os.killpg(proc.pid, signal.SIGINT)
-                    proc.wait(10)
-                except (subprocess.TimeoutExpired, ProcessLookupError):
-                    try:
-                        os.killpg(proc.pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
-                    proc.wait(10)
+                    os.killpg(proc.pid, sig)
+                    proc.wait(wait)
+                except subprocess.TimeoutExpired:
+                    continue
+                except ProcessLookupError:
+                    break
             if proc.stdout is not None:
                 proc.stdout.close()
 
