@@ -56,7 +56,7 @@ from sim.board import RunResult, SimBoard  # noqa: E402
 from sim.fleet import BOARD_APP  # noqa: E402
 
 OLD = "1.0.0"
-IMAGE_BYTES = 96 * 1024
+IMAGE_BYTES = 160 * 1024   # 40 blocks: the download progress is saved once on the way (every 32)
 
 
 @dataclass(frozen=True)
@@ -65,11 +65,13 @@ class Scenario:
     version: str
     sim_flags: str
     expect_new: bool          # the story ends on the new version when nothing goes wrong
+    compress: bool            # zlib transfer (restarts after a reset) or plain (resumes with Range)
 
 
 SCENARIOS = {
-    "confirm": Scenario("confirm", "1.1.0", "", True),
-    "rollback": Scenario("rollback", "1.2.0", "health=fail", False),
+    "confirm": Scenario("confirm", "1.1.0", "", True, False),
+    "confirm-zlib": Scenario("confirm-zlib", "1.1.0", "", True, True),
+    "rollback": Scenario("rollback", "1.2.0", "health=fail", False, True),
 }
 
 
@@ -93,13 +95,15 @@ class PointResult:
     outcome: str = ""            # "new" | "old"
     problems: list[str] = field(default_factory=list)
     boots: int = 0
+    resumed: bool = False        # the download after the cut rewrote fewer blocks than a whole one
+    diverged: bool = False       # the story went another way before reaching the cut
 
 
 class Torture:
     """One scenario's world: a signed feed served on loopback, a dry run, cut-point runs."""
 
     def __init__(self, root: Path, scenario: Scenario, interpreter: str = "cpython",
-                 image_bytes: int = IMAGE_BYTES, compress: bool = True) -> None:
+                 image_bytes: int = IMAGE_BYTES) -> None:
         self.root = root
         self.sc = scenario
         self.interpreter = interpreter
@@ -109,13 +113,14 @@ class Torture:
         self.feed = feedkit.Feed(root / "feed", self.keys)
         self.new_image = feedkit.image(scenario.version, size=image_bytes, secure_version=1,
                                        sim_flags=scenario.sim_flags)
-        self.feed.add_release(scenario.version, self.new_image, compress=compress, window_bits=10)
+        self.feed.add_release(scenario.version, self.new_image, compress=scenario.compress, window_bits=10)
         self.feed.set_channel(scenario.version)
         self.rollout = feedkit.ROLLOUT_ID
         self.server = feedkit.FeedServer(self.feed.root)
         self.old_image: bytes | None = None
         self.dry: list[RunResult] = []
         self._n = 0
+        self.retried = 0  # cut points run again because the story diverged before the cut
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -129,7 +134,7 @@ class Torture:
 
     # ------------------------------------------------------------------ boards
     def board(self, name: str) -> SimBoard:
-        cfg = feedkit.device_config(self.server, self.keys, device_id=name, timeout_ms=2000, retries=3,
+        cfg = feedkit.device_config(self.server, self.keys, device_id=name, timeout_ms=5000, retries=3,
                                     backoff_ms=10, max_backoff_ms=50)
         b = SimBoard.create(self.root / "boards" / name, device=self.device_mode, config=cfg)
         if self.old_image is None:
@@ -142,7 +147,7 @@ class Torture:
 
     def dry_run(self) -> list[CutPoint]:
         """The story without faults; returns every cut point (each op, before and after)."""
-        b = self.board("dry")
+        b = self.dry_board = self.board("dry")
         self.dry = b.boot_until_settled(BOARD_APP, max_boots=8, interpreter=self.interpreter, timeout=60)
         kinds = [r.kind for r in self.dry]
         want = ["reset", "exit"] if self.sc.expect_new else ["reset", "reset", "exit"]
@@ -161,7 +166,19 @@ class Torture:
                     points.append(CutPoint(i, k, when, kind, addr, n))
         return points
 
-    def cut(self, point: CutPoint) -> PointResult:
+    def cut(self, point: CutPoint, attempts: int = 3) -> PointResult:
+        """Run one cut point. A run that never reached the cut (the boot before it went another way
+        than in the dry run, e.g. a download timing out on a loaded machine) is tried again on a
+        fresh board, up to ``attempts`` times; every check failure counts at once."""
+        for _ in range(attempts - 1):
+            res = self._cut(point)
+            if res.ok or not res.diverged:
+                return res
+            with self._lock:
+                self.retried += 1
+        return self._cut(point)
+
+    def _cut(self, point: CutPoint) -> PointResult:
         with self._lock:
             self._n += 1
             name = f"cut{self._n:04d}-b{point.boot}-o{point.op}-{point.when[0]}"
@@ -172,16 +189,20 @@ class Torture:
                 r = self.run(b)
                 res.boots += 1
                 if r.kind != self.dry[i].kind:
-                    res.problems.append(f"boot {i} before the cut ended {r.kind}, dry run {self.dry[i].kind}")
+                    res.diverged = True
+                    res.problems.append(f"boot {i} before the cut ended {r.kind}, dry run "
+                                        f"{self.dry[i].kind}: {_tail(r)}")
                     return res
             r = self.run(b, cut=(point.op, point.when))
             res.boots += 1
             if r.kind != "powercut":
-                res.problems.append(f"the cut boot ended {r.kind} ({r.why}), not powercut: ops differ from "
-                                    "the dry run")
+                res.diverged = True
+                res.problems.append(f"the cut boot ended {r.kind} ({r.why}) after {r.ops} ops, not powercut: "
+                                    f"it went another way than the dry run: {_tail(r)}")
                 return res
             got = r.log[point.op - 1] if len(r.log) >= point.op else None
             if got != (point.kind, point.addr, point.length):
+                res.diverged = True
                 res.problems.append(f"op {point.op} was {got}, dry run {point.kind}@0x{point.addr:x}")
                 return res
             after = b.boot_until_settled(BOARD_APP, max_boots=8, interpreter=self.interpreter, timeout=60)
@@ -192,6 +213,9 @@ class Torture:
             for x in after:
                 if x.kind not in ("exit", "reset"):
                     res.problems.append(f"a boot after the cut ended {x.kind}: {x.why}")
+            whole = self.slot_writes(self.dry[0])
+            redone = [self.slot_writes(x) for x in after if self.slot_writes(x)]
+            res.resumed = point.boot == 0 and bool(redone) and 0 < redone[0] < whole
             res.problems += self.check(b, name, point, res)
             again = self.run(b)
             res.boots += 1
@@ -204,6 +228,16 @@ class Torture:
             if res.ok:
                 shutil.rmtree(b.simdir, ignore_errors=True)
         return res
+
+    def slot_writes(self, r: RunResult) -> int:
+        """Image blocks a boot wrote into the update slot (ota_1)."""
+        lo = self._ota1[0]
+        return sum(1 for kind, addr, _ in r.log if kind == "write" and lo <= addr < lo + self._ota1[1])
+
+    @property
+    def _ota1(self) -> tuple[int, int]:
+        p = self.dry_board.partition("ota_1")
+        return int(p.offset), int(p.size)
 
     # ------------------------------------------------------------------ the checks
     def check(self, b: SimBoard, device_id: str, point: CutPoint | None,
@@ -271,6 +305,11 @@ class Torture:
         return problems
 
 
+def _tail(r: RunResult, n: int = 3) -> str:
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    return " | ".join(lines[-n:])
+
+
 def _image_len(b: SimBoard, slot: str) -> int:
     # an app image's length: header + segments, padding, checksum, appended SHA-256
     head = b.read_slot(slot, 24)
@@ -304,11 +343,13 @@ def run_points(t: Torture, points: Iterable[CutPoint], workers: int | None = Non
 
 def subset(points: list[CutPoint], stride: int = 16, tail: int = 6, later: str = "all") -> list[CutPoint]:
     """The fixed quick subset (make test): in the update boot, its last ``tail`` operations (the
-    pending record, set_boot's otadata erase + write, the reset) and every ``stride``-th other one,
-    before and after; in the boots after it (trial, rollback), every operation, before and after
-    (``later="all"``) or before only (``later="before"``)."""
+    pending record, set_boot's otadata erase + write, the reset), every NVS commit (download
+    progress, state) and every ``stride``-th other one, before and after; in the boots after it
+    (trial, rollback), every operation, before and after (``later="all"``) or before only
+    (``later="before"``)."""
     boot0 = sorted({p.op for p in points if p.boot == 0})
-    keep = set(boot0[-tail:]) | set(boot0[::stride])
+    commits = {p.op for p in points if p.boot == 0 and p.kind == "commit"}
+    keep = set(boot0[-tail:]) | set(boot0[::stride]) | commits
     return [p for p in points
             if (p.boot == 0 and p.op in keep) or (p.boot > 0 and (later == "all" or p.when == later))]
 
@@ -326,6 +367,7 @@ def torture(scenario: str, interpreter: str, root: Path, sample: bool = False,
         "points": len(points), "checked": len(results), "failed": len(failed),
         "failures": [f"{r.point.label()}: {'; '.join(r.problems)}" for r in failed[:20]],
         "outcomes": dict(Counter(r.outcome for r in results)),
+        "resumed": sum(r.resumed for r in results), "retried": t.retried,
         "boots": sum(r.boots for r in results), "seconds": round(time.monotonic() - start, 1),
     }
 
@@ -337,9 +379,10 @@ def run() -> dict[str, Any]:
             for scenario in SCENARIOS:
                 r = torture(scenario, interpreter, Path(tmp))
                 out["runs"].append(r)
-                print(f"  {scenario:<8} {interpreter:<11} {r['checked']} cut points ({r['ops']} ops x before/"
-                      f"after), {r['failed']} failed, outcomes {r['outcomes']}, {r['boots']} boots, "
-                      f"{r['seconds']} s", file=sys.stderr, flush=True)
+                print(f"  {scenario:<12} {interpreter:<11} {r['checked']} cut points ({r['ops']} ops x "
+                      f"before/after), {r['failed']} failed, outcomes {r['outcomes']}, "
+                      f"resumed {r['resumed']}, retried {r['retried']}, {r['boots']} boots, {r['seconds']} s",
+                      file=sys.stderr, flush=True)
                 for f in r["failures"]:
                     print(f"    FAILED {f}", file=sys.stderr, flush=True)
     out["checked"] = sum(r["checked"] for r in out["runs"])
