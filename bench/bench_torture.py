@@ -50,7 +50,7 @@ for _p in (REPO, REPO / "tests"):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
-import feedkit  # noqa: E402  (tests/feedkit.py: signed feeds + loopback server)
+import feedkit  # type: ignore[import-not-found,unused-ignore]  # noqa: E402  (tests/feedkit.py)
 
 from sim.board import RunResult, SimBoard  # noqa: E402
 from sim.fleet import BOARD_APP  # noqa: E402
@@ -294,7 +294,7 @@ class Torture:
         reused = [s for s, v in by_seq.items() if len(v) > 1]
         if reused:
             problems.append(f"report seq reused for different reports: {reused[:5]}")
-        decisions = Counter()
+        decisions: Counter[tuple[str, int]] = Counter()
         for r in mine:
             if r.get("event") in ("confirmed", "rolled_back") and r.get("target") == self.sc.version:
                 decisions[(r["event"], r["seq"])] += 1

@@ -85,6 +85,7 @@ class FaultProxy:
         parts = urlsplit(target_url)
         self.target = (parts.hostname or "127.0.0.1", parts.port or 80)
         self.profile = profile
+        self.seed = seed
         self.rng = random.Random(seed)
         self.connections = 0
         self.dropped = 0
@@ -334,10 +335,10 @@ class Fleet:
         self.heapsize = heapsize
         self.run_timeout = run_timeout
         self.workers = workers or max(2, 2 * (os.cpu_count() or 1))
+        self.seed = seed
         self.rng = random.Random(seed)
         self.on_board = on_board
         self.proxies: dict[str, FaultProxy] = {}
-        self._lock = threading.Lock()
         mode = device_mode or ("mpy" if interpreter == "micropython" else "link")
 
         shares = list((profiles or {}).items())
@@ -430,15 +431,16 @@ class Fleet:
         p = dev.profile
         cut = None
         cut_boot = -1
-        with self._lock:
-            if p.powercut_rate and self.rng.random() < p.powercut_rate:
-                # in the first boot of the cycle, somewhere in an update's flash traffic (a 4 KiB
-                # block is an erase + a write). A cut during a trial boot makes the bootloader roll
-                # the update back for good (the torture tests cover that); the fleet keeps it out
-                # so a rollout's outcome does not depend on the dice.
-                cut_boot = 0
-                cut = (self.rng.randint(1, p.cut_within), self.rng.choice(("before", "after")))
-            nowifi = p.nowifi_rate and self.rng.random() < p.nowifi_rate
+        # the dice of this board's n-th cycle: the same whatever order the workers run boards in
+        rng = random.Random(f"{self.seed}:{dev.device_id}:{dev.cycles}")
+        if p.powercut_rate and rng.random() < p.powercut_rate:
+            # in the first boot of the cycle, somewhere in an update's flash traffic (a 4 KiB
+            # block is an erase + a write). A cut during a trial boot makes the bootloader roll
+            # the update back for good (the torture tests cover that); the fleet keeps it out
+            # so a rollout's outcome does not depend on the dice.
+            cut_boot = 0
+            cut = (rng.randint(1, p.cut_within), rng.choice(("before", "after")))
+        nowifi = p.nowifi_rate and rng.random() < p.nowifi_rate
         runs: list[RunResult] = []
         powercut = False
         for i in range(max_boots):

@@ -18,7 +18,7 @@ import pytest
 
 from bench.bench_torture import SCENARIOS, Torture, run_points, subset, torture
 
-SUBSET = {"cpython": {"stride": 16, "later": "all"}, "micropython": {"stride": 32, "later": "before"}}
+SUBSET: dict[str, tuple[int, str]] = {"cpython": (16, "all"), "micropython": (32, "before")}
 
 
 def _explain(results: list) -> str:  # type: ignore[type-arg]
@@ -42,7 +42,8 @@ def test_power_cut_subset(scenario: str, interp: str, tmp_path: Path) -> None:
         assert len(points) == 2 * sum(r.ops for r in t.dry) > 100
         boots_after = {p.boot for p in points} - {0}
         assert boots_after == ({1, 2} if scenario == "rollback" else {1})
-        chosen = subset(points, **SUBSET[interp])
+        stride, later = SUBSET[interp]
+        chosen = subset(points, stride=stride, later=later)
         assert len(chosen) < len(points)
         results = run_points(t, chosen, workers=2)
     print(f"{scenario}/{interp}: {len(results)} of {len(points)} cut points checked")
