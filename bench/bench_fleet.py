@@ -116,6 +116,9 @@ def run(n: int = BOARDS) -> dict[str, Any]:
                 if state != "active" and done == n:
                     break
             took = time.monotonic() - t1
+            hist = fleet.rollout_status("r-bench")["history"]
+            t_start = hist[0]["time"]
+            timeline = [f"{h['kind']} +{h['time'] - t_start:.0f}s" for h in hist[1:]]
             inv = fleet.inventory()
             on_new = sum(1 for d in fleet.by_id if inv.get(d, {}).get("version") == "1.1.0")
             flash = [fleet.flash_report(d) for d in fleet.by_id]
@@ -134,7 +137,8 @@ def run(n: int = BOARDS) -> dict[str, Any]:
                            f"{on_new}/{n} in the inventory")
     return {"boards": n, "seconds": round(took, 1), "setup_s": round(setup_s, 1), "rounds": rounds,
             "boots": boots, "boots_per_s": round(boots / took, 1), "workers": fleet.workers,
-            "cores": os.cpu_count(), "stages": sorted(set(stages_seen), key=stages_seen.index)}
+            "cores": os.cpu_count(), "stages": sorted(set(stages_seen), key=stages_seen.index),
+            "timeline": timeline}
 
 
 def line(r: dict[str, Any]) -> str:
@@ -142,7 +146,7 @@ def line(r: dict[str, Any]) -> str:
             f"`mpota serve`: "
             f"{r['seconds']} s from rollout start to all on a confirmed v1.1.0 (flash + inventory); "
             f"{r['rounds']} poll rounds, {r['boots']} boots ({r['boots_per_s']}/s, {r['workers']} at a time, "
-            f"{r['cores']} cores); fleet created in {r['setup_s']} s")
+            f"{r['cores']} cores); server: {', '.join(r['timeline'])}; fleet created in {r['setup_s']} s")
 
 
 if __name__ == "__main__":
