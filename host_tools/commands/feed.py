@@ -24,7 +24,7 @@ def register(sub: Any) -> None:
                     "a temp file and a rename. Refuses a different release already published under the same "
                     "version and a lower security_version than the channel's current release (unless "
                     "--allow-downgrade). Without rollout options the channel gets a full release: "
-                    "state active, no groups, 100%%.",
+                    "state active, no groups, 100%.",
         epilog="The key must have role rollout or both (see `mpota keygen --help`) unless --any-role is "
                "given (the demo's single-key mode).")
     pub.add_argument("release", metavar="RELEASE_DIR")

@@ -80,7 +80,7 @@ def register(sub: Any) -> None:
         help="roll the fleet back: publish an earlier firmware as a new release",
         description="Take release FROM (--to) from the feed, stamp NEW_VERSION (--version) into its image "
         "with the current release's security_version, sign it with the release key, copy it into the "
-        "feed, abort the open rollout and roll NEW_VERSION out (one stage, 100%%, unless --staged). "
+        "feed, abort the open rollout and roll NEW_VERSION out (one stage, 100%, unless --staged). "
         "Devices accept it: it is newer and its security_version is not lower.",
     )
     rb.add_argument("--feed", "-f", required=True, metavar="DIR", help="the feed folder the server serves")
