@@ -56,9 +56,10 @@ def _b64(s):
     return out
 
 
-# Verify envelope bytes `data`; keys = [(keyid hex, 65-byte point), ...] of the role.
+# Verify envelope bytes `data`; keys = [(keyid hex, 65-byte point), ...] of the role;
+# scratch: optional buffer for P-256 (mpota.p256.verify_digest).
 # Returns the payload bytes or raises a MetadataError subclass.
-def verify(data, payload_type, keys):
+def verify(data, payload_type, keys, scratch=None):
     import hashlib
     import json
 
@@ -102,7 +103,7 @@ def verify(data, payload_type, keys):
                     sig = _b64(s.get("sig"))
                 except ValueError:
                     break
-                if len(sig) == 64 and p256.verify_digest(pub, digest, sig):
+                if len(sig) == 64 and p256.verify_digest(pub, digest, sig, scratch):
                     return payload
                 break
     if not known:

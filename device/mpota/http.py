@@ -147,9 +147,6 @@ class Response:
         self._left = n
         return n
 
-    def _chunk_left(self):
-        return self._left or 0
-
     # Read up to len(buf) body bytes into buf; 0 at the end of the body. A body that ends
     # before its declared length raises DownloadError (the caller may resume with Range).
     def readinto(self, buf):
@@ -158,7 +155,7 @@ class Response:
             if left == 0:
                 if not self._chunked or not self._chunk():
                     return 0
-                left = self._chunk_left()
+                left = self._left or 0
             if len(buf) > left:
                 buf = memoryview(buf)[:left]
         try:
@@ -234,8 +231,14 @@ def _request(method, url, headers, body, timeout_ms):
             if isinstance(body, str):
                 body = body.encode()
             req += "Content-Length: %d\r\n" % len(body)
-        w = getattr(s, "write", None) or s.sendall
-        w((req + "\r\n").encode())
+        req += "\r\n"
+        w = getattr(s, "write", None)
+        if w is None:  # CPython: bytes only
+            s.sendall(req.encode())
+            w = s.sendall
+        else:  # MicroPython streams write a str as is: no bytes copy of the head
+            w(req)
+        del req
         if body:
             w(body)
         # MicroPython sockets have readline/readinto; CPython's need a file wrapper

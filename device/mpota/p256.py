@@ -22,6 +22,9 @@ _N = const(0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551)
 _B = const(0x5AC635D8AA3A93E7B3EBBD55769886BC651D06B0CC53B0F63BCE3C3E27D2604B)
 _WQ = const(5)  # wNAF width for the public key: table of 8 odd multiples, built per verify
 _WG = const(6)  # wNAF width for G: table _GTAB of 16 odd multiples, affine, constant
+_QT = const(160 << (_WQ - 2))  # bytes of the public-key table (8 entries of 5 x 32 bytes)
+_DIGITS = const(257)           # bytes of one wNAF digit string
+SCRATCH = const(_QT + 2 * _DIGITS)  # scratch bytes one verify needs (1794)
 
 # G, 3G, 5G, ..., 31G: 64 bytes each (x || y, big-endian); tests recompute it independently.
 _GTAB = (
@@ -100,9 +103,14 @@ def _add(X1, Y1, Z1, T2):
 
 
 # Signed-digit window recoding (width w) of k >= 0, least significant digit first;
-# digits are odd in (-2^(w-1), 2^(w-1)) or 0, stored as d & 0xFF. Returns (digits, length).
-def _wnaf(k, w):
-    out = bytearray(257)
+# digits are odd in (-2^(w-1), 2^(w-1)) or 0, stored as d & 0xFF into `out` (_DIGITS
+# bytes; allocated when None). Returns (out, length).
+def _wnaf(k, w, out=None):
+    if out is None:
+        out = bytearray(_DIGITS)
+    else:
+        for i in range(_DIGITS):
+            out[i] = 0
     full = 1 << w
     half = full >> 1
     mask = full - 1
@@ -123,14 +131,17 @@ def _wnaf(k, w):
 
 
 # u1*G + u2*(qx, qy) by interleaved wNAF; returns Jacobian (X, Z), Z == 0 for infinity.
-def _mul2(u1, u2, qx, qy):
+# `mem`: SCRATCH bytes (a memoryview) for the key table and the digit strings.
+def _mul2(u1, u2, qx, qy, mem=None):
+    if mem is None:
+        mem = memoryview(bytearray(SCRATCH))
     p = _P
     # Public-key table: Q, 3Q, ..., 15Q, Jacobian X, Y, Z, Z^2, Z^3 as 5 x 32 bytes each (packed:
     # a bytearray takes 1.3 KB where 40 big ints took 6.7 KB of heap).
     X2, Y2, Z2 = _dbl(qx, qy, 1)
     zz = Z2 * Z2 % p
     d2 = (X2, Y2, Z2, zz, zz * Z2 % p)
-    qt = bytearray(160 << (_WQ - 2))
+    qt = mem[:_QT]
     X, Y, Z = qx, qy, 1
     zz = zzz = 1
     o = 0
@@ -144,8 +155,8 @@ def _mul2(u1, u2, qx, qy):
         zz = Z * Z % p
         zzz = zz * Z % p
     del d2
-    n1, l1 = _wnaf(u1, _WG)
-    n2, l2 = _wnaf(u2, _WQ)
+    n1, l1 = _wnaf(u1, _WG, mem[_QT : _QT + _DIGITS])
+    n2, l2 = _wnaf(u2, _WQ, mem[_QT + _DIGITS : SCRATCH])
     gt = _GTAB
     X = Y = Z = 0
     i = max(l1, l2)
@@ -226,7 +237,7 @@ def _inv(a, m):
     return x0 % m
 
 
-def _verify(pubkey, digest, signature):
+def _verify(pubkey, digest, signature, scratch):
     if len(pubkey) != 65 or pubkey[0] != 4 or len(signature) != 64 or len(digest) != 32:
         return False
     p = _P
@@ -242,7 +253,8 @@ def _verify(pubkey, digest, signature):
     if not (0 < r < n and 0 < s < n):
         return False
     w = _inv(s, n)
-    X, Z = _mul2(int.from_bytes(digest, "big") * w % n, r * w % n, qx, qy)
+    mem = memoryview(scratch) if scratch is not None and len(scratch) >= SCRATCH else None
+    X, Z = _mul2(int.from_bytes(digest, "big") * w % n, r * w % n, qx, qy, mem)
     if not Z:
         return False
     # x(R) mod n == r, with x(R) = X / Z^2 in [0, p): x(R) is r, or r + n when that is < p.
@@ -253,11 +265,13 @@ def _verify(pubkey, digest, signature):
 
 
 # digest: the 32-byte SHA-256 of the message (for callers that hash while streaming).
+# scratch: optional buffer of >= SCRATCH bytes the verify works in (the updater lends its
+# block buffer), else it allocates its own.
 # Any malformed argument gives False; only MemoryError propagates (it says nothing about the
 # signature, and a caller should not report "bad signature" for it).
-def verify_digest(pubkey, digest, signature):
+def verify_digest(pubkey, digest, signature, scratch=None):
     try:
-        return _verify(pubkey, digest, signature)
+        return _verify(pubkey, digest, signature, scratch)
     except MemoryError:
         raise
     except Exception:

@@ -190,6 +190,7 @@ class _Source:
         if r.length is not None and r.length != self.total - pos:
             r.close()
             raise errors.SizeMismatch("server sends %d bytes, expected %d" % (r.length, self.total - pos))
+        r.headers.clear()  # checked: the body needs none of them (room for the download)
         self.r = r
         if st == 200 and self.restarts and not pos and self.h is not None:
             self.h = hashlib.sha256()
@@ -260,6 +261,12 @@ def _unload(*names):
     gc.collect()
 
 
+# Stateless modules of the transfer, unloaded when update() returns (or check() fails):
+# the heap goes back to the application. (mpota.outbox stays: it holds the process's
+# shared report queue.)
+_TRANSFER = ("http", "inflate", "imagehdr")
+
+
 def _running_part():
     import esp32
 
@@ -267,8 +274,27 @@ def _running_part():
     return esp32.Partition(esp32.Partition.RUNNING)  # type: ignore[arg-type]
 
 
+# version.compare(a, b) with mpota.version loaded for this call only (it is not needed
+# while a signature is verified); BadDocument for a string that is not a version.
+def _compare(a, b):
+    import mpota.version as version
+
+    try:
+        return version.compare(a, b)
+    except ValueError:
+        raise errors.BadDocument("bad version")
+    finally:
+        del version
+        _unload("version")
+
+
+# Fill mv[:want] from reader; the bytes read (short only at the end of the stream).
 def _fill(reader, mv, want):
     got = 0
+    if want == len(mv):
+        got = reader.readinto(mv)  # the whole view: no slice
+        if not got:
+            return 0
     while got < want:
         n = reader.readinto(mv[got:want])
         if not n:
@@ -277,14 +303,30 @@ def _fill(reader, mv, want):
     return got
 
 
+# Early reject of a first block that is not an app image for this chip (imagehdr is
+# loaded for that block only).
+def _check_header(block, chip):
+    import mpota.imagehdr as imagehdr
+
+    imagehdr.check(block, chip)
+    del imagehdr
+    _unload("imagehdr")
+
+
+# Updater(cfg, state=None, reporter=None, wdt=None): reporter is anything with
+# event(name, target=, rollout=, **detail) (default: a mpota.outbox.Outbox on the config's
+# folder); wdt an armed machine.WDT the application wants fed while long work runs (the
+# trial boot's watchdog, mpota.trial.feed(), is fed anyway).
 class Updater:
-    def __init__(self, cfg, state=None, reporter=None):
+    def __init__(self, cfg, state=None, reporter=None, wdt=None):
         from mpota.state import State, open_store
 
         self.cfg = cfg
         self.state = state if state is not None else State(open_store(cfg.root))
         self._reporter = reporter
+        self._wdt = wdt
         self._buf = bytearray(_BLOCK)
+        self._pct = None
         self.offer = None
 
     @classmethod
@@ -300,9 +342,9 @@ class Updater:
     def _rep(self):
         if self._reporter is None:
             try:
-                from mpota.report import Reporter
+                from mpota.outbox import Outbox  # the report core; no heartbeat code in RAM
 
-                self._reporter = Reporter(self.cfg, self.state, self.cfg.root)
+                self._reporter = Outbox(self.cfg, self.state, self.cfg.root)
             except Exception as e:
                 print("mpota: no reporter: %r" % (e,))
         return self._reporter
@@ -330,16 +372,36 @@ class Updater:
         self._report("failed", offer, reason=e.code, error=str(e))
         return e
 
+    # Feed the watchdogs that may be armed while the update runs: the application's (wdt=)
+    # and the trial boot's (mpota.trial.feed(), when that module is loaded). Called every
+    # block, so a long download after a trial boot is not cut by a 60 s watchdog;
+    # allocates nothing.
+    def _feed(self):
+        w = self._wdt
+        if w is not None:
+            w.feed()
+        import sys
+
+        t = sys.modules.get("mpota.trial")
+        if t is not None:
+            t.feed()
+
     def _backoff(self, attempt):
         import random
         import time
 
         ms = min(self.cfg.max_backoff_ms, self.cfg.backoff_ms << min(attempt - 1, 16))
         ms = ms // 2 + random.getrandbits(16) % (ms // 2 + 1)  # jitter: [ms/2, ms]
-        if hasattr(time, "sleep_ms"):
-            time.sleep_ms(ms)
-        else:
-            time.sleep(ms / 1000)
+        while True:  # in slices of at most a second, feeding the watchdog
+            self._feed()
+            n = min(ms, 1000)
+            if hasattr(time, "sleep_ms"):
+                time.sleep_ms(n)
+            else:
+                time.sleep(n / 1000)
+            ms -= n
+            if ms <= 0:
+                break
 
     # --- the board -------------------------------------------------------------------
     def _running(self):
@@ -357,36 +419,43 @@ class Updater:
         return d[0] if d else self.cfg.version
 
     # --- metadata --------------------------------------------------------------------
-    def _fetch(self, url, cap, h=None):
+    # A document (at most `cap` bytes), with retries; with `pin`, its SHA-256 must be that
+    # hex digest. http is unloaded before it returns: the verify that follows needs the room
+    # (and the caller passes the bytes straight on, holding no reference of its own).
+    def _fetch(self, url, cap, pin=None):
         import mpota.dsse as dsse
         import mpota.http as http
 
         fails = 0
         while True:
+            h = hashlib.sha256() if pin else None
             try:
                 r = http.open(url, timeout_ms=self.cfg.timeout_ms)
                 try:
                     r.expect(200)
-                    return dsse.read_capped(r, cap, self._buf, h)
+                    data = dsse.read_capped(r, cap, self._buf, h)
                 finally:
                     r.close()
+                break
             except errors.DownloadError as e:
                 fails += 1
                 if not _retryable(e) or fails > self.cfg.retries:
                     raise
-                if h is not None:
-                    h = hashlib.sha256()
                 self._backoff(fails)
+        del http, r  # the response's class would keep the module alive
+        _unload("http")
+        if pin and _hex(h) != pin:
+            raise errors.PinMismatch("manifest is not the one the channel pins")
+        return data
 
     def _channel(self):
         import mpota.dsse as dsse
 
         cfg = self.cfg
         url = "%schannels/%s/%s.json" % (cfg.feed_url, cfg.board, cfg.channel)
-        data = self._fetch(url, cfg.channel_max)
-        _unload("http")  # not needed while verifying: make room for p256
-        payload = dsse.verify(data, dsse.CHANNEL, cfg.keys["rollout"])
-        data = None
+        payload = dsse.verify(self._fetch(url, cfg.channel_max), dsse.CHANNEL,
+                              cfg.keys["rollout"], self._buf)
+        _unload("p256")  # the manifest fetch needs http again: one of the two at a time
         ch = dsse.parse(payload, "channel")
         seq = ch.get("seq")
         if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
@@ -406,19 +475,13 @@ class Updater:
     def _manifest(self, ch, running, chip_name, slot_size):
         import mpota.dsse as dsse
         import mpota.http as http
-        import mpota.version as version
 
         cfg = self.cfg
         rel = ch["release"]
         url = http.join(cfg.feed_url, rel["manifest"])
         del http
-        h = hashlib.sha256()
-        data = self._fetch(url, cfg.manifest_max, h)
-        if _hex(h) != rel["manifest_sha256"]:
-            raise errors.PinMismatch("manifest is not the one the channel pins")
-        _unload("http")
-        payload = dsse.verify(data, dsse.RELEASE, cfg.keys["release"])
-        data = None
+        payload = dsse.verify(self._fetch(url, cfg.manifest_max, rel["manifest_sha256"]),
+                              dsse.RELEASE, cfg.keys["release"], self._buf)
         m = dsse.parse(payload, "release")
         payload = None
         img = m.get("image")
@@ -448,10 +511,7 @@ class Updater:
         floor = self.state["floor"]
         if sv < floor:
             raise errors.SecurityVersionError("security_version %d below the floor %d" % (sv, floor))
-        try:
-            newer = running is None or version.compare(m["version"], running) > 0
-        except ValueError:
-            raise errors.BadDocument("bad version")
+        newer = running is None or _compare(m["version"], running) > 0
         md = m.get("metadata")
         if not newer and not (m.get("allow_downgrade") is True
                               or (isinstance(md, dict) and md.get("allow_downgrade") is True)):
@@ -466,13 +526,14 @@ class Updater:
 
     def _check(self):
         import mpota.imagehdr as imagehdr
-        import mpota.version as version
 
         cfg = self.cfg
         run, d = self._running()
         running = d[0] if d else cfg.version
         chip = d[2] if d else None
         chip_name = imagehdr.CHIPS.get(chip) if chip is not None else cfg.get("chip")
+        del imagehdr
+        _unload("imagehdr")
         ch = self._channel()
         rel = ch.get("release")
         if rel is None:
@@ -487,15 +548,13 @@ class Updater:
         now = _now()
         if not eligible(ro, cfg.group, cfg.device_id) or not in_window(ro and ro.get("window"), now):
             return None
-        try:
-            if running is not None and version.compare(rel["version"], running) == 0:
-                return None  # up to date
-        except ValueError:
-            raise errors.BadDocument("bad version")
+        if running is not None and _compare(rel["version"], running) == 0:
+            return None  # up to date
         if self.state.is_failed(rel["version"], ro and ro.get("id")):
             return None  # failed here in this rollout: not retried
         nxt = run.get_next_update()
         m, url = self._manifest(ch, running, chip_name, nxt.info()[3])
+        _unload("dsse", "p256")  # before Offer() loads http for the image URL
         offer = Offer(ch, m, url, ch["seq"])
         offer.slot = nxt.info()[4]
         offer.prev_slot = run.info()[4]
@@ -509,7 +568,9 @@ class Updater:
             self.offer = self._check()
         except Exception as e:
             _unload("dsse", "p256", "version", "imagehdr")
-            raise self._fail(e, None)
+            e = self._fail(e, None)
+            _unload(*_TRANSFER)
+            raise e
         _unload("dsse", "p256", "version", "imagehdr")
         return self.offer
 
@@ -525,16 +586,19 @@ class Updater:
         elif p:
             e = errors.UpdatePending("an installed update awaits its trial boot")
             raise self._fail(e, None)
-        if offer is None:
-            offer = self.check()
-            if offer is None:
-                return None
-        self._report("checking", offer)
         try:
-            self._install(offer)
-        except Exception as e:
-            raise self._fail(e, offer)
-        self._report("installed", offer, slot=offer.slot)
+            if offer is None:
+                offer = self.check()
+                if offer is None:
+                    return None
+            self._report("checking", offer)
+            try:
+                self._install(offer)
+            except Exception as e:
+                raise self._fail(e, offer)
+            self._report("installed", offer, slot=offer.slot)
+        finally:
+            _unload(*_TRANSFER)
         if reset:
             import machine
 
@@ -542,8 +606,6 @@ class Updater:
         return offer
 
     def _install(self, o):
-        import mpota.imagehdr as imagehdr
-
         st = self.state
         run = _running_part()
         part = run.get_next_update()
@@ -563,13 +625,16 @@ class Updater:
             for b in range(start // _BLOCK):
                 part.readblocks(b, self._buf)
                 if b == 0:
-                    imagehdr.check(mv, o.chip)
+                    _check_header(mv, o.chip)
                 hr.update(mv)
+                self._feed()
         if not start:
             dl = {"version": o.version, "slot": o.slot, "hash": o.hash,
                   "transfer_hash": o.transfer_hash, "offset": 0, "transfer_offset": 0}
         st["dl"] = dl if plain else None
+        # plain: the transfer is the image, hashed once (hr); zlib: the transfer is hashed too
         src = _Source(self, o.url, o.transfer_size, start, None if plain else hashlib.sha256())
+        self._pct = None
         try:
             while True:
                 try:
@@ -596,14 +661,16 @@ class Updater:
             raise
         finally:
             src.close()
+        del hr, src
         self._report("downloaded", o)
-        # read the slot back: what the bootloader will see
+        # read the slot back: what the bootloader will see (one pass)
         h = hashlib.sha256()
-        left = size
+        tail = size % _BLOCK
+        last = mv[:tail] if tail else mv
         for b in range(nblk):
             part.readblocks(b, self._buf)
-            h.update(mv if left >= _BLOCK else mv[:left])
-            left -= _BLOCK
+            h.update(mv if b < nblk - 1 else last)
+            self._feed()
         st["dl"] = None
         if _hex(h) != o.hash:
             st.save()
@@ -614,6 +681,7 @@ class Updater:
                          "security_version": o.security_version, "rollout": o.rollout,
                          "manifest_sha256": o.manifest_sha256, "attempts": 0, "phase": "installing"}
         st.save()
+        self._feed()
         try:
             part.set_boot()
         except OSError as e:
@@ -623,9 +691,9 @@ class Updater:
         del st["pending"]["phase"]
         st.save()
 
+    # The block loop allocates nothing per block when the reader fills whole blocks (a
+    # short read costs one memoryview slice): the last block's view is made before it.
     def _stream(self, o, part, src, hr, start, nblk, mv, dl, plain):
-        import mpota.imagehdr as imagehdr
-
         if plain:
             reader = src
         else:
@@ -636,35 +704,46 @@ class Updater:
         blk = start // _BLOCK
         pos = start
         step = (nblk + 3) // 4  # progress reports at 0/25/50/75 %
+        tail = size % _BLOCK
+        last = mv[:tail] if tail else mv
         while blk < nblk:
-            want = min(_BLOCK, size - pos)
-            got = _fill(reader, mv, want)
+            want = _BLOCK if blk < nblk - 1 else tail or _BLOCK
+            try:
+                got = _fill(reader, mv if want == _BLOCK else last, want)
+            except OSError as e:  # only the decompressor raises it (http raises DownloadError)
+                raise errors.HashMismatch("corrupt compressed stream (%s)" % e)
             if got < want:
                 raise errors.SizeMismatch("image ends at %d of %d bytes" % (pos + got, size))
             if blk == 0:
-                imagehdr.check(mv, o.chip)  # early reject, before anything is written
+                _check_header(mv, o.chip)  # early reject, before anything is written
             if want < _BLOCK:
+                hr.update(last)
                 for i in range(want, _BLOCK):
                     mv[i] = 0xFF
-                hr.update(mv[:want])
             else:
                 hr.update(mv)
             if blk % step == 0:
                 self._progress(o, pos, size)
             part.writeblocks(blk, mv)
+            self._feed()
             blk += 1
             pos += want
             if plain:
                 dl["offset"] = dl["transfer_offset"] = pos
                 if blk % _SAVE_EVERY == 0 and blk < nblk:
                     self.state.save()
-        if not plain and _fill(reader, mv[:1], 1):
-            raise errors.SizeMismatch("image longer than the manifest declares")
+        if not plain:
+            try:
+                more = _fill(reader, mv[:1], 1)
+            except OSError as e:
+                raise errors.HashMismatch("corrupt compressed stream (%s)" % e)
+            if more:
+                raise errors.SizeMismatch("image longer than the manifest declares")
 
+    # Download progress at 0/25/50/75 %, each step reported once per update.
     def _progress(self, o, pos, size):
-        try:
-            rep = self._rep()
-            if rep is not None:
-                rep.progress(pos, size, o.version, o.rollout)
-        except Exception:
-            pass
+        pct = pos * 100 // size
+        pct -= pct % 25
+        if pct != self._pct:
+            self._pct = pct
+            self._report("downloading", o, progress=pct)

@@ -1,0 +1,442 @@
+# The report outbox: the part of device reporting an update needs (docs/ARCHITECTURE.md
+# "Reports"): build a report, append it to a bounded queue file next to the config, POST the
+# oldest ones in batches within a time budget. mpota.report.Reporter (heartbeats, download
+# progress steps, send_now) builds on it; the updater loads this module alone, so a download
+# carries about half the report code (heap: bench/bench_heap.py).
+#
+# Queue file (<root>/mpota_reports.q), one record a line, a line counts only once its "\n"
+# is written (a torn tail from a power cut is dropped on load):
+#   r <highest seq ever queued>          first line, rewritten on every trim
+#   <kind> <seq> <report json>           kind: d decision, p progress, h heartbeat
+# Appends go to the end; trims (delivered / dropped records) rewrite the file to a temp
+# name and rename it over the old one, so the queue is always either before or after.
+# The seq of every queued report survives in the file, so a seq is never issued twice
+# even when the state holding rseq was not saved before a reset.
+import json
+
+from micropython import const
+
+try:
+    from time import ticks_add, ticks_diff, ticks_ms
+except ImportError:  # CPython without the simulator's shims; MicroPython's stubs lack these
+    import time as _t
+
+    _T0 = _t.monotonic()  # type: ignore[attr-defined]
+
+    def ticks_ms():
+        return int((_t.monotonic() - _T0) * 1000)  # type: ignore[attr-defined]
+
+    def ticks_diff(a, b):  # type: ignore[no-redef]
+        return a - b
+
+    def ticks_add(a, b):  # type: ignore[misc]
+        return a + b
+
+
+_QUEUE = "mpota_reports.q"
+_MAX_RECORDS = const(32)   # queue bound; a full queue drops heartbeats, then progress, then decisions
+_BATCH = const(8)          # reports per POST (server takes <= 50)
+_POST_MS = const(2500)     # one POST attempt
+_FLUSH_MS = const(3000)    # default budget of an event()'s opportunistic flush
+_BACKOFF_MS = const(30000) # after a failed flush, event() does not try again for this long
+_MAX_STR = const(80)       # detail strings are cut to this length
+_Y2000 = const(946684800)  # epoch-2000 ports (ESP32) -> Unix time
+
+
+# Queue record kind of an event; the rank a full queue drops first is h < p < d.
+def _kind(event):
+    if event == "heartbeat":
+        return "h"
+    if event in ("checking", "downloading"):
+        return "p"
+    return "d"
+
+
+def join(root, name):
+    if not root or root == "/":
+        return "/" + name
+    return root.rstrip("/") + "/" + name
+
+
+# Seconds since 1970 when the clock looks set (NTP), else None.
+def unix_time():
+    import time
+
+    try:
+        t = int(time.time())
+        if time.gmtime(0)[0] == 2000:
+            t += _Y2000
+    except Exception:
+        return None
+    return t if t > 1700000000 else None
+
+
+def running_slot():
+    try:
+        import esp32
+
+        # the stub types the id as a label (str); BOOT/RUNNING are ints (esp32.rst)
+        return esp32.Partition(esp32.Partition.RUNNING).info()[4]  # type: ignore[arg-type]
+    except Exception:
+        return None
+
+
+# The version string in the running image's esp_app_desc_t (offset 0x20 of the image,
+# version at +16, 32 bytes), for boards that never confirmed an mpota update.
+def image_version():
+    try:
+        import esp32
+
+        buf = bytearray(48)
+        esp32.Partition(esp32.Partition.RUNNING).readblocks(0, buf, 0x20)  # type: ignore[arg-type]
+        if buf[0:4] != b"\x32\x54\xcd\xab":
+            return None
+        v = bytes(buf[16:48])
+        n = v.find(b"\0")
+        return (v if n < 0 else v[:n]).decode() or None
+    except Exception:
+        return None
+
+
+# A trial boot arms a watchdog that cannot be stopped; long work that reports as it goes
+# keeps it fed. No-op when mpota.trial was never imported.
+def feed_watchdog():
+    import sys
+
+    t = sys.modules.get("mpota.trial")
+    if t is not None:
+        try:
+            t.feed()
+        except Exception:
+            pass
+
+
+def _post_http(url, body, headers, timeout_ms):
+    from mpota.http import open as http_open
+
+    r = http_open(url, "POST", headers, body, timeout_ms)
+    try:
+        return r.status
+    finally:
+        r.close()
+
+
+# "<kind> <seq> <json>\n" or "r <seq>\n" -> (kind, seq, json or None); (None, 0, None)
+# for anything else.
+def _split(line):
+    try:
+        a = line.index(" ")
+        kind = line[:a]
+        b = line.find(" ", a + 1)
+        if b < 0:
+            return kind, int(line[a + 1:].strip()), None
+        return kind, int(line[a + 1:b]), line[b + 1:]
+    except (ValueError, IndexError):
+        return None, 0, None
+
+
+# The queue file of one folder, shared by every Reporter of this process that uses it
+# (the trial, the updater and the application may each hold one): one in-memory index,
+# one highest seq, one backoff.
+class _Queue:
+    def __init__(self, path):
+        self.path = path
+        self.index = []  # [(kind, seq)] of queued records, oldest first
+        self.top = 0     # highest seq ever issued for this queue
+        self.retry_at = None
+        self._load()
+
+    def _load(self):
+        torn = False
+        try:
+            f = open(self.path)
+        except OSError:
+            return
+        try:
+            for line in f:
+                if not line.endswith("\n"):
+                    torn = True
+                    break
+                kind, seq, _ = _split(line)
+                if kind is None:
+                    continue
+                if kind != "r":
+                    self.index.append((kind, seq))
+                if seq > self.top:
+                    self.top = seq
+        finally:
+            f.close()
+        if torn:
+            self.rewrite(0, None, None)
+
+    # Rewrite the queue without its first `skip` records and without the record at index
+    # `drop`, then append `extra` (kind, seq, line) if given: temp file + rename.
+    def rewrite(self, skip, drop, extra):
+        import os
+
+        tmp = self.path + ".tmp"
+        keep = []
+        out = open(tmp, "w")
+        try:
+            out.write("r %d\n" % self.top)
+            try:
+                f = open(self.path)
+            except OSError:
+                f = None
+            if f is not None:
+                try:
+                    i = 0
+                    for line in f:
+                        if not line.endswith("\n"):
+                            break
+                        kind, seq, _ = _split(line)
+                        if kind is None or kind == "r":
+                            continue
+                        if i >= skip and i != drop:
+                            out.write(line)
+                            keep.append((kind, seq))
+                        i += 1
+                finally:
+                    f.close()
+            if extra is not None:
+                out.write(extra[2])
+                keep.append((extra[0], extra[1]))
+        finally:
+            out.close()
+        os.rename(tmp, self.path)
+        self.index = keep
+
+    # False when the queue is full of more important reports (the new one is dropped).
+    def append(self, kind, seq, line):
+        rec = (kind, seq, "%s %d %s\n" % (kind, seq, line))
+        if len(self.index) < _MAX_RECORDS:
+            try:
+                f = open(self.path, "a")
+            except OSError:
+                f = None
+            if f is None or not self.index and f.tell() == 0:
+                if f is not None:
+                    f.close()
+                self.rewrite(0, None, rec)  # new file: header first
+                return True
+            try:
+                f.write(rec[2])
+            finally:
+                f.close()
+            self.index.append((kind, seq))
+            return True
+        victim = self.victim(kind)
+        if victim is None:
+            return False
+        self.rewrite(0, victim, rec)
+        return True
+
+    # Oldest record of the lowest rank that is not above the new one (h < p < d), or None
+    # when the queue holds only more important reports.
+    def victim(self, kind):
+        rank = "hpd"
+        top = rank.index(kind)
+        best = None
+        for i, (qk, _) in enumerate(self.index):
+            r = rank.index(qk) if qk in rank else 0
+            if r <= top and (best is None or r < best[0]):
+                best = (r, i)
+                if r == 0:
+                    break
+        return None if best is None else best[1]
+
+    def batch(self, limit):
+        n = 0
+        parts = []
+        f = open(self.path)
+        try:
+            for line in f:
+                if n >= limit or not line.endswith("\n"):
+                    break
+                kind, _, js = _split(line)
+                if kind is None or kind == "r" or js is None:
+                    continue
+                parts.append(js.rstrip("\n"))
+                n += 1
+        finally:
+            f.close()
+        if not n:
+            return 0, None
+        if n == 1:
+            return 1, parts[0].encode()
+        return n, ('{"reports": [' + ", ".join(parts) + "]}").encode()
+
+
+_queues = {}  # type: dict[str, _Queue]
+
+
+# Forget the shared queues (tests that reuse a folder within one process).
+def reset_queues():
+    _queues.clear()
+
+
+# Outbox(cfg, state, root): cfg is the config (dict-like: device_id, board, group,
+# report_url, token), state a mpota.state.State, root the config's folder.
+# event() never raises and never blocks for longer than its budget.
+# post(url, body_bytes, headers, timeout_ms) -> HTTP status (raises on network errors)
+# can be replaced for tests; the default uses mpota.http.
+class Outbox:
+    def __init__(self, cfg, state, root, post=None):
+        self.cfg = cfg
+        self.state = state
+        self.path = join(root, _QUEUE)
+        self._post = post or _post_http
+        q = _queues.get(self.path)
+        if q is None:
+            q = _queues[self.path] = _Queue(self.path)
+        self._q = q
+        self._slot = None
+        self._version = None
+        self.sent = 0  # reports delivered by this Reporter (for tests / diagnostics)
+        self.last_status = None
+        self._sync()
+
+    def _sync(self):
+        try:
+            if self._q.top > self.state["rseq"]:
+                self.state["rseq"] = self._q.top
+            else:
+                self._q.top = self.state["rseq"]
+        except Exception:
+            pass
+
+    # A new report seq: above the state's and above anything this queue ever held.
+    def next_seq(self):
+        self._sync()
+        seq = self.state.next_report_seq()
+        self._q.top = seq
+        return seq
+
+    def build(self, name, seq, target=None, rollout=None, detail=None):
+        p = None
+        try:
+            p = self.state["pending"]
+        except Exception:
+            pass
+        if p:
+            if target is None:
+                target = p.get("version")
+            if rollout is None:
+                rollout = p.get("rollout")
+        if self._slot is None:
+            self._slot = running_slot()
+        if self._version is None:
+            # The running image's app_desc, as the updater compares it; the config's
+            # "version" for images without one.
+            self._version = image_version() or self.cfg.get("version")
+        d = {}
+        if detail:
+            for k in detail:
+                v = detail[k]
+                if isinstance(v, str) and len(v) > _MAX_STR:
+                    v = v[:_MAX_STR]
+                d[k] = v
+        cfg = self.cfg
+        r = {"device_id": cfg.get("device_id"), "seq": seq, "event": name, "uptime_ms": ticks_ms(),
+             "board": cfg.get("board"), "group": cfg.get("group"), "version": self._version,
+             "slot": self._slot, "rollout": rollout, "target": target, "detail": d}
+        t = unix_time()
+        if t is not None:
+            r["time"] = t
+        return r
+
+    # Queue one report and try to deliver it (and older ones) within flush_ms.
+    # `seq` reuses a seq reserved earlier (trial decisions): a record already queued with
+    # that seq is not queued twice, and one already delivered comes back as 409 = delivered.
+    # Returns the seq, or None when the report could not be queued. Never raises.
+    def event(self, name, target=None, rollout=None, seq=None, flush_ms=_FLUSH_MS, **detail):
+        feed_watchdog()
+        try:
+            q = self._q
+            if seq is None:
+                seq = self.next_seq()
+            elif seq > q.top:
+                q.top = seq
+                self._sync()
+            queued = False
+            for _, s in q.index:
+                if s == seq:
+                    queued = True
+            if not queued:
+                r = self.build(name, seq, target, rollout, detail)
+                if not q.append(_kind(name), seq, json.dumps(r)):
+                    return None
+        except Exception as e:
+            self._log("report: cannot queue %s: %r" % (name, e))
+            return None
+        if flush_ms:
+            self.flush(flush_ms, force=False)
+        return seq
+
+    # POST queued reports oldest first, _BATCH at a time, until the queue is empty, the
+    # budget is spent or the server is unreachable. Returns the number delivered (2xx/409)
+    # or dropped as undeliverable (other 4xx). force=False honours the backoff after a
+    # failure (so event() does not stall the application while offline).
+    def flush(self, budget_ms=_FLUSH_MS, force=True):
+        url = self.cfg.get("report_url")
+        q = self._q
+        if not url or not q.index:
+            return 0
+        start = ticks_ms()
+        if not force and q.retry_at is not None and ticks_diff(q.retry_at, start) > 0:
+            return 0
+        done = 0
+        batch = _BATCH
+        cfg = self.cfg
+        while q.index:
+            left = budget_ms - ticks_diff(ticks_ms(), start)
+            if left < 200:
+                break
+            try:
+                n, body = q.batch(batch)
+                if not n:
+                    break
+                status = self._post(url, body, {
+                    "Content-Type": "application/json",
+                    "Authorization": "Bearer %s" % (cfg.get("token") or ""),
+                    "X-Mpota-Device": cfg.get("device_id") or ""}, min(left, _POST_MS))
+                body = None
+            except MemoryError as e:
+                # not the server's fault: a batch that does not fit goes one by one, and a
+                # single report that does not fit waits for the next event (no backoff)
+                self._log("report: flush failed: %r" % (e,))
+                if batch > 1:
+                    batch = 1
+                    continue
+                return done
+            except Exception as e:
+                self._log("report: flush failed: %r" % (e,))
+                q.retry_at = ticks_add(ticks_ms(), _BACKOFF_MS)
+                return done
+            self.last_status = status
+            if status == 409 and n > 1:
+                batch = 1  # a batch holding an already-seen seq: sort it out one by one
+                continue
+            if 200 <= status < 300 or 400 <= status < 500:
+                if 400 <= status < 500 and status != 409:
+                    self._log("report: server refused %d report(s): HTTP %d" % (n, status))
+                else:
+                    self.sent += n
+                try:
+                    q.rewrite(n, None, None)
+                except Exception as e:
+                    self._log("report: cannot trim queue: %r" % (e,))
+                    return done
+                done += n
+                continue
+            q.retry_at = ticks_add(ticks_ms(), _BACKOFF_MS)
+            break
+        else:
+            q.retry_at = None
+        return done
+
+    def _log(self, msg):
+        try:
+            print("mpota:", msg)
+        except Exception:
+            pass
