@@ -777,3 +777,36 @@ print("RESULT " + json.dumps({"outcome": "ok" if r else "none"}))
     assert out.kind == "exit", (out.kind, out.stdout, out.stderr)
     assert out.result() == {"outcome": "ok"}
     env.assert_installed()
+
+
+# The simulated flash's opt-in timing model (tests/fakes/simflash.py, board.json
+# "flash_timing", used by bench/bench_update.py): a 4 KiB block write = one sector erase + 16
+# page programs, a read at read_mbps. Off by default.
+@pytest.mark.parametrize("interp", INTERPRETERS)
+def test_flash_timing_model(keys: Keys, server: FeedServer, tmp_path: Path, interp: str) -> None:
+    script = r'''
+import esp32, json, time
+part = esp32.Partition(esp32.Partition.RUNNING).get_next_update()
+buf = bytearray(4096)
+t = time.ticks_us()
+part.writeblocks(0, buf)
+part.writeblocks(1, buf)
+w = time.ticks_diff(time.ticks_us(), t)
+big = bytearray(65536)
+t = time.ticks_us()
+part.readblocks(0, big)
+r = time.ticks_diff(time.ticks_us(), t)
+print("RESULT " + json.dumps({"write_us": w, "read_us": r}))
+'''
+    timed = {"erase_4k_ms": 45, "program_256_us": 700, "read_mbps": 4}
+    res = {}
+    for name, timing in (("off", None), ("on", timed)):
+        b = Board(tmp_path / name, image(RUNNING), device_config(server, keys), None)
+        if timing:
+            bj = b.sim.simdir / "board.json"
+            bj.write_text(json.dumps(dict(json.loads(bj.read_text()), flash_timing=timing)))
+        res[name] = b.run(script, interp).result()
+    on, off = res["on"], res["off"]
+    assert 2 * (45_000 + 16 * 700) <= on["write_us"] < 2 * (45_000 + 16 * 700) + 60_000, on
+    assert 65536 // 4 <= on["read_us"] < 65536 // 4 + 30_000, on
+    assert off["write_us"] < 40_000 and off["read_us"] < 30_000, off

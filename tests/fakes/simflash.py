@@ -292,6 +292,15 @@ else:
         return x
 
 
+# Optional timing (off by default, so tests stay fast): board.json
+#   "flash_timing": {"erase_4k_ms": 45, "program_256_us": 700, "read_mbps": 20}
+# makes every sector erase, page program and read take as long as on a real chip. The erase
+# and program figures are the typical ones of the Winbond W25Q32JV datasheet (tSE 4 KB sector
+# erase 45 ms typ / 400 ms max, tPP page program 0.7 ms typ / 3 ms max; the GigaDevice
+# GD25Q32C lists about the same), the flash of most 4 MB ESP32 modules. read_mbps is not a
+# datasheet figure but an effective rate in MB/s for esp_partition_read (SPI at 40-80 MHz,
+# DIO/QIO: 10-40 MB/s raw). A write sleeps per 256-byte page it touches, an erase per 4 KiB
+# sector, a read per byte; integer microseconds, no heap use.
 class Flash:
     def __init__(self, path, size, run=None):
         self.f = hopen(path, "r+b")
@@ -299,6 +308,17 @@ class Flash:
         self.run = run
         self._scratch = bytearray(SECTOR)
         self._mv = memoryview(self._scratch)
+        t = run.cfg.get("flash_timing") if run is not None else None
+        self.erase_us = int(t.get("erase_4k_ms", 45) * 1000) if t else 0
+        self.page_us = int(t.get("program_256_us", 700)) if t else 0
+        self.read_mbps = int(t.get("read_mbps", 20)) if t else 0
+
+    def _wait(self, us):
+        import time
+        if MP:
+            time.sleep_us(us)
+        else:
+            time.sleep(us / 1000000)
 
     def close(self):
         self.f.close()
@@ -325,6 +345,8 @@ class Flash:
         self.check(addr, n)
         self._load(addr, buf, n)
         _inv(buf, n)
+        if self.read_mbps:
+            self._wait(n // self.read_mbps)  # 1 MB/s = 1 byte/us
 
     # NOR program: bits can only go from 1 to 0, the cell keeps old AND new.
     def write(self, addr, data):
@@ -343,6 +365,8 @@ class Flash:
         _program(s, data, n)
         self.f.seek(addr)
         self.f.write(s)
+        if self.page_us:
+            self._wait(((addr + n - 1) // 256 - addr // 256 + 1) * self.page_us)
         if run is not None:
             run.op_done()
 
@@ -358,6 +382,8 @@ class Flash:
                 run.op("erase", addr, SECTOR)
             self.f.seek(addr)
             self.f.write(_ZEROS)
+            if self.erase_us:
+                self._wait(self.erase_us)
             if run is not None:
                 run.op_done()
             addr += SECTOR
