@@ -810,3 +810,23 @@ print("RESULT " + json.dumps({"write_us": w, "read_us": r}))
     assert 2 * (45_000 + 16 * 700) <= on["write_us"] < 2 * (45_000 + 16 * 700) + 60_000, on
     assert 65536 // 4 <= on["read_us"] < 65536 // 4 + 30_000, on
     assert off["write_us"] < 40_000 and off["read_us"] < 30_000, off
+
+
+# Slow retrieval (TUF's attack: every read in time, the transfer never ends): a connection
+# bringing fewer than min_rate (1024) bytes/s over 10 s is cut and resumed with Range; when
+# that does not help either, the update fails with `timeout` and the boot slot is untouched.
+# MicroPython, plain transfer (whole-block reads); tests/test_hostile_feed.py has the zlib
+# case on both interpreters.
+def test_slow_retrieval_is_cut(keys: Keys, server: FeedServer, tmp_path: Path) -> None:
+    feed = Feed(tmp_path / "feed", keys)
+    server.reset(feed.root)
+    env = Env(feed, server, keys, tmp_path, "micropython", image(RUNNING))
+    publish(env, size=64 * 1024)
+    env.server.fault("drip", "firmware.bin", chunk=256, delay=0.3, times=-1)  # ~850 B/s
+    b = env.make_board(timeout_ms=800, retries=1, backoff_ms=10, max_backoff_ms=20)
+    out = b.run(update_script(), env.interp, timeout=60)
+    res = out.result()
+    expect_error(env, res, "timeout", download=True)
+    assert "slow retrieval" in res["msg"]
+    assert [r.range for r in env.image_requests()][0] is None
+    assert len(env.image_requests()) == 2  # cut once, resumed once, cut again

@@ -92,6 +92,9 @@ class Config:
         self.retries = _int(data, "retries", 5, 0, 100)
         self.backoff_ms = _int(data, "backoff_ms", 1000, 0, 600000)
         self.max_backoff_ms = _int(data, "max_backoff_ms", 60000, 0, 3600000)
+        # Slow-retrieval guard: an image transfer that brings fewer than min_rate bytes/s over
+        # a 10 s window is cut (DownloadTimeout, retried with Range like a drop); 0: off.
+        self.min_rate = _int(data, "min_rate", 1024, 0, 100000000)
         # Fallback running version when the running image carries no app_desc.
         v = data.get("version")
         self.version = v if isinstance(v, str) else None

@@ -33,6 +33,7 @@ _BLOCK = const(4096)
 _SAVE_EVERY = const(32)   # blocks between download-progress saves (each one a flash write)
 _ZLIB_MAX_WBITS = const(15)
 _GROWTH = const(64)       # a zlib transfer may exceed the raw size by size/64 + 1 KiB
+_RATE_MS = const(10000)   # window of the slow-retrieval guard (Config.min_rate bytes/s)
 
 
 class Offer:
@@ -148,7 +149,8 @@ class _Restart(Exception):
 
 
 # The transfer as a stream: readinto() returns the next bytes of [pos, total), resuming
-# with Range after a drop or a stall, hashing every byte when `h` is given.
+# with Range after a drop, a stall or a slow retrieval (each byte in time, but too few of
+# them: fewer than cfg.min_rate bytes/s over _RATE_MS), hashing every byte when `h` is given.
 class _Source:
     def __init__(self, upd, url, total, pos, h):
         self.u = upd
@@ -158,16 +160,45 @@ class _Source:
         self.h = h
         self.r = None
         self.restarts = 0
+        self.t0 = None  # start of the rate window (ticks_ms) and pos then
+        self.p0 = 0
+        self.opened = None  # ticks_ms when the current connection was requested
+        self.slow = 0   # slow windows in a row (each one reconnects; more than cfg.retries fail)
 
     def close(self):
         if self.r is not None:
             self.r.close()
             self.r = None
 
+    # DownloadTimeout when the connection brought fewer than min_rate bytes/s over the last
+    # _RATE_MS, counted from the request (called before the `n` bytes just read are counted).
+    # It runs between reads: on MicroPython a socket readinto() returns only once the buffer
+    # is full, so a drip just under the read timeout delays the cut by up to one block.
+    def _pace(self, n):
+        rate = self.u.cfg.min_rate
+        if not rate:
+            return
+        import time
+
+        now = time.ticks_ms()
+        if self.t0 is None:  # first read of this connection
+            self.t0, self.p0 = self.opened, self.pos
+        ms = time.ticks_diff(now, self.t0)
+        if ms >= _RATE_MS:
+            got = self.pos + n - self.p0
+            self.t0, self.p0 = now, self.pos
+            if got * 1000 < rate * ms:
+                self.slow += 1
+                raise errors.DownloadTimeout("slow retrieval: %d bytes in %d ms" % (got, ms))
+            self.slow = 0
+
     def _open(self):
+        import time
+
         import mpota.http as http
 
         pos = orig = self.pos
+        self.opened = time.ticks_ms()
         r = http.open(self.url, headers={"Range": "bytes=%d-" % pos} if pos else None,
                       timeout_ms=self.u.cfg.timeout_ms)
         st = r.status
@@ -192,6 +223,7 @@ class _Source:
             raise errors.SizeMismatch("server sends %d bytes, expected %d" % (r.length, self.total - pos))
         r.headers.clear()  # checked: the body needs none of them (room for the download)
         self.r = r
+        self.t0 = None  # the rate window starts with the connection
         if st == 200 and self.restarts and not pos and self.h is not None:
             self.h = hashlib.sha256()
         if st == 200 and pos != orig:
@@ -211,14 +243,16 @@ class _Source:
                 r = self.r
                 n = r.readinto(buf) if r is not None else 0
                 if n:
+                    self._pace(n)
                     break
                 raise errors.DownloadError("connection closed early")
             except errors.DownloadError as e:
                 self.close()
+                self.t0 = None  # each connection is paced over its own windows
                 if not _retryable(e):
                     raise
                 fails += 1
-                if fails > self.u.cfg.retries:
+                if fails > self.u.cfg.retries or self.slow > self.u.cfg.retries:
                     raise
                 self.u._backoff(fails)
         if self.h is not None:
