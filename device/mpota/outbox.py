@@ -43,15 +43,6 @@ _MAX_STR = const(80)       # detail strings are cut to this length
 _Y2000 = const(946684800)  # epoch-2000 ports (ESP32) -> Unix time
 
 
-# Queue record kind of an event; the rank a full queue drops first is h < p < d.
-def _kind(event):
-    if event == "heartbeat":
-        return "h"
-    if event in ("checking", "downloading"):
-        return "p"
-    return "d"
-
-
 def join(root, name):
     if not root or root == "/":
         return "/" + name
@@ -96,19 +87,6 @@ def image_version():
         return (v if n < 0 else v[:n]).decode() or None
     except Exception:
         return None
-
-
-# A trial boot arms a watchdog that cannot be stopped; long work that reports as it goes
-# keeps it fed. No-op when mpota.trial was never imported.
-def feed_watchdog():
-    import sys
-
-    t = sys.modules.get("mpota.trial")
-    if t is not None:
-        try:
-            t.feed()
-        except Exception:
-            pass
 
 
 def _post_http(url, body, headers, timeout_ms):
@@ -350,7 +328,16 @@ class Outbox:
     # that seq is not queued twice, and one already delivered comes back as 409 = delivered.
     # Returns the seq, or None when the report could not be queued. Never raises.
     def event(self, name, target=None, rollout=None, seq=None, flush_ms=_FLUSH_MS, **detail):
-        feed_watchdog()
+        try:
+            # a trial boot arms a watchdog that cannot be stopped: work that reports as it
+            # goes keeps it fed (nothing to do when mpota.trial was never imported)
+            import sys
+
+            t = sys.modules.get("mpota.trial")
+            if t is not None:
+                t.feed()
+        except Exception:
+            pass
         try:
             q = self._q
             if seq is None:
@@ -364,7 +351,9 @@ class Outbox:
                     queued = True
             if not queued:
                 r = self.build(name, seq, target, rollout, detail)
-                if not q.append(_kind(name), seq, json.dumps(r)):
+                # record kind; a full queue drops h (heartbeat) before p (progress) before d
+                kind = "h" if name == "heartbeat" else "p" if name in ("checking", "downloading") else "d"
+                if not q.append(kind, seq, json.dumps(r)):
                     return None
         except Exception as e:
             self._log("report: cannot queue %s: %r" % (name, e))
