@@ -24,7 +24,10 @@ from hypothesis import strategies as st
 
 REPO = Path(__file__).resolve().parent.parent
 DEVICE = REPO / "device"
-VECTORS = REPO.parent / "shared" / "vectors" / "wycheproof"
+# Vendored copy (Apache-2.0, LICENSE beside it) so a clone tests on its own; where the shared
+# folder sits next to the repo, a test checks the copy is still identical to it.
+VECTORS = REPO / "tests" / "data" / "wycheproof"
+SHARED_VECTORS = REPO.parent / "shared" / "vectors" / "wycheproof"
 P1363_FILE = VECTORS / "ecdsa_secp256r1_sha256_p1363_test.json"
 DER_FILE = VECTORS / "ecdsa_secp256r1_sha256_test.json"
 MICROPYTHON = Path(sys.executable).with_name("micropython")
@@ -41,9 +44,23 @@ GX = 0x6B17D1F2E12C4247F8BCE6E563A440F277037D812DEB33A0F4A13945D898C296
 GY = 0x4FE342E2FE1A7F9B8EE7EB4A7C0F9E162BCE33576B315ECECBB6406837BF51F5
 
 
+VECTOR_SHA256 = {
+    "ecdsa_secp256r1_sha256_p1363_test.json":
+        "c60de693930e386c3a5472d08081623ef8504decc54b38ac01ec6b2a2575c986",
+    "ecdsa_secp256r1_sha256_test.json": "182db4f3e230f6f9fa9f800d2a614dede30284b8e8438bbfe1171905402e9332",
+}
+
+
+def test_vendored_vectors_are_the_shared_ones() -> None:
+    for name, digest in VECTOR_SHA256.items():
+        data = (VECTORS / name).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == digest, name
+        if SHARED_VECTORS.is_dir():
+            assert data == (SHARED_VECTORS / name).read_bytes(), name
+
+
 def _load(path: Path) -> dict[str, Any]:
-    # The vectors are not vendored: they live next to the repo (../shared/vectors), on CI too.
-    assert path.is_file(), f"Wycheproof vectors missing: {path} (expected at ../shared/vectors)"
+    assert path.is_file(), f"Wycheproof vectors missing: {path}"
     data: dict[str, Any] = json.loads(path.read_text())
     return data
 
