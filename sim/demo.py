@@ -60,6 +60,7 @@ class Demo:
         self.step_no = 0
         self.failures: list[str] = []
         self.procs: list[subprocess.Popen[str]] = []
+        self.env = dict(os.environ)
         self.fleet: Fleet | None = None
         self.server_url = ""
         self.t0 = time.monotonic()
@@ -93,7 +94,7 @@ class Demo:
         shown = " ".join(self.rel(a) if os.sep in a else a for a in args)
         if echo:
             print(f"    $ mpota {shown}", flush=True)
-        proc = subprocess.run([*self.mpota, *args], capture_output=True, text=True, timeout=300)
+        proc = subprocess.run([*self.mpota, *args], capture_output=True, text=True, timeout=300, env=self.env)
         out = proc.stdout.rstrip()
         if show and out:
             for line in out.splitlines():
@@ -215,8 +216,8 @@ class Demo:
         if not self.server_url:
             raise DemoFailed(f"mpota serve did not start (see {self.rel(self.work / 'server.log')})")
         self.say(f"serving on {self.server_url} (status page: {self.server_url}/), pid {proc.pid}")
-        os.environ["MPOTA_SERVER"] = self.server_url
-        os.environ["MPOTA_FLEET_SECRET"] = str(self.secret_path)
+        # what an operator would export; kept to our own commands (the demo also runs in-process in tests)
+        self.env.update(MPOTA_SERVER=self.server_url, MPOTA_FLEET_SECRET=str(self.secret_path))
 
     def start_fleet(self) -> None:
         general = self.n - sum(GROUPS.values())
