@@ -204,6 +204,18 @@ def _write_release(dest: Path, image_name: str, mbytes: bytes, wire: bytes) -> N
     atomic_write(dest / MANIFEST_NAME, mbytes)
 
 
+def _release_board(targets: Sequence[str], board: str | None) -> str:
+    """The board a release is published for: the given one (which it must target) or its only one."""
+    if board is None:
+        if len(targets) != 1:
+            raise FeedError(f"the release targets several boards ({', '.join(targets)}); "
+                            "choose one with --board")
+        return targets[0]
+    if board not in targets:
+        raise FeedError(f"board {board} is not in the release's target_hardware ({', '.join(targets)})")
+    return board
+
+
 def add_release(
     release_dir: str | os.PathLike[str],
     feed_dir: str | os.PathLike[str],
@@ -216,14 +228,7 @@ def add_release(
     feed = Path(feed_dir)
     result, mbytes, wire = load_release(release_dir, release_keys)
     m = result.manifest
-    if board is None:
-        if len(m.target_hardware) != 1:
-            raise FeedError(f"the release targets several boards ({', '.join(m.target_hardware)}); "
-                            "choose one with --board")
-        board = m.target_hardware[0]
-    elif board not in m.target_hardware:
-        raise FeedError(f"board {board} is not in the release's target_hardware "
-                        f"({', '.join(m.target_hardware)})")
+    board = _release_board(m.target_hardware, board)
     rel_dir = release_dir_path(board, m.version)
     with feed_lock(feed):
         if not _check_existing(feed, board, m.version, result.image_path.name, mbytes, wire):
@@ -259,14 +264,7 @@ def publish_release(
         raise FeedError(f"expires {expires} is in the past")
     result, mbytes, wire = load_release(release_dir, release_keys, allow_expired=False)
     m = result.manifest
-    if board is None:
-        if len(m.target_hardware) != 1:
-            raise FeedError(f"the release targets several boards ({', '.join(m.target_hardware)}); "
-                            "choose one with --board")
-        board = m.target_hardware[0]
-    elif board not in m.target_hardware:
-        raise FeedError(f"board {board} is not in the release's target_hardware "
-                        f"({', '.join(m.target_hardware)})")
+    board = _release_board(m.target_hardware, board)
     ro_dict = dict(rollout) if rollout is not None else default_rollout(board, m.version)
     try:
         ro = Rollout.from_dict(ro_dict)
