@@ -101,7 +101,8 @@ def _check_combined(board: Board, firmware: Path, data: bytes,
         raise FlashError(f"{name} is a combined image for bootloader offset "
                          f"0x{rep.bootloader_offset or 0:x}, but {board.chip} boots from "
                          f"0x{board.bootloader_offset:x}")
-    pt_file = board.partition_table_offset - board.bootloader_offset
+    base = _file_base(board, rep)
+    pt_file = board.partition_table_offset - base
     try:
         embedded = parse_binary(data[pt_file : pt_file + 0xC00], source=f"{name} partition table",
                                 flash_size=board.flash_size, table_offset=board.partition_table_offset,
@@ -130,10 +131,16 @@ def _check_combined(board: Board, firmware: Path, data: bytes,
     if slot is None or app_len > slot.size:
         raise FlashError(f"{name}: the app ({app_len} bytes) is too big for {rep.app_partition} "
                          f"(0x{slot.size if slot else 0:x} bytes)")
-    end = board.bootloader_offset + len(data)
+    end = base + len(data)
     if end > board.flash_size:
         raise FlashError(f"{name} ends at 0x{end:x}, past the board's flash (0x{board.flash_size:x})")
     return rep
+
+
+def _file_base(board: Board, rep: esp_image.ImageReport) -> int:
+    """Flash address of the file's first byte: the bootloader offset for a firmware.bin, 0x0 for
+    a full flash dump (which starts with the padding before an ESP32's bootloader at 0x1000)."""
+    return rep.flash_offset if rep.flash_offset is not None else board.bootloader_offset
 
 
 def implicit_vfs(board: Board, embedded: PartitionTable) -> Partition | None:
@@ -160,7 +167,7 @@ def plan_flash(board: Board, port: str, firmware: str | Path, *, workdir: Path, 
     """Check everything and write the generated files into workdir; returns the esptool commands."""
     fw = Path(firmware)
     port = expand_port(port)
-    kind, data, _rep = check_firmware(board, fw)
+    kind, data, rep = check_firmware(board, fw)
     if erase and kind == "app":
         raise FlashError(f"--erase would erase the bootloader, and {fw.name} is an app image without one: "
                          f"flash MicroPython's combined OTA firmware.bin with --erase instead")
@@ -182,14 +189,15 @@ def plan_flash(board: Board, port: str, firmware: str | Path, *, workdir: Path, 
                           f"0x{board.partition_table_offset:x}; blank otadata at 0x{otadata.offset:x} "
                           f"(the board keeps its bootloader)")
     else:
-        plan.writes = [(board.bootloader_offset, fw)]
-        start = otadata.offset - board.bootloader_offset
+        at = _file_base(board, rep)
+        plan.writes = [(at, fw)]
+        start = otadata.offset - at
         if data[start : start + otadata.size] != b"\xff" * otadata.size:
             plan.notes.append(f"{fw.name} carries otadata content at 0x{otadata.offset:x}: the board boots "
                               f"whichever slot it selects")
         plan.notes.append(f"combined image (bootloader + partition table + app) at "
-                          f"0x{board.bootloader_offset:x}; its partition table matches {board.name}")
-        pt_file = board.partition_table_offset - board.bootloader_offset
+                          f"0x{at:x}; its partition table matches {board.name}")
+        pt_file = board.partition_table_offset - at
         embedded = parse_binary(data[pt_file : pt_file + 0xC00], check=False)
         vfs = implicit_vfs(board, embedded)
         if vfs is not None:

@@ -244,3 +244,14 @@ def test_cli_dry_run_and_errors(images: dict[str, Path], tmp_path: Path) -> None
     assert r.returncode == 1 and r.stdout == ""
     assert r.stderr == (f"mpota: error: serial port {tmp_path / 'nope'} does not exist (is the board "
                         f"plugged in? try: ls /dev/ttyUSB* /dev/ttyACM*)\n")
+
+
+def test_full_flash_dump_from_zero_is_written_at_zero(images: dict[str, Path], port: str,
+                                                       tmp_path: Path) -> None:
+    # A dump read from 0x0 (esptool read-flash 0 ...) starts with the 0x1000 of padding before
+    # the ESP32 bootloader: it must go back at 0x0, not at the bootloader offset.
+    dump = tmp_path / "dump.bin"
+    dump.write_bytes(b"\xff" * 0x1000 + images["combined"].read_bytes())
+    t = RecordingTransport(port_check=lambda p: None)
+    flash(B4, port, dump, transport=t, echo=lambda s: None)
+    assert t.calls[-1][-2:] == ["0x0", str(dump)]
