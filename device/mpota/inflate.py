@@ -1,7 +1,8 @@
 # Streaming zlib decompression of the transfer: `reader(src, window_bits)` returns an
 # object with readinto(buf) -> n (0 at the end). On MicroPython that is deflate.DeflateIO
 # itself (a window of 2**window_bits bytes); CPython (tests, simulator) has no `deflate`, so
-# zlib stands in. A corrupt stream raises OSError (as DeflateIO does: EINVAL); the updater
+# zlib stands in (mpota.zlibio, a module of its own so MicroPython never loads its code).
+# A corrupt stream raises OSError (as DeflateIO does: EINVAL); the updater
 # reports it as HashMismatch. Errors of `src` (DownloadError) pass through unchanged.
 import io
 
@@ -40,35 +41,6 @@ class _Bytes(io.IOBase):
 def reader(src, wbits):
     if deflate is not None:
         return deflate.DeflateIO(_Bytes(src), deflate.ZLIB, wbits)
-    return _Zlib(src, wbits)
+    from mpota.zlibio import Zlib  # CPython only: not in the board's RAM
 
-
-if deflate is None:  # defined on CPython only: MicroPython frees this code after the import
-
-    class _Zlib:
-        def __init__(self, src, wbits):
-            import zlib  # type: ignore[import-not-found]  # CPython only
-
-            self._src = src
-            self._z = zlib.decompressobj(wbits)
-            self._err = zlib.error
-            self._in = b""
-            self._raw = bytearray(_CHUNK * 16)
-
-        def readinto(self, buf):
-            want = len(buf)
-            while True:
-                try:
-                    out = self._z.decompress(self._in, want)
-                except self._err as e:
-                    raise OSError(22, "corrupt compressed stream (%s)" % e)
-                self._in = self._z.unconsumed_tail
-                if out:
-                    buf[: len(out)] = out
-                    return len(out)
-                if self._z.eof:
-                    return 0
-                n = self._src.readinto(self._raw)
-                if not n:
-                    raise OSError(22, "compressed stream ends early")
-                self._in = bytes(self._raw[:n])
+    return Zlib(src, wbits)
