@@ -28,6 +28,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -553,7 +554,7 @@ def compiled_fakes() -> Path:
     key = hashlib.sha256(b"".join(p.read_bytes() for p in srcs)).hexdigest()[:20]
     out = MPY_CACHE / f"fakes-{key}"
     if not out.exists():
-        tmp = MPY_CACHE / f"fakes-{key}.{os.getpid()}.tmp"
+        tmp = MPY_CACHE / f"fakes-{key}.{os.getpid()}.{threading.get_ident()}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         for src in srcs:
@@ -561,7 +562,7 @@ def compiled_fakes() -> Path:
         (tmp / "boot.py").write_text("import sys\nimport simboot\nsimboot.main(sys.argv)\n")
         try:
             os.rename(tmp, out)
-        except OSError:  # another process won the race
+        except OSError:  # another process or thread won the race
             shutil.rmtree(tmp, ignore_errors=True)
     return out
 
@@ -573,7 +574,8 @@ def compile_mpy(py: Path) -> Path:
     out = MPY_CACHE / f"{py.stem}-{key}.mpy"
     if not out.exists():
         MPY_CACHE.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(f".{os.getpid()}.tmp")
+        # unique per process and thread: boards compile concurrently from threads and processes
+        tmp = out.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
         # -march=x64: the unix port on this host runs native/viper code (the fakes use viper)
         subprocess.run([mpy_cross_exe(), "-march=x64", "-o", str(tmp), "-s", py.name, str(py)], check=True,
                        capture_output=True)
