@@ -9,8 +9,9 @@
 
 from __future__ import annotations
 
+import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,3 +54,14 @@ def make_board(tmp_path: Path) -> Callable[..., SimBoard]:
 @pytest.fixture
 def sim_board(make_board: Callable[..., SimBoard]) -> SimBoard:
     return make_board()
+
+
+@pytest.fixture
+def port() -> Iterator[str]:
+    """A real character device standing in for a board's USB serial port: a pty slave."""
+    master, slave = os.openpty()
+    try:
+        yield os.ttyname(slave)
+    finally:
+        os.close(master)
+        os.close(slave)

@@ -231,16 +231,6 @@ def test_deploy_sources_and_cli_on_the_unix_port(unix_board: UnixBoard, fleet: F
 # ------------------------------------------------------------------------------------------------
 # recording transport: exact invocations
 
-@pytest.fixture
-def port() -> Iterator[str]:
-    master, slave = os.openpty()
-    try:
-        yield os.ttyname(slave)
-    finally:
-        os.close(master)
-        os.close(slave)
-
-
 def _probe(**kw: object) -> str:
     doc: dict[str, object] = {"mpy": 2822, "version": [1, 24, 1], "platform": "esp32",
                               "machine": "Generic ESP32 module with ESP32", "uid": "a4cf12345678",

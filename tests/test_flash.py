@@ -10,7 +10,6 @@ import shutil
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -40,17 +39,6 @@ SMALL_SLOTS_CSV = ("nvs, data, nvs, 0x9000, 0x4000,\notadata, data, ota, 0xd000,
                    "ota_1, app, ota_1, 0x110000, 0x100000,\n")
 NON_OTA_CSV = ("nvs, data, nvs, 0x9000, 0x6000,\nphy_init, data, phy, 0xf000, 0x1000,\n"
                "factory, app, factory, 0x10000, 0x1F0000,\nvfs, data, fat, 0x200000, 0x200000,\n")
-
-
-@pytest.fixture
-def port() -> Iterator[str]:
-    """A real character device standing in for the USB serial port: a pty slave."""
-    master, slave = os.openpty()
-    try:
-        yield os.ttyname(slave)
-    finally:
-        os.close(master)
-        os.close(slave)
 
 
 @pytest.fixture(scope="module")
