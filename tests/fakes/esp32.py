@@ -8,11 +8,7 @@ _ENOENT = 2
 
 
 def _run():
-    r = _sf.RUN
-    if r is None:
-        raise RuntimeError("esp32 fake used outside the simulated board (run tests/fakes/simboot.py)")
-    r.alive()
-    return r
+    return _sf.current("esp32")
 
 
 class Partition:

@@ -11,11 +11,7 @@ _freq = 160000000
 
 
 def _run():
-    r = _sf.RUN
-    if r is None:
-        raise RuntimeError("machine fake used outside the simulated board (run tests/fakes/simboot.py)")
-    r.alive()
-    return r
+    return _sf.current("machine")
 
 
 # esp_restart(): the run ends here; the harness boots the board again (reset_cause SOFT_RESET).

@@ -19,11 +19,7 @@ _state = {}
 
 
 def _run():
-    r = _sf.RUN
-    if r is None:
-        raise RuntimeError("network fake used outside the simulated board (run tests/fakes/simboot.py)")
-    r.alive()
-    return r
+    return _sf.current("network")
 
 
 def wifi_up():

@@ -130,6 +130,18 @@ def hwrite_json(path, obj):
 
 
 # ---- the run: operation counter, power cuts, how the run ends ----
+RUN = None  # this boot's Run, set by simboot
+
+
+# This boot's Run, for the esp32/machine/network fakes: they only work inside a simulated boot.
+def current(module):
+    r = RUN
+    if r is None:
+        raise RuntimeError(module + " fake used outside the simulated board (run tests/fakes/simboot.py)")
+    r.alive()
+    return r
+
+
 class Run:
     # One per process (simboot creates it); sim/board.py inspects flash without one.
     def __init__(self, simdir, cfg, run):
