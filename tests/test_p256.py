@@ -260,6 +260,18 @@ def test_bytes_like_inputs_and_large_message() -> None:
     assert p256.verify_digest(bytearray(pub), memoryview(hashlib.sha256(msg).digest()), memoryview(sig))
 
 
+def test_verify_any_needs_one_valid_pair() -> None:
+    sk, pub = _keypair(0xA11)
+    _, other = _keypair(0xB22)
+    digest = hashlib.sha256(b"channel").digest()
+    sig = sk.sign_digest(digest, sigencode=sigencode_string)
+    bad = sig[:10] + bytes([sig[10] ^ 1]) + sig[11:]
+    assert p256.verify_any([(pub, None), (other, sig), (pub, bad), (pub, sig)], digest)
+    assert not p256.verify_any([(pub, None), (other, sig), (pub, bad)], digest)
+    assert not p256.verify_any([], digest)
+    assert p256.verify_any([(pub, sig)], digest, bytearray(4096))  # with a lent scratch buffer
+
+
 def _sig(r: int, s: int) -> bytes:
     return r.to_bytes(32, "big") + s.to_bytes(32, "big")
 

@@ -56,14 +56,18 @@ def _b64(s):
     return out
 
 
-# Verify envelope bytes `data`; keys = [(keyid hex, 65-byte point), ...] of the role;
-# scratch: optional buffer for P-256 (mpota.p256.verify_digest).
-# Returns the payload bytes or raises a MetadataError subclass.
-def verify(data, payload_type, keys, scratch=None):
+# The envelope half of a verify: parse `data`, check its payloadType, decode the payload,
+# hash PAE, and pair each configured key (keys = [(keyid hex, 65-byte point), ...] of the
+# role; each tried once, in envelope order) with its 64-byte signature (None when that
+# signature does not decode). Returns (payload, digest, pairs) or raises a MetadataError
+# subclass (UnknownKey when no signature is by a configured key). The signature check is
+# mpota.p256.verify_any(pairs, digest): the updater runs it after unloading this module, so
+# only one of the two is in RAM at a time.
+def open(data, payload_type, keys):
     import hashlib
     import json
 
-    from mpota.errors import BadDocument, PayloadTypeError, SignatureError, UnknownKey
+    from mpota.errors import BadDocument, PayloadTypeError, UnknownKey
 
     try:
         env = json.loads(data)
@@ -86,10 +90,7 @@ def verify(data, payload_type, keys, scratch=None):
     env = data = None
     h = hashlib.sha256(("DSSEv1 %d %s %d " % (len(pt), pt, len(payload))).encode())
     h.update(payload)
-    digest = h.digest()
-    import mpota.p256 as p256
-
-    known = 0
+    pairs = []
     tried = []
     for s in sigs:
         if not isinstance(s, dict):
@@ -97,18 +98,29 @@ def verify(data, payload_type, keys, scratch=None):
         kid = s.get("keyid")
         for k, pub in keys:
             if k == kid and k not in tried:
-                tried.append(k)  # each configured key is tried once
-                known += 1
+                tried.append(k)
                 try:
                     sig = _b64(s.get("sig"))
                 except ValueError:
-                    break
-                if len(sig) == 64 and p256.verify_digest(pub, digest, sig, scratch):
-                    return payload
+                    sig = None
+                pairs.append((pub, sig if sig is not None and len(sig) == 64 else None))
                 break
-    if not known:
+    if not pairs:
         raise UnknownKey("no signature by a %s key" % ("release" if payload_type == RELEASE else "rollout"))
-    raise SignatureError("bad signature")
+    return payload, h.digest(), pairs
+
+
+# Verify envelope bytes `data` in one call (open() + mpota.p256.verify_any); scratch: an
+# optional buffer for P-256. Returns the payload bytes or raises a MetadataError subclass.
+def verify(data, payload_type, keys, scratch=None):
+    from mpota.errors import SignatureError
+
+    payload, digest, pairs = open(data, payload_type, keys)
+    import mpota.p256 as p256
+
+    if not p256.verify_any(pairs, digest, scratch):
+        raise SignatureError("bad signature")
+    return payload
 
 
 # Parse verified payload bytes into a dict with the expected _type.

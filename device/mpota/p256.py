@@ -1,6 +1,7 @@
 # ECDSA P-256 (secp256r1) signature verification with SHA-256, in pure MicroPython.
 # verify(pubkey, message, signature) / verify_digest(pubkey, digest, signature) -> bool:
 # any malformed key or signature is simply "not valid" (False); only MemoryError propagates.
+# verify_any(pairs, digest) -> bool: one of several (pubkey, signature) pairs verifies.
 # decode_der_signature(der) -> 64-byte r||s or None, for DER-encoded signatures.
 # Speed (big-int `%` dominates on MicroPython): Jacobian coordinates with lazy reduction
 # (one `%` per sum of products), interleaved wNAF of u1*G + u2*Q with a constant affine
@@ -288,6 +289,15 @@ def verify(pubkey, message, signature):
     except Exception:
         return False
     return verify_digest(pubkey, digest, signature)
+
+
+# True when one of `pairs` [(pubkey, signature or None), ...] is a valid signature of
+# `digest` (a DSSE envelope needs one signature by a configured key).
+def verify_any(pairs, digest, scratch=None):
+    for pub, sig in pairs:
+        if sig is not None and verify_digest(pub, digest, sig, scratch):
+            return True
+    return False
 
 
 # Strict DER (X.690) ECDSA-Sig-Value SEQUENCE { r INTEGER, s INTEGER } -> 64-byte r||s,

@@ -482,15 +482,34 @@ class Updater:
             raise errors.PinMismatch("manifest is not the one the channel pins")
         return data
 
-    def _channel(self):
+    # Fetch, verify and parse a signed document (`role`: "channel" or "release"). dsse and
+    # p256 are never in RAM together: dsse checks the envelope and hashes it, is unloaded
+    # (with the envelope bytes), then p256 checks the signatures.
+    def _document(self, url, cap, role, pin=None):
         import mpota.dsse as dsse
 
+        rollout = role == "channel"
+        ptype = dsse.CHANNEL if rollout else dsse.RELEASE
+        data = self._fetch(url, cap, pin)
+        payload, digest, pairs = dsse.open(data, ptype, self.cfg.keys["rollout" if rollout else "release"])
+        data = None
+        del dsse
+        _unload("dsse")
+        import mpota.p256 as p256
+
+        ok = p256.verify_any(pairs, digest, self._buf)
+        del p256
+        _unload("p256")
+        if not ok:
+            raise errors.SignatureError("bad signature")
+        import mpota.dsse as dsse
+
+        return dsse.parse(payload, role)
+
+    def _channel(self):
         cfg = self.cfg
         url = "%schannels/%s/%s.json" % (cfg.feed_url, cfg.board, cfg.channel)
-        payload = dsse.verify(self._fetch(url, cfg.channel_max), dsse.CHANNEL,
-                              cfg.keys["rollout"], self._buf)
-        _unload("p256")  # the manifest fetch needs http again: one of the two at a time
-        ch = dsse.parse(payload, "channel")
+        ch = self._document(url, cfg.channel_max, "channel")
         seq = ch.get("seq")
         if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
             raise errors.BadDocument("bad channel seq")
@@ -507,17 +526,13 @@ class Updater:
         return ch
 
     def _manifest(self, ch, running, chip_name, slot_size):
-        import mpota.dsse as dsse
         import mpota.http as http
 
         cfg = self.cfg
         rel = ch["release"]
         url = http.join(cfg.feed_url, rel["manifest"])
         del http
-        payload = dsse.verify(self._fetch(url, cfg.manifest_max, rel["manifest_sha256"]),
-                              dsse.RELEASE, cfg.keys["release"], self._buf)
-        m = dsse.parse(payload, "release")
-        payload = None
+        m = self._document(url, cfg.manifest_max, "release", rel["manifest_sha256"])
         img = m.get("image")
         sv = m.get("security_version")
         if (not isinstance(m.get("version"), str) or not isinstance(img, dict)
