@@ -4,6 +4,7 @@ and the fault profiles really inject their faults."""
 
 from __future__ import annotations
 
+import json
 import time
 import urllib.request
 from collections import Counter
@@ -99,7 +100,7 @@ def test_fleet_rolls_out_and_a_bad_release_rolls_back(env: Env) -> None:
 
         _start(fleet, "1.1.0", "r-good")
         st = _drive(fleet, "r-good", {"completed", "paused"})
-        assert st["rollout"]["state"] == "completed", st["rollout"]
+        assert st["rollout"]["state"] == "completed", json.dumps(st)
         for _ in range(2):  # stragglers that polled before the last step
             if set(fleet.versions().values()) == {"1.1.0"}:
                 break

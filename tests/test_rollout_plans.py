@@ -116,11 +116,14 @@ def test_overrides_and_durations() -> None:
     (["installed", "health_failed"], "failed", 1),
     (["rolled_back", "downloading"], "rolled_back", 0),                # no retry after a rollback
     (["confirmed", "failed"], "confirmed", 0),
+    (["downloading", "installed", "failed:interrupted"], "started", 0),  # power cut mid-install: retried
+    (["downloading", "failed:interrupted", "failed:hash_mismatch"], "failed", 0),
 ])
 def test_progress_transitions(events: list[str], status: str, health: int) -> None:
     p = None
     for i, e in enumerate(events):
-        p = advance_progress(p, e, float(i))
+        event, _, reason = e.partition(":")
+        p = advance_progress(p, event, float(i), reason or None)
     assert p is not None and p.status == status and p.health_failed == health
 
 

@@ -684,9 +684,12 @@ def test_power_cut_during_update(env: Env, point: str) -> None:
         assert res["outcome"] == "ok", res
         env.assert_installed()
         ranges = [r.range for r in env.image_requests()]
-        if point in ("after_progress_save", "before_pending"):
-            assert st["dl"]["offset"] == 32 * 4096
-            assert ranges == [f"bytes={32 * 4096}-"]  # resumed, not restarted
+        if point == "after_progress_save":  # the 25% progress report's save comes first
+            assert st["dl"]["offset"] == 13 * 4096
+            assert ranges == [f"bytes={13 * 4096}-"]  # resumed, not restarted
+        elif point == "before_pending":  # the last save: the 32-block one (75% is at block 39)
+            assert st["dl"]["offset"] == 39 * 4096
+            assert ranges == [f"bytes={39 * 4096}-"]
         else:
             assert ranges == [None]
     else:
@@ -830,3 +833,44 @@ def test_slow_retrieval_is_cut(keys: Keys, server: FeedServer, tmp_path: Path) -
     assert "slow retrieval" in res["msg"]
     assert [r.range for r in env.image_requests()][0] is None
     assert len(env.image_requests()) == 2  # cut once, resumed once, cut again
+
+
+# The report outbox leaves RAM for the transfer when it came in with this update (its code is
+# ~6 KB beside the download and the decompressor): progress then goes out directly, each with
+# its own saved seq. When the application already holds a Reporter (the outbox was loaded
+# before the update) it stays, and progress goes through the shared queue.
+_EVICT_SCRIPT = r'''
+import json, sys
+APP
+import mpota.updater as U
+seen = []
+fill = U._fill
+def spy(reader, mv, want):
+    seen.append("mpota.outbox" in sys.modules)
+    return fill(reader, mv, want)
+U._fill = spy
+u = U.Updater.from_config(CONFIG)
+r = u.update(reset=False)
+print("RESULT " + json.dumps({"ok": r is not None, "during": sorted(set(seen)),
+                              "after": "mpota.outbox" in sys.modules, "rseq": u.state["rseq"]}))
+'''
+
+
+@pytest.mark.parametrize("app_reporter", [False, True], ids=["alone", "app-reporter"])
+@pytest.mark.parametrize("compress", [False, True], ids=["plain", "zlib"])
+def test_outbox_leaves_ram_during_the_transfer(keys: Keys, server: FeedServer, tmp_path: Path,
+                                                compress: bool, app_reporter: bool) -> None:
+    feed = Feed(tmp_path / "feed", keys)
+    feed.add_release(NEW, image(NEW, size=200 * 1024), compress=compress)
+    feed.set_channel(NEW)
+    server.reset(feed.root)
+    b = Board(tmp_path / "sim", image(RUNNING), device_config(server, keys), "mpy")
+    app = "import mpota.outbox" if app_reporter else ""
+    out = b.run(_EVICT_SCRIPT.replace("APP", app), "micropython")
+    res = out.result()
+    assert res["ok"] and res["during"] == [app_reporter] and res["after"], out.stdout
+    events = server.events()
+    assert [e for e, _ in events] == ["checking"] + ["downloading"] * 4 + ["downloaded", "installed"]
+    assert [d["progress"] for e, d in events if e == "downloading"] == [0, 25, 50, 75]
+    seqs = [r["seq"] for r in server.reports]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs) and res["rseq"] == seqs[-1]

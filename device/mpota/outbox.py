@@ -99,6 +99,13 @@ def _post_http(url, body, headers, timeout_ms):
         r.close()
 
 
+# The headers of a POST to the report URL.
+def headers(cfg):
+    return {"Content-Type": "application/json",
+            "Authorization": "Bearer %s" % (cfg.get("token") or ""),
+            "X-Mpota-Device": cfg.get("device_id") or ""}
+
+
 # "<kind> <seq> <json>\n" or "r <seq>\n" -> (kind, seq, json or None); (None, 0, None)
 # for anything else.
 def _split(line):
@@ -323,6 +330,11 @@ class Outbox:
             r["time"] = t
         return r
 
+    # (report URL, headers, report) for a report sent without this module in RAM (the
+    # updater's progress during a transfer): the caller sets seq, uptime_ms, time, detail.
+    def template(self, name, target=None, rollout=None):
+        return self.cfg.get("report_url"), headers(self.cfg), self.build(name, None, target, rollout)
+
     # Queue one report and try to deliver it (and older ones) within flush_ms.
     # `seq` reuses a seq reserved earlier (trial decisions): a record already queued with
     # that seq is not queued twice, and one already delivered comes back as 409 = delivered.
@@ -385,10 +397,7 @@ class Outbox:
                 n, body = q.batch(batch)
                 if not n:
                     break
-                status = self._post(url, body, {
-                    "Content-Type": "application/json",
-                    "Authorization": "Bearer %s" % (cfg.get("token") or ""),
-                    "X-Mpota-Device": cfg.get("device_id") or ""}, min(left, _POST_MS))
+                status = self._post(url, body, headers(cfg), min(left, _POST_MS))
                 body = None
             except MemoryError as e:
                 # not the server's fault: a batch that does not fit goes one by one, and a

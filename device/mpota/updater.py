@@ -296,8 +296,8 @@ def _unload(*names):
 
 
 # Stateless modules of the transfer, unloaded when update() returns (or check() fails):
-# the heap goes back to the application. (mpota.outbox stays: it holds the process's
-# shared report queue.)
+# the heap goes back to the application. (mpota.outbox stays once the transfer is over: it
+# holds the process's shared report queue.)
 _TRANSFER = ("http", "inflate", "imagehdr")
 
 
@@ -358,6 +358,8 @@ class Updater:
         self.cfg = cfg
         self.state = state if state is not None else State(open_store(cfg.root))
         self._reporter = reporter
+        self._evict = False
+        self._beacon = None
         self._wdt = wdt
         self._buf = bytearray(_BLOCK)
         self._pct = None
@@ -376,12 +378,56 @@ class Updater:
     def _rep(self):
         if self._reporter is None:
             try:
+                import sys
+
+                # the outbox may leave RAM during a transfer only if it came in for this update
+                # (an application Reporter shares its queue otherwise)
+                self._evict = "mpota.outbox" not in sys.modules
                 from mpota.outbox import Outbox  # the report core; no heartbeat code in RAM
 
                 self._reporter = Outbox(self.cfg, self.state, self.cfg.root)
             except Exception as e:
                 print("mpota: no reporter: %r" % (e,))
         return self._reporter
+
+    # Before a transfer: take the outbox's code (~6 KB) out of RAM, where the download and
+    # the decompressor need the room, keeping what a progress report needs (_beacon).
+    def _evict_reporter(self, o):
+        rep = self._reporter
+        if rep is None or not self._evict or not hasattr(rep, "template"):
+            return
+        try:
+            self._beacon = rep.template("downloading", o.version, o.rollout)
+        except Exception:
+            return
+        self._reporter = rep = None
+        _unload("outbox")
+
+    # A progress report while the outbox is out of RAM: POSTed at once with mpota.http (in
+    # RAM for the transfer), best effort and never queued (a full queue drops progress
+    # reports first too). Its seq is saved before it is sent, as a queued report's seq is by
+    # its queue line, so no seq is sent twice.
+    def _send_progress(self, pct):
+        import json
+        import time
+
+        import mpota.http as http
+
+        url, headers, doc = self._beacon
+        if not url:
+            return
+        try:
+            now = time.ticks_ms()
+            if "time" in doc:
+                doc["time"] += time.ticks_diff(now, doc["uptime_ms"]) // 1000
+            doc["uptime_ms"] = now
+            doc["seq"] = self.state.next_report_seq()
+            doc["detail"] = {"progress": pct}
+            self.state.save()
+            r = http.open(url, "POST", headers, json.dumps(doc), min(self.cfg.timeout_ms, 2500))
+            r.close()
+        except Exception as e:
+            print("mpota: report downloading: %r" % (e,))
 
     def _report(self, name, offer=None, **detail):
         try:
@@ -684,6 +730,7 @@ class Updater:
         # plain: the transfer is the image, hashed once (hr); zlib: the transfer is hashed too
         src = _Source(self, o.url, o.transfer_size, start, None if plain else hashlib.sha256())
         self._pct = None
+        self._evict_reporter(o)
         try:
             while True:
                 try:
@@ -710,7 +757,9 @@ class Updater:
             raise
         finally:
             src.close()
+            self._beacon = None
         del hr, src
+        _unload("inflate")  # the reports from here on need the room
         self._report("downloaded", o)
         # read the slot back: what the bootloader will see (one pass)
         h = hashlib.sha256()
@@ -795,4 +844,7 @@ class Updater:
         pct -= pct % 25
         if pct != self._pct:
             self._pct = pct
-            self._report("downloading", o, progress=pct)
+            if self._beacon is not None:
+                self._send_progress(pct)
+            else:
+                self._report("downloading", o, progress=pct)

@@ -32,6 +32,9 @@ Report = dict[str, Any]
 # Rollout progress of one device: status is None (targeted, nothing yet), "started", "confirmed",
 # "failed" or "rolled_back"; health_failed is sticky once a health_failed event arrived.
 STARTED_EVENTS = frozenset({"downloading", "downloaded", "installed"})
+# `failed` reasons that say the board, not the release, stopped the install (a power cut
+# before set_boot() finished): the device retries, so the rollout still counts it as started.
+RETRIED_REASONS = frozenset({"interrupted"})
 PROGRESS_EVENTS = STARTED_EVENTS | {"confirmed", "failed", "health_failed", "rolled_back"}
 OPEN_STATES = ("active", "paused")
 
@@ -231,11 +234,14 @@ def open_store(url: str) -> Store:
     return SQLiteStore(parse_db_url(url))
 
 
-def advance_progress(p: _Progress | None, event: str, now: float) -> _Progress:
-    """The progress of a device after one more event of the rollout (pure; table-tested)."""
+def advance_progress(p: _Progress | None, event: str, now: float, reason: object = None) -> _Progress:
+    """The progress of a device after one more event of the rollout (pure; table-tested);
+    `reason` is the report's detail.reason."""
     if p is None:
         p = _Progress(None, None, None, 0)
     status, started, finished, health = p.status, p.started_at, p.finished_at, p.health_failed
+    if event == "failed" and reason in RETRIED_REASONS:
+        event = "downloading"
     if event in STARTED_EVENTS:
         if status in (None, "started", "failed"):  # a failed download may be retried
             if status != "started":
@@ -370,7 +376,8 @@ class SQLiteStore(Store):
                             "WHERE rollout_id = ? AND device_id = ?", pkey).fetchone()
                         if row is not None:
                             cur = _Progress(row[0], row[1], row[2], int(row[3]))
-                    new_progress[pkey] = advance_progress(cur, event, now)
+                    new_progress[pkey] = advance_progress(cur, event, now,
+                                                          detail.get("reason") if detail else None)
                     result.progress = True
             result.accepted = len(reports)
             if newest is not None:
