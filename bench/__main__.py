@@ -127,7 +127,16 @@ def read_rows(path: Path = BENCHMARKS_MD) -> dict[str, Outcome]:
     return rows
 
 
-def render(rows: dict[str, Outcome], machine: dict[str, str]) -> str:
+def notes(path: Path = BENCHMARKS_MD) -> str:
+    """The hand-written text after the table (kept when the table is rewritten)."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return ""
+    return text.split(_END, 1)[1].strip() if _END in text else ""
+
+
+def render(rows: dict[str, Outcome], machine: dict[str, str], tail: str = "") -> str:
     out = [
         "# Benchmarks",
         "",
@@ -154,6 +163,8 @@ def render(rows: dict[str, Outcome], machine: dict[str, str]) -> str:
         status = "ok" if r.ok else "FAILED"
         out.append(f"| `{name}` | {status} | {_escape(r.line)} | {r.seconds:.1f} | {r.date} |")
     out += [_END, ""]
+    if tail:
+        out += [tail, ""]
     return "\n".join(out)
 
 
@@ -196,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
             rows[r.name] = r
         from host_tools.fsutil import atomic_write_text
 
-        atomic_write_text(BENCHMARKS_MD, render(rows, machine))
+        atomic_write_text(BENCHMARKS_MD, render(rows, machine, notes()))
         print(f"bench: wrote {BENCHMARKS_MD.name}")
     failed = [r.name for r in results if not r.ok]
     if failed:
