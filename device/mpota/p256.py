@@ -7,7 +7,8 @@
 # (one `%` per sum of products), interleaved wNAF of u1*G + u2*Q with a constant affine
 # table of odd multiples of G, s^-1 by extended Euclid, and no field inversion at all:
 # the result's x is compared as X == r * Z^2 (mod p).
-# Heap (unix port, .mpy): about 4.5 KB for the loaded module, about 8 KB more while verifying.
+# Heap (unix port, .mpy): about 5 KB for the loaded module, about 5 KB more while verifying
+# (big-int temporaries; the tables live in a scratch buffer the caller may lend).
 import hashlib
 
 try:

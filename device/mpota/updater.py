@@ -413,9 +413,10 @@ class Updater:
 
         import mpota.http as http
 
-        url, headers, doc = self._beacon
-        if not url:
+        b = self._beacon
+        if b is None or not b[0]:
             return
+        url, headers, doc = b
         try:
             now = time.ticks_ms()
             if "time" in doc:
