@@ -171,6 +171,13 @@ def _measure(board: Any, url: str, rounds: int, breakdown: bool, blocks: int) ->
     return r
 
 
+# Pace the image (plain and zlib) at `rate` bytes/s from now on, dropping earlier faults.
+def _pace(srv: Any, rate: int) -> None:
+    srv.reset()
+    srv.fault("pace", "firmware.bin", rate=rate, times=-1)
+    srv.fault("pace", "firmware.bin.z", rate=rate, times=-1)
+
+
 def run(image_bytes: int = IMAGE_BYTES, rounds: int = ROUNDS, encoding: str = "none",
         link_rate: int = LINK_RATE, flash_rounds: int = FLASH_ROUNDS) -> dict[str, Any]:
     from feedkit import Board, Feed, Keys, device_config, image, serve
@@ -196,15 +203,12 @@ def run(image_bytes: int = IMAGE_BYTES, rounds: int = ROUNDS, encoding: str = "n
             bcfg["flash_timing"] = FLASH_TIMING
             bj.write_text(json.dumps(bcfg))
             flash = _measure(board, srv.url + raw_path, flash_rounds, False, blocks)
-            srv.fault("pace", "firmware.bin", rate=link_rate, times=-1)
-            srv.fault("pace", "firmware.bin.z", rate=link_rate, times=-1)
+            _pace(srv, link_rate)
             board = Board(tmp / "board3", image("1.0.0"), cfg, device="mpy")  # factory state again
             link = _measure(board, srv.url + raw_path, rounds, False, blocks)
             sweep = {}
             for rate in SWEEP_RATES:
-                srv.reset()  # drops the earlier pace faults
-                srv.fault("pace", "firmware.bin", rate=rate, times=-1)
-                srv.fault("pace", "firmware.bin.z", rate=rate, times=-1)
+                _pace(srv, rate)
                 board = Board(tmp / f"board-{rate}", image("1.0.0"), cfg, device="mpy")
                 sweep[rate] = _measure(board, srv.url + raw_path, rounds, False, blocks)
     return {"image_bytes": len(data), "encoding": encoding, "rounds": rounds, "flash_rounds": flash_rounds,

@@ -330,10 +330,12 @@ class Outbox:
             r["time"] = t
         return r
 
-    # (report URL, headers, report) for a report sent without this module in RAM (the
-    # updater's progress during a transfer): the caller sets seq, uptime_ms, time, detail.
+    # (report URL, headers, report, POST timeout in ms) for a report sent without this module
+    # in RAM (the updater's progress during a transfer): the caller sets seq, uptime_ms,
+    # time, detail.
     def template(self, name, target=None, rollout=None):
-        return self.cfg.get("report_url"), headers(self.cfg), self.build(name, None, target, rollout)
+        return (self.cfg.get("report_url"), headers(self.cfg), self.build(name, None, target, rollout),
+                _POST_MS)
 
     # Queue one report and try to deliver it (and older ones) within flush_ms.
     # `seq` reuses a seq reserved earlier (trial decisions): a record already queued with

@@ -394,7 +394,7 @@ class Updater:
     # the decompressor need the room, keeping what a progress report needs (_beacon).
     def _evict_reporter(self, o):
         rep = self._reporter
-        if rep is None or not self._evict or not hasattr(rep, "template"):
+        if rep is None or not self._evict:  # _evict: rep is the Outbox _rep() made
             return
         try:
             self._beacon = rep.template("downloading", o.version, o.rollout)
@@ -416,7 +416,7 @@ class Updater:
         b = self._beacon
         if b is None or not b[0]:
             return
-        url, headers, doc = b
+        url, headers, doc, post_ms = b
         try:
             now = time.ticks_ms()
             if "time" in doc:
@@ -425,7 +425,7 @@ class Updater:
             doc["seq"] = self.state.next_report_seq()
             doc["detail"] = {"progress": pct}
             self.state.save()
-            r = http.open(url, "POST", headers, json.dumps(doc), min(self.cfg.timeout_ms, 2500))
+            r = http.open(url, "POST", headers, json.dumps(doc), min(self.cfg.timeout_ms, post_ms))
             r.close()
         except Exception as e:
             print("mpota: report downloading: %r" % (e,))
