@@ -204,35 +204,30 @@ def _nvs_data():
     return _store
 
 
-# nvs.json (blobs as hex), temp file + rename, written a few dozen bytes at a time.
-def _write_nvs(path, data):
+# nvs.json (blobs as hex), written a few dozen bytes at a time (through simflash.hwrite:
+# temp file + rename).
+def _nvs_to(f, data):
     import binascii
     import json
 
-    tmp = path + ".tmp"
-    f = _sf.hopen(tmp, "w")
-    try:
-        f.write("{")
-        sep = ""
-        for name, ns in data.items():
-            f.write(sep + json.dumps(name) + ": {")
-            sep2 = ""
-            for k, v in ns.items():
-                f.write(sep2 + json.dumps(k) + ": ")
-                if k[0] == _BLOB:
-                    f.write('"')
-                    for i in range(0, len(v), 32):
-                        f.write(binascii.hexlify(v[i : i + 32]).decode())
-                    f.write('"')
-                else:
-                    f.write(str(v))
-                sep2 = ", "
-            f.write("}")
-            sep = ", "
+    f.write("{")
+    sep = ""
+    for name, ns in data.items():
+        f.write(sep + json.dumps(name) + ": {")
+        sep2 = ""
+        for k, v in ns.items():
+            f.write(sep2 + json.dumps(k) + ": ")
+            if k[0] == _BLOB:
+                f.write('"')
+                for i in range(0, len(v), 32):
+                    f.write(binascii.hexlify(v[i : i + 32]).decode())
+                f.write('"')
+            else:
+                f.write(str(v))
+            sep2 = ", "
         f.write("}")
-    finally:
-        f.close()
-    _sf.hrename(tmp, path)
+        sep = ", "
+    f.write("}")
 
 
 def _entries(data):
@@ -338,7 +333,7 @@ class NVS:
         p = _sf.find_part(run.cfg, ptype=1, subtype=_sf.SUBTYPE_DATA_NVS)
         data = _nvs_data()
         run.op("commit", p.offset if p is not None else 0, _entries(data) * _ENTRY)
-        _write_nvs(run.simdir + "/nvs.json", data)
+        _sf.hwrite(run.simdir + "/nvs.json", _nvs_to, data)
         run.op_done()
 
 

@@ -117,16 +117,24 @@ def hread_json(path, default=None):
         f.close()
 
 
-def hwrite_json(path, obj):
-    # temp file + rename: the file is either the old or the new one
-    import json
+# Write a host file with write(f, obj): temp file + rename, the file is either the old or the new one.
+def hwrite(path, write, obj):
     tmp = path + ".tmp"
     f = hopen(tmp, "w")
     try:
-        f.write(json.dumps(obj))
+        write(f, obj)
     finally:
         f.close()
     hrename(tmp, path)
+
+
+def _json_to(f, obj):
+    import json
+    f.write(json.dumps(obj))
+
+
+def hwrite_json(path, obj):
+    hwrite(path, _json_to, obj)
 
 
 # ---- the run: operation counter, power cuts, how the run ends ----
