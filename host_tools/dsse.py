@@ -1,8 +1,14 @@
-"""DSSE envelopes (Dead Simple Signing Envelope), exactly as DESIGN.md "Trust model" fixes them.
+"""DSSE envelopes (Dead Simple Signing Envelope v1), as docs/FORMATS.md describes them.
 
-``{"payloadType": T, "payload": base64(bytes), "signatures": [{"keyid": hex, "sig": base64(r||s)}]}``
+``{"payloadType": T, "payload": base64(bytes), "signatures": [{"keyid": hex, "sig": base64(DER)}]}``
 signed over ``PAE = b"DSSEv1 %d %s %d %s" % (len(T), T, len(payload), payload)``.
 Verification returns the exact payload bytes; the caller parses them.
+
+The acceptance rules are the device's (device/mpota/dsse.py), proven equal by the shared corpus
+tests/vectors/trust: the envelope's shape is checked before its payloadType; base64 is standard
+or URL-safe, padded; a signature is DER or raw r||s; a signature without keyid (or with an empty
+one) may be by any of the given keys, one whose keyid names no given key is ignored.
+Every error carries ``code``, the device's report reason for the same verdict.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -18,22 +25,39 @@ from host_tools.keys import PrivateKey, PublicKey
 
 RELEASE_PAYLOAD_TYPE = "application/vnd.mpota.release+json"
 CHANNEL_PAYLOAD_TYPE = "application/vnd.mpota.channel+json"
+MAX_SIGNATURES = 8  # the device refuses envelopes with more (each may cost it a P-256 verify)
+_STD = re.compile(r"^[A-Za-z0-9+/]*={0,2}$")
+_URL = re.compile(r"^[A-Za-z0-9_-]*={0,2}$")
 
 
 class DsseError(MpotaError):
     """Root: the envelope is not acceptable."""
 
+    code = "malformed"
+
 
 class EnvelopeFormatError(DsseError):
     """Not a DSSE envelope (bad JSON, missing fields, bad base64)."""
+
+    code = "malformed"
 
 
 class PayloadTypeError(DsseError):
     """The envelope's payloadType is not the one expected."""
 
+    code = "payload_type"
+
 
 class SignatureError(DsseError):
     """Fewer valid signatures from the given keys than the threshold."""
+
+    code = "bad_signature"
+
+
+class UnknownKeyError(SignatureError):
+    """No signature may be by a given key (keyids name other keys): e.g. the other role's key."""
+
+    code = "unknown_key"
 
 
 def pae(payload_type: str, payload: bytes) -> bytes:
@@ -57,6 +81,8 @@ def sign_envelope(
             continue
         seen.add(key.keyid)
         sigs.append({"keyid": key.keyid, "sig": base64.b64encode(key.sign(message)).decode("ascii")})
+    if len(sigs) > MAX_SIGNATURES:
+        raise DsseError(f"{len(sigs)} signatures: a device reads at most {MAX_SIGNATURES}")
     return {
         "payloadType": payload_type,
         "payload": base64.b64encode(payload).decode("ascii"),
@@ -80,30 +106,38 @@ def parse_envelope(data: bytes, source: str = "envelope") -> dict[str, Any]:
     return obj
 
 
+def b64decode(text: Any) -> bytes:
+    """DSSE base64: standard or URL-safe alphabet (not both), padded; ValueError otherwise."""
+    if not isinstance(text, str) or len(text) % 4:
+        raise ValueError("not base64")
+    if _STD.match(text):
+        return base64.b64decode(text, validate=True)
+    if _URL.match(text):
+        return base64.urlsafe_b64decode(text)
+    raise ValueError("not base64")
+
+
 def _b64(text: Any, what: str, source: str) -> bytes:
-    if not isinstance(text, str):
-        raise EnvelopeFormatError(f"{source}: {what} is not a base64 string")
     try:
-        return base64.b64decode(text.encode("ascii"), validate=True)
-    except (binascii.Error, ValueError, UnicodeEncodeError):
+        return b64decode(text)
+    except (binascii.Error, ValueError):
         raise EnvelopeFormatError(f"{source}: {what} is not valid base64") from None
 
 
 def check_envelope_shape(obj: Any, source: str = "envelope") -> None:
     if not isinstance(obj, dict):
         raise EnvelopeFormatError(f"{source} is not a DSSE envelope (expected a JSON object)")
-    for field in ("payloadType", "payload", "signatures"):
-        if field not in obj:
-            raise EnvelopeFormatError(f"{source} is not a DSSE envelope (no {field!r})")
-    if not isinstance(obj["payloadType"], str):
-        raise EnvelopeFormatError(f"{source}: payloadType is not a string")
-    _b64(obj["payload"], "payload", source)
+    if not isinstance(obj.get("payloadType"), str) or not isinstance(obj.get("signatures"), list):
+        raise EnvelopeFormatError(f"{source} is not a DSSE envelope (needs payloadType and signatures)")
+    _b64(obj.get("payload"), "payload", source)
     sigs = obj["signatures"]
-    if not isinstance(sigs, list) or not sigs:
-        raise EnvelopeFormatError(f"{source}: signatures must be a non-empty list")
+    if not 1 <= len(sigs) <= MAX_SIGNATURES:
+        raise EnvelopeFormatError(f"{source}: {len(sigs)} signatures (1..{MAX_SIGNATURES} allowed)")
     for i, s in enumerate(sigs):
-        if not isinstance(s, dict) or not isinstance(s.get("keyid", ""), str) or "sig" not in s:
-            raise EnvelopeFormatError(f"{source}: signature {i} must be an object with keyid and sig")
+        if (not isinstance(s, dict) or not isinstance(s.get("sig"), str)
+                or not isinstance(s.get("keyid", ""), str)):
+            raise EnvelopeFormatError(f"{source}: signature {i} must be an object with a string sig "
+                                      "(and keyid, when present)")
 
 
 def envelope_payload(envelope: Mapping[str, Any], source: str = "envelope") -> bytes:
@@ -121,7 +155,8 @@ def verify_envelope(
 ) -> bytes:
     """Return the payload bytes once at least ``threshold`` distinct given keys signed it.
 
-    Signatures by keys not given are ignored (as on the device); raises a DsseError subclass.
+    Signatures whose keyid names no given key are ignored (as on the device); a signature without
+    keyid is tried with every given key. Raises a DsseError subclass.
     """
     keys = [public_keys] if isinstance(public_keys, PublicKey) else list(public_keys)
     if not keys:
@@ -131,32 +166,30 @@ def verify_envelope(
     check_envelope_shape(envelope, source)
     if envelope["payloadType"] != payload_type:
         raise PayloadTypeError(
-            f"{source}: payloadType is {envelope['payloadType']!r}, expected {payload_type!r}"
+            f"{source}: payloadType is {envelope['payloadType'][:60]!r}, expected {payload_type!r}"
         )
     payload = _b64(envelope["payload"], "payload", source)
     message = pae(payload_type, payload)
-    by_id = {k.keyid: k for k in keys}
     good: set[str] = set()
-    bad = 0
+    tried = 0
     for entry in envelope["signatures"]:
-        key = by_id.get(str(entry.get("keyid", "")))
-        candidates = [key] if key is not None else ([] if entry.get("keyid") else keys)
+        kid = entry.get("keyid") or None
+        candidates = [k for k in keys if kid is None or k.keyid == kid]
+        if not candidates:
+            continue
+        tried += 1
         try:
-            sig = _b64(entry["sig"], "sig", source)
-        except EnvelopeFormatError:
-            bad += 1
+            sig = b64decode(entry["sig"])
+        except (binascii.Error, ValueError):
             continue
         for k in candidates:
             if k.keyid not in good and k.verify(message, sig):
                 good.add(k.keyid)
                 break
-        else:
-            if candidates:
-                bad += 1
     if len(good) >= threshold:
         return payload
-    if bad:
+    if tried:
         raise SignatureError(
-            f"{source}: bad signature ({len(good)} valid of {threshold} needed; {bad} did not verify)"
+            f"{source}: bad signature ({len(good)} valid of {threshold} needed)"
         )
-    raise SignatureError(f"{source}: not signed by any of the given keys ({len(good)} of {threshold} needed)")
+    raise UnknownKeyError(f"{source}: not signed by any of the given keys (keyids name other keys)")

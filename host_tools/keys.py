@@ -15,7 +15,8 @@ Files (written by ``generate_key``):
 Roles: ``release`` signs release manifests (keep it offline), ``rollout`` signs channel documents
 (lives on the server), ``both`` is the demo's single-key mode and passes either check.
 
-keyid = hex SHA-256 of the 65-byte uncompressed public point; signatures are raw r||s, 64 bytes.
+keyid = hex SHA-256 of the 65-byte uncompressed public point; signatures are written in ASN.1 DER
+(RFC 3279 ECDSA-Sig-Value, as every DSSE tool expects) and read in DER or raw r||s (64 bytes).
 """
 
 from __future__ import annotations
@@ -38,6 +39,27 @@ _MAX_KEY_FILE = 64 * 1024
 
 class KeyFileError(MpotaError):
     """A key file is missing, unreadable, malformed, of the wrong kind or of the wrong role."""
+
+
+def _strict_der(sig: bytes) -> bool:
+    """sig is exactly the canonical DER SEQUENCE { r INTEGER, s INTEGER } with r, s < 2^256
+    (minimal lengths and integers, positive, nothing after): the rule the device applies
+    (device/mpota/p256.py decode_der_signature), so both sides take the same signatures."""
+    if len(sig) < 8 or sig[0] != 0x30 or sig[1] != len(sig) - 2 or sig[1] > 127:
+        return False
+    i = 2
+    for _ in range(2):
+        if i + 2 > len(sig) or sig[i] != 2:
+            return False
+        n = sig[i + 1]
+        i += 2
+        if n == 0 or n > 33 or i + n > len(sig):
+            return False
+        v = sig[i:i + n]
+        i += n
+        if v[0] & 0x80 or (n > 1 and v[0] == 0 and not v[1] & 0x80) or (n == 33 and v[0]):
+            return False
+    return i == len(sig)
 
 
 def keyid_of(point: bytes) -> str:
@@ -75,16 +97,24 @@ class PublicKey:
         return self.point.hex()
 
     def verify(self, data: bytes, sig: bytes) -> bool:
-        """True when sig (raw r||s, 64 bytes) is a valid ECDSA-SHA256 signature of data."""
-        from ecdsa import BadSignatureError
-        from ecdsa.util import sigdecode_string  # type: ignore[import-untyped]
+        """True when sig is a valid ECDSA-SHA256 signature of data: strict ASN.1 DER (what mpota,
+        securesystemslib, in-toto and sigstore write) or raw r||s (64 bytes, IEEE P1363).
 
-        if len(sig) != 64:
-            return False
-        try:
-            return bool(self._vk.verify(sig, data, hashfunc=hashlib.sha256, sigdecode=sigdecode_string))
-        except (BadSignatureError, ValueError, AssertionError):
-            return False
+        A 64-byte string that also parses as DER is tried both ways, as on the device."""
+        from ecdsa.util import sigdecode_der, sigdecode_string  # type: ignore[import-untyped]
+
+        forms = []
+        if _strict_der(sig):
+            forms.append(sigdecode_der)
+        if len(sig) == 64:
+            forms.append(sigdecode_string)
+        for decode in forms:
+            try:
+                if self._vk.verify(sig, data, hashfunc=hashlib.sha256, sigdecode=decode):
+                    return True
+            except Exception:  # ecdsa raises assorted errors on malformed input
+                continue
+        return False
 
     def to_pem(self) -> bytes:
         return bytes(self._vk.to_pem())
@@ -94,7 +124,7 @@ class PublicKey:
 
 
 class PrivateKey:
-    """A P-256 signing key with its role; ``sign(data)`` returns raw r||s (64 bytes)."""
+    """A P-256 signing key with its role; ``sign(data)`` returns an ASN.1 DER ECDSA-Sig-Value."""
 
     def __init__(self, sk: object, role: str | None, path: str = "") -> None:
         from ecdsa import SigningKey
@@ -110,9 +140,9 @@ class PrivateKey:
         self.public_hex = self.public.public_hex
 
     def sign(self, data: bytes) -> bytes:
-        from ecdsa.util import sigencode_string
+        from ecdsa.util import sigencode_der
 
-        sig = self._sk.sign_deterministic(data, hashfunc=hashlib.sha256, sigencode=sigencode_string)
+        sig = self._sk.sign_deterministic(data, hashfunc=hashlib.sha256, sigencode=sigencode_der)
         return bytes(sig)
 
     def to_pem(self) -> bytes:

@@ -48,17 +48,42 @@ def cases(keys: Keys) -> list[tuple[str, str, str, str, str]]:
     dup = {**good, "signatures": bad["signatures"] + good["signatures"]}
     tampered = {**good, "payload": base64.b64encode(p.replace(b"1.2.3", b"9.9.9")).decode()}
     many = {**good, "signatures": good["signatures"] * 9}
+    def resig(env: dict[str, Any], fn: Any, **extra: Any) -> str:
+        e = json.loads(json.dumps(env))
+        e["signatures"][0]["sig"] = fn(base64.b64decode(e["signatures"][0]["sig"]))
+        e["signatures"][0].update(extra)
+        return _b(e)
+
+    from ecdsa import NIST256p
+    from ecdsa.util import sigdecode_der, sigencode_string
+
+    def raw(der: bytes) -> str:
+        return base64.b64encode(sigencode_string(*sigdecode_der(der, NIST256p.order), NIST256p.order)).decode()
+
+    def urlsafe(der: bytes) -> str:
+        return base64.urlsafe_b64encode(der).decode()
+
+    nokeyid = json.loads(json.dumps(good))
+    del nokeyid["signatures"][0]["keyid"]
     out = [
         ("valid", _b(good), REL, "release", "ok"),
+        ("raw_p1363_sig", resig(good, raw), REL, "release", "ok"),
+        ("urlsafe_sig", resig(good, urlsafe), REL, "release", "ok"),
+        ("no_keyid", _b(nokeyid), REL, "release", "ok"),
+        ("empty_keyid", resig(good, lambda d: base64.b64encode(d).decode(), keyid=""), REL, "release", "ok"),
+        ("no_keyid_wrong_role", _b(nokeyid), REL, "rollout", "SignatureError"),
+        ("keyid_not_str", resig(good, lambda d: base64.b64encode(d).decode(), keyid=5), REL, "release",
+         "BadDocument"),
         ("unknown_then_valid", _b(two), REL, "release", "ok"),
         ("bad_sig", _b(bad), REL, "release", "SignatureError"),
         ("tampered_payload", _b(tampered), REL, "release", "SignatureError"),
         ("short_sig", _b(short), REL, "release", "SignatureError"),
         ("sig_not_base64", _b(notb64), REL, "release", "SignatureError"),
-        ("bad_then_good_same_key", _b(dup), REL, "release", "SignatureError"),
+        ("sig_not_str", resig(good, lambda d: 5), REL, "release", "BadDocument"),
+        ("bad_then_good_same_key", _b(dup), REL, "release", "ok"),
         ("stranger_only", _b(_env(keys, p, ["stranger"])), REL, "release", "UnknownKey"),
         ("wrong_role", _b(good), REL, "rollout", "UnknownKey"),
-        ("no_signatures", _b({**good, "signatures": []}), REL, "release", "UnknownKey"),
+        ("no_signatures", _b({**good, "signatures": []}), REL, "release", "BadDocument"),
         ("payload_type", _b(_env(keys, p, ["release"], CHAN)), REL, "release", "PayloadTypeError"),
         ("not_json", "{\"payloadType\": ", REL, "release", "BadDocument"),
         ("array", "[1, 2]", REL, "release", "BadDocument"),

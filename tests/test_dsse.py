@@ -11,7 +11,7 @@ from pathlib import Path
 
 import ecdsa
 import pytest
-from ecdsa.util import sigdecode_string
+from ecdsa.util import sigdecode_der
 
 from host_tools.dsse import (
     CHANNEL_PAYLOAD_TYPE,
@@ -58,12 +58,12 @@ def test_envelope_shape_and_independent_verification(keys: list[PrivateKey]) -> 
     (entry,) = env["signatures"]
     assert entry["keyid"] == hashlib.sha256(keys[0].public.point).hexdigest()
     sig = base64.b64decode(entry["sig"])
-    assert len(sig) == 64
+    assert sig[0] == 0x30 and len(sig) in range(8, 73)  # ASN.1 DER, as every DSSE tool expects
     # Verified with the ecdsa package alone, over PAE built here by hand.
     message = b"DSSEv1 %d %s %d %s" % (len(RELEASE_PAYLOAD_TYPE), RELEASE_PAYLOAD_TYPE.encode(), len(payload),
                                       payload)
     vk = ecdsa.VerifyingKey.from_string(keys[0].public.point, curve=ecdsa.NIST256p)
-    assert vk.verify(sig, message, hashfunc=hashlib.sha256, sigdecode=sigdecode_string)
+    assert vk.verify(sig, message, hashfunc=hashlib.sha256, sigdecode=sigdecode_der)
     # The file form round-trips.
     assert parse_envelope(envelope_bytes(env)) == env
 
@@ -80,9 +80,13 @@ def test_device_p256_accepts_host_signatures(keys: list[PrivateKey]) -> None:
     env = sign_envelope(CHANNEL_PAYLOAD_TYPE, payload, keys[2])
     sig = base64.b64decode(env["signatures"][0]["sig"])
     message = pae(CHANNEL_PAYLOAD_TYPE, payload)
-    assert p256.verify(keys[2].public.point, message, sig) is True
-    assert p256.verify(keys[2].public.point, message + b" ", sig) is False
-    assert p256.verify(keys[0].public.point, message, sig) is False
+    raw = p256.decode_der_signature(sig)
+    assert raw is not None
+    assert p256.verify(keys[2].public.point, message, raw) is True
+    assert p256.verify(keys[2].public.point, message + b" ", raw) is False
+    assert p256.verify(keys[0].public.point, message, raw) is False
+    digest = hashlib.sha256(message).digest()
+    assert p256.verify_any([(keys[2].public.point, sig)], digest)  # DER as the envelope carries it
 
 
 def test_verify_returns_exact_payload(keys: list[PrivateKey]) -> None:
@@ -146,9 +150,9 @@ def test_unknown_keyids_are_ignored(keys: list[PrivateKey]) -> None:
 @pytest.mark.parametrize("doc, pattern", [
     (b"not json", "not JSON"),
     (b"[]", "expected a JSON object"),
-    (b'{"payload": "", "signatures": []}', "no 'payloadType'"),
+    (b'{"payload": "", "signatures": []}', "needs payloadType and signatures"),
     (b'{"payloadType": "t", "payload": "@@", "signatures": [{"sig": ""}]}', "payload is not valid base64"),
-    (b'{"payloadType": "t", "payload": "", "signatures": []}', "non-empty list"),
+    (b'{"payloadType": "t", "payload": "", "signatures": []}', "0 signatures"),
     (b'{"payloadType": "t", "payload": "", "signatures": ["x"]}', "signature 0 must be an object"),
 ])
 def test_malformed_envelopes(doc: bytes, pattern: str) -> None:

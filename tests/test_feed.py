@@ -16,7 +16,7 @@ from typing import Any
 
 import ecdsa
 import pytest
-from ecdsa.util import sigdecode_string
+from ecdsa.util import sigdecode_der
 
 import host_tools.feed as feedmod
 from host_tools.channel import ChannelDoc
@@ -67,7 +67,7 @@ def _independent_channel(path: Path, point: bytes) -> dict[str, Any]:
     vk = ecdsa.VerifyingKey.from_string(point, curve=ecdsa.NIST256p)
     msg = b"DSSEv1 %d %s %d %s" % (len(t), t, len(payload), payload)
     assert vk.verify(base64.b64decode(env["signatures"][0]["sig"]), msg, hashfunc=hashlib.sha256,
-                     sigdecode=sigdecode_string)
+                     sigdecode=sigdecode_der)
     doc: dict[str, Any] = json.loads(payload)
     return doc
 

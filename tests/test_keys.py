@@ -10,7 +10,7 @@ from pathlib import Path
 
 import ecdsa
 import pytest
-from ecdsa.util import sigdecode_string
+from ecdsa.util import sigdecode_der, sigencode_string
 
 from host_tools.keys import (
     KeyFileError,
@@ -63,14 +63,20 @@ def test_sign_verifies_independently_with_ecdsa(tmp_path: Path) -> None:
     assert key.role == "both" and key.keyid == info.keyid and key.public_hex == info.public_hex
     msg = b"DSSEv1 4 test 5 hello"
     sig = key.sign(msg)
-    assert len(sig) == 64
+    assert sig[0] == 0x30 and sig[1] == len(sig) - 2  # ASN.1 DER
     vk = ecdsa.VerifyingKey.from_string(bytes.fromhex(info.public_hex), curve=ecdsa.NIST256p)
-    assert vk.verify(sig, msg, hashfunc=hashlib.sha256, sigdecode=sigdecode_string)
+    assert vk.verify(sig, msg, hashfunc=hashlib.sha256, sigdecode=sigdecode_der)
     with pytest.raises(ecdsa.BadSignatureError):
-        vk.verify(sig, msg + b"!", hashfunc=hashlib.sha256, sigdecode=sigdecode_string)
+        vk.verify(sig, msg + b"!", hashfunc=hashlib.sha256, sigdecode=sigdecode_der)
     pub = load_public_key(info.public_hex)
     assert pub.verify(msg, sig) and not pub.verify(msg, sig[:-1] + bytes([sig[-1] ^ 1]))
-    assert not pub.verify(msg, sig[:63])
+    assert not pub.verify(msg, sig[:-1])
+    # raw r||s (IEEE P1363) is read too; DER with a non-minimal length is not
+    r, s = sigdecode_der(sig, ecdsa.NIST256p.order)
+    raw = sigencode_string(r, s, ecdsa.NIST256p.order)
+    assert len(raw) == 64 and pub.verify(msg, raw) and not pub.verify(msg + b"!", raw)
+    long_form = b"\x30\x81" + bytes([len(sig) - 2]) + sig[2:]
+    assert not pub.verify(msg, long_form)
 
 
 def test_roles_enforced(tmp_path: Path) -> None:
@@ -139,7 +145,7 @@ def test_openssl_p256_key_is_accepted(tmp_path: Path) -> None:
         # Without openssl, write the same PKCS#8 form with ecdsa.
         path.write_bytes(ecdsa.SigningKey.generate(curve=ecdsa.NIST256p).to_pem(format="pkcs8"))
     key = load_private_key(path)
-    assert key.role is None and len(key.sign(b"x")) == 64
+    assert key.role is None and key.public.verify(b"x", key.sign(b"x"))
 
 
 def test_load_public_key_forms(tmp_path: Path) -> None:

@@ -109,11 +109,27 @@ def test_wycheproof_der(tc: int, comment: str, pub: str, msg: str, sig: str, res
     raw = p256.decode_der_signature(bytes.fromhex(sig))
     verdict = raw is not None and p256.verify(bytes.fromhex(pub), bytes.fromhex(msg), raw)
     _expect(result, verdict)
+    digest = hashlib.sha256(bytes.fromhex(msg)).digest()
+    _expect(result, p256.verify_any([(bytes.fromhex(pub), bytes.fromhex(sig))], digest))
+
+
+def test_wycheproof_host_verifier_agrees() -> None:
+    # host_tools.keys reads the same two signature forms with the same strictness.
+    from host_tools.keys import PublicKey
+
+    wrong = []
+    for name, cases in (("p1363", P1363), ("der", DER)):
+        keys: dict[str, PublicKey] = {}
+        for tc, _comment, pub, msg, sig, result in cases:
+            key = keys.setdefault(pub, PublicKey(bytes.fromhex(pub)))
+            if key.verify(bytes.fromhex(msg), bytes.fromhex(sig)) is not (result == "valid"):
+                wrong.append((name, tc))
+    assert wrong == []
 
 
 # One MicroPython process runs both files; it prints one JSON line with its verdicts.
 _UPY_RUNNER = r"""
-import sys, json, binascii
+import sys, json, binascii, hashlib
 sys.path.insert(0, sys.argv[1])
 import mpota.p256 as p256
 out = {}
@@ -125,10 +141,13 @@ for name, path, der in (("p1363", sys.argv[2], False), ("der", sys.argv[3], True
         pub = binascii.unhexlify(g["publicKey"]["uncompressed"])
         for t in g["tests"]:
             sig = binascii.unhexlify(t["sig"])
+            msg = binascii.unhexlify(t["msg"])
+            # the envelope path: verify_any takes the signature as the envelope carries it
+            via_any = p256.verify_any([(pub, sig)], hashlib.sha256(msg).digest())
             if der:
                 sig = p256.decode_der_signature(sig)
-            ok = sig is not None and p256.verify(pub, binascii.unhexlify(t["msg"]), sig)
-            got.append([t["tcId"], t["result"], ok])
+            ok = sig is not None and p256.verify(pub, msg, sig)
+            got.append([t["tcId"], t["result"], ok, via_any])
     d = None
     out[name] = got
 print(json.dumps(out))
@@ -148,9 +167,10 @@ def test_wycheproof_on_micropython_unix_port(tmp_path: Path) -> None:
     for name, cases in (("p1363", P1363), ("der", DER)):
         got = out[name]
         assert [g[0] for g in got] == [c[0] for c in cases]
-        wrong = [(tc, res, ok) for tc, res, ok in got if res != "acceptable" and ok is not (res == "valid")]
+        wrong = [(tc, res, ok, a) for tc, res, ok, a in got
+                 if res != "acceptable" and not (ok is a is (res == "valid"))]
         assert wrong == [], f"{name}: wrong verdicts on MicroPython: {wrong}"
-        assert sum(ok for _, _, ok in got) == sum(c[5] == "valid" for c in cases)
+        assert sum(ok for _, _, ok, _ in got) == sum(c[5] == "valid" for c in cases)
 
 
 # The module as deployed (mpy-cross output) in a small heap: import + verify in 64 KB.

@@ -14,7 +14,7 @@ from typing import Any
 
 import ecdsa
 import pytest
-from ecdsa.util import sigdecode_string
+from ecdsa.util import sigdecode_der
 
 from host_tools.dsse import CHANNEL_PAYLOAD_TYPE, RELEASE_PAYLOAD_TYPE, envelope_bytes, sign_envelope
 from host_tools.errors import MpotaError
@@ -71,7 +71,7 @@ def _independent_payload(manifest_file: Path, point: bytes) -> dict[str, Any]:
     (sig,) = env["signatures"]
     assert sig["keyid"] == hashlib.sha256(point).hexdigest()
     assert vk.verify(base64.b64decode(sig["sig"]), message, hashfunc=hashlib.sha256,
-                     sigdecode=sigdecode_string)
+                     sigdecode=sigdecode_der)
     doc: dict[str, Any] = json.loads(payload)
     return doc
 

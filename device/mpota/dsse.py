@@ -44,11 +44,20 @@ def read_capped(resp, cap, buf, h=None):
             raise DocumentTooLarge("document larger than %d bytes" % cap)
 
 
+# DSSE's base64: standard or URL-safe alphabet (not both in one string), padded to a
+# multiple of 4. a2b_base64 skips stray characters, so the output length must come out exact;
+# '=' only as the last one or two characters.
 def _b64(s):
     import binascii
 
-    # strict: a2b_base64 skips stray characters, so check the length comes out exact
     if not isinstance(s, str) or len(s) % 4:
+        raise ValueError
+    if "-" in s or "_" in s:
+        if "+" in s or "/" in s:
+            raise ValueError
+        s = s.replace("-", "+").replace("_", "/")
+    i = s.find("=")
+    if i >= 0 and (i < len(s) - 2 or s[-1] != "="):
         raise ValueError
     out = binascii.a2b_base64(s)
     if len(out) != len(s) // 4 * 3 - s.endswith("=") - s.endswith("=="):
@@ -56,13 +65,15 @@ def _b64(s):
     return out
 
 
-# The envelope half of a verify: parse `data`, check its payloadType, decode the payload,
-# hash PAE, and pair each configured key (keys = [(keyid hex, 65-byte point), ...] of the
-# role; each tried once, in envelope order) with its 64-byte signature (None when that
-# signature does not decode). Returns (payload, digest, pairs) or raises a MetadataError
-# subclass (UnknownKey when no signature is by a configured key). The signature check is
-# mpota.p256.verify_any(pairs, digest): the updater runs it after unloading this module, so
-# only one of the two is in RAM at a time.
+# The envelope half of a verify: parse `data`, check its shape, its payloadType, decode the
+# payload, hash PAE, and pair each signature with the configured keys it may be by
+# (keys = [(keyid hex, 65-byte point), ...] of the role): the key its keyid names, or every
+# key when it has no keyid (DSSE makes keyid optional; sigstore leaves it empty). A keyid
+# naming no configured key is ignored. Signatures stay as decoded (DER or raw r||s; None
+# when not base64). Returns (payload, digest, pairs) or raises a MetadataError subclass:
+# BadDocument for a bad shape (checked before the payloadType), UnknownKey when no signature
+# may be by a configured key. The signature check is mpota.p256.verify_any(pairs, digest):
+# the updater runs it after unloading this module, so only one of the two is in RAM at a time.
 def open(data, payload_type, keys):
     import hashlib
     import json
@@ -79,32 +90,33 @@ def open(data, payload_type, keys):
     sigs = env.get("signatures")
     if not isinstance(pt, str) or not isinstance(sigs, list):
         raise BadDocument("envelope lacks payloadType/signatures")
-    if pt != payload_type:
-        raise PayloadTypeError("payloadType %s, expected %s" % (pt[:60], payload_type))
     try:
         payload = _b64(env.get("payload"))
     except ValueError:  # binascii.Error is a ValueError
         raise BadDocument("payload is not base64")
-    if len(sigs) > _MAX_SIGS:
-        raise BadDocument("too many signatures")
+    if not sigs or len(sigs) > _MAX_SIGS:
+        raise BadDocument("%d signatures" % len(sigs))
+    for s in sigs:
+        if (not isinstance(s, dict) or not isinstance(s.get("sig"), str)
+                or not isinstance(s.get("keyid", ""), str)):
+            raise BadDocument("bad signature entry")
+    if pt != payload_type:
+        raise PayloadTypeError("payloadType %s, expected %s" % (pt[:60], payload_type))
     env = data = None
     h = hashlib.sha256(("DSSEv1 %d %s %d " % (len(pt), pt, len(payload))).encode())
     h.update(payload)
     pairs = []
-    tried = []
     for s in sigs:
-        if not isinstance(s, dict):
-            raise BadDocument("bad signature entry")
-        kid = s.get("keyid")
+        kid = s.get("keyid") or None
+        if kid is not None and not any(k == kid for k, _ in keys):
+            continue
+        try:
+            sig = _b64(s["sig"])
+        except ValueError:
+            sig = None
         for k, pub in keys:
-            if k == kid and k not in tried:
-                tried.append(k)
-                try:
-                    sig = _b64(s.get("sig"))
-                except ValueError:
-                    sig = None
-                pairs.append((pub, sig if sig is not None and len(sig) == 64 else None))
-                break
+            if kid is None or k == kid:
+                pairs.append((pub, sig))
     if not pairs:
         raise UnknownKey("no signature by a %s key" % ("release" if payload_type == RELEASE else "rollout"))
     return payload, h.digest(), pairs
