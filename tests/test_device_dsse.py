@@ -58,7 +58,8 @@ def cases(keys: Keys) -> list[tuple[str, str, str, str, str]]:
     from ecdsa.util import sigdecode_der, sigencode_string
 
     def raw(der: bytes) -> str:
-        return base64.b64encode(sigencode_string(*sigdecode_der(der, NIST256p.order), NIST256p.order)).decode()
+        n = NIST256p.order
+        return base64.b64encode(sigencode_string(*sigdecode_der(der, n), n)).decode()
 
     def urlsafe(der: bytes) -> str:
         return base64.urlsafe_b64encode(der).decode()
