@@ -16,7 +16,8 @@ from pathlib import Path
 from host_tools.errors import MpotaError
 from host_tools.fsutil import atomic_write_text
 
-_DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
+# Matched whole (fullmatch): `$` would also accept a trailing newline. The server checks with it too.
+DEVICE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 
 
 class FleetError(MpotaError):
@@ -24,7 +25,7 @@ class FleetError(MpotaError):
 
 
 def check_device_id(device_id: str) -> str:
-    if not _DEVICE_ID.match(device_id):
+    if not DEVICE_ID.fullmatch(device_id):
         raise FleetError(
             f"invalid device id {device_id!r}: 1-64 characters of letters, digits, '.', '_', ':', '-'"
         )

@@ -30,6 +30,8 @@ def register(sub: Any) -> None:
                    help="SQLite synchronous=FULL: acknowledged reports also survive a power cut "
                         "(default NORMAL survives a killed process)")
     p.add_argument("--access-log", action="store_true", help="log every request")
+    p.add_argument("--tls-cert", metavar="PEM", help="serve https with this certificate chain (server first)")
+    p.add_argument("--tls-key", metavar="PEM", help="the certificate's private key (with --tls-cert)")
     p.set_defaults(func=cmd_serve)
 
 
@@ -45,7 +47,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     feed = Path(args.feed)
     secret = load_secret(args.fleet_secret) if args.fleet_secret else None
     publisher = make_publisher(feed, args.rollout_key, any_role=args.any_role)
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise UsageError("https needs both --tls-cert and --tls-key")
     config = ServerConfig(feed_dir=feed, db_url=args.db, fleet_secret=secret, tick_s=args.tick,
-                          synchronous="FULL" if args.durable else "NORMAL", access_log=args.access_log)
+                          synchronous="FULL" if args.durable else "NORMAL", access_log=args.access_log,
+                          tls_cert=Path(args.tls_cert) if args.tls_cert else None,
+                          tls_key=Path(args.tls_key) if args.tls_key else None)
     run(config, args.host, args.port, publisher)
     return 0

@@ -13,14 +13,17 @@ Routes (all JSON errors are {"error": "<one line>"}):
                                    {board, channel, version, plan, id?}
   GET  /v1/rollouts/{id}           per-stage status; POST /v1/rollouts/{id}/pause|resume|abort
 Report answers: 200 {"accepted": n} once committed; 409 a seq already seen (nothing stored);
-400 malformed; 401 bad/missing token; 403 report for another device; 413 too large; 5xx retry later.
+400 malformed; 401 bad/missing token; 403 report for another device; 408 body too slow; 413 too
+large; 422 valid but the store cannot hold it (the device drops it, as every 4xx but 409);
+503 retry later (the database cannot write now). Input rules: docs/ARCHITECTURE.md "Reports".
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import logging
 import os
+import ssl
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -30,28 +33,31 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from host_tools.errors import MpotaError
+from host_tools.fleet import DEVICE_ID
 from host_tools.server.auth import TokenCache, bearer
+from host_tools.server.body import BodyError, parse_json, read_body
 from host_tools.server.ingest import (
-    DEVICE_ID,
     MAX_BATCH,
     MAX_BODY,
     GroupCommitWriter,
     ReportError,
+    claimed_device,
     parse_reports,
 )
 from host_tools.server.orchestrator import ChannelPublisher, Orchestrator, RolloutError, RolloutNotFound
 from host_tools.server.plans import PlanError, RolloutPlan
 from host_tools.server.status_page import render
-from host_tools.server.store import ConflictError, SQLiteStore, Store, parse_db_url
+from host_tools.server.store import ConflictError, SQLiteStore, Store, UnstorableError, parse_db_url
 
 T = TypeVar("T")
 _CONTENT_TYPES = {".json": "application/json", ".bin": "application/octet-stream",
                   ".z": "application/octet-stream", ".html": "text/html; charset=utf-8",
                   ".txt": "text/plain; charset=utf-8", ".pem": "text/plain; charset=utf-8",
                   ".pub": "text/plain; charset=utf-8"}
-_NAME = DEVICE_ID
+DEVICE_BODY = 8192
 _ACCEPTED = [b'{"accepted": %d}' % n for n in range(MAX_BATCH + 1)]  # prebuilt answers (hot path)
 
 
@@ -67,10 +73,46 @@ class ServerConfig:
     tick_s: float = 1.0                # orchestrator timer
     synchronous: str = "NORMAL"        # SQLite; NORMAL survives kill -9, FULL also power loss
     access_log: bool = False
+    tls_cert: Path | None = None       # PEM certificate chain (server first) -> https
+    tls_key: Path | None = None        # its PEM private key
+    header_timeout: float = 15.0       # s from connect (or the last answer) to a request's full headers
+    body_timeout: float = 20.0         # s to receive a whole request body
+
+
+def tls_context(cert: Path, key: Path) -> ssl.SSLContext:
+    """The server side of TLS (1.2 or newer); one-line ServeError for unreadable or mismatched files."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        ctx.load_cert_chain(str(cert), str(key))
+    except FileNotFoundError as exc:
+        raise ServeError(f"TLS: cannot read {exc.filename}") from None
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        raise ServeError(f"TLS: {cert} / {key} are not a PEM certificate and its private key "
+                         f"({getattr(exc, 'reason', None) or exc})") from None
+    return ctx
 
 
 def default_db_url(feed_dir: Path) -> str:
     return f"sqlite:///{feed_dir.resolve().parent / 'mpota.db'}"
+
+
+class _OneLineBadRequests(logging.Filter):
+    """aiohttp logs a malformed request (bad header, smuggling shape, garbage) with a full traceback;
+    a client's mistake is one line on stderr instead. Server-side errors keep their traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, (HttpProcessingError, ConnectionError)):
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            remote = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+            print(f"mpota serve: bad request from {remote}: {first[:160]}", file=sys.stderr, flush=True)
+            return False
+        return True
+
+
+_SERVER_LOG = logging.getLogger("aiohttp.server")
+if not any(isinstance(f, _OneLineBadRequests) for f in _SERVER_LOG.filters):
+    _SERVER_LOG.addFilter(_OneLineBadRequests())
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -179,36 +221,53 @@ class MpotaServer:
             return _error(401, "operator token required (Authorization: Bearer <operator token>)")
         return None
 
+    # ----------------------------------------------------------------- bodies
+    def _bad_body(self, request: web.Request, exc: BodyError) -> web.Response:
+        if exc.status is None:  # nobody to answer: one line, no traceback
+            self._log(f"{request.method} {request.path} from {request.remote}: {exc}")
+            return _error(400, str(exc))
+        return _error(exc.status, str(exc))
+
+    async def _json(self, request: web.Request, cap: int = MAX_BODY) -> object:
+        return parse_json(await read_body(request, cap, self.config.body_timeout))
+
     # ----------------------------------------------------------------- reports
     async def post_reports(self, request: web.Request) -> web.Response:
+        # Order: everything the headers allow (size, token, claimed device) before reading the
+        # body; then the body's device id and its token before validating the rest.
         tokens = self.tokens
         if tokens is None:
             return _error(503, "no fleet secret configured")
-        length = request.content_length
-        if length is not None and length > MAX_BODY:
-            return _error(413, f"report body larger than {MAX_BODY} bytes")
         token = bearer(request.headers.get("Authorization"))
         if token is None:
             return _error(401, "missing device token (Authorization: Bearer <token>)")
-        claimed = request.headers.get("X-Mpota-Device")
-        if claimed is not None and not (_NAME.match(claimed) and tokens.device_ok(claimed, token)):
-            return _error(401, "bad device token")
-        body = await self._read_capped(request, MAX_BODY)
-        if body is None:
+        length = request.content_length
+        if length is not None and length > MAX_BODY:
             return _error(413, f"report body larger than {MAX_BODY} bytes")
+        claimed = request.headers.get("X-Mpota-Device")
+        if claimed is not None and not (DEVICE_ID.fullmatch(claimed) and tokens.device_ok(claimed, token)):
+            return _error(401, "bad device token")
         try:
-            reports = parse_reports(json.loads(body))
-        except (ValueError, RecursionError) as exc:  # ReportError and JSON errors are ValueErrors
-            message = str(exc) if isinstance(exc, ReportError) else "body is not valid JSON"
-            return _error(400, message)
-        device_id = claimed or reports[0]["device_id"]
+            data = parse_json(await read_body(request, MAX_BODY, self.config.body_timeout))
+        except BodyError as exc:
+            return self._bad_body(request, exc)
+        device_id = claimed or claimed_device(data)
+        if device_id is None:
+            return _error(400, "no device_id in the report")
         if claimed is None and not tokens.device_ok(device_id, token):
             return _error(401, "bad device token")
+        try:
+            reports = parse_reports(data)
+        except ReportError as exc:
+            return _error(400, str(exc))
         for r in reports:
             if r["device_id"] != device_id:
                 return _error(403, f"report for {r['device_id']} sent with the token of {device_id}")
         try:
             result = await self.writer.submit(device_id, reports)
+        except UnstorableError as exc:  # retrying cannot help: a 4xx, which the device drops
+            self._log(f"report from {device_id} refused: {exc}")
+            return _error(422, "report cannot be stored")
         except Exception as exc:
             self._log(f"storing reports failed: {exc}")
             return _error(503, "cannot store reports now, retry later")
@@ -216,42 +275,33 @@ class MpotaServer:
             return _error(409, f"{result.duplicates} report seq(s) already received; nothing stored")
         return web.Response(body=_ACCEPTED[result.accepted], content_type="application/json")
 
-    @staticmethod
-    async def _read_capped(request: web.Request, cap: int) -> bytes | None:
-        if request.content_length is not None:
-            return await request.read()
-        data = bytearray()
-        while True:
-            chunk = await request.content.read(65536)
-            if not chunk:
-                return bytes(data)
-            data += chunk
-            if len(data) > cap:
-                return None
-
     # ----------------------------------------------------------------- devices
     async def post_device(self, request: web.Request) -> web.Response:
-        if self.tokens is None:
+        tokens = self.tokens
+        if tokens is None:
             return _error(503, "no fleet secret configured")
         token = bearer(request.headers.get("Authorization"))
-        body = await self._read_capped(request, 8192)
-        if body is None:
-            return _error(413, "body too large")
+        if token is None:
+            return _error(401, "operator token or the device's own token required")
+        operator = tokens.operator_ok(token)
+        claimed = request.headers.get("X-Mpota-Device")
+        if not operator and claimed is not None and not (
+                DEVICE_ID.fullmatch(claimed) and tokens.device_ok(claimed, token)):
+            return _error(401, "operator token or the device's own token required")
         try:
-            data = json.loads(body)
-        except ValueError:
-            return _error(400, "body is not valid JSON")
+            data = await self._json(request, DEVICE_BODY)
+        except BodyError as exc:
+            return self._bad_body(request, exc)
         if not isinstance(data, dict):
             return _error(400, "expected an object {device_id, board, group}")
         device_id = data.get("device_id")
-        if not isinstance(device_id, str) or not _NAME.match(device_id):
+        if not isinstance(device_id, str) or not DEVICE_ID.fullmatch(device_id):
             return _error(400, "device_id missing or invalid")
-        operator = self.tokens.operator_ok(token)
-        if not operator and not (token is not None and self.tokens.device_ok(device_id, token)):
+        if not operator and not tokens.device_ok(device_id, token):
             return _error(401, "operator token or the device's own token required")
         board, group = data.get("board"), data.get("group")
         for name, value in (("board", board), ("group", group)):
-            if value is not None and (not isinstance(value, str) or not _NAME.match(value)):
+            if value is not None and (not isinstance(value, str) or not DEVICE_ID.fullmatch(value)):
                 return _error(400, f"{name} must be a short name")
         reset = data.get("reset_seq", False)
         if reset is not False and (reset is not True or not operator):
@@ -325,9 +375,9 @@ class MpotaServer:
         if denied:
             return denied
         try:
-            data = await request.json()
-        except ValueError:
-            return _error(400, "body is not valid JSON")
+            data = await self._json(request)
+        except BodyError as exc:
+            return self._bad_body(request, exc)
         if not isinstance(data, dict):
             return _error(400, "expected an object {board, channel, version, plan}")
         names: dict[str, str] = {}
@@ -362,9 +412,9 @@ class MpotaServer:
         reason = None
         if request.can_read_body:
             try:
-                data = await request.json()
-            except ValueError:
-                return _error(400, "body is not valid JSON")
+                data = await self._json(request)
+            except BodyError as exc:
+                return self._bad_body(request, exc)
             if isinstance(data, dict) and isinstance(data.get("reason"), str):
                 reason = data["reason"][:200]
         orch = self.orchestrator
@@ -436,24 +486,37 @@ def make_publisher(feed_dir: Path, rollout_key: str | None, any_role: bool = Fal
     return FeedPublisher(feed_dir, rollout_key, expires_s=expires_s, any_role=any_role)
 
 
+async def start_site(server: MpotaServer, host: str, port: int) -> tuple[web.AppRunner, str]:
+    """Listen (http, or https with the config's certificate); returns the runner and the base URL.
+    keepalive_timeout doubles as the header timeout: aiohttp closes a connection that has not
+    completed a request's headers that long after connecting or after its last answer."""
+    config = server.config
+    ctx = None
+    if config.tls_cert is not None or config.tls_key is not None:
+        if config.tls_cert is None or config.tls_key is None:
+            raise ServeError("TLS needs both a certificate and its key (--tls-cert and --tls-key)")
+        ctx = tls_context(config.tls_cert, config.tls_key)
+    quiet: dict[str, Any] = {} if config.access_log else {"access_log": None}
+    runner = web.AppRunner(server.app(), keepalive_timeout=config.header_timeout, **quiet)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=ctx)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise ServeError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sockets = getattr(site._server, "sockets", None) or []
+    bound = sockets[0].getsockname()[1] if sockets else port
+    return runner, f"{'https' if ctx else 'http'}://{host}:{bound}"
+
+
 def run(config: ServerConfig, host: str, port: int, publisher: ChannelPublisher | None,
         ready: Callable[[str], Awaitable[None] | None] | None = None) -> None:
-    """Serve until interrupted; prints "serving on http://HOST:PORT" once listening."""
+    """Serve until interrupted; prints "serving on http(s)://HOST:PORT" once listening."""
     server = MpotaServer(config, publisher)
 
     async def main() -> None:
-        app = server.app()
-        runner = web.AppRunner(app) if config.access_log else web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, host, port, reuse_address=True)
-        try:
-            await site.start()
-        except OSError as exc:
-            await runner.cleanup()
-            raise ServeError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-        sockets = getattr(site._server, "sockets", None) or []
-        bound = sockets[0].getsockname()[1] if sockets else port
-        url = f"http://{host}:{bound}"
+        runner, url = await start_site(server, host, port)
         print(f"serving on {url}", flush=True)
         if ready is not None:
             maybe = ready(url)

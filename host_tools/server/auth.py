@@ -31,7 +31,10 @@ def bearer(header: str | None) -> str | None:
 
 
 class TokenCache:
-    """Expected device tokens, computed once per device (the HMAC is most of an auth check)."""
+    """Expected device tokens, computed once per device (the HMAC is most of an auth check).
+
+    Only a device that proved its token is cached, so a flood of made-up ids with junk tokens
+    costs one HMAC each and no memory; past `limit` devices the oldest entry makes room."""
 
     def __init__(self, secret: bytes, limit: int = 200_000) -> None:
         self._secret = secret
@@ -39,14 +42,21 @@ class TokenCache:
         self._limit = limit
         self.operator = operator_token(secret).encode()
 
+    def __len__(self) -> int:
+        return len(self._tokens)
+
     def device_ok(self, device_id: str, token: str) -> bool:
+        given = token.encode("utf-8", "replace")
         expected = self._tokens.get(device_id)
-        if expected is None:
-            if len(self._tokens) >= self._limit:
-                self._tokens.clear()
-            expected = hmac.new(self._secret, device_id.encode(), hashlib.sha256).hexdigest().encode()
-            self._tokens[device_id] = expected
-        return hmac.compare_digest(expected, token.encode("utf-8", "replace"))
+        if expected is not None:
+            return hmac.compare_digest(expected, given)
+        expected = hmac.new(self._secret, device_id.encode(), hashlib.sha256).hexdigest().encode()
+        if not hmac.compare_digest(expected, given):
+            return False
+        if len(self._tokens) >= self._limit:
+            del self._tokens[next(iter(self._tokens))]
+        self._tokens[device_id] = expected
+        return True
 
     def operator_ok(self, token: str | None) -> bool:
         return token is not None and hmac.compare_digest(self.operator, token.encode("utf-8", "replace"))

@@ -16,10 +16,8 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
-from aiohttp import web
-
 from host_tools.fleet import device_token
-from host_tools.server.app import MpotaServer, ServerConfig
+from host_tools.server.app import MpotaServer, ServerConfig, start_site
 from host_tools.server.orchestrator import ChannelPublisher
 
 
@@ -50,12 +48,7 @@ class ServerThread:
     async def _serve(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        runner = web.AppRunner(self.server.app(), access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, self.host, 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.url = f"http://{self.host}:{port}"
+        runner, self.url = await start_site(self.server, self.host, 0)
         self._ready.set()
         try:
             await self._stop.wait()

@@ -2,7 +2,9 @@
 
 Limits: a request body is at most MAX_BODY bytes and holds one report or {"reports": [...]} with
 at most MAX_BATCH reports, all of the authenticated device. Validation is all or nothing: one
-bad report and the request is refused (400) with nothing stored.
+bad report and the request is refused (400) with nothing stored. Whatever passes is storable:
+integers within +-2^53 (JSON-safe, and what SQLite's INTEGER holds), floats finite, strings valid
+Unicode (body.parse_json), so no report can fail the transaction it shares with others.
 
 The writer: request handlers queue (device_id, reports, future); one task takes everything queued,
 stores it in ONE transaction on the database thread (group commit), then answers every waiting
@@ -12,12 +14,12 @@ request. A 2xx therefore always means "committed".
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
 
+from host_tools.fleet import DEVICE_ID
 from host_tools.server.store import IngestResult, Report, Store
 
 MAX_BATCH = 50
@@ -26,7 +28,6 @@ MAX_DETAIL_KEYS = 16
 MAX_STR = 128
 EVENTS = frozenset({"checking", "downloading", "downloaded", "installed", "confirmed", "health_failed",
                     "rolled_back", "failed", "heartbeat"})
-DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
 _STR_FIELDS = ("board", "group", "version", "slot", "rollout", "target")
 _INT_FIELDS = ("uptime_ms", "time")
 _MAX_INT = 1 << 53
@@ -36,7 +37,18 @@ class ReportError(ValueError):
     """A malformed report: the message says which field."""
 
 
-_SCALARS = (bool, int, float)
+def claimed_device(data: object) -> str | None:
+    """The device id a body names (its first report's), looked at before anything else is
+    validated so the token is checked first; None when the body has no usable id."""
+    if type(data) is dict:
+        if "reports" in data and "event" not in data:
+            items = data["reports"]
+            data = items[0] if type(items) is list and items else None
+        if type(data) is dict:
+            device_id = data.get("device_id")
+            if type(device_id) is str and DEVICE_ID.fullmatch(device_id):
+                return device_id
+    return None
 
 
 def validate_report(obj: object, where: str = "report", known_id: str | None = None) -> Report:
@@ -44,12 +56,13 @@ def validate_report(obj: object, where: str = "report", known_id: str | None = N
     if type(obj) is not dict:
         raise ReportError(f"{where}: expected an object")
     device_id = obj.get("device_id")
-    if device_id != known_id and (type(device_id) is not str or not DEVICE_ID.match(device_id)):
+    if device_id != known_id and (type(device_id) is not str or not DEVICE_ID.fullmatch(device_id)):
         raise ReportError(f"{where}: device_id missing or invalid")
     seq = obj.get("seq")
     if type(seq) is not int or seq < 0 or seq >= _MAX_INT:
         raise ReportError(f"{where}: seq must be a whole number >= 0")
-    if obj.get("event") not in EVENTS:
+    event = obj.get("event")
+    if type(event) is not str or event not in EVENTS:
         raise ReportError(f"{where}: unknown event {str(obj.get('event'))[:40]!r}")
     for key in _STR_FIELDS:
         v = obj.get(key)
@@ -64,8 +77,11 @@ def validate_report(obj: object, where: str = "report", known_id: str | None = N
         if type(detail) is not dict or len(detail) > MAX_DETAIL_KEYS:
             raise ReportError(f"{where}: detail must be an object with at most {MAX_DETAIL_KEYS} keys")
         for k, v in detail.items():
-            if len(k) > 32 or not (v is None or type(v) in _SCALARS or (type(v) is str and len(v) <= 256)):
-                raise ReportError(f"{where}: detail.{k[:32]} must be a number, boolean or short string")
+            t = type(v)
+            if len(k) > 32 or not (v is None or t is bool or (t is int and -_MAX_INT < v < _MAX_INT)
+                                   or (t is str and len(v) <= 256) or (t is float and v - v == 0)):
+                raise ReportError(f"{where}: detail.{k[:32]} must be a number (at most 2^53), boolean or "
+                                  f"short string")
     return obj
 
 

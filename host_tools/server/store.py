@@ -43,6 +43,12 @@ class StoreError(MpotaError):
     pass
 
 
+class UnstorableError(StoreError):
+    """Reports this store can never hold (a value it cannot encode): retrying cannot help, so the
+    request is answered with a 4xx the device drops. Passing failures (disk full, locked) stay
+    plain StoreErrors (5xx, retried)."""
+
+
 class ConflictError(StoreError):
     """A compare-and-set lost (someone changed the rollout first) or a uniqueness rule was hit."""
 
@@ -318,7 +324,11 @@ class SQLiteStore(Store):
     # ---------------------------------------------------------------- ingest
     def ingest(self, requests: Sequence[tuple[str, Sequence[Report]]], now: float) -> list[IngestResult]:
         with self._lock:
-            return self._ingest(requests, now)
+            try:
+                return self._ingest(requests, now)
+            except (sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.DataError, OverflowError,
+                    UnicodeError, ValueError, TypeError) as exc:  # what this request holds
+                raise UnstorableError(f"cannot store: {type(exc).__name__}: {str(exc)[:120]}") from None
 
     def _ingest(self, requests: Sequence[tuple[str, Sequence[Report]]], now: float) -> list[IngestResult]:
         conn = self._conn()
