@@ -81,7 +81,8 @@ def main() -> None:
             api = ServerClient(srv.url, operator_token(secret))
             groups = ["canary"] * 2 + ["internal"] * 2 + ["pilot"] * 4 + ["general"] * 16
             fleet = [SimDevice(srv.url, secret, f"esp32-{i:03d}", g) for i, g in enumerate(groups)]
-            for d in fleet:
+            for d in fleet:  # registered with the operator token: the group rollouts count it in
+                d.register(secret)
                 d.report("heartbeat", health="OK")
 
             print("\n== rollout of 1.1.0 ==")

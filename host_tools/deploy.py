@@ -479,13 +479,13 @@ class Deployer:
         if req.server is not None and secret is not None and not req.dry_run:
             reset = info is not None and not info.has_state
             res.registered = register_device(req.server, secret, device_id, board.name, req.group,
-                                             reset_seq=reset)
+                                             reset_seq=reset, channel=req.channel)
             self.echo(f"registered {device_id} with {req.server}" +
                       (" (fresh board: report sequence reset)" if reset else ""))
         elif req.server is not None and req.dry_run:
             self.echo(f"# then POST {req.server.rstrip('/')}/v1/devices "
                       f"{{\"device_id\": \"{device_id}\", \"board\": \"{board.name}\", \"group\": "
-                      f"\"{req.group}\"}} with the operator token")
+                      f"\"{req.group}\", \"channel\": \"{req.channel}\"}} with the operator token")
         for n in res.notes:
             self.echo(f"note: {n}")
         if not req.dry_run:
@@ -563,11 +563,15 @@ def deploy(req: DeployRequest, transport: Transport, echo: Callable[[str], None]
 
 
 def register_device(server: str, secret: bytes, device_id: str, board: str, group: str, *,
-                    reset_seq: bool = False, timeout: float = 10.0) -> dict[str, Any]:
-    """POST {server}/v1/devices with the operator token (HMAC of the fleet secret)."""
+                    reset_seq: bool = False, channel: str | None = None,
+                    timeout: float = 10.0) -> dict[str, Any]:
+    """POST {server}/v1/devices with the operator token (HMAC of the fleet secret): the group and
+    channel the rollouts count the device in."""
     from host_tools.server.auth import operator_token
 
     body: dict[str, Any] = {"device_id": device_id, "board": board, "group": group}
+    if channel is not None:
+        body["channel"] = channel
     if reset_seq:
         body["reset_seq"] = True
     url = server.rstrip("/") + "/v1/devices"

@@ -331,6 +331,7 @@ class Fleet:
         self.feed_url = feed_url if feed_url.endswith("/") else feed_url + "/"
         self.report_url = report_url or self.server_url + "/v1/reports"
         self.secret = secret
+        self.channel = channel
         self.interpreter = interpreter
         self.heapsize = heapsize
         self.run_timeout = run_timeout
@@ -396,12 +397,14 @@ class Fleet:
 
     # ------------------------------------------------------------------ server side
     def register(self) -> int:
-        """Register every board with the server (POST /v1/devices with its own token)."""
+        """Register every board with the server (POST /v1/devices with the operator token: the
+        group a rollout counts a board in is the operator's, not what the board claims)."""
         done = 0
         for d in self.devices:
-            body = json.dumps({"device_id": d.device_id, "board": d.board.cfg["name"], "group": d.group})
+            body = json.dumps({"device_id": d.device_id, "board": d.board.cfg["name"], "group": d.group,
+                               "channel": self.channel})
             status, _ = http_json(self.server_url + "/v1/devices", "POST", body.encode(),
-                                  {"Authorization": f"Bearer {d.token}"})
+                                  {"Authorization": f"Bearer {operator_token(self.secret)}"})
             if status != 200:
                 raise RuntimeError(f"registering {d.device_id}: HTTP {status}")
             done += 1

@@ -72,6 +72,7 @@ def test_rollout_commands(
     secret = load_secret(root / "fleet.secret")
     devs = [SimDevice(srv.url, secret, f"{g}-1", g) for g in ("canary", "internal", "pilot", "general")]
     for d in devs:
+        assert d.register(secret) == 200
         assert d.report("heartbeat", health="OK") == 200
     code, _, err = _run(capsys, "rollout", "status", *conn)
     assert code == 2 and "no rollouts" in err
@@ -182,6 +183,7 @@ def test_fleet_rollback(
     root, srv, conn = env
     feed = root / "feed"
     canary = SimDevice(srv.url, load_secret(root / "fleet.secret"), "canary-9", "canary")
+    assert canary.register(load_secret(root / "fleet.secret")) == 200
     assert canary.report("heartbeat") == 200  # holds the rollout at its first stage
     canary.close()
     code, _, err = _run(
@@ -258,3 +260,63 @@ def test_fleet_rollback(
         *conn,
     )
     assert code == 1 and "already has a release 1.1.1" in err
+
+
+def test_rollback_keeps_the_plan_flags_without_staged(
+    env: tuple[Path, ServerThread, list[str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Seen (#14, 3): `rollout rollback` dropped --window, --failure-rate, --min-finished and
+    --timeout unless --staged was given, so devices installed outside the maintenance window."""
+    root, srv, conn = env
+    secret = load_secret(root / "fleet.secret")
+    for i in range(2):
+        d = SimDevice(srv.url, secret, f"general-{i}", "general")
+        assert d.register(secret) == 200 and d.report("heartbeat") == 200
+        d.close()
+    code, out, err = _run(
+        capsys, "rollout", "rollback", "--feed", str(root / "feed"), "--board", BOARD, "--to", "1.0.0",
+        "--version", "1.1.1", "--release-key", str(root / "k.pem"), "--any-role",
+        "--window", "01:00-05:00", "--failure-rate", "5", "--min-finished", "2", "--timeout", "10m", *conn,
+    )
+    assert code == 0, err
+    code, out, _ = _run(capsys, "rollout", "status", "--json", *conn)
+    st = json.loads(out)
+    assert st["rollout"]["version"] == "1.1.1"
+    assert st["channel_rollout"]["window"] == {"start": "01:00", "end": "05:00"}
+    stage = st["plan"]["stages"][0]
+    assert (stage["name"], stage["percentages"], stage["failure_rate_threshold"], stage["min_finished"]) == \
+        ("rollback", [100.0], 5.0, 2)
+    assert st["plan"]["in_progress_timeout"] == 600.0 and stage["soak"] == 0.0
+    doc = ChannelDoc.from_envelope_bytes(
+        (root / "feed" / "channels" / BOARD / "stable.json").read_bytes(),
+        [load_public_key(str(root / "k.pem") + ".pub")],
+    )
+    assert doc.rollout.window == {"start": "01:00", "end": "05:00"}
+
+
+def test_actions_without_an_id_never_guess_between_open_rollouts(
+    env: tuple[Path, ServerThread, list[str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Seen (#14, 6): with stable and beta open, `mpota rollout abort` aborted beta without a word."""
+    root, srv, conn = env
+    secret = load_secret(root / "fleet.secret")
+    for channel in ("stable", "beta"):
+        d = SimDevice(srv.url, secret, f"canary-{channel}", "canary")
+        assert d.report("heartbeat") == 200
+        d.close()
+        srv_op = SimDevice(srv.url, secret, f"canary-{channel}", "canary")
+        assert srv_op.register(secret, channel=channel) == 200
+        srv_op.close()
+        code, _, err = _run(capsys, "rollout", "start", "--board", BOARD, "--version", "1.1.0", "--channel",
+                            channel, "--id", f"r-{channel}", *conn)
+        assert code == 0, err
+    for action in ("abort", "pause"):
+        code, _, err = _run(capsys, "rollout", action, *conn)
+        assert code == 2 and "2 rollouts are open: r-stable (" in err and "r-beta (" in err, err
+        assert err.count("\n") == 1
+    code, out, _ = _run(capsys, "rollout", "list", *conn)
+    assert out.count(" active ") == 2
+    code, out, _ = _run(capsys, "rollout", "abort", "r-beta", *conn)
+    assert code == 0 and "ABORTED" in out
+    code, out, _ = _run(capsys, "rollout", "pause", *conn)  # one open rollout left: no doubt
+    assert code == 0 and "r-stable" in out and "PAUSED" in out

@@ -151,10 +151,13 @@ def test_timeout_counts_as_failed_and_soak_waits() -> None:
     plan = plan_with_overrides(None, {"soak": "60s", "in_progress_timeout": "100s"})
     r = _rollout(plan, step=0, started=0.0)
     devs = [DeviceProgress("c1", "canary", "confirmed", 1.0, 5.0, False)]
-    assert decide(plan, r, compute_stats(plan, r, devs, 30.0), 30.0).waiting_for.endswith("30s left")
-    assert decide(plan, r, compute_stats(plan, r, devs, 61.0), 61.0).action == "advance"
+    # the soak starts once the step has its finished devices, not when the step started
+    assert decide(plan, r, compute_stats(plan, r, devs, 30.0), 30.0).action == "ready"
+    r.ready_at = 30.0
+    assert decide(plan, r, compute_stats(plan, r, devs, 60.0), 60.0).waiting_for.endswith("30s left")
+    assert decide(plan, r, compute_stats(plan, r, devs, 91.0), 91.0).action == "advance"
     devs.append(DeviceProgress("c2", "canary", "started", 1.0, None, False))
-    d = decide(plan, r, compute_stats(plan, r, devs, 61.0), 61.0)
+    d = decide(plan, r, compute_stats(plan, r, devs, 91.0), 91.0)
     assert d.action == "none" and "in progress" in d.waiting_for
     stats = compute_stats(plan, r, devs, 102.0)
     assert stats.stages[0].counts.timed_out == 1
@@ -170,17 +173,39 @@ def test_orchestrator_with_recording_publisher(tmp_path: Path) -> None:
                                       "batch_size_percentage": 50})
     with pytest.raises(RolloutError, match="not in the feed"):
         orch.start("b", "stable", "9.9.9", plan, "r0")
+    # no device at all: the first stage would pass on nobody, so the rollout is refused
+    with pytest.raises(RolloutError, match="stage canary targets no device of b/stable"):
+        orch.start("b", "stable", "2.0.0", plan, "r0")
+    assert pub.calls == []
+    store.register_device("c1", "b", "canary", clock[0])
     r = orch.start("b", "stable", "2.0.0", plan, "r1")
     assert pub.calls[-1]["rollout"] == {"id": "r1", "state": "active", "groups": ["canary"],
                                         "percentage": 0.0, "window": None}
+    assert [h["kind"] for h in store.history("r1")] == ["start", "warning"]  # general: nobody yet
     with pytest.raises(ConflictError, match="still active"):
         orch.start("b", "stable", "2.0.0", plan, "r2")
-    # no devices at all: every step targets nobody, so it runs straight to the end
-    assert orch.evaluate("r1").action == "complete"
+    assert orch.evaluate("r1").action == "none"  # the canary has not reported
+    clock[0] += 1
+    store.ingest([("c1", [{"device_id": "c1", "seq": 1, "event": "downloading", "rollout": "r1"},
+                          {"device_id": "c1", "seq": 2, "event": "confirmed", "rollout": "r1"}])], clock[0])
+    # canary passes; general's 50% step adds nobody (a ramp step may), its last step waits
+    d = orch.evaluate("r1")
+    assert d.action == "advance"
     assert [c["rollout"]["percentage"] for c in pub.calls] == [0.0, 50.0, 100.0]
     assert [c["seq"] for c in pub.calls] == [1, 2, 3]
-    r = store.get_rollout("r1")
-    assert r is not None and r.state == "completed" and r.published_seq == 3
+    st = orch.status("r1")
+    assert st["rollout"]["state"] == "active" and st["waiting"].startswith("general: targets no device")
+    # a plan may say so explicitly: an empty stage is skipped
+    orch.abort("r1")
+    skip = plan_with_overrides({"stages": [{"name": "canary"}, {"name": "general", "percentages": [100],
+                                                                "skip_if_empty": True}]}, {"soak": 0})
+    orch.start("b", "stable", "2.0.0", skip, "r1b")
+    store.ingest([("c1", [{"device_id": "c1", "seq": 3, "event": "confirmed", "rollout": "r1b"}])],
+                 clock[0] + 1)
+    clock[0] += 2
+    assert orch.evaluate("r1b").action == "complete"
+    r = store.get_rollout("r1b")
+    assert r is not None and r.state == "completed" and r.published_seq == pub.calls[-1]["seq"]
     # a publish that fails leaves the intent stored; reconcile finishes it
     orch.start("b", "stable", "2.0.0", plan, "r3")
     pub.fail_next = True

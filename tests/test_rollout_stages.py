@@ -94,7 +94,8 @@ def env(tmp_path: Path) -> Iterator[Env]:
                           tick_s=0.05)
     with ServerThread(config, make_publisher(feed, str(key))) as srv:
         devices = [SimDevice(srv.url, SECRET, f"{g}-{i:02d}", g) for g, n in FLEET for i in range(n)]
-        for d in devices:  # the inventory learns about every device from its heartbeat
+        for d in devices:  # registered by the operator (mpota deploy does it), then a heartbeat
+            assert d.register(SECRET) == 200
             assert d.report("heartbeat", health="OK") == 200
         e = Env(tmp_path, feed, key, load_public_key(str(key) + ".pub"), srv, devices, [])
         yield e
@@ -132,7 +133,7 @@ def test_rollout_through_every_stage_to_100_percent(env: Env) -> None:
     assert counts == {"canary": (2, 2, "pass"), "internal": (2, 2, "pass"), "pilot": (4, 4, "pass"),
                       "general": (24, 24, "pass")}
     kinds = [h["kind"] for h in st["history"]]
-    assert kinds == ["start", "advance", "advance", "advance", "advance", "complete"]
+    assert kinds == ["start"] + ["ready", "advance"] * 4 + ["ready", "complete"]
     # the inventory shows the new version everywhere
     _, listing = env.op("GET", "/v1/devices")
     assert {d["version"] for d in listing["devices"]} == {"1.1.0"}

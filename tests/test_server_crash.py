@@ -79,6 +79,10 @@ def test_kill_9_mid_ingest_and_mid_rollout(root: Path) -> None:
     for round_no, kill_after in enumerate((0.6, 0.3)):
         srv = Served(root)
         if round_no == 0:
+            for i, g in enumerate(groups):  # the operator registers the fleet (mpota deploy --server)
+                reg = SimDevice(srv.url, secret, f"{g}-{i:02d}", g)
+                assert reg.register(secret) == 200
+                reg.close()
             plan = {"soak": 0, "stages": [{"name": "canary"}, {"name": "internal"}, {"name": "pilot"},
                                           {"name": "general", "batch_size_percentage": 20}]}
             code, st = srv.op("POST", "/v1/rollouts", {"board": BOARD, "version": "1.1.0", "plan": plan,

@@ -51,8 +51,9 @@ def test_single_and_batch_reports_update_the_inventory(srv: ServerThread) -> Non
     assert d.post({"reports": batch}) == (200, {"accepted": 3})
     status, dev = _op(srv, "GET", "/v1/devices/dev-1")
     assert status == 200
-    assert (dev["group"], dev["version"], dev["slot"], dev["last_event"], dev["health"], dev["free_mem"]) == \
-        ("pilot", "1.0.0", "ota_0", "installed", "OK", 61234)
+    assert (dev["claimed_group"], dev["version"], dev["slot"], dev["last_event"], dev["health"],
+            dev["free_mem"]) == ("pilot", "1.0.0", "ota_0", "installed", "OK", 61234)
+    assert dev["group"] is None  # a report only claims a group; the operator registers it
     assert dev["last_seen"] > 0 and [e["event"] for e in dev["events"]] == \
         ["heartbeat", "downloading", "downloaded", "installed"]
     assert all(e["received"] > 0 for e in dev["events"])

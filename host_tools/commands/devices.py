@@ -43,8 +43,8 @@ def cmd_devices(args: argparse.Namespace) -> int:
             print(json.dumps(device, indent=2))
             return 0
         now = time.time()
-        for key in ("device_id", "board", "group", "version", "slot", "health", "last_event", "rollout",
-                    "target", "free_mem", "last_seq"):
+        for key in ("device_id", "board", "group", "claimed_group", "channel", "version", "slot", "health",
+                    "last_event", "rollout", "target", "free_mem", "last_seq"):
             print(f"{key:>11}: {device.get(key) if device.get(key) is not None else '-'}")
         print(f"{'last seen':>11}: {_ago(device.get('last_seen'), now)}")
         for e in device.get("events", []):
@@ -59,7 +59,7 @@ def cmd_devices(args: argparse.Namespace) -> int:
         return 0
     now = time.time()
     cols = ("device", "group", "version", "slot", "last event", "health", "last seen")
-    rows = [(d["device_id"], d.get("group") or "-", d.get("version") or "-", d.get("slot") or "-",
+    rows = [(d["device_id"], _group(d), d.get("version") or "-", d.get("slot") or "-",
              d.get("last_event") or "-", d.get("health") or "-", _ago(d.get("last_seen"), now))
             for d in devices]
     widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(cols)]
@@ -68,3 +68,12 @@ def cmd_devices(args: argparse.Namespace) -> int:
         print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
     print(f"{len(rows)} device(s)")
     return 0
+
+
+def _group(device: dict[str, Any]) -> str:
+    """The registered group; what the device claims in its reports only when it differs."""
+    group, claimed = device.get("group"), device.get("claimed_group")
+    text = group or "-"
+    if claimed is not None and claimed != group:
+        text += f" (claims {claimed})"
+    return text

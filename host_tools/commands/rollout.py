@@ -15,9 +15,36 @@ _PLAN_HELP = """\
 A plan is a TOML file (--plan, see examples/rollout.toml) and/or flags; flags replace the file's
 top-level values (a value set on a stage in the file still wins for that stage). Default plan:
 stages canary -> internal -> pilot (each the device group of that name) -> general in 25%% batches
-(25, 50, 75, 100), pause when a stage's failure, rollback or health-check failure rate passes 20%%
-of its finished devices (judged once min_finished devices finished), soak 30 s per step, a device
-that started and did not finish within 30 min counts as failed."""
+(25, 50, 75, 100), thresholds 20%%, min_finished 1, soak 30 s, in-progress timeout 30 min, watch 1 h.
+The plan is checked before anything is published: a stage that could never target a device is
+refused, and so is a rollout whose first stage targets no registered device today.
+
+Who counts: devices of the board registered on the rollout's channel (default stable) whose
+registered group (set by the operator: mpota deploy --server) is in the step's groups, or whose
+sticky bucket is below its percentage, once they report progress for this rollout. A group a
+device only claims in its reports never counts; an unregistered device counts by its bucket
+only. Reports from any other device are shown as "unexpected" and never move the rollout. A
+device already on the target version that sends nothing is not waited for.
+
+The gate: a stage pauses the rollout when, over its finished devices (confirmed, failed, rolled
+back, timed out) and once at least min_finished have finished, a failure, rollback or health
+check failure rate is above its threshold (exact: 2 of 9 = 22.2%% is above 20%%; never rounded).
+A `failed` report the device will retry by itself (power cut mid-install) keeps it in progress
+with a fresh in-progress clock; every other `failed`, download errors included, counts as a
+failure. Failures keep counting after their stage passed, so a device that registers late and
+fails still pauses the rollout.
+
+A step passes when (1) its stage targets at least min_finished devices (devices already on the
+version included; a stage with skip_if_empty = true may target none; inside a percentage ramp a
+step may add nobody), (2) min_finished of the stage's devices that need the update have finished
+(all of them, if fewer), (3) no device of the stage is still in progress (each waited for
+at most the in-progress timeout after (2)), and (4) the soak held: it counts from the moment (2)
+was met, and with --window only time inside the window counts.
+
+resume accepts the failures so far (they stay finished but stop counting as failures, also when
+a late rolled_back follows a health_failed); any new failure counts. After completion the gates
+keep watching for the plan's watch time and pause the rollout on a late failure; until a newer
+rollout takes the channel, pause and abort still work on a completed rollout."""
 
 
 def register(sub: Any) -> None:
@@ -68,7 +95,8 @@ def register(sub: Any) -> None:
         ("abort", "abort: channel state halted, the rollout ends"),
     ):
         a = rsub.add_parser(action, help=text)
-        a.add_argument("rollout_id", nargs="?", metavar="ID", help="default: the open rollout")
+        a.add_argument("rollout_id", nargs="?", metavar="ID",
+                       help="default: the only open rollout (refused when several are open)")
         if action != "resume":
             a.add_argument("--reason", help="recorded with the rollout")
         a.add_argument("--json", action="store_true", help="print the status as JSON")
@@ -80,7 +108,8 @@ def register(sub: Any) -> None:
         help="roll the fleet back: publish an earlier firmware as a new release",
         description="Take release FROM (--to) from the feed, stamp NEW_VERSION (--version) into its image "
         "with the current release's security_version, sign it with the release key, copy it into the "
-        "feed, abort the open rollout and roll NEW_VERSION out (one stage, 100%, unless --staged). "
+        "feed, abort the open rollout and roll NEW_VERSION out (one stage, 100%, unless --staged; "
+        "the plan flags below apply either way). "
         "Devices accept it: it is newer and its security_version is not lower.",
     )
     rb.add_argument("--feed", "-f", required=True, metavar="DIR", help="the feed folder the server serves")
@@ -145,11 +174,19 @@ def _plan_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--window", metavar="HH:MM-HH:MM", help="maintenance window (UTC), carried to devices")
 
 
-def build_plan(args: argparse.Namespace) -> dict[str, Any]:
-    """The plan from --plan and the flags, checked here so mistakes fail before the server is asked."""
+# `rollout rollback` without --staged: every device at once, no soak unless asked; the other plan
+# flags (window, thresholds, min_finished, timeout) apply as given.
+_ROLLBACK_PLAN = {"soak": 0, "stages": [{"name": "rollback", "groups": [], "percentages": [100.0]}]}
+
+
+def build_plan(args: argparse.Namespace, default: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The plan from --plan (or `default`) and the flags, checked here so mistakes fail before the
+    server is asked."""
     from host_tools.server.plans import PlanError, RolloutPlan, plan_with_overrides
 
-    base: dict[str, Any] | None = None
+    base: dict[str, Any] | None = None if default is None else dict(default)
+    if args.plan and default is not None:
+        raise UsageError("--plan is for a staged rollback (add --staged)")
     if args.plan:
         import tomllib
 
@@ -197,6 +234,18 @@ def _open_rollout(
     if open_only:
         rollouts = [r for r in rollouts if r["state"] in ("active", "paused")]
     return rollouts[-1] if rollouts else None
+
+
+def _only_open_rollout(client: Any, action: str) -> str:
+    """The id of the one open rollout; an operator command never guesses between several."""
+    rollouts = client.call("GET", "/v1/rollouts")["rollouts"]
+    open_ = [r for r in rollouts if r["state"] in ("active", "paused")]
+    if not open_:
+        raise UsageError("no open rollout; give its ID")
+    if len(open_) > 1:
+        names = ", ".join(f"{r['id']} ({r['board']}/{r['channel']}, {r['state']})" for r in open_)
+        raise UsageError(f"{len(open_)} rollouts are open: {names}; say which one to {action}")
+    return str(open_[0]["id"])
 
 
 def _pct(v: float | None) -> str:
@@ -265,6 +314,14 @@ def print_status(status: dict[str, Any], history: bool = False) -> None:
     nxt = status.get("next") or {}
     if r["state"] == "active" and nxt.get("waiting_for"):
         print(f"waiting for: {nxt['waiting_for']}")
+    unexpected = status.get("unexpected") or {}
+    if unexpected.get("devices"):
+        first = ", ".join(unexpected.get("first") or [])
+        print(f"unexpected: {unexpected['devices']} device(s) reported for this rollout without being "
+              f"targeted (not counted): {first}")
+    ahead = sum(s["counts"].get("up_to_date", 0) for s in status["stages"])
+    if ahead:
+        print(f"{ahead} targeted device(s) already run {r['version']} (not waited for)")
     if history:
         for h in status.get("history", []):
             stamp = time.strftime("%H:%M:%S", time.gmtime(h["time"]))
@@ -284,7 +341,12 @@ def cmd_start(args: argparse.Namespace) -> int:
     body = {"board": args.board, "channel": args.channel, "version": args.version, "plan": plan}
     if args.rollout_id:
         body["id"] = args.rollout_id
-    _show(args, client.call("POST", "/v1/rollouts", body))
+    status = client.call("POST", "/v1/rollouts", body)
+    _show(args, status)
+    if not getattr(args, "json", False):
+        for h in status.get("history", []):
+            if h["kind"] == "warning":
+                print(f"warning: {h['message']}")
     return 0
 
 
@@ -318,12 +380,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_action(args: argparse.Namespace) -> int:
     client = _client(args)
-    rid = args.rollout_id
-    if rid is None:
-        current = _open_rollout(client)
-        if current is None:
-            raise UsageError("no open rollout; give its ID")
-        rid = current["id"]
+    rid = args.rollout_id or _only_open_rollout(client, args.action)
     body = {"reason": args.reason} if getattr(args, "reason", None) else None
     _show(args, client.call("POST", f"/v1/rollouts/{rid}/{args.action}", body))
     return 0
@@ -335,11 +392,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     if args.no_server and not args.rollout_key:
         raise UsageError("--no-server needs --rollout-key (the channel document is signed here)")
     client = None if args.no_server else _client(args)
-    plan = (
-        build_plan(args)
-        if args.staged
-        else {"soak": args.soak or 0, "stages": [{"name": "rollback", "groups": [], "percentages": [100.0]}]}
-    )
+    plan = build_plan(args, None if args.staged else _ROLLBACK_PLAN)
     feed = Path(args.feed)
     work = Path(args.work) if args.work else feed.resolve().parent / "rollback-work"
     rb = prepare_rollback(

@@ -5,8 +5,9 @@ Routes (all JSON errors are {"error": "<one line>"}):
                                    no dotfiles, no '..', no symlinks leading out of the feed
   GET  /                           status page (HTML); GET /v1/status the same as JSON (public)
   POST /v1/reports                 device reports (device token), see ingest.py for limits
-  POST /v1/devices                 register a device {device_id, board, group}: operator token, or
-                                   the device's own token (then reset_seq is not allowed)
+  POST /v1/devices                 register a device {device_id, board, group, channel}: operator
+                                   token (authoritative), or the device's own token (then the group
+                                   is only recorded as claimed and reset_seq is not allowed)
   GET  /v1/devices[?board=B]       inventory (operator); GET /v1/devices/{id} with recent events
   GET  /v1/events?device=ID&limit=N  stored events (operator)
   GET  /v1/rollouts                rollouts (operator); POST /v1/rollouts starts one
@@ -21,6 +22,7 @@ large; 422 valid but the store cannot hold it (the device drops it, as every 4xx
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import ssl
@@ -299,16 +301,17 @@ class MpotaServer:
             return _error(400, "device_id missing or invalid")
         if not operator and not tokens.device_ok(device_id, token):
             return _error(401, "operator token or the device's own token required")
-        board, group = data.get("board"), data.get("group")
-        for name, value in (("board", board), ("group", group)):
+        board, group, channel = data.get("board"), data.get("group"), data.get("channel")
+        for name, value in (("board", board), ("group", group), ("channel", channel)):
             if value is not None and (not isinstance(value, str) or not DEVICE_ID.fullmatch(value)):
                 return _error(400, f"{name} must be a short name")
         reset = data.get("reset_seq", False)
         if reset is not False and (reset is not True or not operator):
             return _error(403 if reset is True else 400, "reset_seq needs the operator token")
-        loop = asyncio.get_running_loop()
-        device = await loop.run_in_executor(self.db_exec, self.store.register_device, device_id, board, group,
-                                            self.clock(), bool(reset))
+        # only the operator's registration is authoritative; a device registering itself claims
+        register = functools.partial(self.store.register_device, device_id, board, group, self.clock(),
+                                     bool(reset), channel=channel, operator=operator)
+        device = await asyncio.get_running_loop().run_in_executor(self.db_exec, register)
         return web.json_response(device)
 
     async def get_devices(self, request: web.Request) -> web.Response:

@@ -134,6 +134,15 @@ class SimDevice:
             answer = {"raw": data.decode("utf-8", "replace")}
         return status, answer
 
+    def register(self, secret: bytes, group: str | None = None, channel: str | None = None) -> int:
+        """Register the device with the operator token (its group is then the operator's)."""
+        from host_tools.server.auth import operator_token
+
+        body = {"device_id": self.device_id, "board": self.board, "group": group or self.group,
+                "channel": channel}
+        headers = {"Content-Type": "application/json", "Authorization": f"Bearer {operator_token(secret)}"}
+        return self.client.request("POST", "/v1/devices", json.dumps(body).encode(), headers)[0]
+
     def report(self, event: str, rollout: str | None = None, target: str | None = None,
                **detail: Any) -> int:
         return self.post(self.build(event, rollout, target, **detail))[0]

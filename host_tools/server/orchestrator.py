@@ -11,10 +11,28 @@ Acting part (``Orchestrator``): changes a rollout with crash safety in three ste
 A crash between 1 and 3 leaves published_revision < revision; ``reconcile()`` (at start and on
 every tick) compares the document on disk with the stored state and republishes or just marks.
 
-A device counts in the stage of the first step that targets it. A started device that neither
-confirmed nor failed within the plan's in_progress_timeout counts as failed (timed out).
-Rates are over *judged* devices: finished ones, and only those finishing at/after the last
-operator resume (so a resume overrides what was already seen).
+Who counts (README "Rollouts" says the same for operators):
+- a device counts in the stage of the first step that targets it: its board and channel are the
+  rollout's (registered channel, "stable" if none) and its *registered* group is in the step's
+  groups or its sticky bucket is below the step's percentage. A group a device only claims in
+  its reports never counts.
+- it counts once it reported progress for this rollout after the rollout started. Progress from
+  any other device (another board or channel, a group or bucket not reached yet, or stored
+  before the rollout existed) is "unexpected": shown, never judged.
+- a targeted device that already runs the target version (or newer) and sent nothing is not
+  waited for ("up to date").
+A started device that neither confirmed nor failed within in_progress_timeout of its attempt's
+start counts as failed (timed out). Rates are over a stage's finished devices; failures the
+operator accepted by resuming count as finished but not as failures. The gate compares exact
+fractions (bad * 100 > threshold * finished), never rounded rates.
+
+When a step passes: on the stage's last step, the stage targets at least one device (or says
+skip_if_empty) and at least min_finished devices (those already on the version included; a step
+inside a percentage ramp may add nobody); min_finished of the stage's devices that need the
+update finished (all of them, if fewer); min_finished of the step's new devices (or all) finished,
+the stage has no device in progress (waited for at most in_progress_timeout after the rest was
+met), and the soak held: soak counts from the moment the devices were met (``ready_at``) and,
+with a window, only time inside the window.
 """
 
 from __future__ import annotations
@@ -30,12 +48,17 @@ from typing import Any, Protocol
 
 from host_tools.errors import MpotaError
 from host_tools.server.bucket import bucket
-from host_tools.server.plans import RolloutPlan
+from host_tools.server.plans import RolloutPlan, window_seconds
 from host_tools.server.store import DeviceProgress, Rollout, Store
+from host_tools.versions import VersionError, compare_versions
 
 _ROLLOUT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
 _BIG = 1 << 30
+DEFAULT_CHANNEL = "stable"
 DEVICE_STATE = {"active": "active", "paused": "paused", "aborted": "halted", "completed": "active"}
+_LIMITS = (("failure rate", "failure_rate_threshold", "bad"),
+           ("rollback rate", "rollback_rate_threshold", "bad_rolled_back"),
+           ("health check failure rate", "health_check_failure_rate", "bad_health"))
 
 
 class RolloutError(MpotaError):
@@ -70,14 +93,19 @@ class Counts:
     rolled_back: int = 0
     timed_out: int = 0
     health_failed: int = 0
-    judged: int = 0
-    judged_bad: int = 0        # failed + rolled back + timed out, among judged
-    judged_rolled_back: int = 0
-    judged_health: int = 0
+    accepted: int = 0          # failed/rolled back/timed out, accepted by an operator resume
+    bad: int = 0               # failed + rolled back + timed out, not accepted
+    bad_rolled_back: int = 0
+    bad_health: int = 0
+    up_to_date: int = 0        # eligible, already on the target version, sent nothing: not waited for
 
     @property
     def finished(self) -> int:
         return self.confirmed + self.failed + self.rolled_back + self.timed_out
+
+    def add(self, other: Counts) -> None:
+        for name in self.__dataclass_fields__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
 @dataclass
@@ -88,7 +116,7 @@ class StageStats:
     reached: bool = False
     verdict: str = "pending"   # pending | waiting | pass | fail
     reason: str | None = None
-    failure_rate: float | None = None      # percent of judged
+    failure_rate: float | None = None      # percent of finished (for display; the gate is exact)
     rollback_rate: float | None = None
     health_check_failure_rate: float | None = None
     thresholds: dict[str, float] = field(default_factory=dict)
@@ -106,11 +134,14 @@ class RolloutStats:
     stages: list[StageStats]
     step_counts: list[Counts]
     now: float
+    unexpected: int = 0                     # devices with progress that do not count (see above)
+    unexpected_ids: list[str] = field(default_factory=list)  # the first few
+    waiting: str | None = None              # what the current step's devices still lack
 
 
 @dataclass
 class Decision:
-    action: str                 # none | advance | pause | complete
+    action: str                 # none | ready | advance | pause | complete
     reason: str = ""
     numbers: dict[str, Any] | None = None
     waiting_for: str = ""
@@ -137,6 +168,45 @@ def _rate(part: int, whole: int) -> float | None:
     return None if whole == 0 else round(100.0 * part / whole, 2)
 
 
+def _at_or_above(target: str) -> Callable[[str], bool]:
+    """version -> runs target or newer (a device will not install it); unparsable: False."""
+    memo: dict[str, bool] = {target: True}
+
+    def check(version: str) -> bool:
+        hit = memo.get(version)
+        if hit is None:
+            try:
+                hit = compare_versions(version, target) >= 0
+            except VersionError:
+                hit = False
+            memo[version] = hit
+        return hit
+    return check
+
+
+def step_needs(plan: RolloutPlan, k: int, stage_total: Counts, cohort: Counts) -> str | None:
+    """What step k still needs from its devices before its soak starts (None: nothing)."""
+    step = plan.steps[k]
+    stage = plan.stages[step.stage]
+    gate = stage.gate
+    last = k == plan.last_step_of_stage(step.stage)
+    size = stage_total.targeted + stage_total.up_to_date
+    if last and size == 0 and not stage.skip_if_empty:
+        return (f"{stage.name}: targets no device (register devices for it, or set skip_if_empty = true "
+                f"on the stage)")
+    if last and 0 < size < gate.min_finished:
+        return (f"{stage.name}: targets {size} device(s), fewer than its min_finished {gate.min_finished} "
+                f"(register more devices for it)")
+    # devices already on the version count towards the stage's size but are not waited for
+    need = min(gate.min_finished, stage_total.targeted)
+    if stage_total.finished < need:
+        return f"{stage.name}: {stage_total.finished} of {need} devices finished"
+    new = min(gate.min_finished, cohort.targeted)
+    if cohort.finished < new:
+        return f"step {k + 1}: {cohort.finished} of {new} new devices finished"
+    return None
+
+
 def compute_stats(plan: RolloutPlan, rollout: Rollout, devices: Sequence[DeviceProgress], now: float,
                   buckets: BucketCache | None = None) -> RolloutStats:
     steps = plan.steps
@@ -150,84 +220,118 @@ def compute_stats(plan: RolloutPlan, rollout: Rollout, devices: Sequence[DeviceP
     use_pct = pcts[k] > 0
     step_counts = [Counts() for _ in steps]
     timeout = plan.in_progress_timeout_s
-    since = rollout.gate_since
     rid = rollout.id
-    for device_id, group, status, started_at, finished_at, health_failed in devices:
-        first = group_step.get(group, _BIG) if group is not None else _BIG
-        if use_pct and first > k:
-            first = min(first, bisect_right(pcts, cache.get(rid, device_id)))
+    channel = rollout.channel
+    created = rollout.created_at
+    up_to_date = _at_or_above(rollout.version)
+    unexpected = 0
+    unexpected_ids: list[str] = []
+    for (device_id, group, status, started_at, _finished_at, health_failed, accepted, version, dev_channel,
+         on_board) in devices:
+        first = _BIG
+        if on_board and (dev_channel or DEFAULT_CHANNEL) == channel:
+            if group is not None:
+                first = group_step.get(group, _BIG)
+            if use_pct and first > k:
+                first = min(first, bisect_right(pcts, cache.get(rid, device_id)))
+        if status is not None and (started_at is None or started_at < created):
+            first = _BIG  # stored before this rollout existed: nobody was offered it then
         if first > k:
-            if status is None:
-                continue
-            first = k  # reported progress without being targeted (group changed): count it where we are
+            if status is not None:
+                unexpected += 1
+                if len(unexpected_ids) < 10:
+                    unexpected_ids.append(device_id)
+            continue
         c = step_counts[first]
-        c.targeted += 1
         if status is None:
-            continue
-        c.started += 1
-        if health_failed:
-            c.health_failed += 1
-        if status == "started":
-            started = started_at or now
-            if now - started >= timeout:
-                c.timed_out += 1
-                if started + timeout >= since:
-                    c.judged += 1
-                    c.judged_bad += 1
+            if version is not None and up_to_date(version):
+                c.up_to_date += 1
             else:
-                c.in_progress += 1
+                c.targeted += 1
             continue
-        if status == "confirmed":
+        c.targeted += 1
+        c.started += 1
+        if status == "started":
+            if now - (started_at or now) < timeout:
+                c.in_progress += 1
+                continue
+            c.timed_out += 1
+            bad = True
+        elif status == "confirmed":
             c.confirmed += 1
-        elif status == "failed":
-            c.failed += 1
+            bad = False
         elif status == "rolled_back":
             c.rolled_back += 1
-        if (finished_at or now) >= since:
-            c.judged += 1
-            if status != "confirmed":
-                c.judged_bad += 1
+            bad = True
+        else:
+            c.failed += 1
+            bad = True
+        if health_failed:
+            c.health_failed += 1
+        if accepted and (bad or health_failed):
+            c.accepted += 1
+            continue
+        if bad:
+            c.bad += 1
             if status == "rolled_back":
-                c.judged_rolled_back += 1
-            if health_failed:
-                c.judged_health += 1
+                c.bad_rolled_back += 1
+        if health_failed:
+            c.bad_health += 1
     stages: list[StageStats] = []
     current_stage = steps[k].stage
+    waiting: str | None = None
     for si, stage in enumerate(plan.stages):
         idx = [s.index for s in steps if s.stage == si]
         total = Counts()
         for i in idx:
-            for name in total.__dataclass_fields__:
-                setattr(total, name, getattr(total, name) + getattr(step_counts[i], name))
+            total.add(step_counts[i])
         gate = stage.gate
         st = StageStats(name=stage.name, steps=idx, counts=total, reached=si <= current_stage,
                         min_finished=gate.min_finished,
                         thresholds={"failure_rate": gate.failure_rate_threshold,
                                     "rollback_rate": gate.rollback_rate_threshold,
                                     "health_check_failure_rate": gate.health_check_failure_rate})
-        st.failure_rate = _rate(total.judged_bad, total.judged)
-        st.rollback_rate = _rate(total.judged_rolled_back, total.judged)
-        st.health_check_failure_rate = _rate(total.judged_health, total.judged)
+        finished = total.finished
+        st.failure_rate = _rate(total.bad, finished)
+        st.rollback_rate = _rate(total.bad_rolled_back, finished)
+        st.health_check_failure_rate = _rate(total.bad_health, finished)
         if st.reached:
-            needed = min(gate.min_finished, total.targeted)
-            st.verdict = "waiting" if total.finished < needed else "pass"
-            if total.judged >= max(needed, 1):
-                for label, rate, limit, part in (
-                        ("failure rate", st.failure_rate, gate.failure_rate_threshold, total.judged_bad),
-                        ("rollback rate", st.rollback_rate, gate.rollback_rate_threshold,
-                         total.judged_rolled_back),
-                        ("health check failure rate", st.health_check_failure_rate,
-                         gate.health_check_failure_rate, total.judged_health)):
-                    if rate is not None and rate > limit:
+            if si == current_stage:
+                waiting = step_needs(plan, k, total, step_counts[k])
+            st.verdict = "waiting" if waiting is not None and si == current_stage else "pass"
+            if finished >= gate.min_finished:
+                for label, key, part_name in _LIMITS:
+                    limit = getattr(gate, key)
+                    part = getattr(total, part_name)
+                    if part * 100 > limit * finished:  # exact: 20.4% is above 20%
                         st.verdict = "fail"
-                        st.reason = (f"{stage.name}: {label} {rate:.1f}% > {limit:g}% "
-                                     f"({part} of {total.judged} finished devices)")
+                        st.reason = (f"{stage.name}: {label} {100.0 * part / finished:.1f}% > {limit:g}% "
+                                     f"({part} of {finished} finished devices)")
                         break
         stages.append(st)
-    return RolloutStats(step=k, stages=stages, step_counts=step_counts, now=now)
+    return RolloutStats(step=k, stages=stages, step_counts=step_counts, now=now, unexpected=unexpected,
+                        unexpected_ids=unexpected_ids, waiting=waiting)
+
+
+def latest_per_channel(rollouts: Sequence[Rollout]) -> set[str]:
+    """Ids of the newest rollout of each board/channel: the one its channel document belongs to."""
+    newest: dict[tuple[str, str], Rollout] = {}
+    for r in rollouts:
+        cur = newest.get((r.board, r.channel))
+        if cur is None or r.created_at >= cur.created_at:
+            newest[(r.board, r.channel)] = r
+    return {r.id for r in newest.values()}
 
 
 def decide(plan: RolloutPlan, rollout: Rollout, stats: RolloutStats, now: float) -> Decision:
+    if rollout.state == "completed":
+        # watched for plan.watch after completion: late failures still pause it
+        if now < (rollout.completed_at or 0.0) + plan.watch_s:
+            for st in stats.stages:
+                if st.verdict == "fail":
+                    return Decision("pause", f"after completion: {st.reason}", numbers=st.to_dict())
+            return Decision("none", waiting_for="completed; watching the gates")
+        return Decision("none", waiting_for="rollout is completed")
     if rollout.state != "active":
         return Decision("none", waiting_for=f"rollout is {rollout.state}")
     for st in stats.stages:
@@ -236,20 +340,18 @@ def decide(plan: RolloutPlan, rollout: Rollout, stats: RolloutStats, now: float)
     k = stats.step
     step = plan.steps[k]
     stage = stats.stages[step.stage]
-    gate = plan.stages[step.stage].gate
-    if stage.verdict == "waiting":
-        need = min(gate.min_finished, stage.counts.targeted)
-        return Decision("none",
-                        waiting_for=f"{stage.name}: {stage.counts.finished} of {need} devices finished")
-    if stage.counts.in_progress:
+    if stats.waiting is not None:
+        return Decision("none", waiting_for=stats.waiting)
+    ready = rollout.ready_at
+    if ready is None:
+        return Decision("ready", f"{stage.name}: step {k + 1} has the devices it needs; soak "
+                                 f"{step.soak_s:g}s starts")
+    if stage.counts.in_progress and now - ready < plan.in_progress_timeout_s:
         return Decision("none", waiting_for=f"{stage.name}: {stage.counts.in_progress} device(s) in progress")
-    cohort = stats.step_counts[k]
-    need = min(gate.min_finished, cohort.targeted)
-    if cohort.finished < need:
-        return Decision("none", waiting_for=f"step {k + 1}: {cohort.finished} of {need} new devices finished")
-    left = step.soak_s - (now - rollout.step_started_at)
-    if cohort.targeted and left > 0:
-        return Decision("none", waiting_for=f"{stage.name}: soaking, {left:.0f}s left")
+    left = step.soak_s - window_seconds(plan.window, ready, now)
+    if left > 0:
+        where = " (counting window time only)" if plan.window else ""
+        return Decision("none", waiting_for=f"{stage.name}: soaking, {left:.0f}s left{where}")
     if k + 1 >= len(plan.steps):
         return Decision("complete", "every stage passed")
     nxt = plan.steps[k + 1]
@@ -330,24 +432,55 @@ class Orchestrator:
                 raise RolloutError(f"release {version} for {board} is not in the feed (publish it first)")
             rollout = Rollout(id=rid, board=board, channel=channel, version=version, plan=plan.to_dict(),
                               state="active", step=0, step_started_at=now, created_at=now, updated_at=now,
-                              gate_since=0.0, revision=1, published_revision=0)
+                              revision=1, published_revision=0)
+            warnings = self.check_fleet(rollout, plan)
             self.store.create_rollout(rollout)
             first = plan.steps[0]
             self.store.add_history(rid, now, "start",
                                    f"started {version} on {board}/{channel}: {first.stage_name} "
                                    f"(groups {', '.join(first.groups) or '-'}, {first.percentage:g}%)")
+            for line in warnings:
+                self.store.add_history(rid, now, "warning", line)
             self._publish_if_needed(rollout)
             return rollout
+
+    def check_fleet(self, rollout: Rollout, plan: RolloutPlan) -> list[str]:
+        """Refuse a rollout whose first stage targets no device today; warnings for later stages
+        that target none or fewer than their min_finished (devices may still register)."""
+        whole = Rollout.from_dict({**rollout.to_dict(), "step": len(plan.steps) - 1})
+        stats = compute_stats(plan, whole, self.store.rollout_progress(rollout.board, rollout.id),
+                              rollout.created_at, self._buckets)
+        where = f"{rollout.board}/{rollout.channel}"
+        warnings = []
+        for i, (stage, st) in enumerate(zip(plan.stages, stats.stages, strict=True)):
+            size = st.counts.targeted + st.counts.up_to_date
+            if size == 0 and not stage.skip_if_empty:
+                what = f"stage {stage.name} targets no device of {where}"
+                if i == 0:
+                    raise RolloutError(f"{what}: register devices for it (mpota deploy --server, or POST "
+                                       f"/v1/devices), or set skip_if_empty = true on the stage")
+                warnings.append(f"{what} yet: it will wait until devices register")
+            elif 0 < size < stage.gate.min_finished:
+                warnings.append(f"stage {stage.name} targets {size} device(s) of {where}, fewer than its "
+                                f"min_finished {stage.gate.min_finished}: it will wait until more register")
+        return warnings
 
     def pause(self, rollout_id: str, reason: str = "paused by operator") -> Rollout:
         with self._lock:
             r = self._get(rollout_id)
-            if r.state != "active":
+            self._check_current(r, "paused")
+            if r.state not in ("active", "completed"):
                 raise RolloutError(f"rollout {rollout_id} is {r.state}, not active")
 
             def mutate(x: Rollout) -> None:
                 x.state, x.reason, x.numbers = "paused", reason, None
             return self._change(r, "pause", reason, None, mutate)
+
+    def _check_current(self, r: Rollout, what: str) -> None:
+        """A completed rollout can still be halted while its channel document is its own."""
+        if r.state == "completed" and r.id not in latest_per_channel(self.store.list_rollouts()):
+            raise RolloutError(f"rollout {r.id} is completed and a newer rollout owns {r.board}/{r.channel}; "
+                               f"it cannot be {what}")
 
     def resume(self, rollout_id: str) -> Rollout:
         with self._lock:
@@ -355,16 +488,19 @@ class Orchestrator:
             if r.state != "paused":
                 raise RolloutError(f"rollout {rollout_id} is {r.state}, not paused")
             now = self.clock()
+            # what tripped the gate so far is accepted by the operator; failures after this count
+            accepted = self.store.accept_failures(rollout_id, now - self.plan_of(r).in_progress_timeout_s)
 
             def mutate(x: Rollout) -> None:
                 x.state, x.reason, x.numbers = "active", None, None
-                x.gate_since = now  # what tripped the gate so far is accepted by the operator
-            return self._change(r, "resume", "resumed by operator (earlier failures accepted)", None, mutate)
+            return self._change(r, "resume", f"resumed by operator ({accepted} failure(s) so far accepted)",
+                                None, mutate)
 
     def abort(self, rollout_id: str, reason: str = "aborted by operator") -> Rollout:
         with self._lock:
             r = self._get(rollout_id)
-            if r.state not in ("active", "paused"):
+            self._check_current(r, "aborted")
+            if r.state not in ("active", "paused", "completed"):
                 raise RolloutError(f"rollout {rollout_id} is already {r.state}")
 
             def mutate(x: Rollout) -> None:
@@ -382,7 +518,7 @@ class Orchestrator:
         decision = Decision("none")
         for _ in range(max_steps):
             rollout = self._get(rollout_id)
-            if rollout.state != "active":
+            if rollout.state not in ("active", "completed"):
                 return decision if decision.action != "none" else Decision("none", waiting_for=rollout.state)
             plan = self.plan_of(rollout)
             stats = self.stats(rollout, plan)
@@ -397,7 +533,7 @@ class Orchestrator:
                     continue  # changed meanwhile: judge again
                 self._act(latest, plan, d, now)
             decision = d
-            if d.action != "advance":
+            if d.action not in ("advance", "ready"):
                 return d
         return decision
 
@@ -406,22 +542,32 @@ class Orchestrator:
             def pause(x: Rollout) -> None:
                 x.state, x.reason, x.numbers = "paused", d.reason, d.numbers
             self._change(r, "auto-pause", d.reason, d.numbers, pause)
+        elif d.action == "ready":
+            def ready(x: Rollout) -> None:
+                x.ready_at = now
+            self._change(r, "ready", d.reason, None, ready)
         elif d.action == "advance":
             nxt = plan.steps[r.step + 1]
 
             def advance(x: Rollout) -> None:
                 x.step += 1
                 x.step_started_at = now
+                x.ready_at = None
             self._change(r, "advance", f"step {nxt.index + 1}/{len(plan.steps)}: {d.reason}", None, advance)
         elif d.action == "complete":
             def complete(x: Rollout) -> None:
-                x.state, x.reason = "completed", None
+                x.state, x.reason, x.completed_at = "completed", None, now
             self._change(r, "complete", d.reason, None, complete)
 
     def evaluate_all(self) -> list[tuple[str, Decision]]:
         out = []
-        for r in self.store.list_rollouts():
-            if r.state == "active":
+        rollouts = self.store.list_rollouts()
+        current = latest_per_channel(rollouts)
+        now = self.clock()
+        for r in rollouts:
+            watched = (r.state == "completed" and r.id in current
+                       and now < (r.completed_at or 0.0) + float(r.plan.get("watch", 3600.0)))
+            if r.state == "active" or watched:
                 try:
                     out.append((r.id, self.evaluate(r.id)))
                 except MpotaError as exc:
@@ -457,4 +603,6 @@ class Orchestrator:
                          "groups": list(step.groups), "percentage": step.percentage},
                 "channel_rollout": self.channel_rollout(rollout, plan),
                 "stages": [s.to_dict() for s in stats.stages],
+                "unexpected": {"devices": stats.unexpected, "first": stats.unexpected_ids},
+                "waiting": stats.waiting,
                 "next": asdict(decision), "history": self.store.history(rollout_id)}

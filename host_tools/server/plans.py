@@ -4,22 +4,26 @@ A plan is read from TOML (tomllib) or built from defaults plus command-line over
 expanded into *steps*. Each step is what one channel document publishes: the cumulative
 groups so far and a percentage. Group stages are one step each (percentage 0); a stage with
 ``batch_size_percentage`` (or an exponential ramp) is one step per percentage, so ``general``
-with batches of 25 gives 25, 50, 75, 100.
+with batches of 25 gives 25, 50, 75, 100. A stage that could never target a device (no new
+group, no higher percentage) is refused here; what the gate does with the plan is in
+orchestrator.py.
 
 TOML (see examples/rollout.toml)::
 
     failure_rate_threshold = 20      # percent of finished devices; defaults for every stage
     rollback_rate_threshold = 20
     health_check_failure_rate = 20
-    min_finished = 1                 # finished devices needed before a stage is judged
+    min_finished = 1                 # finished targeted devices a stage needs (judged and passed)
     soak = "30s"                     # wait per step before advancing (s, m, h, d or seconds)
     in_progress_timeout = "30m"      # started, never confirmed/failed -> counts as failed
     window = {start = "01:00", end = "05:00"}   # UTC maintenance window, carried to devices
+    watch = "1h"                     # after completion the gates keep watching this long
 
     [[stages]]
     name = "canary"
     groups = ["canary"]
     soak = "5m"                      # any of the defaults above can be set per stage
+    skip_if_empty = false            # true: the stage may pass with no device at all
 
     [[stages]]
     name = "general"
@@ -44,9 +48,9 @@ _HHMM = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$")
 _STAGE_KEYS = {"name", "groups", "batch_size_percentage", "ramp", "ramp_start", "ramp_factor",
                "failure_rate_threshold", "rollback_rate_threshold", "health_check_failure_rate",
-               "min_finished", "soak"}
+               "min_finished", "soak", "skip_if_empty"}
 _TOP_KEYS = {"failure_rate_threshold", "rollback_rate_threshold", "health_check_failure_rate",
-             "min_finished", "soak", "in_progress_timeout", "window", "stages"}
+             "min_finished", "soak", "in_progress_timeout", "window", "watch", "stages"}
 
 
 class PlanError(MpotaError):
@@ -86,6 +90,14 @@ def _count(value: object, what: str) -> int:
     return value
 
 
+def _min_finished(value: object, what: str) -> int:
+    number = _count(value, what)
+    if number < 1:
+        raise PlanError(f"{what}: must be at least 1 (no gate passes on nobody; a stage that may be "
+                        "empty says skip_if_empty = true)")
+    return number
+
+
 def check_window(value: object) -> dict[str, str] | None:
     """A maintenance window {"start": "HH:MM", "end": "HH:MM"} in UTC (end may wrap past midnight)."""
     if value is None:
@@ -121,13 +133,15 @@ class Stage:
     soak_s: float
     # empty for a group stage (one step); otherwise the percentages of its steps, ending at 100
     percentages: tuple[float, ...] = ()
+    skip_if_empty: bool = False    # the operator allows it to pass when it targets no device
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "groups": list(self.groups), "soak": self.soak_s,
                 "failure_rate_threshold": self.gate.failure_rate_threshold,
                 "rollback_rate_threshold": self.gate.rollback_rate_threshold,
                 "health_check_failure_rate": self.gate.health_check_failure_rate,
-                "min_finished": self.gate.min_finished, "percentages": list(self.percentages)}
+                "min_finished": self.gate.min_finished, "percentages": list(self.percentages),
+                "skip_if_empty": self.skip_if_empty}
 
 
 @dataclass(frozen=True)
@@ -145,6 +159,7 @@ class RolloutPlan:
     stages: tuple[Stage, ...]
     in_progress_timeout_s: float = 1800.0
     window: dict[str, str] | None = None
+    watch_s: float = 3600.0
     steps: tuple[Step, ...] = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -157,9 +172,15 @@ class RolloutPlan:
         groups: list[str] = []
         percentage = 0.0
         for si, stage in enumerate(self.stages):
-            for g in stage.groups:
-                if g not in groups:
-                    groups.append(g)
+            new_groups = [g for g in stage.groups if g not in groups]
+            if not new_groups and (not stage.percentages or stage.percentages[-1] <= percentage):
+                # it would "pass" having targeted nobody: refuse the plan instead
+                what = (f"its groups ({', '.join(stage.groups)}) are all in earlier stages" if stage.groups
+                        else "it has no groups")
+                how = (f"and its percentages do not go above {percentage:g}%" if stage.percentages
+                       else "and no percentage (give batch_size_percentage, ramp or percentages)")
+                raise PlanError(f"stage {stage.name} can never target a device: {what} {how}")
+            groups.extend(new_groups)
             if not stage.percentages:
                 steps.append(Step(len(steps), si, stage.name, tuple(groups), percentage, stage.soak_s))
             for p in stage.percentages:
@@ -177,7 +198,11 @@ class RolloutPlan:
 
     def to_dict(self) -> dict[str, Any]:
         return {"stages": [s.to_dict() for s in self.stages],
-                "in_progress_timeout": self.in_progress_timeout_s, "window": self.window}
+                "in_progress_timeout": self.in_progress_timeout_s, "window": self.window,
+                "watch": self.watch_s}
+
+    def last_step_of_stage(self, stage: int) -> int:
+        return max(s.index for s in self.steps if s.stage == stage)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RolloutPlan:
@@ -194,7 +219,7 @@ class RolloutPlan:
                                              "rollback_rate_threshold"),
             health_check_failure_rate=_percent(data.get("health_check_failure_rate", 20.0),
                                                "health_check_failure_rate"),
-            min_finished=_count(data.get("min_finished", 1), "min_finished"),
+            min_finished=_min_finished(data.get("min_finished", 1), "min_finished"),
         )
         soak = parse_duration(data.get("soak", 30.0), "soak")
         raw_stages = data.get("stages")
@@ -206,7 +231,8 @@ class RolloutPlan:
         return cls(stages=stages,
                    in_progress_timeout_s=parse_duration(data.get("in_progress_timeout", 1800.0),
                                                         "in_progress_timeout"),
-                   window=check_window(data.get("window")))
+                   window=check_window(data.get("window")),
+                   watch_s=parse_duration(data.get("watch", 3600.0), "watch"))
 
 
 def default_stage_tables(batch_size_percentage: float = 25.0) -> list[dict[str, Any]]:
@@ -260,7 +286,7 @@ def _stage_from_dict(raw: object, base: Gate, soak: float) -> Stage:
         health_check_failure_rate=_percent(raw.get("health_check_failure_rate",
                                                    base.health_check_failure_rate),
                                            f"{name}.health_check_failure_rate"),
-        min_finished=_count(raw.get("min_finished", base.min_finished), f"{name}.min_finished"),
+        min_finished=_min_finished(raw.get("min_finished", base.min_finished), f"{name}.min_finished"),
     )
     percentages: tuple[float, ...] = ()
     if "percentages" in raw and raw["percentages"]:
@@ -279,8 +305,12 @@ def _stage_from_dict(raw: object, base: Gate, soak: float) -> Stage:
         if isinstance(factor, bool) or not isinstance(factor, (int, float)):
             raise PlanError(f"stage {name}: ramp_factor must be a number")
         percentages = ramp_percentages(batch_f, ramp, start, float(factor))
+    skip = raw.get("skip_if_empty", False)
+    if not isinstance(skip, bool):
+        raise PlanError(f"stage {name}: skip_if_empty must be true or false")
     return Stage(name=name, groups=tuple(groups), gate=gate,
-                 soak_s=parse_duration(raw.get("soak", soak), f"{name}.soak"), percentages=percentages)
+                 soak_s=parse_duration(raw.get("soak", soak), f"{name}.soak"), percentages=percentages,
+                 skip_if_empty=skip)
 
 
 def load_plan(path: str | Path) -> RolloutPlan:
@@ -329,6 +359,25 @@ def plan_with_overrides(base: Mapping[str, Any] | None, overrides: Mapping[str, 
             continue
         data[key] = value
     return RolloutPlan.from_dict(data)
+
+
+def window_seconds(window: Mapping[str, str] | None, t0: float, t1: float) -> float:
+    """Seconds of [t0, t1] inside the daily UTC window (all of it without a window)."""
+    if t1 <= t0:
+        return 0.0
+    if window is None:
+        return t1 - t0
+    sh, sm = (int(x) for x in window["start"].split(":"))
+    eh, em = (int(x) for x in window["end"].split(":"))
+    start, end = sh * 3600 + sm * 60, eh * 3600 + em * 60
+    total = 0.0
+    day = math.floor(t0 / 86400) - 1  # a window wrapping past midnight starts the day before
+    while day * 86400 + start < t1:
+        a = day * 86400 + start
+        b = a + (end - start if end > start else 86400 - start + end)
+        total += max(0.0, min(b, t1) - max(a, t0))
+        day += 1
+    return total
 
 
 def with_window(plan: RolloutPlan, window: dict[str, str] | None) -> RolloutPlan:

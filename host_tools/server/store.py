@@ -30,10 +30,12 @@ from host_tools.errors import MpotaError
 Report = dict[str, Any]
 
 # Rollout progress of one device: status is None (targeted, nothing yet), "started", "confirmed",
-# "failed" or "rolled_back"; health_failed is sticky once a health_failed event arrived.
+# "failed" or "rolled_back"; health_failed is sticky once a health_failed event arrived; accepted
+# is set by an operator resume (the failure so far no longer counts) and cleared by a new attempt.
 STARTED_EVENTS = frozenset({"downloading", "downloaded", "installed"})
 # `failed` reasons that say the board, not the release, stopped the install (a power cut
-# before set_boot() finished): the device retries, so the rollout still counts it as started.
+# before set_boot() finished): the device retries, so the rollout still counts it as started,
+# with its in-progress clock restarted for the next attempt.
 RETRIED_REASONS = frozenset({"interrupted"})
 PROGRESS_EVENTS = STARTED_EVENTS | {"confirmed", "failed", "health_failed", "rolled_back"}
 OPEN_STATES = ("active", "paused")
@@ -67,7 +69,8 @@ class Rollout:
     updated_at: float = 0.0
     reason: str | None = None      # why it paused / aborted
     numbers: dict[str, Any] | None = None  # the figures behind the reason
-    gate_since: float = 0.0        # only devices finishing at/after this time are judged (resume)
+    ready_at: float | None = None  # when the current step first met its device needs (soak starts)
+    completed_at: float | None = None
     revision: int = 1              # bumps on every change of what should be published
     published_revision: int = 0    # revision the channel document on disk reflects
     published_seq: int | None = None
@@ -81,7 +84,11 @@ class Rollout:
 
 
 class DeviceProgress(NamedTuple):
-    """One device's row for a rollout decision (the orchestrator's input; a tuple: 100k are cheap)."""
+    """One device's row for a rollout decision (the orchestrator's input; a tuple: 100k are cheap).
+
+    group is the operator's (registered) group, never what reports claim; channel None means the
+    default channel "stable"; on_board False: the device reported for the rollout but is not
+    listed under its board."""
 
     device_id: str
     group: str | None
@@ -89,6 +96,10 @@ class DeviceProgress(NamedTuple):
     started_at: float | None
     finished_at: float | None
     health_failed: bool
+    accepted: bool = False
+    version: str | None = None
+    channel: str | None = None
+    on_board: bool = True
 
 
 @dataclass
@@ -104,6 +115,7 @@ class _Progress:
     started_at: float | None
     finished_at: float | None
     health_failed: int
+    accepted: int = 0
     dirty: bool = field(default=False, compare=False)
 
 
@@ -120,7 +132,11 @@ class Store(ABC):
 
     @abstractmethod
     def register_device(self, device_id: str, board: str | None, group: str | None, now: float,
-                        reset_seq: bool = False) -> dict[str, Any]: ...
+                        reset_seq: bool = False, *, channel: str | None = None,
+                        operator: bool = True) -> dict[str, Any]:
+        """The operator's registration sets board, group and channel (authoritative); a device
+        registering itself (operator=False) only records the group it claims, and its board
+        while no operator registered it."""
 
     # --- reads (any thread) ---
     @abstractmethod
@@ -137,7 +153,13 @@ class Store(ABC):
 
     @abstractmethod
     def rollout_progress(self, board: str, rollout_id: str) -> list[DeviceProgress]:
-        """Every known device of the board, with its progress in the rollout (None if none)."""
+        """Every known device of the board, with its progress in the rollout (None if none), and
+        every other device with progress in it (on_board False)."""
+
+    @abstractmethod
+    def accept_failures(self, rollout_id: str, timed_out_before: float) -> int:
+        """Mark the rollout's failed, rolled back, health-failed and timed-out (started before
+        timed_out_before) devices accepted; returns how many."""
 
     # --- rollouts (writer thread) ---
     @abstractmethod
@@ -169,7 +191,8 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS devices (
     device_id TEXT PRIMARY KEY, board TEXT, grp TEXT, registered_at REAL, first_seen REAL,
     last_seen REAL, version TEXT, slot TEXT, last_event TEXT, last_event_at REAL, health TEXT,
-    free_mem INTEGER, rollout TEXT, target TEXT, last_seq INTEGER NOT NULL DEFAULT -1);
+    free_mem INTEGER, rollout TEXT, target TEXT, last_seq INTEGER NOT NULL DEFAULT -1,
+    claimed_grp TEXT, channel TEXT);
 CREATE INDEX IF NOT EXISTS devices_board ON devices(board);
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY, received REAL NOT NULL, device_id TEXT NOT NULL, seq INTEGER NOT NULL,
@@ -178,7 +201,7 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE UNIQUE INDEX IF NOT EXISTS events_device ON events(device_id, seq);
 CREATE TABLE IF NOT EXISTS progress (
     rollout_id TEXT NOT NULL, device_id TEXT NOT NULL, status TEXT, started_at REAL, finished_at REAL,
-    health_failed INTEGER NOT NULL DEFAULT 0, updated_at REAL,
+    health_failed INTEGER NOT NULL DEFAULT 0, updated_at REAL, accepted INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (rollout_id, device_id)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS rollouts (
     id TEXT PRIMARY KEY, board TEXT NOT NULL, channel TEXT NOT NULL, state TEXT NOT NULL,
@@ -190,14 +213,21 @@ CREATE INDEX IF NOT EXISTS history_rollout ON history(rollout_id, id);
 """
 
 _DEVICE_COLS = ("device_id", "board", "grp", "registered_at", "first_seen", "last_seen", "version", "slot",
-                "last_event", "last_event_at", "health", "free_mem", "rollout", "target", "last_seq")
+                "last_event", "last_event_at", "health", "free_mem", "rollout", "target", "last_seq",
+                "claimed_grp", "channel")
+# Columns older databases lack (added on open).
+_MIGRATIONS = (("devices", "claimed_grp", "TEXT"), ("devices", "channel", "TEXT"),
+               ("progress", "accepted", "INTEGER NOT NULL DEFAULT 0"))
 
+# A report's group is only what the device claims (claimed_grp); its board counts until an
+# operator registered the device.
 _UPSERT_DEVICE = """
-INSERT INTO devices (device_id, board, grp, first_seen, last_seen, version, slot, last_event, last_event_at,
-                     health, free_mem, rollout, target, last_seq)
+INSERT INTO devices (device_id, board, claimed_grp, first_seen, last_seen, version, slot, last_event,
+                     last_event_at, health, free_mem, rollout, target, last_seq)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT(device_id) DO UPDATE SET
-    board = COALESCE(excluded.board, board), grp = COALESCE(excluded.grp, grp),
+    board = CASE WHEN registered_at IS NULL THEN COALESCE(excluded.board, board) ELSE board END,
+    claimed_grp = COALESCE(excluded.claimed_grp, claimed_grp),
     first_seen = COALESCE(first_seen, excluded.first_seen), last_seen = excluded.last_seen,
     version = COALESCE(excluded.version, version), slot = COALESCE(excluded.slot, slot),
     last_event = COALESCE(excluded.last_event, last_event),
@@ -217,11 +247,12 @@ INSERT INTO events (received, device_id, seq, event, device_time, uptime_ms, boa
 """
 
 _UPSERT_PROGRESS = """
-INSERT INTO progress (rollout_id, device_id, status, started_at, finished_at, health_failed, updated_at)
-VALUES (?, ?, ?, ?, ?, ?, ?)
+INSERT INTO progress (rollout_id, device_id, status, started_at, finished_at, health_failed, updated_at,
+                      accepted)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT(rollout_id, device_id) DO UPDATE SET status = excluded.status,
     started_at = excluded.started_at, finished_at = excluded.finished_at,
-    health_failed = excluded.health_failed, updated_at = excluded.updated_at
+    health_failed = excluded.health_failed, updated_at = excluded.updated_at, accepted = excluded.accepted
 """
 
 
@@ -246,14 +277,13 @@ def advance_progress(p: _Progress | None, event: str, now: float, reason: object
     if p is None:
         p = _Progress(None, None, None, 0)
     status, started, finished, health = p.status, p.started_at, p.finished_at, p.health_failed
+    accepted = p.accepted
     if event == "failed" and reason in RETRIED_REASONS:
-        event = "downloading"
-    if event in STARTED_EVENTS:
-        if status in (None, "started", "failed"):  # a failed download may be retried
-            if status != "started":
-                finished = None
-            status = "started"
-            started = started if started is not None else now
+        if status in (None, "started", "failed"):  # the board retries: a new attempt, a new clock
+            status, started, finished, accepted = "started", now, None, 0
+    elif event in STARTED_EVENTS:
+        if status in (None, "failed"):  # a new attempt (a failed download is retried): a new clock
+            status, started, finished, accepted = "started", now, None, 0
     elif event == "confirmed":
         status, finished = "confirmed", now
         started = started if started is not None else now
@@ -267,7 +297,7 @@ def advance_progress(p: _Progress | None, event: str, now: float, reason: object
     elif event == "rolled_back":
         status, finished = "rolled_back", now
         started = started if started is not None else now
-    return _Progress(status, started, finished, health, dirty=True)
+    return _Progress(status, started, finished, health, accepted, dirty=True)
 
 
 class SQLiteStore(Store):
@@ -283,10 +313,20 @@ class SQLiteStore(Store):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = self._conn()
             conn.executescript(_SCHEMA)
+            self._migrate(conn)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open database {self.path}: {exc}") from None
         except OSError as exc:
             raise StoreError(f"cannot open database {self.path}: {exc.strerror}") from None
+
+    @staticmethod
+    def _migrate(conn: sqlite3.Connection) -> None:
+        for table, column, kind in _MIGRATIONS:
+            if column not in {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+                if column == "claimed_grp":  # groups of devices no operator registered were claims
+                    conn.execute("UPDATE devices SET claimed_grp = grp, grp = NULL "
+                                 "WHERE registered_at IS NULL")
 
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -382,10 +422,10 @@ class SQLiteStore(Store):
                         cur = self._progress.get(pkey)
                     if cur is None:
                         row = conn.execute(
-                            "SELECT status, started_at, finished_at, health_failed FROM progress "
-                            "WHERE rollout_id = ? AND device_id = ?", pkey).fetchone()
+                            "SELECT status, started_at, finished_at, health_failed, accepted "
+                            "FROM progress WHERE rollout_id = ? AND device_id = ?", pkey).fetchone()
                         if row is not None:
-                            cur = _Progress(row[0], row[1], row[2], int(row[3]))
+                            cur = _Progress(row[0], row[1], row[2], int(row[3]), int(row[4]))
                     new_progress[pkey] = advance_progress(cur, event, now,
                                                           detail.get("reason") if detail else None)
                     result.progress = True
@@ -421,7 +461,7 @@ class SQLiteStore(Store):
                 conn.executemany(_UPSERT_DEVICE, devices.values())
                 if new_progress:
                     conn.executemany(_UPSERT_PROGRESS, [
-                        (k[0], k[1], p.status, p.started_at, p.finished_at, p.health_failed, now)
+                        (k[0], k[1], p.status, p.started_at, p.finished_at, p.health_failed, now, p.accepted)
                         for k, p in new_progress.items()])
                 conn.execute("COMMIT")
             except BaseException:
@@ -440,13 +480,25 @@ class SQLiteStore(Store):
         return results
 
     def register_device(self, device_id: str, board: str | None, group: str | None, now: float,
-                        reset_seq: bool = False) -> dict[str, Any]:
+                        reset_seq: bool = False, *, channel: str | None = None,
+                        operator: bool = True) -> dict[str, Any]:
         with self._lock, self._tx() as conn:
-            conn.execute(
-                "INSERT INTO devices (device_id, board, grp, registered_at) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT(device_id) DO UPDATE SET board = COALESCE(excluded.board, board), "
-                "grp = COALESCE(excluded.grp, grp), registered_at = excluded.registered_at",
-                (device_id, board, group, now))
+            if operator:
+                conn.execute(
+                    "INSERT INTO devices (device_id, board, grp, channel, registered_at) "
+                    "VALUES (?, ?, ?, ?, ?) "
+                    "ON CONFLICT(device_id) DO UPDATE SET board = COALESCE(excluded.board, board), "
+                    "grp = COALESCE(excluded.grp, grp), channel = COALESCE(excluded.channel, channel), "
+                    "registered_at = excluded.registered_at",
+                    (device_id, board, group, channel, now))
+            else:
+                conn.execute(
+                    "INSERT INTO devices (device_id, board, claimed_grp, first_seen) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT(device_id) DO UPDATE SET "
+                    "board = CASE WHEN registered_at IS NULL THEN COALESCE(excluded.board, board) "
+                    "ELSE board END, "
+                    "claimed_grp = COALESCE(excluded.claimed_grp, claimed_grp)",
+                    (device_id, board, group, now))
             if reset_seq:
                 # The board starts counting again (flash erased). Earlier events stay, with their seq
                 # moved below every earlier one (negative: outside the replay check, seqs are >= 0).
@@ -465,6 +517,7 @@ class SQLiteStore(Store):
     def _device_dict(row: Sequence[Any]) -> dict[str, Any]:
         d = dict(zip(_DEVICE_COLS, row, strict=True))
         d["group"] = d.pop("grp")
+        d["claimed_group"] = d.pop("claimed_grp")
         return d
 
     def get_device(self, device_id: str) -> dict[str, Any] | None:
@@ -501,8 +554,8 @@ class SQLiteStore(Store):
         conn = self._conn()
         total = conn.execute("SELECT count(*) FROM devices").fetchone()[0]
         summary: dict[str, Any] = {"devices": total}
-        for key, col in (("by_version", "version"), ("by_group", "grp"), ("by_board", "board"),
-                         ("by_health", "health"), ("by_last_event", "last_event")):
+        for key, col in (("by_version", "version"), ("by_group", "grp"), ("by_channel", "channel"),
+                         ("by_board", "board"), ("by_health", "health"), ("by_last_event", "last_event")):
             rows = conn.execute(f"SELECT {col}, count(*) FROM devices GROUP BY {col} ORDER BY 2 DESC")
             summary[key] = {str(k) if k is not None else "-": n for k, n in rows}
         summary["events"] = conn.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0]
@@ -511,17 +564,30 @@ class SQLiteStore(Store):
     def rollout_progress(self, board: str, rollout_id: str) -> list[DeviceProgress]:
         conn = self._conn()
         progress = {r[0]: r for r in conn.execute(
-            "SELECT device_id, status, started_at, finished_at, health_failed FROM progress "
+            "SELECT device_id, status, started_at, finished_at, health_failed, accepted FROM progress "
             "WHERE rollout_id = ?", (rollout_id,))}
         out = []
         make = DeviceProgress._make
-        empty = (None, None, None, False)
-        for device_id, group in conn.execute("SELECT device_id, grp FROM devices WHERE board = ?", (board,)):
+        empty = (None, None, None, False, False)
+        for device_id, group, version, channel in conn.execute(
+                "SELECT device_id, grp, version, channel FROM devices WHERE board = ?", (board,)):
             p = progress.pop(device_id, None)
-            out.append(make((device_id, group, *(empty if p is None else (p[1], p[2], p[3], bool(p[4]))))))
-        for device_id, p in progress.items():  # progress from a device not (yet) listed under this board
-            out.append(make((device_id, None, p[1], p[2], p[3], bool(p[4]))))
+            out.append(make((device_id, group,
+                             *(empty if p is None else (p[1], p[2], p[3], bool(p[4]), bool(p[5]))),
+                             version, channel, True)))
+        for device_id, p in progress.items():  # progress from a device not listed under this board
+            out.append(make((device_id, None, p[1], p[2], p[3], bool(p[4]), bool(p[5]), None, None, False)))
         return out
+
+    def accept_failures(self, rollout_id: str, timed_out_before: float) -> int:
+        with self._lock, self._tx() as conn:
+            cur = conn.execute(
+                "UPDATE progress SET accepted = 1 WHERE rollout_id = ? AND accepted = 0 AND "
+                "(status IN ('failed', 'rolled_back') OR health_failed = 1 OR "
+                "(status = 'started' AND started_at <= ?))", (rollout_id, timed_out_before))
+            for key in [k for k in self._progress if k[0] == rollout_id]:
+                del self._progress[key]  # the writer reads them again
+            return int(cur.rowcount)
 
     # ---------------------------------------------------------------- rollouts
     def create_rollout(self, rollout: Rollout) -> None:
