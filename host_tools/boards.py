@@ -1,6 +1,6 @@
 """Board registry: boards/<name>.json -> Board (chip, flash size, partition table, OTA slots).
 
-The boards folder is <repo>/boards next to the host_tools package source, or $MPOTA_BOARDS_DIR.
+The boards folder is $MPOTA_BOARDS_DIR, or the one installed with mpota (host_tools.bundled).
 A board JSON holds: name, description, chip, chip_id, flash_size, bootloader_offset,
 partition_table_offset, partitions (a CSV path relative to the JSON), micropython_board,
 micropython_variant.
@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from host_tools.bundled import data_path
 from host_tools.errors import MpotaError
 from host_tools.partitions import Partition, PartitionError, PartitionTable, load_table
 
@@ -72,7 +73,7 @@ def boards_dir() -> Path:
     env = os.environ.get("MPOTA_BOARDS_DIR")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parent.parent / "boards"
+    return data_path("boards")
 
 
 def list_boards(directory: Path | None = None) -> list[str]:

@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "keys",        # keygen, key show
     "image",       # image info, image extract-app
     "release",     # sign, verify
+    "inspect",     # inspect (decode a signed document)
     "feed",        # feed publish, feed verify
     "partitions",  # partitions build, partitions show
     "flash",       # flash
@@ -49,9 +50,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _leaf_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The (sub)parser of the command that was given, e.g. `mpota feed add`'s."""
+    while True:
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        name = getattr(args, subs[0].dest, None) if subs else None
+        if not subs or name not in subs[0].choices:
+            return parser
+        parser = subs[0].choices[name]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # say it with the subcommand's usage, not the top-level one
+        _leaf_parser(parser, args).error(f"unrecognized arguments: {' '.join(extra)}")
     func = getattr(args, "func", None)
     if func is None:
         parser.print_help(sys.stderr)

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from host_tools.boards import Board
+from host_tools.bundled import data_path
 from host_tools.errors import MpotaError, UsageError
 from host_tools.fleet import FleetError, check_device_id, device_token, load_secret
 from host_tools.keys import KeyFileError, load_public_key
@@ -124,7 +125,7 @@ def device_dir() -> Path:
     env = os.environ.get("MPOTA_DEVICE_DIR")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parent.parent / "device"
+    return data_path("device")
 
 
 def parse_keys_option(text: str) -> dict[str, list[str]]:

@@ -177,8 +177,10 @@ def generate_key(path: str | os.PathLike[str], role: str = "release") -> KeyInfo
     for p in (target, pub):
         if p.exists() or p.is_symlink():
             raise KeyFileError(f"{p} already exists (refusing to overwrite a key; choose another path)")
-    if not target.parent.is_dir():
-        raise KeyFileError(f"cannot write key {target}: folder {target.parent} does not exist")
+    try:  # a new keys folder is private: the private key is the only thing that must stay there
+        target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise KeyFileError(f"cannot create the folder for key {target}: {exc.strerror or exc}") from None
     sk = _SK.generate(curve=NIST256p, hashfunc=hashlib.sha256)
     key = PrivateKey(sk, role, str(target))
     text = f"{ROLE_LINE_PREFIX} {role}\n".encode() + key.to_pem()

@@ -124,8 +124,11 @@ def _check_out_dir(out: Path) -> None:
     if out.is_symlink() or (out.exists() and (not out.is_dir() or any(out.iterdir()))):
         raise ReleaseError(f"output {out} already exists "
                            "(choose a new folder; releases are never overwritten)")
-    if not out.parent.is_dir():
-        raise ReleaseError(f"cannot create {out}: folder {out.parent} does not exist")
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:  # missing folders are created when writing
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ReleaseError(f"cannot create {out}: {parent} is not a folder")
 
 
 def sign_release(
@@ -218,6 +221,10 @@ def sign_release(
     )
     envelope = manifest.sign(keys)
 
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ReleaseError(f"cannot create {out.parent}: {exc.strerror or exc}") from None
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
         _write_synced(tmp / file_name, wire)

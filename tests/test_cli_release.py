@@ -203,7 +203,7 @@ def test_sign_verify_publish_verify(work: Path, capsys: pytest.CaptureFixture[st
         "paused",
     )
     assert code == 0 and "(seq 2)" in out and "paused" in out
-    code, out, _ = run(capsys, "feed", "verify", "feed", "--pubkey", "rel.pem.pub", "ro.pem.pub")
+    code, out, _ = run(capsys, "feed", "verify", "feed", "--pubkey", "rel.pem.pub", "-p", "ro.pem.pub")
     assert code == 0 and "1 channel(s), 1 release(s) verified" in out
     code, out, _ = run(
         capsys, "feed", "verify", "feed", "--release-pubkey", "rel.pem.pub", "--rollout-pubkey", "ro.pem.pub"

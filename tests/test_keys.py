@@ -52,9 +52,12 @@ def test_refuses_to_overwrite_either_file(tmp_path: Path) -> None:
 def test_unknown_role_and_missing_folder(tmp_path: Path) -> None:
     with pytest.raises(KeyFileError, match="unknown key role"):
         generate_key(tmp_path / "k", "admin")
-    with pytest.raises(KeyFileError, match="does not exist"):
-        generate_key(tmp_path / "no" / "k", "release")
     assert list(tmp_path.iterdir()) == []
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(KeyFileError, match="cannot create the folder for key"):
+        generate_key(tmp_path / "file" / "k", "release")
+    generate_key(tmp_path / "new" / "k", "release")  # a missing folder is made, private
+    assert (tmp_path / "new").stat().st_mode & 0o777 == 0o700
 
 
 def test_sign_verifies_independently_with_ecdsa(tmp_path: Path) -> None:

@@ -177,7 +177,7 @@ def _bad_inputs(tmp: Path, kdir: Path) -> dict[str, tuple[dict[str, Any], str]]:
         "version mismatch": ({"version": "1.2.4"}, "image says version '1.2.3'.*--force-version"),
         "output exists": ({"out_dir": tmp / "exists"}, "already exists"),
         "output is a file": ({"out_dir": tmp / "file-out"}, "already exists"),
-        "output parent missing": ({"out_dir": tmp / "a" / "b"}, "does not exist"),
+        "output parent is a file": ({"out_dir": tmp / "file-out" / "b"}, "file-out is not a folder"),
         "long notes": ({"notes": "x" * 5000}, "release_notes must be a string of at most 4096"),
         "bad window": ({"compress": True, "window_bits": 16}, "window bits 16"),
     }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 from typing import Any
@@ -34,8 +35,8 @@ def register(sub: Any) -> None:
     pub.add_argument("--key", "-k", required=True, metavar="ROLLOUT_KEY", help="rollout private key (PEM)")
     pub.add_argument("--board", "-b", metavar="BOARD",
                      help="which target board (when the release has several)")
-    pub.add_argument("--release-pubkey", action="extend", nargs="+", default=None, metavar="PUB",
-                     help="also verify the release signature with these release public keys")
+    pub.add_argument("--release-pubkey", action="append", default=None, metavar="PUB",
+                     help="also verify the release signature with this release public key (repeatable)")
     pub.add_argument("--rollout-id", metavar="ID", help="rollout id (default <board>-<version>-<UTC time>)")
     pub.add_argument("--groups", metavar="G1,G2", help="device groups in the rollout, comma separated")
     pub.add_argument("--percentage", type=float, metavar="P",
@@ -59,8 +60,8 @@ def register(sub: Any) -> None:
                      help="feed root folder (created if missing)")
     add.add_argument("--board", "-b", metavar="BOARD",
                      help="which target board (when the release has several)")
-    add.add_argument("--release-pubkey", action="extend", nargs="+", default=None, metavar="PUB",
-                     help="also verify the release signature with these release public keys")
+    add.add_argument("--release-pubkey", action="append", default=None, metavar="PUB",
+                     help="also verify the release signature with this release public key (repeatable)")
     add.set_defaults(func=cmd_add)
 
     ver = fsub.add_parser(
@@ -69,12 +70,13 @@ def register(sub: Any) -> None:
                     "every releases/<board>/<version>/ (signature, hashes, image). "
                     "Exit 0 only when all hold.")
     ver.add_argument("feed", metavar="DIR")
-    ver.add_argument("--pubkey", "-p", action="extend", nargs="+", default=[], metavar="PUB",
-                     help="public key(s) accepted for both roles (PEM file or 130-digit hex)")
-    ver.add_argument("--release-pubkey", action="extend", nargs="+", default=None, metavar="PUB",
-                     help="release-role public key(s)")
-    ver.add_argument("--rollout-pubkey", action="extend", nargs="+", default=None, metavar="PUB",
-                     help="rollout-role public key(s)")
+    ver.add_argument("--pubkey", "-p", action="append", default=[], metavar="PUB",
+                     help="a public key accepted for both roles (PEM file or 130-digit hex); repeatable")
+    ver.add_argument("--release-pubkey", action="append", default=None, metavar="PUB",
+                     help="a release-role public key; repeatable")
+    ver.add_argument("--rollout-pubkey", action="append", default=None, metavar="PUB",
+                     help="a rollout-role public key; repeatable")
+    ver.add_argument("--json", action="store_true", help="print the report as JSON (exit status unchanged)")
     ver.set_defaults(func=cmd_verify)
 
 
@@ -142,6 +144,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
         release_keys=load_public_keys(args.release_pubkey) if args.release_pubkey else None,
         rollout_keys=load_public_keys(args.rollout_pubkey) if args.rollout_pubkey else None,
     )
+    if args.json:
+        print(json.dumps({"feed": str(args.feed), "ok": rep.ok, "checked": rep.checked,
+                          "warnings": rep.warnings, "problems": rep.problems,
+                          "channels": [{"board": c.board, "channel": c.channel, "seq": c.seq,
+                                        "version": c.release.version} for c in rep.channels],
+                          "releases": [{"board": b, "version": v} for b, v in rep.releases]}, indent=2))
+        return 0 if rep.ok else 1
     for line in rep.checked:
         print(f"ok: {line}")
     for w in rep.warnings:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ def register(sub: Any) -> None:
     kg.add_argument("path", metavar="PATH", help="private key file to create (PATH.pub is created too)")
     kg.add_argument("--role", choices=ROLES, default="release",
                     help="what the key may sign (default: release)")
+    kg.add_argument("--json", action="store_true", help="print the result as JSON")
     kg.set_defaults(func=cmd_keygen)
 
     key = sub.add_parser("key", help="inspect keys", description="Inspect keys.")
@@ -38,6 +40,7 @@ def register(sub: Any) -> None:
                     "of a private or public PEM key file.",
         epilog=_ROLE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     show.add_argument("path", metavar="PATH", help="private key, public key (.pub) or 130-digit public hex")
+    show.add_argument("--json", action="store_true", help="print the result as JSON")
     show.set_defaults(func=cmd_show)
 
 
@@ -45,6 +48,10 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     from host_tools.keys import generate_key
 
     info = generate_key(args.path, args.role)
+    if args.json:
+        print(json.dumps({"path": str(info.path), "pub_path": str(info.pub_path), "role": info.role,
+                          "keyid": info.keyid, "public_hex": info.public_hex}, indent=2))
+        return 0
     print(f"private key: {info.path} (role {info.role}, mode 0600)")
     print(f"public key:  {info.pub_path}")
     print(f"keyid:       {info.keyid}")
@@ -66,6 +73,10 @@ def cmd_show(args: argparse.Namespace) -> int:
         pub = load_public_key(args.path)
         if path.is_file():
             role = read_role(path.read_bytes()) or "-"
+    if args.json:
+        print(json.dumps({"path": args.path, "kind": kind, "role": role if kind == "private" else None,
+                          "keyid": pub.keyid, "public_hex": pub.public_hex}, indent=2))
+        return 0
     print(f"key:        {args.path} ({kind})")
     if kind == "private":
         print(f"role:       {role}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,7 @@ def register(sub: Any) -> None:
     sign.add_argument("--any-role", action="store_true", help="accept a key of any role (or without one)")
     sign.add_argument("--out", "-o", required=True, metavar="RELEASE_DIR",
                       help="folder to create (must not exist)")
+    sign.add_argument("--json", action="store_true", help="print the result as JSON")
     sign.set_defaults(func=cmd_sign)
 
     ver = sub.add_parser(
@@ -62,8 +64,9 @@ def register(sub: Any) -> None:
                     "decodes with the recorded window to exactly the signed size and hash, and that the "
                     "image is a valid app image for the manifest's chip. Exit 0 only when all hold.")
     ver.add_argument("path", metavar="RELEASE_DIR|MANIFEST")
-    ver.add_argument("--pubkey", "-p", required=True, action="extend", nargs="+", metavar="PUB",
-                     help="release public key(s): PEM file or 130-digit hex")
+    ver.add_argument("--pubkey", "-p", required=True, action="append", metavar="PUB",
+                     help="a release public key: PEM file or 130-digit hex; repeatable")
+    ver.add_argument("--json", action="store_true", help="print the result as JSON")
     ver.add_argument("--threshold", type=int, default=1, metavar="N", help="signatures needed (default 1)")
     ver.add_argument("--board", metavar="BOARD", help="also require BOARD in target_hardware")
     ver.add_argument("--allow-expired", action="store_true", help="accept an expired manifest")
@@ -92,6 +95,11 @@ def cmd_sign(args: argparse.Namespace) -> int:
     for w in info.warnings:
         print(f"mpota: warning: {w}", file=sys.stderr)
     m = info.manifest
+    if args.json:
+        print(json.dumps({"release_dir": str(info.out_dir), "manifest_path": str(info.manifest_path),
+                          "image_path": str(info.image_path), "keyids": info.keyids,
+                          "warnings": info.warnings, "manifest": m.to_dict()}, indent=2))
+        return 0
     img = m.image
     print(f"signed {m.version} for {', '.join(m.target_hardware)} ({m.chip}), security_version "
           f"{m.security_version}, key {info.keyids[0][:16]}")
@@ -110,6 +118,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
     res = verify_release(args.path, keys, threshold=args.threshold, board=args.board,
                          allow_expired=args.allow_expired)
     m = res.manifest
+    if args.json:
+        print(json.dumps({"verified": True, "manifest_sha256": res.manifest_sha256, "keyids": res.keyids,
+                          "checks": res.checks, "manifest": m.to_dict()}, indent=2))
+        return 0
     for c in res.checks:
         print(f"ok: {c}")
     print(f"verified {m.version} ({m.chip}, {', '.join(m.target_hardware)}), "

@@ -14,8 +14,8 @@ from host_tools.errors import UsageError
 _PLAN_HELP = """\
 A plan is a TOML file (--plan, see examples/rollout.toml) and/or flags; flags replace the file's
 top-level values (a value set on a stage in the file still wins for that stage). Default plan:
-stages canary -> internal -> pilot (each the device group of that name) -> general in 25%% batches
-(25, 50, 75, 100), thresholds 20%%, min_finished 1, soak 30 s, in-progress timeout 30 min, watch 1 h.
+stages canary -> internal -> pilot (each the device group of that name) -> general in 25% batches
+(25, 50, 75, 100), thresholds 20%, min_finished 1, soak 30 s, in-progress timeout 30 min, watch 1 h.
 The plan is checked before anything is published: a stage that could never target a device is
 refused, and so is a rollout whose first stage targets no registered device today.
 
@@ -28,7 +28,7 @@ device already on the target version that sends nothing is not waited for.
 
 The gate: a stage pauses the rollout when, over its finished devices (confirmed, failed, rolled
 back, timed out) and once at least min_finished have finished, a failure, rollback or health
-check failure rate is above its threshold (exact: 2 of 9 = 22.2%% is above 20%%; never rounded).
+check failure rate is above its threshold (exact: 2 of 9 = 22.2% is above 20%; never rounded).
 A `failed` report the device will retry by itself (power cut mid-install) keeps it in progress
 with a fresh in-progress clock; every other `failed`, download errors included, counts as a
 failure. Failures keep counting after their stage passed, so a device that registers late and
