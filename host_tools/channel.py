@@ -31,8 +31,8 @@ from host_tools.manifest import (
 )
 
 ROLLOUT_STATES = ("active", "paused", "halted")
-_HHMM = re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
-_REL_PATH = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
+_HHMM = re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9]\Z")
+_REL_PATH = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*\Z")
 
 
 class ChannelError(ManifestError):
@@ -99,7 +99,10 @@ class Rollout:
     def from_dict(cls, d: Any) -> Rollout:
         if not isinstance(d, dict):
             raise ChannelError("rollout must be an object")
-        return cls(_get(d, "id", "rollout"), d.get("state", "active"), list(d.get("groups", [])),
+        groups = d.get("groups", [])
+        if not isinstance(groups, list):  # list() would take a string's characters as groups
+            raise ChannelError("rollout.groups must be a list of group names")
+        return cls(_get(d, "id", "rollout"), d.get("state", "active"), list(groups),
                    d.get("percentage", 100.0), d.get("window"))
 
     def to_dict(self) -> dict[str, Any]:

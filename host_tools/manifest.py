@@ -32,18 +32,22 @@ MAX_MANIFEST_BYTES = 16 * 1024
 MAX_CHANNEL_BYTES = 8 * 1024
 MAX_RELEASE_NOTES = 4096
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_HASH = re.compile(r"^sha256:[0-9a-f]{64}$")
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
-_TIME = re.compile(r"^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})Z$")
+# \Z, not $ ($ also matches before a final newline), and [0-9], not \d (\d takes any Unicode
+# digit): the device's rules, character for character.
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
+_HASH = re.compile(r"^sha256:[0-9a-f]{64}\Z")
+_HEX64 = re.compile(r"^[0-9a-f]{64}\Z")
+_TIME = re.compile(r"^([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})Z\Z")
 _DURATION = re.compile(r"^(\d+)\s*([smhdw])$")
-_BUILD_ID = re.compile(r"^[\x21-\x7e]{1,64}$")
+_BUILD_ID = re.compile(r"^[\x21-\x7e]{1,64}\Z")
 _KNOWN_CHIPS = ("esp32", "esp32s2", "esp32s3", "esp32c2", "esp32c3", "esp32c5", "esp32c6", "esp32c61",
                 "esp32h2", "esp32p4")
 
 
 class ManifestError(MpotaError):
     """A document field is missing or invalid (the message names it)."""
+
+    code = "malformed"  # the device's report reason for the same document
 
 
 # --- time ---------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ MAX_VERSION_LENGTH = 31
 
 _NUM = r"(0|[1-9][0-9]*)"
 _IDENT = r"(?:0|[1-9][0-9]*|[0-9]*[A-Za-z-][0-9A-Za-z-]*)"
-_VERSION = re.compile(rf"^{_NUM}\.{_NUM}\.{_NUM}(?:-({_IDENT}(?:\.{_IDENT})*))?$")
+_VERSION = re.compile(rf"^{_NUM}\.{_NUM}\.{_NUM}(?:-({_IDENT}(?:\.{_IDENT})*))?\Z")
 
 
 class VersionError(MpotaError):

@@ -1,0 +1,87 @@
+"""The trust conformance corpus (tests/vectors/trust/corpus.json, made by make_corpus.py there):
+the host rules (host_tools/trust.py over host_tools.dsse/channel/manifest) and the device core
+(device/mpota/dsse.py + p256.py + trust.py, run under CPython and the MicroPython unix port) must
+each reach every case's expected verdict -- and so agree with each other on every case."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from host_tools import trust
+from host_tools.errors import MpotaError
+from host_tools.keys import PublicKey
+
+REPO = Path(__file__).resolve().parent.parent
+HERE = REPO / "tests" / "vectors" / "trust"
+CORPUS = HERE / "corpus.json"
+MICROPYTHON = REPO / ".venv" / "bin" / "micropython"
+DATA: dict[str, Any] = json.loads(CORPUS.read_text())
+CASES: list[dict[str, Any]] = DATA["cases"]
+VERDICTS = {"offer", "none", "malformed", "bad_signature", "unknown_key", "payload_type", "too_large",
+            "wrong_target", "replayed", "expired", "manifest_mismatch", "security_version", "not_newer",
+            "too_big"}
+
+
+def host_verdict(case: dict[str, Any]) -> str:
+    d = case["device"]
+    now = None if d["now"] is None else datetime.strptime(d["now"], "%Y-%m-%dT%H:%M:%SZ").replace(
+        tzinfo=timezone.utc)
+    dev = trust.DeviceView(
+        board=d["board"], channel=d["channel"], device_id=d["device_id"], group=d["group"],
+        rollout_keys=[PublicKey(bytes.fromhex(h)) for h in DATA["keys"]["rollout"]],
+        release_keys=[PublicKey(bytes.fromhex(h)) for h in DATA["keys"]["release"]],
+        seen_seq=d["seen_seq"], floor=d["floor"], running=d["running"], chip=d["chip"],
+        slot_size=d["slot_size"], now=now)
+    try:
+        ch = trust.check_channel(case["channel"].encode(), dev)
+        if not trust.wanted(ch, dev):
+            return "none"
+        trust.check_manifest(case["manifest"].encode(), ch, dev)
+        return "offer"
+    except MpotaError as e:
+        code = getattr(e, "code", None)
+        assert isinstance(code, str), f"{type(e).__name__} has no report code: {e}"
+        return code
+
+
+def test_corpus_is_what_make_corpus_writes() -> None:
+    # every case is reproducible from its recipe (fixed keys, deterministic signatures)
+    sys.path.insert(0, str(HERE))
+    try:
+        import make_corpus
+    finally:
+        sys.path.remove(str(HERE))
+    assert make_corpus.render() == CORPUS.read_text()
+
+
+def test_corpus_covers_what_it_must() -> None:
+    assert len(CASES) >= 60
+    got = {c["expect"] for c in CASES}
+    assert got == VERDICTS, got ^ VERDICTS
+    assert all(c["made"] for c in CASES)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
+def test_host_rules(case: dict[str, Any]) -> None:
+    assert host_verdict(case) == case["expect"], case["made"]
+
+
+@pytest.mark.parametrize("interp", ["cpython", pytest.param("micropython", marks=pytest.mark.mpy)])
+def test_device_core(interp: str) -> None:
+    cmd = [sys.executable] if interp == "cpython" else [str(MICROPYTHON), "-X", "heapsize=8M"]
+    args = [str(HERE / "device_runner.py"), str(REPO / "device"), str(REPO / "tests" / "fakes"), str(CORPUS)]
+    p = subprocess.run(cmd + args, capture_output=True, text=True, timeout=240)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-4000:]
+    got = json.loads([ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")][-1][7:])
+    wrong = {c["name"]: (got.get(c["name"]), c["expect"]) for c in CASES if got.get(c["name"]) != c["expect"]}
+    assert wrong == {}, f"device ({interp}) verdict != expected: {wrong}"
+    # and the host agrees with this interpreter's verdict on every case
+    host = {c["name"]: host_verdict(c) for c in CASES}
+    assert {n: (got[n], h) for n, h in host.items() if got[n] != h} == {}

@@ -1,0 +1,64 @@
+# The device side of the trust corpus: runs under MicroPython (unix port) and CPython.
+#   micropython device_runner.py DEVICE_DIR FAKES_DIR corpus.json
+# For each case, the steps the updater takes on the bytes it fetched: size cap, DSSE verify
+# (mpota.dsse + mpota.p256), parse, mpota.trust; prints "RESULT " + {name: verdict}.
+import hashlib
+import json
+import sys
+
+sys.path[:0] = [sys.argv[1], sys.argv[2]]
+
+import binascii  # noqa: E402
+
+import mpota.config as config  # noqa: E402
+import mpota.dsse as dsse  # noqa: E402
+import mpota.errors as errors  # noqa: E402
+import mpota.trust as trust  # noqa: E402
+
+
+def keys(hexes):
+    out = []
+    for h in hexes:
+        pt = binascii.unhexlify(h)
+        out.append((str(binascii.hexlify(hashlib.sha256(pt).digest()), "ascii"), pt))
+    return out
+
+
+def now_of(text):
+    return None if text is None else (text[:19], int(text[11:13]) * 60 + int(text[14:16]))
+
+
+def verdict(case, ks):
+    d = case["device"]
+    now = now_of(d["now"])
+    data = case["channel"].encode()
+    if len(data) > config.CHANNEL_MAX:
+        raise errors.DocumentTooLarge("channel")
+    doc = dsse.parse(dsse.verify(data, dsse.CHANNEL, ks["rollout"]), "channel")
+    ch = trust.channel(doc, d["board"], d["channel"], d["seen_seq"], now)
+    if not trust.wanted(ch, d["group"], d["device_id"], d["running"], now):
+        return "none"
+    data = case["manifest"].encode()
+    if len(data) > config.MANIFEST_MAX:
+        raise errors.DocumentTooLarge("manifest")
+    if str(binascii.hexlify(hashlib.sha256(data).digest()), "ascii") != ch["release"]["manifest_sha256"]:
+        raise errors.PinMismatch("pin")
+    m = dsse.parse(dsse.verify(data, dsse.RELEASE, ks["release"]), "release")
+    trust.manifest(m, ch, d["board"], d["chip"], d["running"], d["floor"], d["slot_size"], now)
+    return "offer"
+
+
+def main():
+    with open(sys.argv[3]) as f:
+        corpus = json.load(f)
+    ks = {r: keys(corpus["keys"][r]) for r in ("release", "rollout")}
+    out = {}
+    for case in corpus["cases"]:
+        try:
+            out[case["name"]] = verdict(case, ks)
+        except errors.OTAError as e:
+            out[case["name"]] = e.code
+    print("RESULT " + json.dumps(out))
+
+
+main()
