@@ -8,6 +8,12 @@ Publishing order: image file(s), then the manifest, then the channel document, e
 temp file and renamed; so a server never serves a channel that points at a missing or partial
 release. The channel's ``seq`` is the previous one + 1 (strictly growing; devices refuse replays).
 One publisher at a time per feed (an flock on ``<feed>/.mpota-feed.lock``).
+
+Freeze protection: channel documents expire (DEFAULT_CHANNEL_EXPIRES from publishing unless told
+otherwise), so a mirror or a man in the middle cannot serve an old, validly signed channel forever
+to a board whose clock is set. ``refresh_channels`` re-signs the same content with seq + 1 and a new
+expiry before that (`mpota serve` does it on its own; `mpota feed refresh` is the cron job for a
+feed on a plain static host).
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import hashlib
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +44,7 @@ from host_tools.manifest import (
     FirmwareManifest,
     check_name,
     check_version,
+    format_time,
     parse_time,
     utc_now,
 )
@@ -44,6 +52,7 @@ from host_tools.release import MANIFEST_NAME, load_release
 from host_tools.versions import parse_version
 
 LOCK_NAME = ".mpota-feed.lock"
+DEFAULT_CHANNEL_EXPIRES = "7d"  # `--expires` default of every command that signs a channel document
 Warn = Callable[[str], None]
 
 
@@ -300,6 +309,79 @@ def publish_release(
     return doc
 
 
+@dataclass
+class Refreshed:
+    path: str
+    seq: int
+    expires: str
+    was: str | None  # the expiry it had (None: none)
+
+
+def refresh_channels(
+    feed_dir: str | os.PathLike[str],
+    key: PrivateKey,
+    valid_s: float,
+    *,
+    within_s: float | None = None,
+    add_expiry: bool = False,
+    any_role: bool = False,
+    now: datetime | None = None,
+) -> list[Refreshed]:
+    """Re-sign every channel document of the feed that expires within ``within_s`` (default: half
+    of ``valid_s``): the same content, seq + 1, expires = now + valid_s. A document without expiry
+    was published so on purpose (--expires never) and is left alone unless ``add_expiry``.
+
+    A document is re-signed only when its signature verifies with ``key``'s own public key: the
+    refresher must never lend its signature to a file someone else put in the feed. Raises
+    FeedError naming the first document it refuses (after refreshing the others).
+    """
+    _check_key(key, any_role)
+    if valid_s <= 0:
+        raise FeedError("the validity of a refreshed channel document must be positive")
+    feed = Path(feed_dir)
+    if not (feed / "channels").is_dir():
+        raise FeedError(f"{feed} holds no channels/ folder (is it a feed?)")
+    margin = timedelta(seconds=valid_s / 2 if within_s is None else within_s)
+    done: list[Refreshed] = []
+    refused: list[str] = []
+    with feed_lock(feed):
+        t = (now or utc_now()).replace(microsecond=0)
+        for path in sorted((feed / "channels").glob("*/*.json")):
+            board, channel = path.parent.name, path.stem
+            try:
+                doc = read_channel(feed, board, channel, [key.public])
+            except FeedError as exc:
+                refused.append(f"{exc} (not re-signed)")
+                continue
+            if doc is None:
+                continue
+            if (doc.board, doc.channel) != (board, channel):
+                refused.append(f"{path}: says {doc.board}/{doc.channel} (not re-signed)")
+                continue
+            if doc.expires is None and not add_expiry:
+                continue
+            if doc.expires is not None and parse_time(doc.expires) - t > margin:
+                continue
+            was = doc.expires
+            doc.seq += 1
+            doc.expires = format_time(t + timedelta(seconds=valid_s))
+            _sign_and_write_channel(feed, doc, key)
+            done.append(Refreshed(doc.path, doc.seq, doc.expires, was))
+    if refused:
+        raise FeedError(refused[0] + (f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""))
+    return done
+
+
+def expires_seconds(text: str) -> float:
+    """--expires for re-signing: a duration (7d, 12h, 90m, 45s, 2w)."""
+    import re
+
+    m = re.fullmatch(r"\s*(\d+)\s*([smhdw])\s*", text or "")
+    if not m or int(m.group(1)) <= 0:
+        raise FeedError(f"{text!r} must be a positive duration such as 7d, 12h or 30m")
+    return float(int(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[m.group(2)])
+
+
 def verify_feed(
     feed_dir: str | os.PathLike[str],
     pubkeys: Sequence[PublicKey] = (),
@@ -343,7 +425,10 @@ def verify_feed(
             rep.problems.append(f"{rel}: says board {doc.board} channel {doc.channel}, "
                                 "not what its path says")
             continue
-        if doc.expires is not None and parse_time(doc.expires) <= now:
+        if doc.expires is None:
+            rep.warnings.append(f"{rel}: no expiry (a stale copy stays valid forever; "
+                                "publish with --expires, then keep it fresh with `mpota feed refresh`)")
+        elif parse_time(doc.expires) <= now:
             rep.problems.append(f"{rel}: expired at {doc.expires}")
         referenced.add(doc.release.manifest)
         try:

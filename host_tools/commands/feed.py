@@ -1,4 +1,4 @@
-"""`mpota feed publish|verify`: the static update feed."""
+"""`mpota feed publish|add|verify|refresh`: the static update feed."""
 
 from __future__ import annotations
 
@@ -43,8 +43,9 @@ def register(sub: Any) -> None:
                      help="share of the other devices, 0..100 (default 100, or 0 with --groups)")
     pub.add_argument("--state", choices=("active", "paused", "halted"), default="active")
     pub.add_argument("--window", metavar="HH:MM-HH:MM", help="maintenance window, UTC")
-    pub.add_argument("--expires", metavar="WHEN",
-                     help="channel document expiry: UTC time, a duration (30d, 12h) or never (default never)")
+    pub.add_argument("--expires", metavar="WHEN", default=None,
+                     help="channel document expiry: UTC time, a duration (30d, 12h) or never (default 7d; "
+                          "keep it fresh with `mpota feed refresh` or `mpota serve`)")
     pub.add_argument("--allow-downgrade", action="store_true",
                      help="publish a lower security_version than the channel's current release (warns)")
     pub.add_argument("--any-role", action="store_true", help="accept a key of any role (or without one)")
@@ -79,6 +80,25 @@ def register(sub: Any) -> None:
     ver.add_argument("--json", action="store_true", help="print the report as JSON (exit status unchanged)")
     ver.set_defaults(func=cmd_verify)
 
+    ref = fsub.add_parser(
+        "refresh", help="re-sign channel documents before they expire (run it from cron)",
+        description="Re-sign every channels/<board>/<channel>.json that expires within --within (default: "
+                    "half of --expires): the same content with seq + 1 and a new expiry. "
+                    "Channel documents expire so that a mirror or a man in the middle cannot keep serving "
+                    "an old one (a freeze attack): a board whose clock is set refuses an expired one. "
+                    "Only documents that verify with the key are re-signed.",
+        epilog="Example (hourly): 0 * * * * mpota feed refresh --feed /srv/feed --key rollout.pem")
+    ref.add_argument("--feed", "-f", required=True, metavar="DIR", help="feed root folder")
+    ref.add_argument("--key", "-k", required=True, metavar="ROLLOUT_KEY", help="rollout private key (PEM)")
+    ref.add_argument("--expires", default=None, metavar="DURATION",
+                     help="new validity from now: 7d, 12h, 30m (default 7d)")
+    ref.add_argument("--within", metavar="DURATION",
+                     help="re-sign documents that expire sooner than this (default: half of --expires)")
+    ref.add_argument("--add-expiry", action="store_true",
+                     help="also give documents published without expiry (--expires never) one")
+    ref.add_argument("--any-role", action="store_true", help="accept a key of any role (or without one)")
+    ref.set_defaults(func=cmd_refresh)
+
 
 def _window(text: str | None) -> dict[str, str] | None:
     if text is None:
@@ -90,7 +110,7 @@ def _window(text: str | None) -> dict[str, str] | None:
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    from host_tools.feed import default_rollout, publish_release
+    from host_tools.feed import DEFAULT_CHANNEL_EXPIRES, default_rollout, publish_release
     from host_tools.keys import load_private_key, load_public_keys
     from host_tools.release import load_release
 
@@ -111,7 +131,8 @@ def cmd_publish(args: argparse.Namespace) -> int:
         rollout["percentage"] = pct
         rollout["window"] = _window(args.window)
     doc = publish_release(
-        args.release, args.feed, args.channel, key, rollout=rollout, expires=parse_expires(args.expires),
+        args.release, args.feed, args.channel, key, rollout=rollout,
+        expires=parse_expires(args.expires or DEFAULT_CHANNEL_EXPIRES),
         allow_downgrade=args.allow_downgrade, board=args.board, release_keys=release_keys,
         any_role=args.any_role, warn=lambda msg: print(f"mpota: {msg}", file=sys.stderr),
     )
@@ -120,6 +141,8 @@ def cmd_publish(args: argparse.Namespace) -> int:
     shown = ",".join(ro.groups) or "-"
     print(f"rollout {ro.id}: {ro.state}, groups {shown}, {ro.percentage:g}%"
           + (f", window {ro.window['start']}-{ro.window['end']} UTC" if ro.window else ""))
+    print(f"expires {doc.expires}" if doc.expires else
+          "expires never: a stale copy of this channel stays valid forever")
     return 0
 
 
@@ -160,4 +183,23 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if not rep.ok:
         raise FeedError(f"feed {args.feed}: {len(rep.problems)} problem(s), first: {rep.problems[0]}")
     print(f"feed {args.feed}: {len(rep.channels)} channel(s), {len(rep.releases)} release(s) verified")
+    return 0
+
+
+def cmd_refresh(args: argparse.Namespace) -> int:
+    from host_tools.feed import DEFAULT_CHANNEL_EXPIRES, expires_seconds, refresh_channels
+    from host_tools.keys import load_private_key
+
+    key = load_private_key(args.key, None if args.any_role else "rollout")
+    valid = expires_seconds(args.expires or DEFAULT_CHANNEL_EXPIRES)
+    within = expires_seconds(args.within) if args.within else None
+    if within is not None and within >= valid:
+        raise UsageError(f"--within {args.within} must be shorter than --expires (else every run re-signs)")
+    done = refresh_channels(args.feed, key, valid, within_s=within, add_expiry=args.add_expiry,
+                            any_role=args.any_role)
+    for r in done:
+        print(f"refreshed {args.feed}/{r.path}: seq {r.seq}, expires {r.expires}"
+              + (f" (was {r.was})" if r.was else " (had no expiry)"))
+    if not done:
+        print(f"feed {args.feed}: every channel document is fresh")
     return 0

@@ -24,6 +24,10 @@ def register(sub: Any) -> None:
     p.add_argument("--fleet-secret", metavar="PATH", help="fleet secret (`mpota fleet secret`)")
     p.add_argument("--rollout-key", metavar="KEY", help="rollout private key (role rollout or both)")
     p.add_argument("--any-role", action="store_true", help="accept a rollout key of any role")
+    p.add_argument("--channel-expires", default="7d", metavar="DURATION",
+                   help="validity of the channel documents it signs (default 7d); each is re-signed "
+                        "(same content, seq + 1) when half of it is left, so a stale copy served "
+                        "elsewhere expires while the live feed never does")
     p.add_argument("--tick", type=float, default=1.0, metavar="SECONDS",
                    help="orchestrator timer (default 1 s; it also runs right after reports)")
     p.add_argument("--durable", action="store_true",
@@ -46,7 +50,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise UsageError("--tick must be > 0")
     feed = Path(args.feed)
     secret = load_secret(args.fleet_secret) if args.fleet_secret else None
-    publisher = make_publisher(feed, args.rollout_key, any_role=args.any_role)
+    from host_tools.feed import expires_seconds
+
+    publisher = make_publisher(feed, args.rollout_key, any_role=args.any_role,
+                               expires_s=expires_seconds(args.channel_expires))
     if (args.tls_cert is None) != (args.tls_key is None):
         raise UsageError("https needs both --tls-cert and --tls-key")
     config = ServerConfig(feed_dir=feed, db_url=args.db, fleet_secret=secret, tick_s=args.tick,

@@ -214,6 +214,10 @@ class MpotaServer:
     def _tick(self) -> None:
         self.orchestrator.reconcile()
         self.orchestrator.evaluate_all()
+        fresh = getattr(self.orchestrator.publisher, "keep_fresh", None)  # freeze protection
+        if fresh is not None:
+            for line in fresh():
+                self._log(line)
 
     # ----------------------------------------------------------------- auth
     def _need_operator(self, request: web.Request) -> web.Response | None:
@@ -481,7 +485,7 @@ class MpotaServer:
 
 
 def make_publisher(feed_dir: Path, rollout_key: str | None, any_role: bool = False,
-                   expires_s: float | None = None) -> ChannelPublisher | None:
+                   expires_s: float | None = 7 * 86400.0) -> ChannelPublisher | None:
     if rollout_key is None:
         return None
     from host_tools.server.publish import FeedPublisher

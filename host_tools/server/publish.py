@@ -1,13 +1,18 @@
 """Channel publishing for the orchestrator: the one place that signs and writes channel documents.
 
 ``FeedPublisher`` re-signs channels/<board>/<channel>.json with the rollout key through
-host_tools.feed.write_channel (seq = previous + 1, atomic replace). ``RecordingPublisher`` is the
-in-memory stand-in the orchestrator tests use to see every call.
+host_tools.feed.write_channel (seq = previous + 1, atomic replace), each with an expiry
+(``expires_s``, default DEFAULT_EXPIRES_S), and ``keep_fresh()`` (called on the server's timer)
+re-signs every channel of the feed with the same content and seq + 1 once less than half of that
+validity is left, so devices never see a served channel expire while a stale copy elsewhere does.
+``RecordingPublisher`` is the in-memory stand-in the orchestrator tests use to see every call.
 """
 
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,15 +23,38 @@ class PublishError(MpotaError):
     pass
 
 
+DEFAULT_EXPIRES_S = 7 * 86400.0
+
+
 class FeedPublisher:
     def __init__(self, feed_dir: str | os.PathLike[str], key_path: str | os.PathLike[str],
-                 expires_s: float | None = None, any_role: bool = False) -> None:
+                 expires_s: float | None = DEFAULT_EXPIRES_S, any_role: bool = False,
+                 clock: Callable[[], float] = time.time) -> None:
         from host_tools.keys import load_private_key
 
         self.feed_dir = Path(feed_dir)
         self.key = load_private_key(key_path, expect_role=None if any_role else "rollout")
         self.expires_s = expires_s
         self.any_role = any_role
+        self.clock = clock
+        self._next_check = 0.0
+
+    def keep_fresh(self) -> list[str]:
+        """Re-sign channels with less than half their validity left (at most every 1/8 of it, and
+        at most once a minute): returns one line per document re-signed."""
+        if self.expires_s is None:
+            return []
+        now = self.clock()
+        if now < self._next_check:
+            return []
+        self._next_check = now + min(60.0, self.expires_s / 8)
+        from datetime import datetime, timezone
+
+        from host_tools import feed
+
+        done = feed.refresh_channels(self.feed_dir, self.key, self.expires_s, any_role=self.any_role,
+                                     now=datetime.fromtimestamp(now, timezone.utc))
+        return [f"re-signed {r.path}: seq {r.seq}, expires {r.expires}" for r in done]
 
     def _expires(self) -> str | None:
         if self.expires_s is None:
