@@ -125,6 +125,14 @@ class Model:
                 model.op("commit")
                 model.nvs.update(self.staged)
 
+            def set_i32(self, key: str, value: int) -> None:
+                self.staged["i:" + key] = str(value).encode()
+
+            def get_i32(self, key: str) -> int:
+                if "i:" + key not in model.nvs:
+                    raise OSError(-0x1102)
+                return int(model.nvs["i:" + key])
+
         class WDT:
             def __init__(self, timeout: int = 5000, id: int = 0) -> None:
                 model.wdt = timeout

@@ -1,6 +1,6 @@
 # ESP app image checks on the first 4 KiB block (esp_image_header_t + extended header,
-# then the first segment, which ESP-IDF starts with esp_app_desc_t), and the running
-# firmware's own app_desc, read from the RUNNING partition as a real board can.
+# then the first segment, which ESP-IDF starts with esp_app_desc_t). The running firmware's
+# own app_desc is read by mpota.state.running_image().
 from micropython import const
 
 _MAGIC = const(0xE9)
@@ -21,13 +21,6 @@ def chip_id(block):
     return block[12] | block[13] << 8
 
 
-def _cstr(b, i, n):
-    end = i
-    while end < i + n and b[end]:
-        end += 1
-    return str(bytes(b[i:end]), "utf-8")
-
-
 # Early reject: raises BadImage unless `block` (the image's first block) starts an app
 # image for `want_chip` (an esp_chip_id_t) carrying an app_desc.
 def check(block, want_chip):
@@ -42,24 +35,3 @@ def check(block, want_chip):
         raise BadImage("image is for chip id %d, this board is %d" % (cid, want_chip))
     if _u32(block, _DESC) != _DESC_MAGIC:
         raise BadImage("no app description")
-
-
-# (version, secure_version, chip_id) of the app image whose first bytes are `block`, or
-# None when it is not an app image with an app_desc.
-def describe(block):
-    if len(block) < _DESC + 256 or block[0] != _MAGIC or _u32(block, _DESC) != _DESC_MAGIC:
-        return None
-    try:
-        ver = _cstr(block, _DESC + 16, 32)
-    except Exception:  # not UTF-8
-        return None
-    return ver, _u32(block, _DESC + 4), chip_id(block)
-
-
-# Describe the firmware in `part` (an esp32.Partition) using `buf` (>= 4096 bytes).
-def read_desc(part, buf):
-    try:
-        part.readblocks(0, buf)
-    except OSError:
-        return None
-    return describe(buf)

@@ -10,8 +10,11 @@
 #   <kind> <seq> <report json>           kind: d decision, p progress, h heartbeat
 # Appends go to the end; trims (delivered / dropped records) rewrite the file to a temp
 # name and rename it over the old one, so the queue is always either before or after.
-# The seq of every queued report survives in the file, so a seq is never issued twice
-# even when the state holding rseq was not saved before a reset.
+# The file is read as bytes and untrusted: a line that is not a record (a bit flip, bytes
+# that are not UTF-8, a torn tail) is skipped and gone at the next rewrite; it costs the
+# reports it held, never a boot or an update. Report seqs are never issued twice: the state
+# stores their high-water mark (mpota.state next_report_seq) and the file's first line
+# holds it too, so losing either one is harmless.
 import json
 
 from micropython import const
@@ -72,23 +75,6 @@ def running_slot():
         return None
 
 
-# The version string in the running image's esp_app_desc_t (offset 0x20 of the image,
-# version at +16, 32 bytes), for boards that never confirmed an mpota update.
-def image_version():
-    try:
-        import esp32
-
-        buf = bytearray(48)
-        esp32.Partition(esp32.Partition.RUNNING).readblocks(0, buf, 0x20)  # type: ignore[arg-type]
-        if buf[0:4] != b"\x32\x54\xcd\xab":
-            return None
-        v = bytes(buf[16:48])
-        n = v.find(b"\0")
-        return (v if n < 0 else v[:n]).decode() or None
-    except Exception:
-        return None
-
-
 def _post_http(url, body, headers, timeout_ms):
     from mpota.http import open as http_open
 
@@ -106,18 +92,28 @@ def headers(cfg):
             "X-Mpota-Device": cfg.get("device_id") or ""}
 
 
-# "<kind> <seq> <json>\n" or "r <seq>\n" -> (kind, seq, json or None); (None, 0, None)
-# for anything else.
+# b"<kind> <seq> <json>\n" or b"r <seq>\n" -> (kind, seq, json bytes or None); (None, 0,
+# None) for anything else (torn, damaged: skipped, never an error).
 def _split(line):
     try:
-        a = line.index(" ")
-        kind = line[:a]
-        b = line.find(" ", a + 1)
+        if len(line) < 4 or line[1] != 32 or line[-1] != 10:
+            return None, 0, None
+        kind = chr(line[0])
+        if kind not in "rdph":
+            return None, 0, None
+        b = line.find(b" ", 2)
         if b < 0:
-            return kind, int(line[a + 1:].strip()), None
-        return kind, int(line[a + 1:b]), line[b + 1:]
-    except (ValueError, IndexError):
+            return kind, int(line[2:-1]), None
+        return kind, int(line[2:b]), line[b + 1:-1]
+    except Exception:  # ValueError: not a number
         return None, 0, None
+
+
+def _records(f):
+    for line in f:
+        kind, seq, js = _split(line)
+        if kind is not None and kind != "r":
+            yield kind, seq, js, line
 
 
 # The queue file of one folder, shared by every Reporter of this process that uses it
@@ -132,27 +128,30 @@ class _Queue:
         self._load()
 
     def _load(self):
-        torn = False
+        dirty = False
         try:
-            f = open(self.path)
+            f = open(self.path, "rb")
         except OSError:
             return
         try:
             for line in f:
-                if not line.endswith("\n"):
-                    torn = True
-                    break
                 kind, seq, _ = _split(line)
                 if kind is None:
+                    dirty = True  # torn tail or damaged line: rewritten without it
                     continue
                 if kind != "r":
                     self.index.append((kind, seq))
                 if seq > self.top:
                     self.top = seq
+        except Exception:  # unreadable from here on: keep what was read
+            dirty = True
         finally:
             f.close()
-        if torn:
-            self.rewrite(0, None, None)
+        if dirty:
+            try:
+                self.rewrite(0, None, None)
+            except Exception:
+                pass
 
     # Rewrite the queue without its first `skip` records and without the record at index
     # `drop`, then append `extra` (kind, seq, line) if given: temp file + rename.
@@ -161,26 +160,23 @@ class _Queue:
 
         tmp = self.path + ".tmp"
         keep = []
-        out = open(tmp, "w")
+        out = open(tmp, "wb")
         try:
-            out.write("r %d\n" % self.top)
+            out.write(b"r %d\n" % self.top)
             try:
-                f = open(self.path)
+                f = open(self.path, "rb")
             except OSError:
                 f = None
             if f is not None:
                 try:
                     i = 0
-                    for line in f:
-                        if not line.endswith("\n"):
-                            break
-                        kind, seq, _ = _split(line)
-                        if kind is None or kind == "r":
-                            continue
+                    for kind, seq, _, line in _records(f):
                         if i >= skip and i != drop:
                             out.write(line)
                             keep.append((kind, seq))
                         i += 1
+                except Exception:  # unreadable from here on: the rest is lost
+                    pass
                 finally:
                     f.close()
             if extra is not None:
@@ -193,10 +189,10 @@ class _Queue:
 
     # False when the queue is full of more important reports (the new one is dropped).
     def append(self, kind, seq, line):
-        rec = (kind, seq, "%s %d %s\n" % (kind, seq, line))
+        rec = (kind, seq, kind.encode() + b" %d " % seq + line + b"\n")
         if len(self.index) < _MAX_RECORDS:
             try:
-                f = open(self.path, "a")
+                f = open(self.path, "ab")
             except OSError:
                 f = None
             if f is None or not self.index and f.tell() == 0:
@@ -230,34 +226,37 @@ class _Queue:
                     break
         return None if best is None else best[1]
 
+    # (records taken, POST body or None): the oldest `limit` records; a record whose JSON
+    # is not UTF-8 text is taken (trimmed with the batch) but not sent.
     def batch(self, limit):
         n = 0
         parts = []
-        f = open(self.path)
+        f = open(self.path, "rb")
         try:
-            for line in f:
-                if n >= limit or not line.endswith("\n"):
+            for _, _, js, _ in _records(f):
+                if n >= limit:
                     break
-                kind, _, js = _split(line)
-                if kind is None or kind == "r" or js is None:
-                    continue
-                parts.append(js.rstrip("\n"))
                 n += 1
+                try:
+                    str(js, "utf-8")
+                except Exception:
+                    continue
+                parts.append(js)
         finally:
             f.close()
-        if not n:
-            return 0, None
-        if n == 1:
-            return 1, parts[0].encode()
-        return n, ('{"reports": [' + ", ".join(parts) + "]}").encode()
+        if not parts:
+            return n, None
+        if len(parts) == 1:
+            return n, parts[0]
+        return n, b'{"reports": [' + b", ".join(parts) + b"]}"
 
 
-_queues = {}  # type: dict[str, _Queue]
-
-
-# Forget the shared queues (tests that reuse a folder within one process).
+# Forget the shared queues and states (tests that boot several times in one process).
 def reset_queues():
-    _queues.clear()
+    import mpota.state as st
+
+    st.queues.clear()
+    st.forget()
 
 
 # Outbox(cfg, state, root): cfg is the config (dict-like: device_id, board, group,
@@ -271,9 +270,13 @@ class Outbox:
         self.state = state
         self.path = join(root, _QUEUE)
         self._post = post or _post_http
-        q = _queues.get(self.path)
+        # the registry lives in mpota.state, which is never unloaded: an outbox module loaded
+        # again after the updater took it out of RAM finds the same queue
+        import mpota.state as st
+
+        q = st.queues.get(self.path)
         if q is None:
-            q = _queues[self.path] = _Queue(self.path)
+            q = st.queues[self.path] = _Queue(self.path)
         self._q = q
         self._slot = None
         self._version = None
@@ -311,9 +314,11 @@ class Outbox:
         if self._slot is None:
             self._slot = running_slot()
         if self._version is None:
-            # The running image's app_desc, as the updater compares it; the config's
-            # "version" for images without one.
-            self._version = image_version() or self.cfg.get("version")
+            # what the updater compares with (app_desc, the version mpota recorded, the config's)
+            try:
+                self._version = self.state.version(self.cfg)
+            except Exception:
+                self._version = None
         d = {}
         if detail:
             for k in detail:
@@ -367,7 +372,7 @@ class Outbox:
                 r = self.build(name, seq, target, rollout, detail)
                 # record kind; a full queue drops h (heartbeat) before p (progress) before d
                 kind = "h" if name == "heartbeat" else "p" if name in ("checking", "downloading") else "d"
-                if not q.append(kind, seq, json.dumps(r)):
+                if not q.append(kind, seq, json.dumps(r).encode()):
                     return None
         except Exception as e:
             self._log("report: cannot queue %s: %r" % (name, e))
@@ -380,7 +385,7 @@ class Outbox:
     # budget is spent or the server is unreachable. Returns the number delivered (2xx/409)
     # or dropped as undeliverable (other 4xx). force=False honours the backoff after a
     # failure (so event() does not stall the application while offline).
-    def flush(self, budget_ms=_FLUSH_MS, force=True):
+    def flush(self, budget_ms=_FLUSH_MS, force=True, post_ms=_POST_MS):
         url = self.cfg.get("report_url")
         q = self._q
         if not url or not q.index:
@@ -399,7 +404,10 @@ class Outbox:
                 n, body = q.batch(batch)
                 if not n:
                     break
-                status = self._post(url, body, headers(cfg), min(left, _POST_MS))
+                if body is None:  # damaged records only: nothing to send
+                    q.rewrite(n, None, None)
+                    continue
+                status = self._post(url, body, headers(cfg), min(left, post_ms))
                 body = None
             except MemoryError as e:
                 # not the server's fault: a batch that does not fit goes one by one, and a
@@ -414,8 +422,9 @@ class Outbox:
                 q.retry_at = ticks_add(ticks_ms(), _BACKOFF_MS)
                 return done
             self.last_status = status
-            if status == 409 and n > 1:
-                batch = 1  # a batch holding an already-seen seq: sort it out one by one
+            if status in (400, 409) and n > 1:
+                # a batch holding an already-seen seq, or one damaged record: one by one
+                batch = 1
                 continue
             if 200 <= status < 300 or 400 <= status < 500:
                 if 400 <= status < 500 and status != 409:

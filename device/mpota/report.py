@@ -9,7 +9,6 @@ from micropython import const
 
 from mpota.outbox import (  # noqa: F401  (re-exported: health.py and tests use them here)
     Outbox,
-    image_version,
     join,
     reset_queues,
     running_slot,
@@ -70,15 +69,44 @@ class Reporter(Outbox):
             return None
 
     # Queue one report and deliver it now (the trial's heartbeat check): True when the
-    # server took it (2xx or 409) within timeout_ms. Queued like any other report, so its
-    # seq is durable and a failed one is sent later.
+    # server took it (2xx or 409) within timeout_ms. A 5xx, a dropped connection or an answer
+    # slower than one POST's usual cap is not the end: it is tried again, each POST allowed
+    # what is left of the budget, until timeout_ms is spent. Queued like any other report,
+    # so its seq is durable and one that could not be delivered now is sent later.
     def send_now(self, name, timeout_ms=_POST_MS, **detail):
         if not self.cfg.get("report_url"):
             return False
+        start = ticks_ms()
         seq = self.event(name, flush_ms=0, **detail)
         if seq is None:
             return False
-        self.last_status = None
-        self.flush(timeout_ms)
-        st = self.last_status
-        return seq not in self.queued() and st is not None and (200 <= st < 300 or st == 409)
+        pause = 100
+        while True:
+            left = timeout_ms - ticks_diff(ticks_ms(), start)
+            if left < 200:  # as flush(): too little for a POST
+                return False
+            self.last_status = None
+            self.flush(left, post_ms=left)
+            st = self.last_status
+            if seq not in self.queued():
+                return st is not None and (200 <= st < 300 or st == 409)
+            if st is not None and 400 <= st < 500 and st != 409:
+                return False  # refused: asking again will not change the answer
+            left = timeout_ms - ticks_diff(ticks_ms(), start) - 250
+            _sleep_ms(min(pause, left))
+            pause = min(pause * 2, 1000)
+
+
+def _sleep_ms(ms):
+    if ms <= 0:
+        return
+    import sys
+    import time
+
+    t = sys.modules.get("mpota.trial")  # the trial's watchdog keeps running meanwhile
+    if t is not None:
+        t.feed()
+    if hasattr(time, "sleep_ms"):
+        time.sleep_ms(ms)
+    else:
+        time.sleep(ms / 1000)

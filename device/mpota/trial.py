@@ -143,13 +143,14 @@ def _module(name):
 
 
 # The pieces boot() and HealthReporter share: config, state, reporter, hardware modules.
+# The state is the boot's one State (mpota.state.shared), whoever made the session first.
 class Session:
     def __init__(self, config="/mpota.json", cfg=None, state=None, reporter=None):
-        from mpota.state import State, open_store
+        from mpota.state import shared
 
         self.root = _dirname(config)
         self.cfg = cfg if cfg is not None else load_config(config)
-        self.state = state if state is not None else State(open_store(self.root))
+        self.state = state if state is not None else shared(self.root)
         self._reporter = reporter
         self.esp32 = _module("esp32")
         self.machine = _module("machine")
@@ -273,6 +274,10 @@ class Session:
             sv = p.get("security_version") or 0
             if sv > st["floor"]:
                 st["floor"] = sv
+            # a build without a version in its app description is known by this record
+            from mpota.state import running_image
+
+            st.record(running_image(), p.get("version"))
             p["phase"] = "confirmed"
             self.reserve("cseq")
             st.save()
@@ -297,7 +302,9 @@ def boot(checks=(), timeout_ms=_TIMEOUT_MS, config="/mpota.json", rollback_attem
     s = Session(config, reporter=reporter)
     if s.esp32 is None:
         return BootResult("no_ota")
-    result = BootResult("normal")
+    if s.state.booted is not None:
+        return s.state.booted  # called again in the same boot: decided already, counted once
+    result = s.state.booted = BootResult("normal")
     where = s.situation()
     try:
         if where == "trial":

@@ -353,10 +353,11 @@ def _check_header(block, chip):
 # trial boot's watchdog, mpota.trial.feed(), is fed anyway).
 class Updater:
     def __init__(self, cfg, state=None, reporter=None, wdt=None):
-        from mpota.state import State, open_store
+        from mpota.state import shared
 
         self.cfg = cfg
-        self.state = state if state is not None else State(open_store(cfg.root))
+        # the boot's one state (mpota.state.shared): boot(), HealthReporter and reporters hold it too
+        self.state = state if state is not None else shared(cfg.root)
         self._reporter = reporter
         self._evict = False
         self._beacon = None
@@ -381,7 +382,7 @@ class Updater:
                 import sys
 
                 # the outbox may leave RAM during a transfer only if it came in for this update
-                # (an application Reporter shares its queue otherwise)
+                # (re-checked then: an application Reporter may have come since)
                 self._evict = "mpota.outbox" not in sys.modules
                 from mpota.outbox import Outbox  # the report core; no heartbeat code in RAM
 
@@ -393,8 +394,12 @@ class Updater:
     # Before a transfer: take the outbox's code (~6 KB) out of RAM, where the download and
     # the decompressor need the room, keeping what a progress report needs (_beacon).
     def _evict_reporter(self, o):
+        import sys
+
         rep = self._reporter
-        if rep is None or not self._evict:  # _evict: rep is the Outbox _rep() made
+        # _evict: rep is the Outbox _rep() made. A loaded mpota.report means a Reporter (the
+        # application's, the trial's) may still run the outbox's code: it stays.
+        if rep is None or not self._evict or "mpota.report" in sys.modules:
             return
         try:
             self._beacon = rep.template("downloading", o.version, o.rollout)
@@ -485,19 +490,28 @@ class Updater:
                 break
 
     # --- the board -------------------------------------------------------------------
-    def _running(self):
-        import mpota.imagehdr as imagehdr
-
-        run = _running_part()
-        d = imagehdr.read_desc(run, self._buf)
-        return run, d
-
     def _running_label(self):
         return _running_part().info()[4]
 
+    # The running firmware's version (mpota.state State.version), None when unknown.
     def running_version(self):
-        d = self._running()[1]
-        return d[0] if d else self.cfg.version
+        return self.state.version(self.cfg)
+
+    # True when the slot `run` holds exactly the signed image `img` (a manifest's "image"):
+    # how a board whose firmware carries no version learns that it runs a release.
+    def _runs(self, run, img):
+        size = img["size"]
+        if size > run.info()[3]:
+            return False
+        h = hashlib.sha256()
+        mv = memoryview(self._buf)
+        n = (size + _BLOCK - 1) // _BLOCK
+        tail = size % _BLOCK
+        for b in range(n):
+            run.readblocks(b, self._buf)
+            h.update(mv if b < n - 1 or not tail else mv[:tail])
+            self._feed()
+        return _hex(h) == img["hash"][7:]
 
     # --- metadata --------------------------------------------------------------------
     # A document (at most `cap` bytes), with retries; with `pin`, its SHA-256 must be that
@@ -620,16 +634,10 @@ class Updater:
             raise errors.ExpiredError("release expired " + m["expires"])
         return m, url
 
-    def _check(self):
-        import mpota.imagehdr as imagehdr
-
+    # The verified channel document when it offers a release to this board now (eligible,
+    # in the window, not failed here in this rollout), else None.
+    def _channel_offer(self):
         cfg = self.cfg
-        run, d = self._running()
-        running = d[0] if d else cfg.version
-        chip = d[2] if d else None
-        chip_name = imagehdr.CHIPS.get(chip) if chip is not None else cfg.get("chip")
-        del imagehdr
-        _unload("imagehdr")
         ch = self._channel()
         rel = ch.get("release")
         if rel is None:
@@ -644,13 +652,36 @@ class Updater:
         now = _now()
         if not eligible(ro, cfg.group, cfg.device_id) or not in_window(ro and ro.get("window"), now):
             return None
-        if running is not None and _compare(rel["version"], running) == 0:
-            return None  # up to date
         if self.state.is_failed(rel["version"], ro and ro.get("id")):
             return None  # failed here in this rollout: not retried
+        return ch
+
+    def _check(self):
+        import mpota.imagehdr as imagehdr
+        from mpota.state import running_image
+
+        cfg = self.cfg
+        st = self.state
+        run = _running_part()
+        fw = running_image()
+        running = st.version(cfg, fw)
+        chip = fw[2] if fw else None
+        chip_name = imagehdr.CHIPS.get(chip) if chip is not None else cfg.get("chip")
+        del imagehdr
+        _unload("imagehdr")
+        ch = self._channel_offer()
+        if ch is None:
+            return None
+        rel = ch["release"]
+        if running is not None and _compare(rel["version"], running) == 0:
+            return None  # up to date
         nxt = run.get_next_update()
         m, url = self._manifest(ch, running, chip_name, nxt.info()[3])
         _unload("dsse", "p256")  # before Offer() loads http for the image URL
+        if running is None and self._runs(run, m["image"]):
+            st.record(fw, m["version"])  # a build without a version that is this release
+            st.save()
+            return None
         offer = Offer(ch, m, url, ch["seq"])
         offer.slot = nxt.info()[4]
         offer.prev_slot = run.info()[4]
@@ -683,10 +714,9 @@ class Updater:
             e = errors.UpdatePending("an installed update awaits its trial boot")
             raise self._fail(e, None)
         try:
+            offer = self.check() if offer is None else self._recheck(offer)
             if offer is None:
-                offer = self.check()
-                if offer is None:
-                    return None
+                return None
             self._report("checking", offer)
             try:
                 self._install(offer)
@@ -700,6 +730,22 @@ class Updater:
 
             machine.reset()
         return offer
+
+    # An Offer from an earlier check() is installed only while the channel still offers that
+    # very manifest to this board (the operator may have paused or halted the rollout since).
+    def _recheck(self, o):
+        try:
+            ch = self._channel_offer()
+        except Exception as e:
+            _unload("dsse", "p256")
+            raise self._fail(e, None)
+        _unload("dsse", "p256")
+        if ch is None:
+            return None
+        ro = ch.get("rollout") or {}
+        if ch["release"]["manifest_sha256"] != o.manifest_sha256 or ro.get("id") != o.rollout:
+            return None
+        return o
 
     def _install(self, o):
         st = self.state

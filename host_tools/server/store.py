@@ -37,6 +37,11 @@ STARTED_EVENTS = frozenset({"downloading", "downloaded", "installed"})
 # before set_boot() finished): the device retries, so the rollout still counts it as started,
 # with its in-progress clock restarted for the next attempt.
 RETRIED_REASONS = frozenset({"interrupted"})
+# `failed` reasons that change nothing: update() was called again while the installed update
+# waits for its trial boot; that install goes on (same attempt, same clock).
+WAITING_REASONS = frozenset({"pending"})
+# Every `failed` reason that does not count against a rollout (docs/ARCHITECTURE.md "Reports").
+EXCUSED_REASONS = RETRIED_REASONS | WAITING_REASONS
 PROGRESS_EVENTS = STARTED_EVENTS | {"confirmed", "failed", "health_failed", "rolled_back"}
 OPEN_STATES = ("active", "paused")
 
@@ -278,6 +283,8 @@ def advance_progress(p: _Progress | None, event: str, now: float, reason: object
         p = _Progress(None, None, None, 0)
     status, started, finished, health = p.status, p.started_at, p.finished_at, p.health_failed
     accepted = p.accepted
+    if event == "failed" and reason in WAITING_REASONS:
+        return p
     if event == "failed" and reason in RETRIED_REASONS:
         if status in (None, "started", "failed"):  # the board retries: a new attempt, a new clock
             status, started, finished, accepted = "started", now, None, 0
