@@ -116,11 +116,9 @@ def test_offline_queue_survives_restart_and_flushes_oldest_first(interp, tmp_pat
         print(json.dumps({"seq_before": seq, "flushed": n, "pending": r.pending(), "new": s2}))
     """)
     res = last_json(out)
-    # the state's high-water mark reserved seqs 1..16 before seq 1 went out: the restart
-    # goes on above it (a gap, never a repeat)
-    assert res == {"seq_before": 16, "flushed": 5, "pending": 0, "new": 17}
+    assert res == {"seq_before": 5, "flushed": 5, "pending": 0, "new": 6}
     assert [r["detail"].get("n") for r in collector.reports[:5]] == [0, 1, 2, 3, 4]
-    assert [r["seq"] for r in collector.reports] == [1, 2, 3, 4, 5, 17]
+    assert [r["seq"] for r in collector.reports] == [1, 2, 3, 4, 5, 6]
 
 
 @pytest.mark.parametrize("interp", INTERPRETERS)
@@ -272,9 +270,8 @@ def test_reports_reach_the_real_rollout_server(interp, tmp_path):
         """.replace("reset_queues()", "import mpota.report; mpota.report.reset_queues()"))
         assert last_json(out) == {"pending": 0, "status": 200}
         events = srv.server.store.device_events("dev-1")
-    # r3 stands for the next boot: it goes on above the seqs reserved (1..16) by the first
     assert [(e["seq"], e["event"]) for e in events] == [
-        (1, "checking"), (2, "failed"), (9, "confirmed"), (17, "heartbeat")]
+        (1, "checking"), (2, "failed"), (9, "confirmed"), (10, "heartbeat")]
     failed = events[1]
     assert failed["detail"]["reason"] == "bad_signature" and len(failed["detail"]["error"]) <= 80
     assert failed["rollout"] == "r-1" and failed["target"] == "1.1.0" and failed["group"] == "pilot"

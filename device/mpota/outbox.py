@@ -279,7 +279,7 @@ class Outbox:
             q = st.queues[self.path] = _Queue(self.path)
         self._q = q
         self._slot = None
-        self._version = None
+        self._version = -1  # not looked up yet
         self.sent = 0  # reports delivered by this Reporter (for tests / diagnostics)
         self.last_status = None
         self._sync()
@@ -313,12 +313,14 @@ class Outbox:
                 rollout = p.get("rollout")
         if self._slot is None:
             self._slot = running_slot()
-        if self._version is None:
-            # what the updater compares with (app_desc, the version mpota recorded, the config's)
+        if self._version == -1:
+            # what the updater compares with (mpota.firmware: app_desc, mpota's record, config)
             try:
-                self._version = self.state.version(self.cfg)
+                from mpota.firmware import version
+
+                self._version = version(self.state, self.cfg)
             except Exception:
-                self._version = None
+                self._version = None  # type: ignore[assignment]
         d = {}
         if detail:
             for k in detail:

@@ -17,8 +17,24 @@ _RSEQ = "rseq"     # NVS i32 next to the blob: report seq high-water mark (survi
 _MAX = const(2048)  # NVS blob buffer; the state stays far below this
 _MAX_FAILED = const(8)
 _RSEQ_BLOCK = const(16)  # report seqs reserved per high-water save (one NVS commit per 16 reports)
-_DESC = const(0x20)      # esp_app_desc_t in an app image
-_DESC_END = const(0xD0)  # ... up to the end of app_elf_sha256 (desc + 144 + 32)
+
+
+# The stored document checked (mpota.stateload, in RAM for this call only).
+def _checked(data):
+    import sys
+
+    from mpota.stateload import clean
+
+    try:
+        return clean(data, _default())
+    finally:
+        del clean
+        if sys.implementation.name == "micropython":
+            sys.modules.pop("mpota.stateload", None)
+            try:
+                delattr(sys.modules["mpota"], "stateload")
+            except Exception:
+                pass
 
 
 def _default():
@@ -87,21 +103,12 @@ class FileStore:
             f.write(text)
         os.rename(tmp, self._path)  # atomic on LittleFS and POSIX
 
-    # the high-water mark in a file of its own, next to the state file
+    # the state file keeps the high-water mark (a port without NVS has no second place)
     def load_rseq(self):
-        try:
-            with open(self._path + ".rseq") as f:
-                return int(f.read())
-        except Exception:
-            return 0
+        return 0
 
     def save_rseq(self, n):
-        import os
-
-        tmp = self._path + ".rseq.tmp"
-        with open(tmp, "w") as f:
-            f.write(str(n))
-        os.rename(tmp, self._path + ".rseq")
+        pass
 
 
 def open_store(root):
@@ -134,76 +141,12 @@ def forget():
     _shared.clear()
 
 
-def _is_int(v):
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-# A loaded document -> a state with every key of the right type (defaults for the rest).
-def _clean(data):
-    base = _default()
-    if not isinstance(data, dict):
-        return base
-    for k in base:
-        v = data.get(k)
-        d = base[k]
-        if d is None:
-            if isinstance(v, dict):
-                base[k] = v
-        elif type(v) is type(d):  # int (not bool), dict, list
-            base[k] = v
-    seq = {}
-    for c in base["seq"]:
-        if _is_int(base["seq"][c]):
-            seq[c] = base["seq"][c]
-    base["seq"] = seq
-    base["failed"] = [e for e in base["failed"]
-                      if isinstance(e, list) and len(e) == 2 and isinstance(e[0], str)]
-    fw = {}
-    for s in base["fw"]:
-        e = base["fw"][s]
-        if isinstance(e, list) and len(e) == 2 and isinstance(e[0], str) and isinstance(e[1], str):
-            fw[s] = e
-    base["fw"] = fw
-    p = base["pending"]
-    if p is not None and not (isinstance(p.get("version"), str) and isinstance(p.get("slot"), str)
-                              and _is_int(p.get("attempts", 0))):
-        base["pending"] = None
-    return base
-
-
-# The running firmware from its esp_app_desc_t: (version, elf id, chip id, slot label), or
-# None when the running slot holds no readable app description. version is "" for
-# MicroPython's own ESP32 builds (CONFIG_APP_EXCLUDE_PROJECT_VER_VAR=y); the elf id is the
-# first 8 bytes of app_elf_sha256 in hex, which every build differs in.
-def running_image():
-    try:
-        import binascii
-
-        import esp32
-
-        run = esp32.Partition(esp32.Partition.RUNNING)  # type: ignore[arg-type]
-        buf = bytearray(_DESC_END)
-        run.readblocks(0, buf)
-        if buf[0] != 0xE9 or buf[_DESC:_DESC + 4] != b"\x32\x54\xcd\xab":
-            return None
-        raw = bytes(buf[_DESC + 16:_DESC + 48])
-        n = raw.find(b"\0")
-        try:
-            v = str(raw if n < 0 else raw[:n], "utf-8")
-        except Exception:  # not UTF-8: no usable version
-            v = ""
-        elf = str(binascii.hexlify(buf[_DESC + 144:_DESC + 152]), "ascii")
-        return v, elf, buf[12] | buf[13] << 8, run.info()[4]
-    except Exception:
-        return None
-
-
 class State:
     def __init__(self, store):
         self._store = store
-        self.data = _clean(store.load())
+        self.data = _checked(store.load())
         r = store.load_rseq()
-        if _is_int(r) and r > self.data["rseq"]:
+        if isinstance(r, int) and r > self.data["rseq"]:
             self.data["rseq"] = r
         self._top = self.data["rseq"]  # seqs up to here are reserved in the store
         self.booted = None  # the BootResult of this process's boot() (trial.py)
@@ -249,29 +192,3 @@ class State:
             self._top = r + _RSEQ_BLOCK - 1
         self.data["rseq"] = r
         return r
-
-    # The running firmware's version: its app description's; else what mpota recorded when
-    # it confirmed this very build in this slot; else the factory version the config states
-    # (`version`, for the build `version_elf` names when given); else None (unknown: the
-    # updater then matches the running image's hash against the signed manifest).
-    def version(self, cfg, fw=-1):
-        if fw == -1:
-            fw = running_image()
-        if fw is not None:
-            if fw[0]:
-                return fw[0]
-            rec = self.data["fw"].get(fw[3])
-            if rec and rec[0] == fw[1]:
-                return rec[1]
-        v = cfg.get("version")
-        if not isinstance(v, str) or not v:
-            return None
-        want = cfg.get("version_elf")
-        if isinstance(want, str) and want and (fw is None or want[:16].lower() != fw[1]):
-            return None
-        return v
-
-    # Remember the version of the build in `fw` (running_image()); the caller saves.
-    def record(self, fw, version):
-        if fw is not None and not fw[0]:
-            self.data["fw"][fw[3]] = [fw[1], version]

@@ -275,9 +275,9 @@ class Session:
             if sv > st["floor"]:
                 st["floor"] = sv
             # a build without a version in its app description is known by this record
-            from mpota.state import running_image
+            import mpota.firmware as firmware
 
-            st.record(running_image(), p.get("version"))
+            firmware.record(st, firmware.running_image(), p.get("version"))
             p["phase"] = "confirmed"
             self.reserve("cseq")
             st.save()

@@ -364,6 +364,7 @@ class Updater:
         self._wdt = wdt
         self._buf = bytearray(_BLOCK)
         self._pct = None
+        self._version = -1  # the running version once check() has read it
         self.offer = None
 
     @classmethod
@@ -387,6 +388,8 @@ class Updater:
                 from mpota.outbox import Outbox  # the report core; no heartbeat code in RAM
 
                 self._reporter = Outbox(self.cfg, self.state, self.cfg.root)
+                if self._version != -1:
+                    self._reporter._version = self._version  # known: no second look
             except Exception as e:
                 print("mpota: no reporter: %r" % (e,))
         return self._reporter
@@ -406,6 +409,9 @@ class Updater:
         except Exception:
             return
         self._reporter = rep = None
+        import mpota.state as st
+
+        st.queues.clear()  # no Reporter holds a queue: its file holds all of it
         _unload("outbox")
 
     # A progress report while the outbox is out of RAM: POSTed at once with mpota.http (in
@@ -493,25 +499,14 @@ class Updater:
     def _running_label(self):
         return _running_part().info()[4]
 
-    # The running firmware's version (mpota.state State.version), None when unknown.
+    # The running firmware's version (mpota.firmware), None when unknown.
     def running_version(self):
-        return self.state.version(self.cfg)
+        import mpota.firmware as firmware
 
-    # True when the slot `run` holds exactly the signed image `img` (a manifest's "image"):
-    # how a board whose firmware carries no version learns that it runs a release.
-    def _runs(self, run, img):
-        size = img["size"]
-        if size > run.info()[3]:
-            return False
-        h = hashlib.sha256()
-        mv = memoryview(self._buf)
-        n = (size + _BLOCK - 1) // _BLOCK
-        tail = size % _BLOCK
-        for b in range(n):
-            run.readblocks(b, self._buf)
-            h.update(mv if b < n - 1 or not tail else mv[:tail])
-            self._feed()
-        return _hex(h) == img["hash"][7:]
+        v = firmware.version(self.state, self.cfg)
+        del firmware
+        _unload("firmware")
+        return v
 
     # --- metadata --------------------------------------------------------------------
     # A document (at most `cap` bytes), with retries; with `pin`, its SHA-256 must be that
@@ -657,18 +652,19 @@ class Updater:
         return ch
 
     def _check(self):
+        import mpota.firmware as firmware
         import mpota.imagehdr as imagehdr
-        from mpota.state import running_image
 
         cfg = self.cfg
         st = self.state
         run = _running_part()
-        fw = running_image()
-        running = st.version(cfg, fw)
+        fw = firmware.running_image()
+        running = firmware.version(st, cfg, fw)
+        self._version = running
         chip = fw[2] if fw else None
         chip_name = imagehdr.CHIPS.get(chip) if chip is not None else cfg.get("chip")
-        del imagehdr
-        _unload("imagehdr")
+        del imagehdr, firmware
+        _unload("imagehdr", "firmware")
         ch = self._channel_offer()
         if ch is None:
             return None
@@ -678,10 +674,18 @@ class Updater:
         nxt = run.get_next_update()
         m, url = self._manifest(ch, running, chip_name, nxt.info()[3])
         _unload("dsse", "p256")  # before Offer() loads http for the image URL
-        if running is None and self._runs(run, m["image"]):
-            st.record(fw, m["version"])  # a build without a version that is this release
-            st.save()
-            return None
+        if running is None:
+            import mpota.firmware as firmware
+
+            same = firmware.runs(run, m["image"], self._buf, self._feed)
+            if same:  # a build without a version that is this release
+                firmware.record(st, fw, m["version"])
+            del firmware
+            _unload("firmware")
+            if same:
+                st.save()
+                self._version = m["version"]
+                return None
         offer = Offer(ch, m, url, ch["seq"])
         offer.slot = nxt.info()[4]
         offer.prev_slot = run.info()[4]
@@ -694,11 +698,11 @@ class Updater:
         try:
             self.offer = self._check()
         except Exception as e:
-            _unload("dsse", "p256", "version", "imagehdr")
+            _unload("dsse", "p256", "version", "imagehdr", "firmware")
             e = self._fail(e, None)
             _unload(*_TRANSFER)
             raise e
-        _unload("dsse", "p256", "version", "imagehdr")
+        _unload("dsse", "p256", "version", "imagehdr", "firmware")
         return self.offer
 
     # --- install ---------------------------------------------------------------------
