@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: demo test lint typecheck unit bench clean
+.PHONY: demo test lint typecheck unit bench clean browser
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -24,8 +24,21 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/python tests/typecheck_device.py
 
-unit: $(STAMP)
+unit: $(STAMP) browser
 	$(BIN)/pytest -n 2 -q
+
+# The console's browser tests drive Debian's Chromium headless through chromedriver; install
+# both when missing (root, or sudo). One apt at a time on a shared machine: flock + lock timeout.
+CHROMIUM ?= /usr/bin/chromium
+CHROMEDRIVER ?= /usr/bin/chromedriver
+browser:
+	@if [ ! -x $(CHROMIUM) ] || [ ! -x $(CHROMEDRIVER) ]; then \
+	  echo "installing Debian chromium and chromium-driver for the browser tests"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  flock /tmp/mpota-apt.lock sh -c "$$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive \
+	    $$SUDO apt-get install -y -q --no-install-recommends -o DPkg::Lock::Timeout=600 \
+	    chromium chromium-driver" || exit 1; \
+	fi
 
 test: lint typecheck unit
 

@@ -116,8 +116,8 @@ def test_symlinks(served: tuple[ServerThread, Path]) -> None:
 
 def test_api_and_status_page_without_secret(served: tuple[ServerThread, Path]) -> None:
     srv, _ = served
-    status, h, body = _get(srv, "/")
-    assert status == 200 and h["content-type"].startswith("text/html") and b"mpota rollouts" in body
+    status, h, body = _get(srv, "/")  # the console needs the fleet secret (operator login)
+    assert status == 503 and h["content-type"].startswith("text/html") and b"--fleet-secret" in body
     c = HttpClient(srv.url)
     assert c.request("POST", "/v1/reports", b"{}", {"Authorization": "Bearer x"})[0] == 503
     assert c.request("GET", "/v1/rollouts")[0] == 503

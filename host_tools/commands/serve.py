@@ -13,7 +13,8 @@ def register(sub: Any) -> None:
         description="One process: the static feed (Range, ETag, HEAD), POST /v1/reports (device tokens), "
                     "POST /v1/devices, the rollout API used by `mpota rollout` (operator token = "
                     "HMAC-SHA256(fleet secret, 'mpota operator'); see `mpota fleet token --operator`) and a "
-                    "status page at /. State lives in SQLite (WAL); a report answered 2xx is committed.",
+                    "rollout console at / (operator login with the operator token). "
+                    "State lives in SQLite (WAL); a report answered 2xx is committed.",
         epilog="Without --fleet-secret the report and operator endpoints answer 503; without --rollout-key "
                "rollouts cannot start (channel documents are signed by the rollout key).")
     p.add_argument("--feed", "-f", required=True, metavar="DIR", help="feed root folder")
@@ -34,6 +35,9 @@ def register(sub: Any) -> None:
                    help="SQLite synchronous=FULL: acknowledged reports also survive a power cut "
                         "(default NORMAL survives a killed process)")
     p.add_argument("--access-log", action="store_true", help="log every request")
+    p.add_argument("--public-status", action="store_true",
+                   help="let anyone read the console's pages and /v1/status without logging in (actions "
+                        "still need the operator); only with a loopback --host")
     p.add_argument("--tls-cert", metavar="PEM", help="serve https with this certificate chain (server first)")
     p.add_argument("--tls-key", metavar="PEM", help="the certificate's private key (with --tls-cert)")
     p.set_defaults(func=cmd_serve)
@@ -48,6 +52,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise UsageError(f"--port {args.port} is not a port number")
     if args.tick <= 0:
         raise UsageError("--tick must be > 0")
+    if args.public_status and not _loopback(args.host):
+        raise UsageError(f"--public-status would show the fleet to anyone who reaches {args.host}: only with "
+                         f"a loopback --host (127.0.0.1, ::1, localhost)")
     feed = Path(args.feed)
     secret = load_secret(args.fleet_secret) if args.fleet_secret else None
     from host_tools.feed import expires_seconds
@@ -59,6 +66,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = ServerConfig(feed_dir=feed, db_url=args.db, fleet_secret=secret, tick_s=args.tick,
                           synchronous="FULL" if args.durable else "NORMAL", access_log=args.access_log,
                           tls_cert=Path(args.tls_cert) if args.tls_cert else None,
-                          tls_key=Path(args.tls_key) if args.tls_key else None)
+                          tls_key=Path(args.tls_key) if args.tls_key else None,
+                          public_status=args.public_status)
     run(config, args.host, args.port, publisher)
     return 0
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

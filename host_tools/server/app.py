@@ -3,7 +3,8 @@
 Routes (all JSON errors are {"error": "<one line>"}):
   GET|HEAD /<feed path>            static feed files: Range (206/416), ETag + If-None-Match (304),
                                    no dotfiles, no '..', no symlinks leading out of the feed
-  GET  /                           status page (HTML); GET /v1/status the same as JSON (public)
+  GET  /, /console/...             the rollout console, GET /v1/status its overview as JSON
+                                   (operator login or token; see console.py)
   POST /v1/reports                 device reports (device token), see ingest.py for limits
   POST /v1/devices                 register a device {device_id, board, group, channel}: operator
                                    token (authoritative), or the device's own token (then the group
@@ -41,6 +42,7 @@ from host_tools.errors import MpotaError
 from host_tools.fleet import DEVICE_ID
 from host_tools.server.auth import TokenCache, bearer
 from host_tools.server.body import BodyError, parse_json, read_body
+from host_tools.server.console import Console
 from host_tools.server.ingest import (
     MAX_BATCH,
     MAX_BODY,
@@ -51,7 +53,6 @@ from host_tools.server.ingest import (
 )
 from host_tools.server.orchestrator import ChannelPublisher, Orchestrator, RolloutError, RolloutNotFound
 from host_tools.server.plans import PlanError, RolloutPlan
-from host_tools.server.status_page import render
 from host_tools.server.store import ConflictError, SQLiteStore, Store, UnstorableError, parse_db_url
 
 T = TypeVar("T")
@@ -79,6 +80,7 @@ class ServerConfig:
     tls_key: Path | None = None        # its PEM private key
     header_timeout: float = 15.0       # s from connect (or the last answer) to a request's full headers
     body_timeout: float = 20.0         # s to receive a whole request body
+    public_status: bool = False        # read-only console pages without login (loopback only)
 
 
 def tls_context(cert: Path, key: Path) -> ssl.SSLContext:
@@ -149,8 +151,7 @@ class MpotaServer:
     def app(self) -> web.Application:
         app = web.Application(client_max_size=1024 * 1024)
         r = app.router
-        r.add_get("/", self.page)
-        r.add_get("/v1/status", self.status_json)
+        Console(self).register(r)  # /, /v1/status, /console/... (before the feed's catch-all)
         r.add_post("/v1/reports", self.post_reports)
         r.add_post("/v1/devices", self.post_device)
         r.add_get("/v1/devices", self.get_devices)
@@ -444,29 +445,6 @@ class MpotaServer:
 
     async def unknown_api(self, request: web.Request) -> web.Response:
         return _error(404 if request.method in ("GET", "HEAD", "POST") else 405, "no such API endpoint")
-
-    # ----------------------------------------------------------------- status
-    def _overview(self) -> dict[str, Any]:
-        rollouts = sorted(self.store.list_rollouts(), key=lambda r: r.created_at, reverse=True)[:5]
-        statuses = []
-        for r in rollouts:
-            try:
-                statuses.append(self.orchestrator.status(r.id))
-            except MpotaError:
-                continue
-        return {"rollouts": statuses, "inventory": self.store.inventory_summary(), "time": self.clock()}
-
-    async def page(self, request: web.Request) -> web.Response:
-        overview = await self._ops(self._overview)
-        return web.Response(text=render(overview["rollouts"], overview["inventory"], overview["time"]),
-                            content_type="text/html")
-
-    async def status_json(self, request: web.Request) -> web.Response:
-        overview = await self._ops(self._overview)
-        for st in overview["rollouts"]:
-            st.pop("history", None)
-            st.pop("plan", None)
-        return web.json_response(overview)
 
     # ----------------------------------------------------------------- feed
     async def feed_file(self, request: web.Request) -> web.StreamResponse:

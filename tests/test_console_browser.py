@@ -1,0 +1,224 @@
+"""The rollout console in a real browser: Debian's Chromium, headless, driven through chromedriver
+(selenium), against `mpota serve` with a simulated fleet reporting over HTTP.
+
+The story mirrors the demo's v1.2.0 rollout: canary and internal confirm, pilot boards fail their
+health check and roll back, the pilot gate trips and the rollout pauses itself; the open page
+shows it without a reload (live updates). The operator logs in with the operator token (a device
+token is refused), resumes and pauses with the buttons (the channel seq grows each time) and
+looks at a pilot board's event history. Screenshots land in build/ for people to look at.
+`make test` installs chromium and chromium-driver when they are missing (Makefile: browser).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from host_tools.channel import ChannelDoc
+from host_tools.fleet import device_token
+from host_tools.keys import PublicKey, generate_key, load_public_key
+from host_tools.server.app import ServerConfig, make_publisher
+from host_tools.server.auth import operator_token
+from host_tools.server.bucket import is_eligible
+from host_tools.server.harness import HttpClient, ServerThread, SimDevice, publish_test_release
+
+REPO = Path(__file__).resolve().parent.parent
+SHOTS = REPO / "build"
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+BOARD = "esp32-generic-4mb"
+SECRET = b"\x24" * 32
+FLEET = [("canary", 1), ("internal", 1), ("pilot", 4), ("general", 6)]
+PLAN = {"soak": 0, "min_finished": 1, "in_progress_timeout": "30m",
+        "stages": [{"name": "canary"}, {"name": "internal"},
+                   {"name": "pilot", "min_finished": 2, "failure_rate_threshold": 10},
+                   {"name": "general", "batch_size_percentage": 50}]}
+FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--window-size=1400,1300")
+
+
+@dataclass
+class Fleet:
+    srv: ServerThread
+    pub: PublicKey
+    devices: list[SimDevice]
+
+    def op(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        c = HttpClient(self.srv.url)
+        try:
+            status, _, data = c.request(method, path, None if body is None else json.dumps(body).encode(),
+                                        {"Authorization": f"Bearer {operator_token(SECRET)}"})
+        finally:
+            c.close()
+        return status, json.loads(data)
+
+    def channel(self) -> ChannelDoc:
+        c = HttpClient(self.srv.url)
+        status, _, data = c.request("GET", f"/channels/{BOARD}/stable.json")
+        c.close()
+        assert status == 200
+        return ChannelDoc.from_envelope_bytes(data, [self.pub])
+
+    def state(self, rid: str) -> str:
+        code, st = self.op("GET", f"/v1/rollouts/{rid}")
+        assert code == 200, st
+        return str(st["rollout"]["state"])
+
+    def drive(self, rid: str, until: str, timeout: float = 30.0) -> None:
+        """Boards act on the channel document like the demo's: pilot boards fail their health check."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            ro = self.channel().rollout.to_dict()
+            if ro["state"] == "active":
+                for d in self.devices:
+                    if not getattr(d, "tried", False) and is_eligible(ro, d.device_id, d.group):
+                        d.tried = True  # type: ignore[attr-defined]
+                        outcome = "rolled_back" if d.group == "pilot" else "confirmed"
+                        assert all(code == 200 for code in d.update(rid, "1.1.0", outcome))
+            if self.state(rid) == until:
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"rollout {rid} did not reach {until}: {self.op('GET', f'/v1/rollouts/{rid}')}")
+
+
+@pytest.fixture()
+def fleet(tmp_path: Path) -> Iterator[Fleet]:
+    key = tmp_path / "rollout.pem"
+    generate_key(key, "both")
+    feed = tmp_path / "feed"
+    publish_test_release(feed, tmp_path / "work", key, "1.0.0", BOARD, channel="stable")
+    publish_test_release(feed, tmp_path / "work", key, "1.1.0", BOARD)
+    config = ServerConfig(feed_dir=feed, db_url=f"sqlite:///{tmp_path / 'db.sqlite'}", fleet_secret=SECRET,
+                          tick_s=0.1)
+    with ServerThread(config, make_publisher(feed, str(key))) as srv:
+        devices = [SimDevice(srv.url, SECRET, f"{g}-{i + 1}", g) for g, n in FLEET for i in range(n)]
+        for d in devices:
+            assert d.register(SECRET) == 200
+            assert d.report("heartbeat", health="OK") == 200
+        yield Fleet(srv, load_public_key(str(key) + ".pub"), devices)
+        for d in devices:
+            d.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    for path in (CHROMIUM, CHROMEDRIVER):
+        assert Path(path).exists(), f"{path} missing: `make test` installs chromium and chromium-driver"
+    profile = tempfile.mkdtemp(prefix="mpota-chromium-")  # empty profile: nothing from a previous run
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for flag in (*FLAGS, f"--user-data-dir={profile}"):
+        opts.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=opts)
+    driver.set_page_load_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def _wait(driver: Any, css: str, timeout: float = 15.0) -> Any:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, timeout).until(ec.presence_of_element_located((By.CSS_SELECTOR, css)))
+
+
+def _shot(driver: Any, name: str) -> Path:
+    SHOTS.mkdir(exist_ok=True)
+    path = SHOTS / name
+    driver.save_screenshot(str(path))
+    assert path.stat().st_size > 10_000  # a rendered page, not a blank one
+    return path
+
+
+def _login(driver: Any, base: str, token: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    field = _wait(driver, "input[name=token]")
+    field.clear()
+    field.send_keys(token)
+    driver.find_element(By.ID, "login").click()
+
+
+def test_console_live_rollout_actions_and_device_page(fleet: Fleet, browser: Any) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    base = fleet.srv.url
+    browser.delete_all_cookies()
+    browser.get(base + "/")
+    assert "/console/login" in browser.current_url  # nothing without a login
+    _login(browser, base, device_token(SECRET, "pilot-1"))  # a device's token is never an operator
+    assert "not the operator token" in _wait(browser, "p.error").text
+    _login(browser, base, operator_token(SECRET))
+    _wait(browser, "h1")
+    assert browser.current_url.rstrip("/") == base and "Overview" in browser.title
+    assert browser.find_elements(By.CSS_SELECTOR, "svg.chart")  # version/health charts, drawn by the server
+
+    code, st = fleet.op("POST", "/v1/rollouts", {"board": BOARD, "channel": "stable", "version": "1.1.0",
+                                                 "plan": PLAN, "id": "r-1.1.0"})
+    assert code == 201, st
+    # the open overview picks the new rollout up by itself (no reload)
+    card = _wait(browser, ".card.rollout[data-rollout='r-1.1.0']")
+    assert card.find_elements(By.CSS_SELECTOR, "tr[data-stage='pilot'] svg.progress")
+    fleet.drive("r-1.1.0", until="paused")
+    card = _wait(browser, ".card.rollout[data-rollout='r-1.1.0'][data-state='paused']")
+    pilot = card.find_element(By.CSS_SELECTOR, "tr[data-stage='pilot']")
+    assert "fail" in pilot.text and "/ 10%" in pilot.text  # verdict and the threshold beside the rate
+    assert "pilot" in card.find_element(By.CSS_SELECTOR, ".reason").text
+    _shot(browser, "console-overview-pilot-gate.png")
+
+    # the rollout page: stages, thresholds, the timeline of decisions, the buttons
+    browser.find_element(By.LINK_TEXT, "r-1.1.0").click()
+    _wait(browser, "table.timeline")
+    timeline = browser.find_element(By.CSS_SELECTOR, "table.timeline").text
+    assert "pause" in timeline.lower() and "pilot" in timeline
+    _shot(browser, "console-rollout-pilot-gate.png")
+    seq_paused = fleet.channel().seq
+    browser.find_element(By.ID, "resume").click()
+    _wait(browser, "#pause")
+    assert fleet.state("r-1.1.0") == "active"
+    seq_resumed = fleet.channel().seq
+    assert seq_resumed > seq_paused
+    browser.find_element(By.CSS_SELECTOR, "form[action$='/pause'] input[name=reason]").send_keys("checking")
+    browser.find_element(By.ID, "pause").click()
+    _wait(browser, "#resume")
+    assert fleet.state("r-1.1.0") == "paused"
+    doc = fleet.channel()
+    assert doc.seq > seq_resumed and doc.rollout.state == "paused"  # the boards are told: signed, newer
+    assert "checking" in browser.find_element(By.CSS_SELECTOR, ".reason").text
+
+    # devices: filter to the pilot group, open one, see its events
+    browser.get(base + "/console/devices")
+    Select(_wait(browser, "select[name=group]")).select_by_value("pilot")
+    browser.find_element(By.ID, "filter").click()
+    _wait(browser, "tr[data-device='pilot-2']")
+    rows = browser.find_elements(By.CSS_SELECTOR, "tr[data-device]")
+    assert {r.get_attribute("data-device") for r in rows} == {f"pilot-{i}" for i in range(1, 5)}
+    browser.find_element(By.LINK_TEXT, "pilot-2").click()
+    _wait(browser, "table.events")
+    events = [r.text for r in browser.find_elements(By.CSS_SELECTOR, "tr.event")]
+    assert any("rolled_back" in t for t in events) and any("health_failed" in t for t in events)
+    assert any("downloading" in t for t in events)
+    _shot(browser, "console-device.png")
+
+    # logging out ends the session
+    browser.find_element(By.CSS_SELECTOR, "form[action='/console/logout'] button").click()
+    _wait(browser, "input[name=token]")
+    browser.get(base + "/console/rollouts")
+    assert "/console/login" in browser.current_url
