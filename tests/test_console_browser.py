@@ -138,6 +138,19 @@ def _wait(driver: Any, css: str, timeout: float = 15.0) -> Any:
     return WebDriverWait(driver, timeout).until(ec.presence_of_element_located((By.CSS_SELECTOR, css)))
 
 
+def _click(driver: Any, by: str, what: str) -> None:
+    """Click, finding the element again if a live refresh replaced it in between."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    for _ in range(5):
+        try:
+            driver.find_element(by, what).click()
+            return
+        except StaleElementReferenceException:
+            time.sleep(0.1)
+    raise AssertionError(f"{what} kept going stale")
+
+
 def _shot(driver: Any, name: str) -> Path:
     SHOTS.mkdir(exist_ok=True)
     path = SHOTS / name
@@ -157,7 +170,8 @@ def _login(driver: Any, base: str, token: str) -> None:
 
 def test_console_live_rollout_actions_and_device_page(fleet: Fleet, browser: Any) -> None:
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import Select
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import Select, WebDriverWait
 
     base = fleet.srv.url
     browser.delete_all_cookies()
@@ -166,7 +180,7 @@ def test_console_live_rollout_actions_and_device_page(fleet: Fleet, browser: Any
     _login(browser, base, device_token(SECRET, "pilot-1"))  # a device's token is never an operator
     assert "not the operator token" in _wait(browser, "p.error").text
     _login(browser, base, operator_token(SECRET))
-    _wait(browser, "h1")
+    _wait(browser, "form[action='/console/logout']")  # logged in: the overview, not the login page
     assert browser.current_url.rstrip("/") == base and "Overview" in browser.title
     assert browser.find_elements(By.CSS_SELECTOR, "svg.chart")  # version/health charts, drawn by the server
 
@@ -184,19 +198,19 @@ def test_console_live_rollout_actions_and_device_page(fleet: Fleet, browser: Any
     _shot(browser, "console-overview-pilot-gate.png")
 
     # the rollout page: stages, thresholds, the timeline of decisions, the buttons
-    browser.find_element(By.LINK_TEXT, "r-1.1.0").click()
+    _click(browser, By.LINK_TEXT, "r-1.1.0")
     _wait(browser, "table.timeline")
     timeline = browser.find_element(By.CSS_SELECTOR, "table.timeline").text
     assert "pause" in timeline.lower() and "pilot" in timeline
     _shot(browser, "console-rollout-pilot-gate.png")
     seq_paused = fleet.channel().seq
-    browser.find_element(By.ID, "resume").click()
+    _click(browser, By.ID, "resume")
     _wait(browser, "#pause")
     assert fleet.state("r-1.1.0") == "active"
     seq_resumed = fleet.channel().seq
     assert seq_resumed > seq_paused
     browser.find_element(By.CSS_SELECTOR, "form[action$='/pause'] input[name=reason]").send_keys("checking")
-    browser.find_element(By.ID, "pause").click()
+    _click(browser, By.ID, "pause")
     _wait(browser, "#resume")
     assert fleet.state("r-1.1.0") == "paused"
     doc = fleet.channel()
@@ -206,11 +220,12 @@ def test_console_live_rollout_actions_and_device_page(fleet: Fleet, browser: Any
     # devices: filter to the pilot group, open one, see its events
     browser.get(base + "/console/devices")
     Select(_wait(browser, "select[name=group]")).select_by_value("pilot")
-    browser.find_element(By.ID, "filter").click()
+    _click(browser, By.ID, "filter")
+    WebDriverWait(browser, 15).until(ec.url_contains("group=pilot"))
     _wait(browser, "tr[data-device='pilot-2']")
     rows = browser.find_elements(By.CSS_SELECTOR, "tr[data-device]")
     assert {r.get_attribute("data-device") for r in rows} == {f"pilot-{i}" for i in range(1, 5)}
-    browser.find_element(By.LINK_TEXT, "pilot-2").click()
+    _click(browser, By.LINK_TEXT, "pilot-2")
     _wait(browser, "table.events")
     events = [r.text for r in browser.find_elements(By.CSS_SELECTOR, "tr.event")]
     assert any("rolled_back" in t for t in events) and any("health_failed" in t for t in events)
@@ -218,7 +233,7 @@ def test_console_live_rollout_actions_and_device_page(fleet: Fleet, browser: Any
     _shot(browser, "console-device.png")
 
     # logging out ends the session
-    browser.find_element(By.CSS_SELECTOR, "form[action='/console/logout'] button").click()
+    _click(browser, By.CSS_SELECTOR, "form[action='/console/logout'] button")
     _wait(browser, "input[name=token]")
     browser.get(base + "/console/rollouts")
     assert "/console/login" in browser.current_url

@@ -163,9 +163,9 @@ def test_bad_release_trips_the_pilot_gate_and_pauses_before_general(env: Env) ->
     assert doc.rollout.percentage == 0.0  # general never started
     assert all(d.version == "1.0.0" for d in env.devices if d.group == "general")
     assert st["history"][-1]["kind"] == "auto-pause" and st["history"][-1]["numbers"]["name"] == "pilot"
-    # the status page shows it too
+    # the console shows it too (to the operator)
     c = HttpClient(env.srv.url)
-    _, _, page = c.request("GET", "/")
+    _, _, page = c.request("GET", "/", headers={"Authorization": f"Bearer {operator_token(SECRET)}"})
     c.close()
     assert b"paused" in page and html.escape(r["reason"]).encode() in page
     # abort: devices get "halted"
