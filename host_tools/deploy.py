@@ -38,7 +38,8 @@ from host_tools.fleet import FleetError, check_device_id, device_token, load_sec
 from host_tools.keys import KeyFileError, load_public_key
 from host_tools.transport import CommandResult, ToolError, Transport, expand_port, find_tool
 
-GROUPS = ("canary", "internal", "pilot", "general")
+GROUPS = ("canary", "internal", "pilot", "general")  # the default plan's groups; a plan may name any
+GROUP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}")  # what a plan's groups accept
 ROLES = ("release", "rollout")
 CONFIG_PATH = "/mpota.json"
 CONFIG_MAX = 8192  # device/mpota/config.py refuses larger files
@@ -360,8 +361,9 @@ class Deployer:
         # 1. inputs
         board.require_ota()
         _check_url("--feed-url", req.feed_url)
-        if req.group not in GROUPS:
-            raise UsageError(f"--group must be one of {', '.join(GROUPS)}, got {req.group!r}")
+        if not GROUP_NAME.fullmatch(req.group):
+            raise UsageError(f"--group {req.group!r} is not a group name (1-32 letters, digits, . _ -; the "
+                             f"default plan uses {', '.join(GROUPS)}, a plan may name any group)")
         if not _CHANNEL.match(req.channel):
             raise UsageError(f"--channel {req.channel!r} is not a channel name (letters, digits, . _ -)")
         report_url = req.report_url

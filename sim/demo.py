@@ -9,7 +9,8 @@
    it; a few general boards on a flaky network or losing power during updates)
 6. roll v1.1.0 out through every stage to 100%              `mpota rollout start`, boards poll
 7. roll v1.2.0 out: canary and internal (no sensor) pass, the pilot boards fail their health
-   check and roll back by themselves, the pilot gate trips and the rollout pauses
+   check and roll back by themselves, the pilot gate trips and the rollout pauses; a screenshot
+   of the console's rollout page (headless Chromium, logged in as the operator) goes to build/
 8. check the outcome on every board's flash and in the server inventory; print the status table
 
 Exit 0 only when every expectation held (a FAILED line says which did not). Every process it
@@ -90,7 +91,7 @@ class Demo:
         except ValueError:
             return str(p)
 
-    def cli(self, *args: str, show: bool = True, echo: bool = True) -> str:
+    def cli(self, *args: str, show: bool = True, echo: bool = True, expect_exit: int = 0) -> str:
         shown = " ".join(self.rel(a) if os.sep in a else a for a in args)
         if echo:
             print(f"    $ mpota {shown}", flush=True)
@@ -99,8 +100,8 @@ class Demo:
         if show and out:
             for line in out.splitlines():
                 print(f"      {line}")
-        if proc.returncode != 0:
-            raise DemoFailed(f"`mpota {shown}` failed (exit {proc.returncode}): "
+        if proc.returncode != expect_exit:
+            raise DemoFailed(f"`mpota {shown}` exited {proc.returncode}, not {expect_exit}: "
                              f"{proc.stderr.strip() or out}")
         return out
 
@@ -115,6 +116,7 @@ class Demo:
         self.start_fleet()
         self.rollout_good()
         self.rollout_bad()
+        self.console_screenshot()
         self.final_status()
         took = time.monotonic() - self.t0
         if self.failures:
@@ -215,7 +217,8 @@ class Demo:
                 break
         if not self.server_url:
             raise DemoFailed(f"mpota serve did not start (see {self.rel(self.work / 'server.log')})")
-        self.say(f"serving on {self.server_url} (status page: {self.server_url}/), pid {proc.pid}")
+        self.say(f"serving on {self.server_url} (rollout console: {self.server_url}/, operator login), "
+                 f"pid {proc.pid}")
         # what an operator would export; kept to our own commands (the demo also runs in-process in tests)
         self.env.update(MPOTA_SERVER=self.server_url, MPOTA_FLEET_SECRET=str(self.secret_path))
 
@@ -333,6 +336,25 @@ class Demo:
         self.say(f"one more poll while paused: {s.line()}")
         self.check_bad_outcome()
 
+    def console_screenshot(self) -> None:
+        """What an operator sees at that moment: the console's page of the paused rollout."""
+        from host_tools.fleet import load_secret
+        from host_tools.server.auth import operator_token
+        from sim.browser import console_screenshot, missing
+
+        why = missing()
+        if why is not None:
+            self.say(f"(no console screenshot: {why})")
+            return
+        out = REPO / "build" / "console-demo-r-1.2.0.png"
+        try:
+            console_screenshot(self.server_url, operator_token(load_secret(self.secret_path)),
+                               "/console/rollouts/r-1.2.0", out, "tr[data-stage='pilot'] .badge.fail")
+        except Exception as exc:  # the story does not depend on the picture; say why there is none
+            self.expect(False, "console screenshot", f"{type(exc).__name__}: {str(exc).splitlines()[0]}")
+            return
+        self.say(f"the console at {self.server_url}/ shows it (operator login): screenshot {self.rel(out)}")
+
     def check_bad_outcome(self) -> None:
         fleet = self.fleet
         assert fleet is not None
@@ -378,8 +400,8 @@ class Demo:
         self.step("Final status")
         print("    $ mpota rollout status r-1.1.0", flush=True)
         self.cli("rollout", "status", "r-1.1.0", echo=False)
-        print("    $ mpota rollout status r-1.2.0 --history", flush=True)
-        self.cli("rollout", "status", "r-1.2.0", "--history", echo=False)
+        print("    $ mpota rollout status r-1.2.0 --history   # exit status 3: paused", flush=True)
+        self.cli("rollout", "status", "r-1.2.0", "--history", echo=False, expect_exit=3)
         assert self.fleet is not None
         self.say(f"(boards booted {sum(d.boots for d in self.fleet.devices)} times in all, "
                  f"{sum(d.powercuts for d in self.fleet.devices)} power cuts)")

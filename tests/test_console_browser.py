@@ -12,8 +12,6 @@ looks at a pilot board's event history. Screenshots land in build/ for people to
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,11 +27,10 @@ from host_tools.server.app import ServerConfig, make_publisher
 from host_tools.server.auth import operator_token
 from host_tools.server.bucket import is_eligible
 from host_tools.server.harness import HttpClient, ServerThread, SimDevice, publish_test_release
+from sim.browser import chromium, missing, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 SHOTS = REPO / "build"
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
 BOARD = "esp32-generic-4mb"
 SECRET = b"\x24" * 32
 FLEET = [("canary", 1), ("internal", 1), ("pilot", 4), ("general", 6)]
@@ -41,10 +38,6 @@ PLAN = {"soak": 0, "min_finished": 1, "in_progress_timeout": "30m",
         "stages": [{"name": "canary"}, {"name": "internal"},
                    {"name": "pilot", "min_finished": 2, "failure_rate_threshold": 10},
                    {"name": "general", "batch_size_percentage": 50}]}
-FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--window-size=1400,1300")
-
 
 @dataclass
 class Fleet:
@@ -111,31 +104,14 @@ def fleet(tmp_path: Path) -> Iterator[Fleet]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    for path in (CHROMIUM, CHROMEDRIVER):
-        assert Path(path).exists(), f"{path} missing: `make test` installs chromium and chromium-driver"
-    profile = tempfile.mkdtemp(prefix="mpota-chromium-")  # empty profile: nothing from a previous run
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for flag in (*FLAGS, f"--user-data-dir={profile}"):
-        opts.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=opts)
-    driver.set_page_load_timeout(30)
-    try:
+    why = missing()
+    assert why is None, why  # `make test` installs the browser: a missing one is a failure, not a skip
+    with chromium() as driver:
         yield driver
-    finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
 
 
 def _wait(driver: Any, css: str, timeout: float = 15.0) -> Any:
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as ec
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    return WebDriverWait(driver, timeout).until(ec.presence_of_element_located((By.CSS_SELECTOR, css)))
+    return wait_for(driver, css, timeout)
 
 
 def _click(driver: Any, by: str, what: str) -> None:

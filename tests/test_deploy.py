@@ -373,7 +373,7 @@ def _refused(req: DeployRequest, fake: FakeBoard | None = None, match: str = "")
 
 def test_refusals(port: str, fleet: Fleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _refused(_request(fleet, port, feed_url="ftp://x/"), match="--feed-url must be an http")
-    _refused(_request(fleet, port, group="everyone"), match="--group must be one of canary, internal")
+    _refused(_request(fleet, port, group="beta testers"), match="--group 'beta testers' is not a group name")
     _refused(_request(fleet, port, channel="../x"), match="--channel '../x' is not a channel name")
     _refused(_request(fleet, port, device_id="bad id!"), match="invalid device id 'bad id!'")
     _refused(_request(fleet, port, rollout_keys=[]), match="no rollout public key given")
@@ -561,3 +561,17 @@ def test_mip_install_from_package_json(unix_board: UnixBoard) -> None:
     assert installed == sorted(f"{m}.py" for m in MODULES)
     out = _board_exec(unix_board, "import mpota, mpota.config, mpota.updater; print(mpota.__version__)")
     assert out.strip() == "0.1.0"
+
+
+def test_any_group_a_plan_can_name(fleet: Fleet) -> None:
+    # real fleets have more than the four classic stages: beta testers, regions, customers
+    lines: list[str] = []
+    res = deploy(_request(fleet, "/dev/ttyUSB3", dry_run=True, device_id="dev-1", group="beta-testers"),
+                 RecordingTransport(FakeBoard(), port_check=None), echo=lines.append)
+    assert res.config["group"] == "beta-testers"
+    cp_config = [c for c in res.commands if c[-1] == ":mpota.json"]
+    shutil.rmtree(Path(cp_config[0][-2]).parent)
+    from host_tools.server.plans import RolloutPlan
+    plan = RolloutPlan.from_dict({"stages": [{"name": "beta", "groups": ["beta-testers"]},
+                                             {"name": "general", "batch_size_percentage": 50}]})
+    assert plan.steps[0].groups == ("beta-testers",)

@@ -47,6 +47,15 @@ keep watching for the plan's watch time and pause the rollout on a late failure;
 rollout takes the channel, pause and abort still work on a completed rollout."""
 
 
+_STATUS_EXIT = """\
+Exit status (scripts can gate on it): 0 active or completed, 3 paused, 4 aborted, 5 --wait/--watch
+gave up (--wait-timeout), 1 error (server unreachable, no such rollout), 2 wrong command line.
+Rates: failure = failed + rolled back + timed out, rollback = rolled back, health = devices that
+reported health_failed; each as a percent of the stage's finished devices."""
+STATE_EXIT = {"active": 0, "completed": 0, "paused": 3, "aborted": 4}
+GAVE_UP = 5
+
+
 def register(sub: Any) -> None:
     ro = sub.add_parser(
         "rollout",
@@ -77,10 +86,22 @@ def register(sub: Any) -> None:
     add_server_args(st)
     st.set_defaults(func=cmd_start)
 
-    s = rsub.add_parser("status", help="per-stage table of a rollout (default: the latest)")
+    s = rsub.add_parser("status", help="per-stage table of a rollout (default: the latest)",
+                        description="Per stage: targeted, started, in progress, confirmed, failed, rolled "
+                                    "back, timed out, the rates the gate judges and its verdict.",
+                        epilog=_STATUS_EXIT, formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("rollout_id", nargs="?", metavar="ID")
     s.add_argument("--json", action="store_true", help="print JSON")
     s.add_argument("--history", action="store_true", help="also print the rollout's history")
+    live = s.add_mutually_exclusive_group()
+    live.add_argument("--watch", action="store_true",
+                      help="redraw live (a terminal: in place; otherwise a new table when something changed) "
+                           "until the rollout is completed or aborted, or Ctrl-C")
+    live.add_argument("--wait", action="store_true",
+                      help="block until the rollout is completed, paused or aborted, then print it")
+    s.add_argument("--interval", type=float, default=2.0, metavar="SECONDS", help="poll interval (default 2)")
+    s.add_argument("--wait-timeout", type=float, metavar="SECONDS",
+                   help="with --wait or --watch: give up after this long (exit 5)")
     add_server_args(s)
     s.set_defaults(func=cmd_status)
 
@@ -358,8 +379,54 @@ def cmd_status(args: argparse.Namespace) -> int:
         if latest is None:
             raise UsageError("the server has no rollouts yet")
         rid = latest["id"]
-    _show(args, client.call("GET", f"/v1/rollouts/{rid}"))
-    return 0
+    if args.watch or args.wait:
+        return _follow(args, client, rid)
+    status = client.call("GET", f"/v1/rollouts/{rid}")
+    _show(args, status)
+    return STATE_EXIT.get(status["rollout"]["state"], 0)
+
+
+def _follow(args: argparse.Namespace, client: Any, rid: str) -> int:
+    """--wait: poll until completed/paused/aborted. --watch: redraw until completed/aborted (or Ctrl-C)."""
+    import contextlib
+    import io
+    import sys
+
+    if args.interval <= 0:
+        raise UsageError("--interval must be > 0")
+    ends = {"completed", "paused", "aborted"} if args.wait else {"completed", "aborted"}
+    tty = args.watch and sys.stdout.isatty() and not args.json
+    deadline = None if args.wait_timeout is None else time.monotonic() + args.wait_timeout
+    last = ""
+    status: dict[str, Any] = {}
+    try:
+        while True:
+            status = client.call("GET", f"/v1/rollouts/{rid}")
+            state = status["rollout"]["state"]
+            if args.watch:
+                frame = io.StringIO()
+                with contextlib.redirect_stdout(frame):
+                    _show(args, status)
+                text = frame.getvalue()
+                if tty:  # in place: home, clear, the new table in one write
+                    sys.stdout.write(f"\x1b[H\x1b[2J{time.strftime('%H:%M:%S')}  every {args.interval:g}s, "
+                                     f"Ctrl-C stops\n{text}")
+                    sys.stdout.flush()
+                elif text != last:
+                    print(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')}", flush=True)
+                    sys.stdout.write(text)
+                    sys.stdout.flush()
+                last = text
+            if state in ends:
+                if args.wait:
+                    _show(args, status)
+                return STATE_EXIT.get(state, 0)
+            if deadline is not None and time.monotonic() >= deadline:
+                print(f"mpota: rollout {rid} still {state} after {args.wait_timeout:g} s", file=sys.stderr)
+                return GAVE_UP
+            time.sleep(args.interval)
+    except KeyboardInterrupt:  # the normal way to leave --watch
+        return STATE_EXIT.get(status.get("rollout", {}).get("state", ""), 0) if status else 130
 
 
 def cmd_list(args: argparse.Namespace) -> int:

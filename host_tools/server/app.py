@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import logging
 import os
 import ssl
@@ -146,6 +147,7 @@ class MpotaServer:
         self.writer = GroupCommitWriter(store, self.db_exec, clock, on_progress=self._poke.set)
         self._ticker: asyncio.Task[None] | None = None
         self._last_error = ""
+        self._logged: dict[str, int] = {}  # rollout id -> history entries already in the log
 
     # ----------------------------------------------------------------- lifecycle
     def app(self) -> web.Application:
@@ -214,11 +216,21 @@ class MpotaServer:
 
     def _tick(self) -> None:
         self.orchestrator.reconcile()
-        self.orchestrator.evaluate_all()
+        for rid, decision in self.orchestrator.evaluate_all():
+            if decision.action != "none":
+                self._log_decisions(rid)
         fresh = getattr(self.orchestrator.publisher, "keep_fresh", None)  # freeze protection
         if fresh is not None:
             for line in fresh():
                 self._log(line)
+
+    def _log_decisions(self, rid: str) -> None:
+        """Every gate decision the rollout recorded since the last one logged, with its numbers."""
+        history = self.store.history(rid)
+        for h in history[self._logged.get(rid, 0):]:
+            numbers = f" {json.dumps(h['numbers'], sort_keys=True)}" if h.get("numbers") else ""
+            self._log(f"rollout {rid}: {h['kind']}: {h['message']}{numbers}")
+        self._logged[rid] = len(history)
 
     # ----------------------------------------------------------------- auth
     def _need_operator(self, request: web.Request) -> web.Response | None:

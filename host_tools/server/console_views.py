@@ -37,8 +37,9 @@ button{padding:.3em .9em;cursor:pointer}button.danger{color:#c62828}
 .filters label{display:flex;flex-direction:column;font-size:.85em}
 .live{font-size:.8em;color:#999}td.t{white-space:nowrap}details{font-size:.85em;color:#555}
 details pre{white-space:pre-wrap;margin:.2em 0}.timeline td.l{max-width:60em}
-.pause,.abort,.fail_,.rollback{background:#c62828}.advance,.complete,.resume,.ready{background:#2e7d32}
-.start{background:#1565c0}tr.bad td{color:#c62828}
+.k-auto-pause,.k-pause,.k-abort,.k-error{background:#c62828}.k-warning{background:#ef6c00}
+.k-advance,.k-complete,.k-resume,.k-ready{background:#2e7d32}.k-start{background:#1565c0}
+tr.bad td{color:#c62828}
 .card{background:#fff;border:1px solid #ddd;padding:.6em 1em;margin:.6em 0}
 """
 
@@ -118,8 +119,8 @@ def device_url(device_id: str) -> str:
     return f"/console/devices/{quote(device_id, safe='')}"
 
 
-def badge(text: object) -> str:
-    return f'<span class="badge {e(text)}">{e(text)}</span>'
+def badge(text: object, prefix: str = "") -> str:
+    return f'<span class="badge {prefix}{e(text)}">{e(text)}</span>'
 
 
 def layout(title: str, body: str, *, nav: str, operator: bool, csrf: str | None, live_ms: int = 0,
@@ -330,8 +331,9 @@ def rollout_page(st: Mapping[str, Any], now: float, *, operator: bool, csrf: str
         start = r.get("created_at") or 0
         for h in hist:
             t = h.get("time") or start
-            rows.append(f'<tr class="decision {e(h.get("kind"))}"><td class=t>{when(t)}</td>'
-                        f"<td class=t>+{duration(t - start)}</td><td class=l>{badge(h.get('kind'))}</td>"
+            rows.append(f'<tr class="decision" data-kind="{e(h.get("kind"))}"><td class=t>{when(t)}</td>'
+                        f"<td class=t>+{duration(t - start)}</td>"
+                        f"<td class=l>{badge(h.get('kind'), 'k-')}</td>"
                         f"<td class=l>{e(h.get('message'))}{_numbers(h.get('numbers'))}</td></tr>")
         out.append("<table class=timeline><tr><th>time (UTC)</th><th>since start</th>"
                    "<th class=l>decision</th><th class=l>what and why</th></tr>" + "".join(rows) + "</table>")

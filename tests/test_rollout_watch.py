@@ -1,0 +1,119 @@
+"""`mpota rollout status` for scripts and people: exit status by state, --wait, --watch, and the
+server's log line for every gate decision (with its numbers)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from host_tools.keys import generate_key
+from host_tools.server.app import ServerConfig, make_publisher
+from host_tools.server.auth import operator_token
+from host_tools.server.harness import HttpClient, ServerThread, SimDevice, publish_test_release
+
+BOARD = "esp32-generic-4mb"
+SECRET = b"\x57" * 32
+OP = operator_token(SECRET)
+MPOTA = str(Path(sys.executable).with_name("mpota"))
+PLAN = {"soak": 0, "stages": [{"name": "canary"}, {"name": "pilot", "min_finished": 2},
+                              {"name": "general", "batch_size_percentage": 50}]}
+
+
+@pytest.fixture()
+def served(tmp_path: Path) -> Iterator[tuple[ServerThread, list[SimDevice]]]:
+    key = tmp_path / "rollout.pem"
+    generate_key(key, "both")
+    feed = tmp_path / "feed"
+    publish_test_release(feed, tmp_path / "work", key, "1.0.0", BOARD, channel="stable")
+    publish_test_release(feed, tmp_path / "work", key, "1.1.0", BOARD)
+    config = ServerConfig(feed_dir=feed, db_url=f"sqlite:///{tmp_path / 'db.sqlite'}", fleet_secret=SECRET,
+                          tick_s=0.1)
+    with ServerThread(config, make_publisher(feed, str(key))) as srv:
+        devices = [SimDevice(srv.url, SECRET, name, group)
+                   for name, group in (("c1", "canary"), ("p1", "pilot"), ("p2", "pilot"), ("g1", "general"))]
+        for d in devices:
+            assert d.register(SECRET) == 200
+        c = HttpClient(srv.url)
+        status, _, data = c.request("POST", "/v1/rollouts", json.dumps(
+            {"board": BOARD, "channel": "stable", "version": "1.1.0", "plan": PLAN, "id": "r-w"}).encode(),
+            {"Authorization": f"Bearer {OP}"})
+        c.close()
+        assert status == 201, data
+        yield srv, devices
+        for d in devices:
+            d.close()
+
+
+def _cli(srv: ServerThread, *args: str) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MPOTA_")}
+    return subprocess.Popen([MPOTA, "rollout", "status", "r-w", "--server", srv.url, "--token", OP, *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def _step(srv: ServerThread) -> str:
+    c = HttpClient(srv.url)
+    _, _, data = c.request("GET", "/v1/rollouts/r-w", headers={"Authorization": f"Bearer {OP}"})
+    c.close()
+    return str(json.loads(data)["step"]["stage"])
+
+
+def test_wait_blocks_until_the_gate_pauses_and_exits_3(served: tuple[ServerThread, list[SimDevice]],
+                                                        capfd: pytest.CaptureFixture[str]) -> None:
+    srv, devices = served
+    assert _cli(srv).wait(30) == 0  # active: 0
+    waiting = _cli(srv, "--wait", "--interval", "0.1")
+    time.sleep(0.5)
+    assert waiting.poll() is None  # still active: it blocks
+    c1, p1, p2, _ = devices
+    assert all(code == 200 for code in c1.update("r-w", "1.1.0", "confirmed"))
+    deadline = time.monotonic() + 20
+    while _step(srv) != "pilot":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    for d in (p1, p2):
+        assert all(code == 200 for code in d.update("r-w", "1.1.0", "rolled_back"))
+    out, err = waiting.communicate(timeout=30)
+    assert waiting.returncode == 3, (out, err)
+    assert "PAUSED" in out and "pilot: failure rate 100.0% > 20%" in out
+    assert _cli(srv).wait(30) == 3  # paused: 3, without --wait too
+    # the server said each decision on its log, the pause with the numbers behind it
+    log = capfd.readouterr().err
+    assert "rollout r-w: advance: step 2/4: canary passed" in log
+    pause = next(line for line in log.splitlines() if "rollout r-w: auto-pause: pilot: failure rate" in line)
+    assert '"rolled_back": 2' in pause
+    # aborted: 4
+    c = HttpClient(srv.url)
+    assert c.request("POST", "/v1/rollouts/r-w/abort", b"{}", {"Authorization": f"Bearer {OP}"})[0] == 200
+    c.close()
+    assert _cli(srv).wait(30) == 4
+
+
+def test_watch_redraws_until_the_rollout_ends(served: tuple[ServerThread, list[SimDevice]]) -> None:
+    srv, devices = served
+    watching = _cli(srv, "--watch", "--interval", "0.1")
+    time.sleep(0.5)
+    assert watching.poll() is None
+    assert all(code == 200 for code in devices[0].update("r-w", "1.1.0", "confirmed"))
+    time.sleep(0.5)
+    c = HttpClient(srv.url)
+    assert c.request("POST", "/v1/rollouts/r-w/abort", b"{}", {"Authorization": f"Bearer {OP}"})[0] == 200
+    c.close()
+    out, _ = watching.communicate(timeout=30)
+    assert watching.returncode == 4
+    frames = out.split("--- ")
+    assert len(frames) >= 3  # a new table each time something changed (not a terminal: no redraw codes)
+    assert "ACTIVE" in frames[1] and "ABORTED" in frames[-1] and "\x1b[" not in out
+
+
+def test_gives_up_after_the_timeout(served: tuple[ServerThread, list[SimDevice]]) -> None:
+    srv, _ = served
+    proc = _cli(srv, "--wait", "--interval", "0.1", "--wait-timeout", "0.5")
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 5 and "still active after 0.5 s" in err
