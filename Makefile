@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: demo test lint typecheck unit bench clean browser
+.PHONY: demo test lint typecheck unit bench clean browser postgres
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -24,7 +24,11 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/python tests/typecheck_device.py
 
-unit: $(STAMP) browser
+# Debian's PostgreSQL server for the store's PostgreSQL tests (installed if missing and we are root)
+postgres:
+	@.ci/ensure-postgres
+
+unit: $(STAMP) browser postgres
 	$(BIN)/pytest -n 2 -q
 
 # The console's browser tests drive Debian's Chromium headless through chromedriver; install
@@ -42,7 +46,7 @@ browser:
 
 test: lint typecheck unit
 
-bench: $(STAMP)
+bench: $(STAMP) postgres
 	$(BIN)/python -m bench
 
 clean:

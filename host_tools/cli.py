@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "deploy",      # deploy
     "fleet",       # fleet secret, fleet token
     "serve",       # serve
+    "db",          # db migrate, db check
     "rollout",     # rollout start|status|pause|resume|abort|rollback
     "devices",     # devices
 )

@@ -65,3 +65,32 @@ def port() -> Iterator[str]:
     finally:
         os.close(master)
         os.close(slave)
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Any]:
+    """One throwaway PostgreSQL server per test session (worker), started on first use."""
+    from sim.pgcluster import PgCluster, why_unavailable
+
+    reason = why_unavailable()
+    if reason is not None:
+        pytest.skip(f"PostgreSQL tests: {reason}")
+    cluster = PgCluster()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def pg_url(pg_cluster: Any) -> str:
+    """A fresh empty database on the session's PostgreSQL server."""
+    return str(pg_cluster.create_database())
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh database URL, once per backend: tests taking it run on SQLite and PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'db.sqlite'}"
+    return str(request.getfixturevalue("pg_url"))

@@ -14,12 +14,15 @@ def register(sub: Any) -> None:
                     "POST /v1/devices, the rollout API used by `mpota rollout` (operator token = "
                     "HMAC-SHA256(fleet secret, 'mpota operator'); see `mpota fleet token --operator`) and a "
                     "rollout console at / (operator login with the operator token). "
-                    "State lives in SQLite (WAL); a report answered 2xx is committed.",
+                    "State lives in SQLite (WAL) or PostgreSQL (--db postgresql://...: several replicas "
+                    "may share it and one feed folder); a report answered 2xx is committed.",
         epilog="Without --fleet-secret the report and operator endpoints answer 503; without --rollout-key "
                "rollouts cannot start (channel documents are signed by the rollout key).")
     p.add_argument("--feed", "-f", required=True, metavar="DIR", help="feed root folder")
     p.add_argument("--db", metavar="URL",
-                   help="database, sqlite:///PATH (default sqlite:///<feed parent>/mpota.db)")
+                   help="database: sqlite:///PATH (default sqlite:///<feed parent>/mpota.db) or "
+                        "postgresql://USER@HOST:PORT/DBNAME (needs mpota[postgres]; the schema is migrated "
+                        "on start)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 = any free port)")
     p.add_argument("--fleet-secret", metavar="PATH", help="fleet secret (`mpota fleet secret`)")

@@ -54,7 +54,14 @@ from host_tools.server.ingest import (
 )
 from host_tools.server.orchestrator import ChannelPublisher, Orchestrator, RolloutError, RolloutNotFound
 from host_tools.server.plans import PlanError, RolloutPlan
-from host_tools.server.store import ConflictError, SQLiteStore, Store, UnstorableError, parse_db_url
+from host_tools.server.store import (
+    ConflictError,
+    Store,
+    UnstorableError,
+    is_postgres_url,
+    open_store,
+    parse_db_url,
+)
 
 T = TypeVar("T")
 _CONTENT_TYPES = {".json": "application/json", ".bin": "application/octet-stream",
@@ -133,10 +140,14 @@ class MpotaServer:
             raise ServeError(f"feed folder {feed} does not exist")
         self.feed_root = os.path.realpath(feed)
         if store is None:
-            path = parse_db_url(config.db_url or default_db_url(feed)).resolve()
-            if str(path).startswith(self.feed_root + os.sep):
-                raise ServeError(f"the database {path} must not live inside the feed (it would be served)")
-            store = SQLiteStore(path, synchronous=config.synchronous)
+            url = config.db_url or default_db_url(feed)
+            if not is_postgres_url(url):
+                path = parse_db_url(url).resolve()
+                if str(path).startswith(self.feed_root + os.sep):
+                    raise ServeError(f"the database {path} must not live inside the feed "
+                                     f"(it would be served)")
+                url = str(path)
+            store = open_store(url, synchronous=config.synchronous)
         self.store = store
         self.clock = clock
         self.tokens = TokenCache(config.fleet_secret) if config.fleet_secret else None

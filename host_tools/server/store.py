@@ -1,13 +1,16 @@
 """Server state behind one interface: devices, events, rollout progress, rollouts.
 
-``Store`` is what the app and the orchestrator use; ``SQLiteStore`` is the embedded default
-(WAL, one transaction per group commit). A PostgreSQL backend would implement the same
-methods; nothing outside this module imports sqlite3.
+``Store`` is what the app and the orchestrator use. ``SQLStore`` holds the SQL both backends
+share (one text per query, qmark parameters); ``SQLiteStore`` is the embedded default (WAL, one
+transaction per group commit) and store_pg.PostgresStore the one several replicas share.
+The schema and its versions live in migrations.py; ``plan_ingest`` works out what a batch of
+reports writes, the same way for both.
 
-Threading: write methods are meant to run on one writer thread (the app's DB executor), reads on
-any thread (each thread gets its own connection; WAL lets readers run beside the writer).
+SQLite threading: write methods are meant to run on one writer thread (the app's DB executor),
+reads on any thread (each thread gets its own connection; WAL lets readers run beside the writer).
 The writer keeps two caches that only it touches: last report seq per device and the rollout
 progress of recently seen devices, so the replay check and the progress update need no SELECT.
+(PostgreSQL may have several writers, so it keeps no cache: see store_pg.)
 """
 
 from __future__ import annotations
@@ -18,13 +21,14 @@ import sqlite3
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from host_tools.errors import MpotaError
+from host_tools.server import migrations
 
 # A validated report, as the app hands it over (see ingest.validate_report).
 Report = dict[str, Any]
@@ -192,37 +196,9 @@ class Store(ABC):
     def history(self, rollout_id: str) -> list[dict[str, Any]]: ...
 
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS devices (
-    device_id TEXT PRIMARY KEY, board TEXT, grp TEXT, registered_at REAL, first_seen REAL,
-    last_seen REAL, version TEXT, slot TEXT, last_event TEXT, last_event_at REAL, health TEXT,
-    free_mem INTEGER, rollout TEXT, target TEXT, last_seq INTEGER NOT NULL DEFAULT -1,
-    claimed_grp TEXT, channel TEXT);
-CREATE INDEX IF NOT EXISTS devices_board ON devices(board);
-CREATE TABLE IF NOT EXISTS events (
-    id INTEGER PRIMARY KEY, received REAL NOT NULL, device_id TEXT NOT NULL, seq INTEGER NOT NULL,
-    event TEXT NOT NULL, device_time INTEGER, uptime_ms INTEGER, board TEXT, grp TEXT, version TEXT,
-    slot TEXT, rollout TEXT, target TEXT, detail TEXT);
-CREATE UNIQUE INDEX IF NOT EXISTS events_device ON events(device_id, seq);
-CREATE TABLE IF NOT EXISTS progress (
-    rollout_id TEXT NOT NULL, device_id TEXT NOT NULL, status TEXT, started_at REAL, finished_at REAL,
-    health_failed INTEGER NOT NULL DEFAULT 0, updated_at REAL, accepted INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (rollout_id, device_id)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS rollouts (
-    id TEXT PRIMARY KEY, board TEXT NOT NULL, channel TEXT NOT NULL, state TEXT NOT NULL,
-    revision INTEGER NOT NULL, body TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS history (
-    id INTEGER PRIMARY KEY, rollout_id TEXT NOT NULL, time REAL NOT NULL, kind TEXT NOT NULL,
-    message TEXT NOT NULL, numbers TEXT);
-CREATE INDEX IF NOT EXISTS history_rollout ON history(rollout_id, id);
-"""
-
 _DEVICE_COLS = ("device_id", "board", "grp", "registered_at", "first_seen", "last_seen", "version", "slot",
                 "last_event", "last_event_at", "health", "free_mem", "rollout", "target", "last_seq",
                 "claimed_grp", "channel")
-# Columns older databases lack (added on open).
-_MIGRATIONS = (("devices", "claimed_grp", "TEXT"), ("devices", "channel", "TEXT"),
-               ("progress", "accepted", "INTEGER NOT NULL DEFAULT 0"))
 
 # A report's group is only what the device claims (claimed_grp); its board counts until an
 # operator registered the device.
@@ -231,15 +207,17 @@ INSERT INTO devices (device_id, board, claimed_grp, first_seen, last_seen, versi
                      last_event_at, health, free_mem, rollout, target, last_seq)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT(device_id) DO UPDATE SET
-    board = CASE WHEN registered_at IS NULL THEN COALESCE(excluded.board, board) ELSE board END,
-    claimed_grp = COALESCE(excluded.claimed_grp, claimed_grp),
-    first_seen = COALESCE(first_seen, excluded.first_seen), last_seen = excluded.last_seen,
-    version = COALESCE(excluded.version, version), slot = COALESCE(excluded.slot, slot),
-    last_event = COALESCE(excluded.last_event, last_event),
-    last_event_at = COALESCE(excluded.last_event_at, last_event_at),
-    health = COALESCE(excluded.health, health), free_mem = COALESCE(excluded.free_mem, free_mem),
-    rollout = COALESCE(excluded.rollout, rollout), target = COALESCE(excluded.target, target),
-    last_seq = max(last_seq, excluded.last_seq)
+    board = CASE WHEN devices.registered_at IS NULL THEN COALESCE(excluded.board, devices.board)
+            ELSE devices.board END,
+    claimed_grp = COALESCE(excluded.claimed_grp, devices.claimed_grp),
+    first_seen = COALESCE(devices.first_seen, excluded.first_seen), last_seen = excluded.last_seen,
+    version = COALESCE(excluded.version, devices.version), slot = COALESCE(excluded.slot, devices.slot),
+    last_event = COALESCE(excluded.last_event, devices.last_event),
+    last_event_at = COALESCE(excluded.last_event_at, devices.last_event_at),
+    health = COALESCE(excluded.health, devices.health),
+    free_mem = COALESCE(excluded.free_mem, devices.free_mem),
+    rollout = COALESCE(excluded.rollout, devices.rollout), target = COALESCE(excluded.target, devices.target),
+    last_seq = CASE WHEN excluded.last_seq > devices.last_seq THEN excluded.last_seq ELSE devices.last_seq END
 """
 
 _dumps = json.JSONEncoder(separators=(",", ":")).encode
@@ -261,19 +239,30 @@ ON CONFLICT(rollout_id, device_id) DO UPDATE SET status = excluded.status,
 """
 
 
+def is_postgres_url(url: str) -> bool:
+    return url.startswith(("postgres://", "postgresql://"))
+
+
 def parse_db_url(url: str) -> Path:
     """sqlite:///relative/path, sqlite:////absolute/path, or a plain path."""
     if url.startswith("sqlite:///"):
         return Path(url[len("sqlite:///"):])
-    if url.startswith(("postgres://", "postgresql://")):
-        raise StoreError("the PostgreSQL backend is not built yet; use sqlite:///PATH")
     if "://" in url:
-        raise StoreError(f"unsupported database URL {url!r} (use sqlite:///PATH)")
+        raise StoreError(f"unsupported database URL {url.split('://')[0]}://... "
+                         f"(use sqlite:///PATH or postgresql://USER@HOST:PORT/DBNAME)")
     return Path(url)
 
 
-def open_store(url: str) -> Store:
-    return SQLiteStore(parse_db_url(url))
+def open_store(url: str, synchronous: str = "NORMAL", migrate: bool = True) -> SQLStore:
+    """The store a URL names: postgresql://... (several replicas may share it) or SQLite."""
+    if is_postgres_url(url):
+        try:
+            from host_tools.server.store_pg import PostgresStore
+        except ImportError:
+            raise StoreError("a postgresql:// database needs psycopg: "
+                             "pip install 'mpota[postgres]'") from None
+        return PostgresStore(url, migrate=migrate)
+    return SQLiteStore(parse_db_url(url), synchronous=synchronous, migrate=migrate)
 
 
 def advance_progress(p: _Progress | None, event: str, now: float, reason: object = None) -> _Progress:
@@ -307,184 +296,135 @@ def advance_progress(p: _Progress | None, event: str, now: float, reason: object
     return _Progress(status, started, finished, health, accepted, dirty=True)
 
 
-class SQLiteStore(Store):
-    def __init__(self, path: str | os.PathLike[str], synchronous: str = "NORMAL") -> None:
-        self.path = Path(path)
-        self.synchronous = synchronous
-        self._local = threading.local()
-        self._lock = threading.RLock()
-        self._seq: dict[str, int] = {}
-        self._progress: dict[tuple[str, str], _Progress] = {}
-        self._all: list[sqlite3.Connection] = []
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = self._conn()
-            conn.executescript(_SCHEMA)
-            self._migrate(conn)
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open database {self.path}: {exc}") from None
-        except OSError as exc:
-            raise StoreError(f"cannot open database {self.path}: {exc.strerror}") from None
+_PROGRESS_OF = ("SELECT status, started_at, finished_at, health_failed, accepted FROM progress "
+                "WHERE rollout_id = ? AND device_id = ?")
+_TEXT_FIELDS = ("event", "board", "group", "version", "slot", "rollout", "target")
 
-    @staticmethod
-    def _migrate(conn: sqlite3.Connection) -> None:
-        for table, column, kind in _MIGRATIONS:
-            if column not in {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}:
-                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
-                if column == "claimed_grp":  # groups of devices no operator registered were claims
-                    conn.execute("UPDATE devices SET claimed_grp = grp, grp = NULL "
-                                 "WHERE registered_at IS NULL")
 
-    def _conn(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute(f"PRAGMA synchronous={self.synchronous}")
-            conn.execute("PRAGMA foreign_keys=OFF")
-            self._local.conn = conn
-            with self._lock:
-                self._all.append(conn)
-        return conn
+@dataclass
+class IngestPlan:
+    """What one group commit writes, worked out before the transaction (the same on both backends)."""
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+    results: list[IngestResult]
+    events: list[tuple[Any, ...]]
+    devices: dict[str, list[Any]]
+    new_seq: dict[str, int]
+    progress: dict[tuple[str, str], _Progress]
 
-    def close(self) -> None:
-        with self._lock:
-            for conn in self._all:
-                try:
-                    conn.close()
-                except sqlite3.Error:
-                    pass
-            self._all.clear()
-        self._local = threading.local()
+    def progress_rows(self, now: float) -> list[tuple[Any, ...]]:
+        return [(k[0], k[1], p.status, p.started_at, p.finished_at, p.health_failed, now, p.accepted)
+                for k, p in self.progress.items()]
 
-    # ---------------------------------------------------------------- ingest
-    def ingest(self, requests: Sequence[tuple[str, Sequence[Report]]], now: float) -> list[IngestResult]:
-        with self._lock:
-            try:
-                return self._ingest(requests, now)
-            except (sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.DataError, OverflowError,
-                    UnicodeError, ValueError, TypeError) as exc:  # what this request holds
-                raise UnstorableError(f"cannot store: {type(exc).__name__}: {str(exc)[:120]}") from None
 
-    def _ingest(self, requests: Sequence[tuple[str, Sequence[Report]]], now: float) -> list[IngestResult]:
-        conn = self._conn()
-        results: list[IngestResult] = []
-        events: list[tuple[Any, ...]] = []
-        devices: dict[str, list[Any]] = {}
-        new_seq: dict[str, int] = {}
-        pending: set[tuple[str, int]] = set()  # (device, seq) stored by earlier requests of this commit
-        new_progress: dict[tuple[str, str], _Progress] = {}
-        for device_id, reports in requests:
-            result = IngestResult()
-            results.append(result)
-            top = new_seq.get(device_id)
-            if top is None:
-                top = self._seq.get(device_id)
-                if top is None:
-                    row = conn.execute(_LAST_SEQ, (device_id,)).fetchone()
-                    top = -1 if row is None else int(row[0])
-            # all or nothing: one seq seen before (exact match) and the request changes nothing
-            for r in reports:
-                seq = r["seq"]
-                if seq <= top and ((device_id, seq) in pending or conn.execute(
-                        "SELECT 1 FROM events WHERE device_id = ? AND seq = ?", (device_id, seq)).fetchone()):
-                    result.duplicates += 1
-            if result.duplicates:
-                continue
-            dev = devices.get(device_id)
-            if dev is None:
-                dev = [device_id, None, None, now, now] + [None] * 8 + [top]
-                devices[device_id] = dev
-            newest = None
-            for r in reports:
-                seq = r["seq"]
-                pending.add((device_id, seq))
-                event = r["event"]
-                detail = r.get("detail")
-                rollout = r.get("rollout")
-                events.append((now, device_id, seq, event, r.get("time"), r.get("uptime_ms"), r.get("board"),
-                               r.get("group"), r.get("version"), r.get("slot"), rollout,
-                               r.get("target"), None if detail is None else _dumps(detail)))
-                if seq > top:  # the newest report describes the device; a late older one only counts as seen
-                    top = seq
-                    newest = r
-                if event == "health_failed":
-                    check = detail.get("check") if detail else None
-                    dev[9] = f"failed:{check}" if isinstance(check, str) else "failed"
-                if rollout and event in PROGRESS_EVENTS:
-                    pkey = (rollout, device_id)
-                    cur = new_progress.get(pkey)
-                    if cur is None:
-                        cur = self._progress.get(pkey)
-                    if cur is None:
-                        row = conn.execute(
-                            "SELECT status, started_at, finished_at, health_failed, accepted "
-                            "FROM progress WHERE rollout_id = ? AND device_id = ?", pkey).fetchone()
-                        if row is not None:
-                            cur = _Progress(row[0], row[1], row[2], int(row[3]), int(row[4]))
-                    new_progress[pkey] = advance_progress(cur, event, now,
-                                                          detail.get("reason") if detail else None)
-                    result.progress = True
-            result.accepted = len(reports)
-            if newest is not None:
-                r = newest
-                dev[13] = top
-                for i, name in _INVENTORY_FIELDS:
-                    v = r.get(name)
-                    if v is not None:
-                        dev[i] = v
-                event = dev[7] = r["event"]
-                dev[8] = now
-                detail = r.get("detail")
-                if detail:
-                    h = detail.get("health")
-                    if type(h) is str:
-                        dev[9] = h[:32]
-                    f = detail.get("free")
-                    if type(f) is int:
-                        dev[10] = f
-                if event == "confirmed":
-                    dev[9] = "ok"
-                elif event == "health_failed":
-                    check = detail.get("check") if detail else None
-                    dev[9] = f"failed:{check}" if isinstance(check, str) else "failed"
-            dev[4] = now
-            new_seq[device_id] = top
-        if events:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                conn.executemany(_INSERT_EVENT, events)
-                conn.executemany(_UPSERT_DEVICE, devices.values())
-                if new_progress:
-                    conn.executemany(_UPSERT_PROGRESS, [
-                        (k[0], k[1], p.status, p.started_at, p.finished_at, p.health_failed, now, p.accepted)
-                        for k, p in new_progress.items()])
-                conn.execute("COMMIT")
-            except BaseException:
-                try:
-                    conn.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
-                raise
-        # caches only move forward once the transaction is durable
-        if len(self._seq) > 500_000:
-            self._seq.clear()
-        self._seq.update(new_seq)
-        if len(self._progress) > 200_000:
-            self._progress.clear()
-        self._progress.update(new_progress)
-        return results
+def plan_ingest(requests: Sequence[tuple[str, Sequence[Report]]], now: float,
+                last_seq: Callable[[str], int], seen: Callable[[str, int], bool],
+                progress_of: Callable[[tuple[str, str]], _Progress | None]) -> IngestPlan:
+    """The rows a batch of requests writes. last_seq: the device's highest stored seq (-1: none);
+    seen(device, seq): that seq is already stored (only asked for seq <= last_seq); progress_of:
+    the stored progress of (rollout, device). A request holding a seq seen before is refused whole."""
+    results: list[IngestResult] = []
+    events: list[tuple[Any, ...]] = []
+    devices: dict[str, list[Any]] = {}
+    new_seq: dict[str, int] = {}
+    pending: set[tuple[str, int]] = set()  # (device, seq) stored by earlier requests of this commit
+    new_progress: dict[tuple[str, str], _Progress] = {}
+    for device_id, reports in requests:
+        result = IngestResult()
+        results.append(result)
+        top = new_seq.get(device_id)
+        if top is None:
+            top = last_seq(device_id)
+        # all or nothing: one seq seen before (exact match) and the request changes nothing
+        for r in reports:
+            seq = r["seq"]
+            if seq <= top and ((device_id, seq) in pending or seen(device_id, seq)):
+                result.duplicates += 1
+            for name in _TEXT_FIELDS:  # PostgreSQL text cannot hold NUL: refused alike on both backends
+                v = r.get(name)
+                if v is not None and "\x00" in v:
+                    raise UnstorableError(f"{name} holds a NUL character")
+        if result.duplicates:
+            continue
+        dev = devices.get(device_id)
+        if dev is None:
+            dev = [device_id, None, None, now, now] + [None] * 8 + [top]
+            devices[device_id] = dev
+        newest = None
+        for r in reports:
+            seq = r["seq"]
+            pending.add((device_id, seq))
+            event = r["event"]
+            detail = r.get("detail")
+            rollout = r.get("rollout")
+            events.append((now, device_id, seq, event, r.get("time"), r.get("uptime_ms"), r.get("board"),
+                           r.get("group"), r.get("version"), r.get("slot"), rollout,
+                           r.get("target"), None if detail is None else _dumps(detail)))
+            if seq > top:  # the newest report describes the device; a late older one only counts as seen
+                top = seq
+                newest = r
+            if event == "health_failed":
+                check = detail.get("check") if detail else None
+                dev[9] = f"failed:{check}" if isinstance(check, str) else "failed"
+            if rollout and event in PROGRESS_EVENTS:
+                pkey = (rollout, device_id)
+                cur = new_progress.get(pkey)
+                if cur is None:
+                    cur = progress_of(pkey)
+                new_progress[pkey] = advance_progress(cur, event, now,
+                                                      detail.get("reason") if detail else None)
+                result.progress = True
+        result.accepted = len(reports)
+        if newest is not None:
+            r = newest
+            dev[13] = top
+            for i, name in _INVENTORY_FIELDS:
+                v = r.get(name)
+                if v is not None:
+                    dev[i] = v
+            event = dev[7] = r["event"]
+            dev[8] = now
+            detail = r.get("detail")
+            if detail:
+                h = detail.get("health")
+                if type(h) is str:
+                    dev[9] = h[:32]
+                f = detail.get("free")
+                if type(f) is int:
+                    dev[10] = f
+            if event == "confirmed":
+                dev[9] = "ok"
+            elif event == "health_failed":
+                check = detail.get("check") if detail else None
+                dev[9] = f"failed:{check}" if isinstance(check, str) else "failed"
+        dev[4] = now
+        new_seq[device_id] = top
+    return IngestPlan(results, events, devices, new_seq, new_progress)
+
+
+class SQLStore(Store):
+    """The SQL both backends share (qmark parameters; the PostgreSQL store translates them).
+    Subclasses give connections (_conn: this thread's, autocommit), transactions (_tx) and ingest."""
+
+    dialect = "sqlite"
+    _lock: threading.RLock
+    _for_update = ""  # row locks where the database has them (SQLite's BEGIN IMMEDIATE locks all)
+    _integrity_errors: tuple[type[Exception], ...] = (sqlite3.IntegrityError,)
+
+    @abstractmethod
+    def _conn(self) -> Any: ...
+
+    @abstractmethod
+    def _tx(self) -> AbstractContextManager[Any]: ...
+
+    def _forget(self, device_id: str | None = None, rollout_id: str | None = None) -> None:
+        """Drop what a writer cache holds about a device or a rollout (SQLite's writer caches)."""
+
+    def migrate(self) -> list[tuple[int, str]]:
+        """Apply the schema migrations this database lacks; returns them (version, name)."""
+        return migrations.migrate(self.dialect, self._tx, time.time())
+
+    def schema_status(self) -> migrations.SchemaStatus:
+        return migrations.status(self._conn(), self.dialect)
 
     def register_device(self, device_id: str, board: str | None, group: str | None, now: float,
                         reset_seq: bool = False, *, channel: str | None = None,
@@ -494,27 +434,28 @@ class SQLiteStore(Store):
                 conn.execute(
                     "INSERT INTO devices (device_id, board, grp, channel, registered_at) "
                     "VALUES (?, ?, ?, ?, ?) "
-                    "ON CONFLICT(device_id) DO UPDATE SET board = COALESCE(excluded.board, board), "
-                    "grp = COALESCE(excluded.grp, grp), channel = COALESCE(excluded.channel, channel), "
+                    "ON CONFLICT(device_id) DO UPDATE SET board = COALESCE(excluded.board, devices.board), "
+                    "grp = COALESCE(excluded.grp, devices.grp), "
+                    "channel = COALESCE(excluded.channel, devices.channel), "
                     "registered_at = excluded.registered_at",
                     (device_id, board, group, channel, now))
             else:
                 conn.execute(
                     "INSERT INTO devices (device_id, board, claimed_grp, first_seen) VALUES (?, ?, ?, ?) "
                     "ON CONFLICT(device_id) DO UPDATE SET "
-                    "board = CASE WHEN registered_at IS NULL THEN COALESCE(excluded.board, board) "
-                    "ELSE board END, "
-                    "claimed_grp = COALESCE(excluded.claimed_grp, claimed_grp)",
+                    "board = CASE WHEN devices.registered_at IS NULL "
+                    "THEN COALESCE(excluded.board, devices.board) ELSE devices.board END, "
+                    "claimed_grp = COALESCE(excluded.claimed_grp, devices.claimed_grp)",
                     (device_id, board, group, now))
             if reset_seq:
                 # The board starts counting again (flash erased). Earlier events stay, with their seq
                 # moved below every earlier one (negative: outside the replay check, seqs are >= 0).
-                low = conn.execute("SELECT min(0, coalesce(min(seq), 0)) FROM events WHERE device_id = ?",
-                                   (device_id,)).fetchone()[0]
+                low = min(0, conn.execute("SELECT coalesce(min(seq), 0) FROM events WHERE device_id = ?",
+                                          (device_id,)).fetchone()[0])
                 conn.execute("UPDATE events SET seq = seq - ? + ? WHERE device_id = ? AND seq >= 0",
                              (1 << 53, low, device_id))
                 conn.execute("UPDATE devices SET last_seq = -1 WHERE device_id = ?", (device_id,))
-                self._seq.pop(device_id, None)
+                self._forget(device_id=device_id)
         device = self.get_device(device_id)
         assert device is not None
         return device
@@ -565,7 +506,7 @@ class SQLiteStore(Store):
                          ("by_board", "board"), ("by_health", "health"), ("by_last_event", "last_event")):
             rows = conn.execute(f"SELECT {col}, count(*) FROM devices GROUP BY {col} ORDER BY 2 DESC")
             summary[key] = {str(k) if k is not None else "-": n for k, n in rows}
-        summary["events"] = conn.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0]
+        summary["events"] = conn.execute("SELECT count(*) FROM events").fetchone()[0]
         return summary
 
     def rollout_progress(self, board: str, rollout_id: str) -> list[DeviceProgress]:
@@ -592,26 +533,29 @@ class SQLiteStore(Store):
                 "UPDATE progress SET accepted = 1 WHERE rollout_id = ? AND accepted = 0 AND "
                 "(status IN ('failed', 'rolled_back') OR health_failed = 1 OR "
                 "(status = 'started' AND started_at <= ?))", (rollout_id, timed_out_before))
-            for key in [k for k in self._progress if k[0] == rollout_id]:
-                del self._progress[key]  # the writer reads them again
+            self._forget(rollout_id=rollout_id)  # the writer reads them again
             return int(cur.rowcount)
 
     # ---------------------------------------------------------------- rollouts
     def create_rollout(self, rollout: Rollout) -> None:
-        with self._lock, self._tx() as conn:
-            if conn.execute("SELECT 1 FROM rollouts WHERE id = ?", (rollout.id,)).fetchone():
-                raise ConflictError(f"rollout {rollout.id} already exists")
-            row = conn.execute(
-                "SELECT id, state FROM rollouts WHERE board = ? AND channel = ? "
-                "AND state IN ('active', 'paused')",
-                (rollout.board, rollout.channel)).fetchone()
-            if row:
-                raise ConflictError(f"rollout {row[0]} on {rollout.board}/{rollout.channel} is still "
-                                    f"{row[1]}; abort it first")
-            conn.execute("INSERT INTO rollouts (id, board, channel, state, revision, body) "
-                         "VALUES (?, ?, ?, ?, ?, ?)",
-                         (rollout.id, rollout.board, rollout.channel, rollout.state, rollout.revision,
-                          json.dumps(rollout.to_dict())))
+        try:
+            with self._lock, self._tx() as conn:
+                if conn.execute("SELECT 1 FROM rollouts WHERE id = ?", (rollout.id,)).fetchone():
+                    raise ConflictError(f"rollout {rollout.id} already exists")
+                row = conn.execute(
+                    "SELECT id, state FROM rollouts WHERE board = ? AND channel = ? "
+                    "AND state IN ('active', 'paused')",
+                    (rollout.board, rollout.channel)).fetchone()
+                if row:
+                    raise ConflictError(f"rollout {row[0]} on {rollout.board}/{rollout.channel} is still "
+                                        f"{row[1]}; abort it first")
+                conn.execute("INSERT INTO rollouts (id, board, channel, state, revision, body) "
+                             "VALUES (?, ?, ?, ?, ?, ?)",
+                             (rollout.id, rollout.board, rollout.channel, rollout.state, rollout.revision,
+                              json.dumps(rollout.to_dict())))
+        except self._integrity_errors:  # another replica created one meanwhile (unique indexes)
+            raise ConflictError(f"rollout {rollout.id} or another open rollout on {rollout.board}/"
+                                f"{rollout.channel} was created meanwhile") from None
 
     def save_rollout(self, rollout: Rollout, expect_revision: int) -> None:
         with self._lock, self._tx() as conn:
@@ -623,7 +567,8 @@ class SQLiteStore(Store):
 
     def mark_published(self, rollout_id: str, revision: int, seq: int) -> None:
         with self._lock, self._tx() as conn:
-            row = conn.execute("SELECT body FROM rollouts WHERE id = ?", (rollout_id,)).fetchone()
+            row = conn.execute("SELECT body FROM rollouts WHERE id = ?" + self._for_update,
+                               (rollout_id,)).fetchone()
             if row is None:
                 raise StoreError(f"no rollout {rollout_id}")
             r = Rollout.from_dict(json.loads(row[0]))
@@ -632,6 +577,39 @@ class SQLiteStore(Store):
                 r.published_seq = seq
                 conn.execute("UPDATE rollouts SET body = ? WHERE id = ?",
                              (json.dumps(r.to_dict()), rollout_id))
+
+    def publish_channel(self, board: str, channel: str, rollout_id: str, revision: int, floor_seq: int,
+                        sign: Callable[[int], bytes]) -> tuple[int, bytes] | None:
+        """Sign the channel document of the rollout's `revision` with the next seq and record it
+        (and the rollout as published) in one transaction. seq = max(last recorded, floor_seq) + 1:
+        it only grows, whichever replica publishes and across failovers. None when the rollout has
+        moved past `revision` or it is already published (whoever made the newer one publishes it)."""
+        with self._lock, self._tx() as conn:
+            row = conn.execute("SELECT revision, body FROM rollouts WHERE id = ?" + self._for_update,
+                               (rollout_id,)).fetchone()
+            if row is None:
+                raise StoreError(f"no rollout {rollout_id}")
+            r = Rollout.from_dict(json.loads(row[1]))
+            if int(row[0]) != revision or r.published_revision >= revision:
+                return None
+            conn.execute("INSERT INTO channels (board, channel, seq, body) VALUES (?, ?, 0, ?) "
+                         "ON CONFLICT(board, channel) DO NOTHING", (board, channel, b""))
+            last = conn.execute("SELECT seq FROM channels WHERE board = ? AND channel = ?" + self._for_update,
+                                (board, channel)).fetchone()[0]
+            seq = max(int(last), floor_seq) + 1
+            body = sign(seq)
+            conn.execute("UPDATE channels SET seq = ?, body = ?, rollout_id = ?, revision = ?, "
+                         "updated_at = ? WHERE board = ? AND channel = ?",
+                         (seq, body, rollout_id, revision, time.time(), board, channel))
+            r.published_revision, r.published_seq = revision, seq
+            conn.execute("UPDATE rollouts SET body = ? WHERE id = ?", (json.dumps(r.to_dict()), rollout_id))
+            return seq, body
+
+    def channel_docs(self) -> list[tuple[str, str, int, bytes]]:
+        """(board, channel, seq, signed bytes) of every channel document published through the store."""
+        rows = self._conn().execute("SELECT board, channel, seq, body FROM channels WHERE seq > 0 "
+                                    "ORDER BY board, channel").fetchall()
+        return [(b, c, int(q), bytes(d)) for b, c, q, d in rows]
 
     def add_history(self, rollout_id: str, now: float, kind: str, message: str,
                     numbers: dict[str, Any] | None = None) -> None:
@@ -657,6 +635,121 @@ class SQLiteStore(Store):
         return [{"time": t, "kind": k, "message": m, "numbers": json.loads(n) if n else None}
                 for t, k, m, n in rows]
 
+
+
+class SQLiteStore(SQLStore):
+    def __init__(self, path: str | os.PathLike[str], synchronous: str = "NORMAL",
+                 migrate: bool = True) -> None:
+        self.path = Path(path)
+        self.synchronous = synchronous
+        self._local = threading.local()
+        self._lock = threading.RLock()
+        self._seq: dict[str, int] = {}
+        self._progress: dict[tuple[str, str], _Progress] = {}
+        self._all: list[sqlite3.Connection] = []
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if migrate:
+                self.migrate()
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open database {self.path}: {exc}") from None
+        except OSError as exc:
+            raise StoreError(f"cannot open database {self.path}: {exc.strerror}") from None
+
+    def _forget(self, device_id: str | None = None, rollout_id: str | None = None) -> None:
+        if device_id is not None:
+            self._seq.pop(device_id, None)
+        if rollout_id is not None:
+            for key in [k for k in self._progress if k[0] == rollout_id]:
+                del self._progress[key]
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={self.synchronous}")
+            conn.execute("PRAGMA foreign_keys=OFF")
+            self._local.conn = conn
+            with self._lock:
+                self._all.append(conn)
+        return conn
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._all:
+                try:
+                    conn.close()
+                except sqlite3.Error:
+                    pass
+            self._all.clear()
+        self._local = threading.local()
+
+    # ---------------------------------------------------------------- ingest
+    def ingest(self, requests: Sequence[tuple[str, Sequence[Report]]], now: float) -> list[IngestResult]:
+        with self._lock:
+            try:
+                return self._ingest(requests, now)
+            except (sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.DataError, OverflowError,
+                    UnicodeError, ValueError, TypeError) as exc:  # what this request holds
+                raise UnstorableError(f"cannot store: {type(exc).__name__}: {str(exc)[:120]}") from None
+
+    def _ingest(self, requests: Sequence[tuple[str, Sequence[Report]]], now: float) -> list[IngestResult]:
+        conn = self._conn()
+
+        def last_seq(device_id: str) -> int:
+            top = self._seq.get(device_id)
+            if top is None:
+                row = conn.execute(_LAST_SEQ, (device_id,)).fetchone()
+                top = -1 if row is None else int(row[0])
+            return top
+
+        def seen(device_id: str, seq: int) -> bool:
+            return conn.execute("SELECT 1 FROM events WHERE device_id = ? AND seq = ?",
+                                (device_id, seq)).fetchone() is not None
+
+        def progress_of(key: tuple[str, str]) -> _Progress | None:
+            cur = self._progress.get(key)
+            if cur is None:
+                row = conn.execute(_PROGRESS_OF, key).fetchone()
+                if row is not None:
+                    cur = _Progress(row[0], row[1], row[2], int(row[3]), int(row[4]))
+            return cur
+
+        plan = plan_ingest(requests, now, last_seq, seen, progress_of)
+        if plan.events:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.executemany(_INSERT_EVENT, plan.events)
+                conn.executemany(_UPSERT_DEVICE, plan.devices.values())
+                if plan.progress:
+                    conn.executemany(_UPSERT_PROGRESS, plan.progress_rows(now))
+                conn.execute("COMMIT")
+            except BaseException:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+                raise
+        # caches only move forward once the transaction is durable
+        if len(self._seq) > 500_000:
+            self._seq.clear()
+        self._seq.update(plan.new_seq)
+        if len(self._progress) > 200_000:
+            self._progress.clear()
+        self._progress.update(plan.progress)
+        return plan.results
 
 def now() -> float:
     return time.time()

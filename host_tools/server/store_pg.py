@@ -1,0 +1,206 @@
+"""The PostgreSQL backend: the shared SQL of store.SQLStore over a psycopg 3 connection pool.
+
+Several `mpota serve` replicas may write at once, so nothing is cached between transactions and
+every rule that SQLite gets from its single writer is held by the database instead:
+- replay detection: events are inserted with ON CONFLICT (device_id, seq) DO NOTHING; a report
+  the unique index refused marks its request a duplicate and the batch is redone without it;
+- one device's reports are applied one transaction at a time (its devices row is locked, in
+  device-id order so two replicas never deadlock), so rollout progress is never lost to a race;
+- rollout changes are compare-and-set on the revision; channel seqs come from the channels table.
+Queries keep SQLite's qmark (?) parameters; the cursor translates them once per query text.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from host_tools.server.store import (
+    _INSERT_EVENT,
+    _UPSERT_DEVICE,
+    _UPSERT_PROGRESS,
+    PROGRESS_EVENTS,
+    IngestResult,
+    Report,
+    SQLStore,
+    StoreError,
+    UnstorableError,
+    _Progress,
+    plan_ingest,
+)
+
+# One statement for a whole batch of events; the rows the unique index let through come back.
+_INSERT_EVENTS_RETURNING = (
+    _INSERT_EVENT.split("VALUES")[0]
+    + "SELECT * FROM unnest(?::float8[], ?::text[], ?::int8[], ?::text[], ?::int8[], ?::int8[], ?::text[], "
+      "?::text[], ?::text[], ?::text[], ?::text[], ?::text[], ?::text[]) "
+      "ON CONFLICT (device_id, seq) DO NOTHING RETURNING device_id, seq")
+_LOCK_DEVICES = ("INSERT INTO devices (device_id, first_seen, last_seen) "
+                 "SELECT d, ?, ? FROM unnest(?::text[]) AS d ORDER BY d ON CONFLICT (device_id) DO NOTHING")
+_DEVICE_SEQS = ("SELECT device_id, last_seq FROM devices WHERE device_id = ANY(?) "
+                "ORDER BY device_id FOR UPDATE")
+_PROGRESS_OF_MANY = ("SELECT rollout_id, device_id, status, started_at, finished_at, health_failed, accepted "
+                     "FROM progress WHERE (rollout_id, device_id) IN "
+                     "(SELECT * FROM unnest(?::text[], ?::text[]))")
+
+
+@functools.lru_cache(maxsize=1024)
+def _pg(sql: str) -> str:
+    return sql.replace("%", "%%").replace("?", "%s")
+
+
+class _QmarkCursor(psycopg.Cursor[Any]):
+    def execute(self, query: Any, params: Any = None, *, prepare: bool | None = None,
+                binary: bool | None = None) -> _QmarkCursor:
+        super().execute(_pg(query) if isinstance(query, str) else query, params, prepare=prepare,
+                        binary=binary)
+        return self
+
+    def executemany(self, query: Any, params_seq: Any, *, returning: bool = False) -> None:
+        super().executemany(_pg(query) if isinstance(query, str) else query, params_seq, returning=returning)
+
+
+class _Rows:
+    """A read's result, taken off the connection so the connection can go back to the pool."""
+
+    def __init__(self, rows: list[Any], rowcount: int) -> None:
+        self._rows = rows
+        self.rowcount = rowcount
+
+    def fetchone(self) -> Any:
+        return self._rows[0] if self._rows else None
+
+    def fetchall(self) -> list[Any]:
+        return self._rows
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._rows)
+
+
+class _PoolReader:
+    """What SQLStore's reads call `_conn()` for: each execute borrows a pooled connection."""
+
+    def __init__(self, store: PostgresStore) -> None:
+        self.store = store
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> _Rows:
+        with self.store._connection() as conn:
+            cur = conn.execute(sql, params)
+            return _Rows(cur.fetchall() if cur.description else [], cur.rowcount)
+
+
+class _Replayed(Exception):
+    def __init__(self, pairs: set[tuple[str, int]]) -> None:
+        self.pairs = pairs
+
+
+def _redact(url: str) -> str:
+    """The URL without its password, for messages."""
+    try:
+        from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+        info = conninfo_to_dict(url)
+    except psycopg.Error:
+        return "the PostgreSQL URL"
+    info.pop("password", None)
+    return make_conninfo("", **{k: v for k, v in info.items() if v is not None})
+
+
+class PostgresStore(SQLStore):
+    dialect = "postgresql"
+    _for_update = " FOR UPDATE"
+    _integrity_errors = (psycopg.errors.IntegrityError,)
+
+    def __init__(self, url: str, *, max_size: int = 8, timeout: float = 10.0, migrate: bool = True) -> None:
+        self.url = url
+        self.where = _redact(url)
+        self._lock = threading.RLock()
+        self.timeout = timeout
+        self._pool = ConnectionPool(
+            url, min_size=1, max_size=max_size, open=False, name="mpota", timeout=timeout,
+            kwargs={"autocommit": True, "cursor_factory": _QmarkCursor},
+            check=ConnectionPool.check_connection, reconnect_timeout=60.0)
+        try:
+            self._pool.open(wait=True, timeout=timeout)
+        except PoolTimeout:
+            self._pool.close()
+            raise StoreError(f"cannot connect to PostgreSQL ({self.where}) within {timeout:g} s") from None
+        try:
+            if migrate:
+                self.migrate()
+        except psycopg.Error as exc:
+            self._pool.close()
+            raise StoreError(f"cannot set up the schema in {self.where}: {exc}") from None
+        except StoreError:
+            self._pool.close()
+            raise
+
+    @contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection[Any]]:
+        try:
+            with self._pool.connection() as conn:
+                yield conn
+        except PoolTimeout:
+            raise StoreError(f"no PostgreSQL connection within {self.timeout:g} s ({self.where})") from None
+        except psycopg.OperationalError as exc:
+            raise StoreError(f"PostgreSQL: {str(exc).strip().splitlines()[0][:160]}") from None
+
+    def _conn(self) -> _PoolReader:
+        return _PoolReader(self)
+
+    @contextmanager
+    def _tx(self) -> Iterator[psycopg.Connection[Any]]:
+        with self._connection() as conn, conn.transaction():
+            yield conn
+
+    def close(self) -> None:
+        self._pool.close()
+
+    # ---------------------------------------------------------------- ingest
+    def ingest(self, requests: Sequence[tuple[str, Sequence[Report]]], now: float) -> list[IngestResult]:
+        replayed: set[tuple[str, int]] = set()
+        for _ in range(20):
+            try:
+                return self._ingest(requests, now, replayed)
+            except _Replayed as exc:  # the unique index refused some: redo with them known
+                replayed |= exc.pairs
+            except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
+                continue
+            except (psycopg.DataError, psycopg.errors.IntegrityError, OverflowError, UnicodeError,
+                    ValueError, TypeError) as exc:  # what this request holds
+                raise UnstorableError(f"cannot store: {type(exc).__name__}: {str(exc)[:120]}") from None
+        raise StoreError("reports kept colliding with other writers; retry later")
+
+    def _ingest(self, requests: Sequence[tuple[str, Sequence[Report]]], now: float,
+                replayed: set[tuple[str, int]]) -> list[IngestResult]:
+        ids = sorted({d for d, _ in requests})
+        keys = sorted({(r["rollout"], d) for d, reports in requests for r in reports
+                       if r.get("rollout") and r["event"] in PROGRESS_EVENTS})
+        results: list[IngestResult] = []
+        with self._lock, self._tx() as conn:
+            conn.execute(_LOCK_DEVICES, (now, now, ids))
+            last = {d: int(s) for d, s in conn.execute(_DEVICE_SEQS, (ids,))}
+            stored: dict[tuple[str, str], _Progress] = {}
+            if keys:
+                for row in conn.execute(_PROGRESS_OF_MANY, ([k[0] for k in keys], [k[1] for k in keys])):
+                    stored[(row[0], row[1])] = _Progress(row[2], row[3], row[4], int(row[5]), int(row[6]))
+            plan = plan_ingest(requests, now, lambda d: last.get(d, -1),
+                               lambda d, s: (d, s) in replayed, stored.get)
+            results = plan.results
+            if not plan.events:
+                raise psycopg.Rollback()  # every request was a replay: nothing to keep
+            columns = [list(c) for c in zip(*plan.events, strict=True)]
+            inserted = {(d, int(s)) for d, s in conn.execute(_INSERT_EVENTS_RETURNING, columns)}
+            if len(inserted) != len(plan.events):
+                raise _Replayed({(e[1], e[2]) for e in plan.events} - inserted)
+            with conn.cursor() as cur:
+                cur.executemany(_UPSERT_DEVICE, list(plan.devices.values()))
+                if plan.progress:
+                    cur.executemany(_UPSERT_PROGRESS, plan.progress_rows(now))
+        return results
