@@ -1,4 +1,4 @@
-"""The static update feed (DESIGN.md "Feed layout"): plain files any web server or CDN can host.
+"""The static update feed (docs/FORMATS.md "Feed layout"): plain files any web server or CDN can host.
 
     channels/<board>/<channel>.json            channel document (DSSE, rollout role): devices poll it
     releases/<board>/<version>/manifest.json   release manifest (DSSE, release role)

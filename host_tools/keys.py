@@ -1,4 +1,4 @@
-"""ECDSA P-256 signing keys with roles, as the trust model in DESIGN.md fixes them.
+"""ECDSA P-256 signing keys with roles (docs/FORMATS.md "Keys and signatures").
 
 Files (written by ``generate_key``):
 - ``PATH``: the private key, mode 0600, a role line then a standard SEC1 PEM block::

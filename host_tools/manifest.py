@@ -1,4 +1,4 @@
-"""The release manifest (DESIGN.md "Documents"), signed as a DSSE envelope by the release role.
+"""The release manifest (docs/FORMATS.md "Release manifest"), signed as a DSSE envelope by the release role.
 
 Field names are the seed's: version, build_id, security_version, target_hardware, chip,
 min_bootloader_version, image{url, size, hash, encoding, window_bits, transfer_size, transfer_hash},

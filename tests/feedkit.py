@@ -1,7 +1,7 @@
 """Test kit for the device updater: real signed feeds, served over loopback with faults.
 
 - ``Keys``: a release key and a rollout key (host_tools.keys, real P-256 keys).
-- ``Feed``: a static feed folder (DESIGN.md "Feed layout") built with the host tools:
+- ``Feed``: a static feed folder (docs/FORMATS.md "Feed layout") built with the host tools:
   ``add_release`` signs an image with ``host_tools.release.sign_release`` straight into
   ``releases/<board>/<version>/``; ``set_channel`` signs a channel document with
   ``host_tools.dsse.sign_envelope`` (any seq, rollout, expiry, key or payloadType, so tests can
