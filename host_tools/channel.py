@@ -1,4 +1,5 @@
-"""The channel document (docs/FORMATS.md "Channel document"): the only file devices poll, signed by the rollout role.
+"""The channel document (docs/FORMATS.md "Channel document"): the only file devices poll, signed
+by the rollout role.
 
 ``{"_type": "channel", "spec": 1, "board", "channel", "seq", "expires",
    "release": {"version", "manifest", "manifest_sha256"},

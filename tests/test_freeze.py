@@ -7,6 +7,7 @@ server); two simulated boards running the real device code poll one each."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -145,3 +146,58 @@ def test_feed_verify_warns_about_a_channel_without_expiry(tmp_path: Path, keys: 
                "--rollout-pubkey", keys.public_hex("rollout"))
     assert r.returncode == 0, r.stdout + r.stderr
     assert "no expiry" in r.stdout
+
+
+_CLOCK_SCRIPT = r"""
+import json, sys, types
+sys.path[:0] = %(paths)r
+state = {"set": False, "calls": 0, "fail": %(fail)r}
+fake_time = types.ModuleType("time")
+fake_time.gmtime = lambda: (2026, 12, 2, 5, 7, 9, 2, 336) if state["set"] else (2000, 1, 1, 0, 0, 5, 5, 1)
+ntp = types.ModuleType("ntptime")
+def settime():
+    state["calls"] += 1
+    if state["fail"]:
+        raise OSError(110)
+    state["set"] = True
+ntp.settime = settime
+sys.modules["time"] = fake_time
+sys.modules["ntptime"] = ntp
+import mpota.updater as updater
+class Cfg:
+    ntp = %(ntp)r
+now = updater._clock(Cfg)
+print("RESULT " + json.dumps({"now": now, "calls": state["calls"]}))
+"""
+
+
+@pytest.mark.parametrize("ntp,fail,want,calls", [
+    (True, False, ["2026-12-02T05:07:09", 5 * 60 + 7], 1),  # clock unset: NTP sets it, then it counts
+    (True, True, None, 1),                                    # NTP fails: no clock, the check goes on
+    (False, False, None, 0),                                  # "ntp": false in the config: not tried
+])
+def test_device_sets_its_clock_by_ntp_before_checking(tmp_path: Path, ntp: bool, fail: bool,
+                                                      want: object, calls: int) -> None:
+    repo = Path(__file__).resolve().parent.parent
+    script = tmp_path / "clock.py"
+    script.write_text(_CLOCK_SCRIPT % {"paths": [str(repo / "device"), str(repo / "tests" / "fakes")],
+                                       "ntp": ntp, "fail": fail})
+    p = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stdout + p.stderr
+    res = json.loads([ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")][-1][7:])
+    assert res == {"now": want, "calls": calls}
+
+
+def test_device_config_ntp_must_be_boolean(tmp_path: Path) -> None:
+    repo = Path(__file__).resolve().parent.parent
+    code = ("import sys; sys.path[:0] = %r\n"
+            "import mpota.config as c, mpota.errors as e\n"
+            "k = ['04' + '00' * 64]\n"
+            "base = {'device_id': 'd', 'board': 'b', 'feed_url': 'http://x/',\n"
+            "        'keys': {'release': k, 'rollout': k}}\n"
+            "print(c.Config(dict(base), '/m.json').ntp, c.Config(dict(base, ntp=False), '/m.json').ntp)\n"
+            "try:\n    c.Config(dict(base, ntp='yes'), '/m.json')\nexcept e.ConfigError as x:\n    print(x)\n"
+            % [str(repo / "device"), str(repo / "tests" / "fakes")])
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines() == ["True False", "config: ntp must be true or false"]

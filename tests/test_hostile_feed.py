@@ -204,7 +204,7 @@ def expired_channel(c: Ctx) -> None:
 
 def expired_manifest(c: Ctx) -> None:
     c.release()
-    _manifest_edit(c, lambda d: d.update(expires="2021-01-01T00:00:00Z"))
+    _manifest_edit(c, lambda d: d.update(created="2020-01-01T00:00:00Z", expires="2021-01-01T00:00:00Z"))
 
 
 def channel_for_another_board(c: Ctx) -> None:

@@ -31,15 +31,16 @@ def test_bucket_fixed_vectors(rid: str, dev: str, want: float) -> None:
 def test_bucket_matches_the_device_code() -> None:
     sys.path[:0] = [str(REPO / "tests" / "fakes"), str(REPO / "device")]
     try:
-        from mpota import updater  # the device's own implementation, under CPython
+        from mpota import trust  # the device's own rules, under CPython
     finally:
         del sys.path[:2]
     for i in range(300):
         rollout = {"id": f"r-{i % 7}", "state": "active", "groups": ["canary"], "percentage": (i * 7) % 101}
         dev = f"dev-{i:04d}"
-        assert updater.bucket(rollout["id"], dev) == bucket(rollout["id"], dev)
+        assert trust.bucket(rollout["id"], dev) == bucket(rollout["id"], dev)
+        ch = {"rollout": rollout, "release": {"version": "1.1.0"}}
         for group in ("canary", "general", None):
-            assert updater.eligible(rollout, group, dev) == is_eligible(rollout, dev, group)
+            assert trust.wanted(ch, group, dev, None, None) == is_eligible(rollout, dev, group)
 
 
 def test_percentage_only_adds_devices() -> None:

@@ -208,13 +208,17 @@ def test_bucket_is_sticky_and_matches_the_server() -> None:
     for p in (str(root / "device"), str(root / "tests" / "fakes")):
         if p not in sys.path:
             sys.path.insert(0, p)
-    upd = importlib.import_module("mpota.updater")
+    upd = importlib.import_module("mpota.trust")
     d = hashlib.sha256(b"r-1:dev-0001").digest()
     assert upd.bucket("r-1", "dev-0001") == (int.from_bytes(d[:4], "big") % 10000) / 100
     # raising the percentage only adds devices
     ids = [f"dev-{i:04d}" for i in range(300)]
-    at10 = {i for i in ids if upd.eligible({"id": "r-1", "percentage": 10.0}, "general", i)}
-    at50 = {i for i in ids if upd.eligible({"id": "r-1", "percentage": 50.0}, "general", i)}
+
+    def ch(pct: float) -> dict[str, Any]:
+        return {"rollout": {"id": "r-1", "percentage": pct}, "release": {"version": "1.1.0"}}
+
+    at10 = {i for i in ids if upd.wanted(ch(10.0), "general", i, None, None)}
+    at50 = {i for i in ids if upd.wanted(ch(50.0), "general", i, None, None)}
     assert at10 < at50 and 10 < len(at10) < 60 and 100 < len(at50) < 200
     try:
         srv = importlib.import_module("host_tools.server.bucket")
@@ -387,10 +391,20 @@ def test_not_newer(env: Env) -> None:
 def test_signed_downgrade_allowed(env: Env) -> None:
     data = image("0.9.0")
     env.raw_image = data
-    _manifest_edit(env, "0.9.0", data, allow_downgrade=True)
+    _manifest_edit(env, "0.9.0", data, metadata={"release_notes": "", "required": False,
+                                                 "allow_downgrade": True})
     res = env.run()
     assert res["outcome"] == "ok" and res["version"] == "0.9.0"
     env.assert_installed("0.9.0")
+
+
+def test_top_level_allow_downgrade_means_nothing(env: Env) -> None:
+    # only metadata.allow_downgrade (what the host writes) allows a downgrade; the board used to
+    # take a top-level one too, which the host tools never write nor show
+    data = image("0.9.0")
+    _manifest_edit(env, "0.9.0", data, allow_downgrade=True)
+    expect_error(env, env.run(), "not_newer")
+    env.assert_untouched()
 
 
 def test_oversize_image(env: Env) -> None:

@@ -95,6 +95,11 @@ class Config:
         # Slow-retrieval guard: an image transfer that brings fewer than min_rate bytes/s over
         # a 10 s window is cut (DownloadTimeout, retried with Range like a drop); 0: off.
         self.min_rate = _int(data, "min_rate", 1024, 0, 100000000)
+        # Freeze protection: set the clock by NTP (ntptime) before a check when it is not set,
+        # so an expired channel document is recognised; false where NTP is unwanted.
+        self.ntp = data.get("ntp", True)
+        if not isinstance(self.ntp, bool):
+            _fail("ntp must be true or false")
         # Fallback running version when the running image carries no app_desc.
         v = data.get("version")
         self.version = v if isinstance(v, str) else None

@@ -1,11 +1,12 @@
-# The update flow (DESIGN.md "Device"): channel -> eligibility -> manifest -> checks ->
+# The update flow (docs/FORMATS.md): channel -> eligibility -> manifest -> checks ->
 # stream the image into the next OTA slot -> verify -> set_boot -> pending -> report -> reset.
 #
 #   u = Updater.from_config("/mpota.json")
 #   offer = u.check()        # an Offer or None; downloads no image
 #   u.update()               # the whole flow; machine.reset() at the end unless reset=False
 #
-# Checks are functions on bytes and dicts; the network is mpota.http, the flash
+# The trust rules are mpota.trust (pure functions, loaded for the check only); this module
+# fetches, verifies signatures and orchestrates. The network is mpota.http, the flash
 # esp32.Partition. Every failure raises an mpota.errors.OTAError subclass and is reported
 # (`failed`, detail.reason = error.code); the running slot and the boot slot are never
 # touched before the new image is complete and verified.
@@ -20,9 +21,8 @@
 # A server that ignores Range (200 instead of 206) restarts the transfer from byte 0 on
 # that same response: fresh hashes, fresh decompressor, every block rewritten.
 #
-# Rollout window (channel rollout.window): null, or {"start": "HH:MM", "end": "HH:MM"}
-# in UTC, start inclusive, end exclusive, may wrap past midnight; enforced only when the
-# clock is set (year >= 2024), like `expires`.
+# The clock: expiry and the rollout window are enforced when it is set (year >= 2024); when
+# it is not, check() first tries NTP (ntptime.settime(), unless the config says "ntp": false).
 import hashlib
 
 from micropython import const
@@ -32,7 +32,6 @@ import mpota.errors as errors
 _BLOCK = const(4096)
 _SAVE_EVERY = const(32)   # blocks between download-progress saves (each one a flash write)
 _ZLIB_MAX_WBITS = const(15)
-_GROWTH = const(64)       # a zlib transfer may exceed the raw size by size/64 + 1 KiB
 _RATE_MS = const(10000)   # window of the slow-retrieval guard (Config.min_rate bytes/s)
 
 
@@ -51,7 +50,7 @@ class Offer:
         self.hash = img["hash"][7:]
         self.encoding = img.get("encoding") or "none"
         self.window_bits = img.get("window_bits") or _ZLIB_MAX_WBITS
-        self.transfer_size = img.get("transfer_size", self.size)
+        self.transfer_size = img.get("transfer_size") or self.size  # null/absent: the image
         th = img.get("transfer_hash")
         self.transfer_hash = th[7:] if th else self.hash
         import mpota.http as http
@@ -71,10 +70,6 @@ def _hex(h):
     return str(binascii.hexlify(h.digest()), "ascii")
 
 
-def _sha(s):
-    return isinstance(s, str) and len(s) == 71 and s.startswith("sha256:")
-
-
 def _now():
     # UTC "YYYY-MM-DDTHH:MM:SS" and minutes of the day, or None when the clock is not set
     import time
@@ -88,54 +83,22 @@ def _now():
     return "%04d-%02d-%02dT%02d:%02d:%02d" % t[:6], t[3] * 60 + t[4]
 
 
-def _expired(doc, now):
-    exp = doc.get("expires")
-    if exp is None or now is None:
-        return False
-    if not isinstance(exp, str) or len(exp) < 19:
-        raise errors.BadDocument("bad expires")
-    return exp[:19] <= now[0]
+# The clock as mpota.trust takes it, after setting it by NTP when it is not set and the
+# config allows (freeze protection needs a clock to refuse an expired document).
+def _clock(cfg):
+    now = _now()
+    if now is None and cfg.ntp:
+        try:
+            import ntptime
 
+            ntptime.settime()
+        except Exception as e:  # no network, no ntptime module: the check goes on without
+            print("mpota: ntp: %r" % (e,))
+        import sys
 
-def _hhmm(s):
-    if not isinstance(s, str) or len(s) != 5 or s[2] != ":" or not (s[:2] + s[3:]).isdigit():
-        raise errors.BadDocument("bad window")
-    return int(s[:2]) * 60 + int(s[3:])
-
-
-def in_window(window, now):
-    if window is None or now is None:
-        return True
-    if not isinstance(window, dict):
-        raise errors.BadDocument("bad window")
-    a, b, m = _hhmm(window.get("start")), _hhmm(window.get("end")), now[1]
-    return a <= m < b if a <= b else (m >= a or m < b)
-
-
-# Sticky rollout bucket in [0, 100): first 4 bytes of SHA-256(rollout_id:device_id) as a
-# big-endian integer, mod 10000, / 100 (the server computes the same function).
-def bucket(rollout_id, device_id):
-    d = hashlib.sha256((rollout_id + ":" + device_id).encode()).digest()
-    return ((d[0] << 24 | d[1] << 16 | d[2] << 8 | d[3]) % 10000) / 100
-
-
-def eligible(rollout, group, device_id):
-    if not rollout:
-        return True
-    if rollout.get("state", "active") != "active":
-        return False  # paused / halted / completed-then-stopped: start nothing new
-    groups = rollout.get("groups") or []
-    if not isinstance(groups, list):
-        raise errors.BadDocument("bad rollout groups")
-    if group in groups:
-        return True
-    pct = rollout.get("percentage", 0)
-    if not isinstance(pct, (int, float)):
-        raise errors.BadDocument("bad rollout percentage")
-    rid = rollout.get("id")
-    if not isinstance(rid, str):
-        raise errors.BadDocument("bad rollout id")
-    return bucket(rid, device_id) < pct
+        sys.modules.pop("ntptime", None)
+        now = _now()
+    return now
 
 
 def _retryable(e):
@@ -306,20 +269,6 @@ def _running_part():
 
     # the stub types the id as a label (str); BOOT/RUNNING are ints (esp32.rst)
     return esp32.Partition(esp32.Partition.RUNNING)  # type: ignore[arg-type]
-
-
-# version.compare(a, b) with mpota.version loaded for this call only (it is not needed
-# while a signature is verified); BadDocument for a string that is not a version.
-def _compare(a, b):
-    import mpota.version as version
-
-    try:
-        return version.compare(a, b)
-    except ValueError:
-        raise errors.BadDocument("bad version")
-    finally:
-        del version
-        _unload("version")
 
 
 # Fill mv[:want] from reader; the bytes read (short only at the end of the stream).
@@ -562,26 +511,22 @@ class Updater:
 
         return dsse.parse(payload, role)
 
-    def _channel(self):
+    # The channel document, verified and checked (mpota.trust.channel); a higher seq is saved.
+    def _channel(self, now):
         cfg = self.cfg
         url = "%schannels/%s/%s.json" % (cfg.feed_url, cfg.board, cfg.channel)
-        ch = self._document(url, cfg.channel_max, "channel")
-        seq = ch.get("seq")
-        if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
-            raise errors.BadDocument("bad channel seq")
-        if ch.get("board") != cfg.board or ch.get("channel", cfg.channel) != cfg.channel:
-            raise errors.NotForThisBoard("channel is for %s/%s" % (ch.get("board"), ch.get("channel")))
+        doc = self._document(url, cfg.channel_max, "channel")
         seen = self.state["seq"].get(cfg.channel, 0)
-        if seq < seen:
-            raise errors.ReplayError("channel seq %d < %d already seen" % (seq, seen))
-        if _expired(ch, _now()):
-            raise errors.ExpiredError("channel expired " + ch["expires"])
-        if seq > seen:
-            self.state["seq"][cfg.channel] = seq
+        import mpota.trust as trust
+
+        ch = trust.channel(doc, cfg.board, cfg.channel, seen, now)
+        if ch["seq"] > seen:
+            self.state["seq"][cfg.channel] = ch["seq"]
             self.state.save()
         return ch
 
-    def _manifest(self, ch, running, chip_name, slot_size):
+    # The manifest the channel pins, verified and checked (mpota.trust.manifest).
+    def _manifest(self, ch, running, chip_name, slot_size, now):
         import mpota.http as http
 
         cfg = self.cfg
@@ -589,66 +534,25 @@ class Updater:
         url = http.join(cfg.feed_url, rel["manifest"])
         del http
         m = self._document(url, cfg.manifest_max, "release", rel["manifest_sha256"])
-        img = m.get("image")
-        sv = m.get("security_version")
-        if (not isinstance(m.get("version"), str) or not isinstance(img, dict)
-                or not isinstance(sv, int) or isinstance(sv, bool)
-                or not isinstance(img.get("size"), int) or not isinstance(img.get("url"), str)
-                or not _sha(img.get("hash"))):
-            raise errors.BadDocument("manifest lacks version/security_version/image")
-        enc = img.get("encoding") or "none"
-        ts = img.get("transfer_size", img["size"])
-        th = img.get("transfer_hash")
-        if enc not in ("none", "zlib") or not isinstance(ts, int) or (th is not None and not _sha(th)):
-            raise errors.BadDocument("bad image encoding/transfer fields")
-        wb = img.get("window_bits") or _ZLIB_MAX_WBITS
-        if enc == "zlib" and not (isinstance(wb, int) and 8 <= wb <= _ZLIB_MAX_WBITS):
-            raise errors.BadDocument("bad window_bits")
-        if enc == "none" and (ts != img["size"] or (th is not None and th != img["hash"])):
-            raise errors.BadDocument("uncompressed image with different transfer size/hash")
-        if m["version"] != rel.get("version"):
-            raise errors.PinMismatch("manifest %s, channel says %s" % (m["version"], rel.get("version")))
-        hw = m.get("target_hardware")
-        if not isinstance(hw, list) or cfg.board not in hw:
-            raise errors.NotForThisBoard("release is not for board %s" % cfg.board)
-        if chip_name is not None and m.get("chip") != chip_name:
-            raise errors.NotForThisBoard("release is for chip %s, this is %s" % (m.get("chip"), chip_name))
-        floor = self.state["floor"]
-        if sv < floor:
-            raise errors.SecurityVersionError("security_version %d below the floor %d" % (sv, floor))
-        newer = running is None or _compare(m["version"], running) > 0
-        md = m.get("metadata")
-        if not newer and not (m.get("allow_downgrade") is True
-                              or (isinstance(md, dict) and md.get("allow_downgrade") is True)):
-            raise errors.NotNewer("%s is not newer than the running %s" % (m["version"], running))
-        if not 0 < img["size"] <= slot_size:
-            raise errors.TooBig("image of %d bytes, slot holds %d" % (img["size"], slot_size))
-        if not 0 < ts <= img["size"] + img["size"] // _GROWTH + 1024:
-            raise errors.TooBig("transfer of %d bytes for an image of %d" % (ts, img["size"]))
-        if _expired(m, _now()):
-            raise errors.ExpiredError("release expired " + m["expires"])
+        import mpota.trust as trust
+
+        trust.manifest(m, ch, cfg.board, chip_name, running, self.state["floor"], slot_size, now)
         return m, url
 
-    # The verified channel document when it offers a release to this board now (eligible,
-    # in the window, not failed here in this rollout), else None.
-    def _channel_offer(self):
+    # The verified channel document when it offers a release to this board now (rollout
+    # active, the board in it and in its window, not `running`, not failed here in this
+    # rollout), else None. Sets the clock by NTP first when it can (mpota.trust needs it).
+    def _channel_offer(self, running=None):
         cfg = self.cfg
-        ch = self._channel()
-        rel = ch.get("release")
-        if rel is None:
+        now = _clock(cfg)
+        ch = self._channel(now)
+        import mpota.trust as trust
+
+        ok = trust.wanted(ch, cfg.group, cfg.device_id, running, now)
+        del trust
+        _unload("trust", "version")  # p256 needs the room next
+        if not ok or self.state.is_failed(ch["release"]["version"], ch["rollout"]["id"]):
             return None
-        if (not isinstance(rel, dict) or not isinstance(rel.get("version"), str)
-                or not isinstance(rel.get("manifest"), str)
-                or not isinstance(rel.get("manifest_sha256"), str)):
-            raise errors.BadDocument("bad channel release")
-        ro = ch.get("rollout")
-        if ro is not None and not isinstance(ro, dict):
-            raise errors.BadDocument("bad channel rollout")
-        now = _now()
-        if not eligible(ro, cfg.group, cfg.device_id) or not in_window(ro and ro.get("window"), now):
-            return None
-        if self.state.is_failed(rel["version"], ro and ro.get("id")):
-            return None  # failed here in this rollout: not retried
         return ch
 
     def _check(self):
@@ -665,15 +569,12 @@ class Updater:
         chip_name = imagehdr.CHIPS.get(chip) if chip is not None else cfg.get("chip")
         del imagehdr, firmware
         _unload("imagehdr", "firmware")
-        ch = self._channel_offer()
+        ch = self._channel_offer(running)
         if ch is None:
             return None
-        rel = ch["release"]
-        if running is not None and _compare(rel["version"], running) == 0:
-            return None  # up to date
         nxt = run.get_next_update()
-        m, url = self._manifest(ch, running, chip_name, nxt.info()[3])
-        _unload("dsse", "p256")  # before Offer() loads http for the image URL
+        m, url = self._manifest(ch, running, chip_name, nxt.info()[3], _now())
+        _unload("dsse", "p256", "trust", "version")  # before Offer() loads http for the image URL
         if running is None:
             import mpota.firmware as firmware
 
@@ -698,11 +599,11 @@ class Updater:
         try:
             self.offer = self._check()
         except Exception as e:
-            _unload("dsse", "p256", "version", "imagehdr", "firmware")
+            _unload("dsse", "p256", "trust", "version", "imagehdr", "firmware")
             e = self._fail(e, None)
             _unload(*_TRANSFER)
             raise e
-        _unload("dsse", "p256", "version", "imagehdr", "firmware")
+        _unload("dsse", "p256", "trust", "version", "imagehdr", "firmware")
         return self.offer
 
     # --- install ---------------------------------------------------------------------
@@ -741,9 +642,9 @@ class Updater:
         try:
             ch = self._channel_offer()
         except Exception as e:
-            _unload("dsse", "p256")
+            _unload("dsse", "p256", "trust", "version")
             raise self._fail(e, None)
-        _unload("dsse", "p256")
+        _unload("dsse", "p256", "trust", "version")
         if ch is None:
             return None
         ro = ch.get("rollout") or {}
