@@ -22,6 +22,7 @@ _CHIPS = ("esp32", "esp32s2", "esp32s3", "esp32c2", "esp32c3", "esp32c5", "esp32
 _STATES = ("active", "paused", "halted")
 
 
+# `what` is the field's own name (already interned: no new qstr per message).
 def _bad(what):
     raise errors.BadDocument("bad " + what)
 
@@ -101,7 +102,7 @@ def _expired(exp, now, what):
 
 
 def _hhmm(s):
-    if not isinstance(s, str) or len(s) != 5 or s[2] != ":" or not (s[:2] + s[3:]).isdigit():
+    if not isinstance(s, str) or len(s) != 5 or s[2] != ":" or not _digits(s[:2] + s[3:]):
         _bad("window")
     h, m = int(s[:2]), int(s[3:])
     if h > 23 or m > 59:
@@ -111,7 +112,7 @@ def _hhmm(s):
 
 def _spec(doc, type_):
     if not isinstance(doc, dict) or doc.get("_type") != type_ or doc.get("spec") != _SPEC:
-        _bad(type_ + " document")
+        _bad(type_)
 
 
 # The channel document `doc` (the verified payload, parsed) for this board and channel
@@ -128,28 +129,28 @@ def channel(doc, board, name, seen, now):
     version(rel.get("version"))
     m = rel.get("manifest")
     if not isinstance(m, str) or not m or m[0] == "/" or ".." in m.split("/"):
-        _bad("release.manifest")
+        _bad("manifest")
     for p in m.split("/"):
         if not p or not all(_an(c) or c in "._-" for c in p):
-            _bad("release.manifest")
+            _bad("manifest")
     if not _hex(rel.get("manifest_sha256"), 64):
-        _bad("release.manifest_sha256")
+        _bad("manifest_sha256")
     ro = doc.get("rollout")
     if not isinstance(ro, dict):
         _bad("rollout")
     rid = ro.get("id")
     if not isinstance(rid, str) or not 0 < len(rid) <= 128:
-        _bad("rollout.id")
+        _bad("id")
     if ro.get("state", "active") not in _STATES:
-        _bad("rollout.state")
+        _bad("state")
     gs = ro.get("groups", [])
     if not isinstance(gs, list):
-        _bad("rollout.groups")
+        _bad("groups")
     for g in gs:
-        _name(g, "rollout group")
+        _name(g, "groups")
     pct = ro.get("percentage", 100)
     if isinstance(pct, bool) or not isinstance(pct, (int, float)) or not 0 <= pct <= 100:
-        _bad("rollout.percentage")
+        _bad("percentage")
     w = ro.get("window")
     if w is not None:
         if not isinstance(w, dict) or len(w) != 2:
@@ -197,7 +198,7 @@ def _compare(a, b):
     try:
         return v.compare(a, b)
     except ValueError:
-        _bad("running version")
+        _bad("version")
 
 
 # The release manifest `doc` (verified payload, parsed) that channel `ch` pins, for this
@@ -225,22 +226,22 @@ def manifest(doc, ch, board, chip, running, floor, slot_size, now):
         _bad("image")
     u = img.get("url")
     if not isinstance(u, str) or not 0 < len(u) <= 512 or any(c in u for c in " \\\n\r\t"):
-        _bad("image.url")
-    size = _int(img.get("size"), "image.size", 1)
-    _hash(img.get("hash"), "image.hash")
+        _bad("url")
+    size = _int(img.get("size"), "size", 1)
+    _hash(img.get("hash"), "hash")
     enc = img.get("encoding", "none")
     zl = enc == "zlib"
     if not zl and enc != "none":
-        _bad("image.encoding")
+        _bad("encoding")
     ts = img.get("transfer_size")
     th = img.get("transfer_hash")
-    ts = _int(size if ts is None and not zl else ts, "image.transfer_size", 1)
-    th = _hash(img["hash"] if th is None and not zl else th, "image.transfer_hash")
+    ts = _int(size if ts is None and not zl else ts, "transfer_size", 1)
+    th = _hash(img["hash"] if th is None and not zl else th, "transfer_hash")
     wb = img.get("window_bits")
     if zl:
-        _int(wb, "image.window_bits", 9, 15)
+        _int(wb, "window_bits", 9, 15)
     elif wb is not None or ts != size or th != img["hash"]:
-        _bad("image: encoding none with window_bits or a different transfer")
+        _bad("encoding")
     md = doc.get("metadata", {})
     if not isinstance(md, dict):
         _bad("metadata")
