@@ -138,6 +138,14 @@ def _release_manifest_unverified(feed: Path, rel_path: str) -> FirmwareManifest 
         return None
 
 
+class Superseded(FeedError):
+    """write_channel's claim declined: the document is no longer the one to publish."""
+
+
+# (previous seq, sign(seq) -> bytes) -> (seq, bytes) recorded, or None: see write_channel
+SeqClaim = Callable[[int, Callable[[int], bytes]], "tuple[int, bytes] | None"]
+
+
 def _sign_and_write_channel(feed: Path, doc: ChannelDoc, key: PrivateKey) -> None:
     atomic_write(feed / doc.path, doc.sign(key))
 
@@ -152,9 +160,14 @@ def write_channel(
     expires: str | None = None,
     *,
     any_role: bool = False,
+    claim: SeqClaim | None = None,
 ) -> ChannelDoc:
     """Sign and atomically write channels/<board>/<channel>.json pointing at an already-published
-    release, with seq = previous + 1 and the given rollout {id, state, groups, percentage, window}."""
+    release, with seq = previous + 1 and the given rollout {id, state, groups, percentage, window}.
+
+    With ``claim`` (a server on a database) the seq is the database's: claim(previous seq, sign)
+    signs under the seq it allocates, records the bytes and returns (seq, bytes), or None when
+    there is nothing to publish any more: then nothing is written and Superseded is raised."""
     _check_key(key, any_role)
     feed = Path(feed_dir)
     check_name(board, "board")
@@ -180,8 +193,39 @@ def write_channel(
             release=ChannelRelease(version, rel, hashlib.sha256(mbytes).hexdigest()),
             rollout=ro, expires=expires,
         )
-        _sign_and_write_channel(feed, doc, key)
+        if claim is None:
+            _sign_and_write_channel(feed, doc, key)
+            return doc
+
+        def sign(seq: int) -> bytes:
+            doc.seq = seq
+            return doc.sign(key)
+        claimed = claim(prev.seq if prev else 0, sign)
+        if claimed is None:
+            raise Superseded(f"{board}/{channel}: a newer decision is published instead")
+        doc.seq = claimed[0]
+        atomic_write(feed / doc.path, claimed[1])
     return doc
+
+
+def install_channels(feed_dir: str | os.PathLike[str],
+                     docs: Sequence[tuple[str, str, int, bytes]]) -> list[str]:
+    """Write each (board, channel, seq, signed bytes) whose seq is above the file's (a server
+    replica catching up with what another one published); returns the paths written."""
+    feed = Path(feed_dir)
+    written: list[str] = []
+    if not docs:
+        return written
+    with feed_lock(feed):
+        for board, channel, seq, data in docs:
+            try:
+                prev = read_channel(feed, board, channel)
+            except FeedError:
+                prev = None  # unreadable: the recorded document replaces it
+            if prev is None or prev.seq < seq:
+                atomic_write(feed / channel_path(board, channel), data)
+                written.append(channel_path(board, channel))
+    return written
 
 
 def _same_file(path: Path, data: bytes) -> bool | None:

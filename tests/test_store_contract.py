@@ -163,22 +163,27 @@ def test_channel_seq_only_grows(store: SQLStore) -> None:
     def sign(seq: int) -> bytes:
         signed.append(seq)
         return b"doc %d" % seq
-    assert store.publish_channel("b", "stable", "r1", 1, 0, sign) == (1, b"doc 1")
-    assert store.publish_channel("b", "stable", "r1", 1, 0, sign) is None  # already published
+    assert store.publish_channel("b", "stable", 0, sign, "r1", 1) == (1, b"doc 1")
+    assert store.publish_channel("b", "stable", 0, sign, "r1", 1) is None  # already published
     r = store.get_rollout("r1")
     assert r is not None and (r.published_revision, r.published_seq) == (1, 1)
     r.revision = 2
     store.save_rollout(r, 1)
-    assert store.publish_channel("b", "stable", "r1", 1, 0, sign) is None  # superseded by revision 2
+    assert store.publish_channel("b", "stable", 0, sign, "r1", 1) is None  # superseded by revision 2
     # a file signed by hand with a higher seq is the floor
-    assert store.publish_channel("b", "stable", "r1", 2, 40, sign) == (41, b"doc 41")
+    assert store.publish_channel("b", "stable", 40, sign, "r1", 2) == (41, b"doc 41")
     r.revision = 3
     store.save_rollout(r, 2)
-    assert store.publish_channel("b", "stable", "r1", 3, 2, sign) == (42, b"doc 42")
+    assert store.publish_channel("b", "stable", 2, sign, "r1", 3) == (42, b"doc 42")
     assert signed == [1, 41, 42]
     assert store.channel_docs() == [("b", "stable", 42, b"doc 42")]
+    # a document re-signed outside (before expiry) is recorded only when newer
+    assert store.note_channel("b", "stable", 42, b"other") is False
+    assert store.note_channel("b", "stable", 43, b"fresh") is True
+    assert store.publish_channel("b", "beta", 0, sign) == (1, b"doc 1")  # no rollout: just the seq
+    assert store.channel_docs() == [("b", "beta", 1, b"doc 1"), ("b", "stable", 43, b"fresh")]
     with pytest.raises(StoreError, match="no rollout"):
-        store.publish_channel("b", "stable", "nope", 1, 0, sign)
+        store.publish_channel("b", "stable", 0, sign, "nope", 1)
 
 
 def test_migrations_are_versioned(db_url: str) -> None:

@@ -27,6 +27,7 @@ import functools
 import json
 import logging
 import os
+import socket
 import ssl
 import sys
 import time
@@ -40,6 +41,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from host_tools.errors import MpotaError
+from host_tools.feed import install_channels
 from host_tools.fleet import DEVICE_ID
 from host_tools.server.auth import TokenCache, bearer
 from host_tools.server.body import BodyError, parse_json, read_body
@@ -54,6 +56,7 @@ from host_tools.server.ingest import (
 )
 from host_tools.server.orchestrator import ChannelPublisher, Orchestrator, RolloutError, RolloutNotFound
 from host_tools.server.plans import PlanError, RolloutPlan
+from host_tools.server.publish import FeedPublisher
 from host_tools.server.store import (
     ConflictError,
     Store,
@@ -154,6 +157,12 @@ class MpotaServer:
         self.db_exec = ThreadPoolExecutor(1, thread_name_prefix="mpota-db")
         self.ops_exec = ThreadPoolExecutor(1, thread_name_prefix="mpota-ops")
         self.orchestrator = Orchestrator(store, publisher, clock)
+        if isinstance(publisher, FeedPublisher):
+            publisher.ledger = store  # documents it re-signs go on record for the other replicas
+        # several replicas on one PostgreSQL: only the one holding the lease runs the orchestrator
+        self.leadership = store.leadership()
+        self.leader = False
+        self.replica = f"{socket.gethostname()}:{os.getpid()}"
         self._poke = asyncio.Event()
         self.writer = GroupCommitWriter(store, self.db_exec, clock, on_progress=self._poke.set)
         self._ticker: asyncio.Task[None] | None = None
@@ -185,7 +194,7 @@ class MpotaServer:
         self.writer.on_progress = self._poke.set
         self.writer.start()
         try:
-            for line in await self._ops(self.orchestrator.reconcile):
+            for line in await self._ops(self._lead, self.orchestrator.reconcile):
                 self._log(f"reconcile: {line}")
         except MpotaError as exc:
             self._log(f"reconcile failed (will retry): {exc}")
@@ -199,6 +208,7 @@ class MpotaServer:
             except asyncio.CancelledError:
                 pass
         await self.writer.stop()
+        self.ops_exec.submit(self.leadership.close)
         self.ops_exec.shutdown(wait=True)
         self.db_exec.shutdown(wait=True)
         self.store.close()
@@ -225,7 +235,26 @@ class MpotaServer:
                     self._last_error = message
             await asyncio.sleep(min(0.2, self.config.tick_s))
 
+    def _lead(self, fn: Callable[[], list[str]]) -> list[str]:
+        """fn() if this replica leads the orchestrator (taking the lead when it is free), else []."""
+        leader = self.leadership.is_leader()
+        if leader != self.leader:
+            self.leader = leader
+            if self.leadership.shared:
+                self._log(f"replica {self.replica}: " + ("running the orchestrator" if leader else
+                                                         "another replica runs the orchestrator"))
+                if leader:  # what the previous leader decided is in its log already
+                    for r in self.store.list_rollouts():
+                        self._logged[r.id] = len(self.store.history(r.id))
+        return fn() if leader else []
+
     def _tick(self) -> None:
+        # every replica: channel files catch up with what the database says was published
+        for path in install_channels(self.feed_root, self.store.channel_docs()):
+            self._log(f"installed {path} from the database")
+        self._lead(self._lead_tick)
+
+    def _lead_tick(self) -> list[str]:
         self.orchestrator.reconcile()
         for rid, decision in self.orchestrator.evaluate_all():
             if decision.action != "none":
@@ -234,6 +263,7 @@ class MpotaServer:
         if fresh is not None:
             for line in fresh():
                 self._log(line)
+        return []
 
     def _log_decisions(self, rid: str) -> None:
         """Every gate decision the rollout recorded since the last one logged, with its numbers."""

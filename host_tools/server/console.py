@@ -183,7 +183,8 @@ class Console:
                 st.pop("plan", None)
                 statuses.append(st)
             return {"rollouts": statuses, "inventory": self.server.store.inventory_summary(),
-                    "time": self.server.clock()}
+                    "time": self.server.clock(),
+                    "replica": {"id": self.server.replica, "leader": self.server.leader}}
         return web.json_response(await self.server._ops(build), headers={"Cache-Control": "no-store"})
 
     async def rollouts(self, request: web.Request, who: Access) -> tuple[str, str, int]:

@@ -44,13 +44,16 @@ from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from host_tools.errors import MpotaError
 from host_tools.server.bucket import bucket
 from host_tools.server.plans import RolloutPlan, window_seconds
 from host_tools.server.store import DeviceProgress, Rollout, Store
 from host_tools.versions import VersionError, compare_versions
+
+if TYPE_CHECKING:
+    from host_tools.feed import SeqClaim
 
 _ROLLOUT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
 _BIG = 1 << 30
@@ -72,8 +75,10 @@ class RolloutNotFound(RolloutError):
 class ChannelPublisher(Protocol):
     """Where channel documents go: the real one signs into the feed (publish.FeedPublisher)."""
 
-    def publish(self, board: str, channel: str, version: str, rollout: dict[str, Any]) -> int:
-        """Re-sign and atomically write the channel document; returns its new seq."""
+    def publish(self, board: str, channel: str, version: str, rollout: dict[str, Any],
+                claim: SeqClaim | None = None) -> int | None:
+        """Re-sign and atomically write the channel document; returns its new seq. With claim the
+        seq comes from the store (feed.write_channel); None: a newer decision is published instead."""
         ...
 
     def current(self, board: str, channel: str) -> dict[str, Any] | None:
@@ -414,9 +419,15 @@ class Orchestrator:
             return
         doc = self.channel_rollout(rollout)
         pub = self._publisher()
-        seq = pub.publish(rollout.board, rollout.channel, rollout.version, doc)
-        self.store.mark_published(rollout.id, rollout.revision, seq)
-        rollout.published_revision = rollout.revision
+        board, channel, rid, revision = rollout.board, rollout.channel, rollout.id, rollout.revision
+
+        def claim(floor: int, sign: Callable[[int], bytes]) -> tuple[int, bytes] | None:
+            # seq from the database, the rollout marked published in the same transaction
+            return self.store.publish_channel(board, channel, floor, sign, rid, revision)
+        seq = pub.publish(board, channel, rollout.version, doc, claim)
+        if seq is None:  # another replica moved the rollout on meanwhile and publishes that
+            return
+        rollout.published_revision = revision
         rollout.published_seq = seq
 
     # ----------------------------------------------------------------- operator

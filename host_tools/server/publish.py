@@ -10,17 +10,25 @@ validity is left, so devices never see a served channel expire while a stale cop
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from host_tools.errors import MpotaError
+
+if TYPE_CHECKING:
+    from host_tools.feed import SeqClaim
 
 
 class PublishError(MpotaError):
     pass
+
+
+class ChannelLedger(Protocol):
+    def note_channel(self, board: str, channel: str, seq: int, body: bytes) -> bool: ...
 
 
 DEFAULT_EXPIRES_S = 7 * 86400.0
@@ -38,6 +46,9 @@ class FeedPublisher:
         self.any_role = any_role
         self.clock = clock
         self._next_check = 0.0
+        # the server's store: documents re-signed here are recorded there, so every replica's
+        # feed gets them and the next seq is above them (set by MpotaServer)
+        self.ledger: ChannelLedger | None = None
 
     def keep_fresh(self) -> list[str]:
         """Re-sign channels with less than half their validity left (at most every 1/8 of it, and
@@ -54,6 +65,11 @@ class FeedPublisher:
 
         done = feed.refresh_channels(self.feed_dir, self.key, self.expires_s, any_role=self.any_role,
                                      now=datetime.fromtimestamp(now, timezone.utc))
+        if self.ledger is not None:
+            for r in done:
+                path = Path(r.path)
+                data = (self.feed_dir / path).read_bytes()
+                self.ledger.note_channel(path.parent.name, path.stem, r.seq, data)
         return [f"re-signed {r.path}: seq {r.seq}, expires {r.expires}" for r in done]
 
     def _expires(self) -> str | None:
@@ -64,11 +80,15 @@ class FeedPublisher:
         when = datetime.now(timezone.utc) + timedelta(seconds=self.expires_s)
         return when.strftime("%Y-%m-%dT%H:%M:%SZ")
 
-    def publish(self, board: str, channel: str, version: str, rollout: dict[str, Any]) -> int:
+    def publish(self, board: str, channel: str, version: str, rollout: dict[str, Any],
+                claim: SeqClaim | None = None) -> int | None:
         from host_tools import feed
 
-        doc = feed.write_channel(self.feed_dir, board, channel, version, dict(rollout), self.key,
-                                 expires=self._expires(), any_role=self.any_role)
+        try:
+            doc = feed.write_channel(self.feed_dir, board, channel, version, dict(rollout), self.key,
+                                     expires=self._expires(), any_role=self.any_role, claim=claim)
+        except feed.Superseded:
+            return None
         return int(doc.seq)
 
     def current(self, board: str, channel: str) -> dict[str, Any] | None:
@@ -92,13 +112,19 @@ class RecordingPublisher:
         self.releases = releases
         self.fail_next = False
 
-    def publish(self, board: str, channel: str, version: str, rollout: dict[str, Any]) -> int:
+    def publish(self, board: str, channel: str, version: str, rollout: dict[str, Any],
+                claim: SeqClaim | None = None) -> int | None:
         if self.fail_next:
             self.fail_next = False
             raise PublishError("publish failed (injected)")
         prev = self.docs.get((board, channel))
         seq = (prev["seq"] if prev else 0) + 1
         doc = {"seq": seq, "version": version, "rollout": dict(rollout)}
+        if claim is not None:  # the store allocates the seq, as for the real feed
+            claimed = claim(seq - 1, lambda s: json.dumps({**doc, "seq": s}, sort_keys=True).encode())
+            if claimed is None:
+                return None
+            seq = doc["seq"] = claimed[0]
         self.docs[(board, channel)] = doc
         self.calls.append({"board": board, "channel": channel, **doc})
         return seq

@@ -195,6 +195,20 @@ class Store(ABC):
     @abstractmethod
     def history(self, rollout_id: str) -> list[dict[str, Any]]: ...
 
+    # --- channel documents (the seq every replica publishes from) ---
+    @abstractmethod
+    def publish_channel(self, board: str, channel: str, floor_seq: int, sign: Callable[[int], bytes],
+                        rollout_id: str | None = None, revision: int = 0) -> tuple[int, bytes] | None: ...
+
+    @abstractmethod
+    def note_channel(self, board: str, channel: str, seq: int, body: bytes) -> bool: ...
+
+    @abstractmethod
+    def channel_docs(self) -> list[tuple[str, str, int, bytes]]: ...
+
+    @abstractmethod
+    def leadership(self) -> Leadership: ...
+
 
 _DEVICE_COLS = ("device_id", "board", "grp", "registered_at", "first_seen", "last_seen", "version", "slot",
                 "last_event", "last_event_at", "health", "free_mem", "rollout", "target", "last_seq",
@@ -401,6 +415,18 @@ def plan_ingest(requests: Sequence[tuple[str, Sequence[Report]]], now: float,
     return IngestPlan(results, events, devices, new_seq, new_progress)
 
 
+class Leadership:
+    """Whether this process may run the orchestrator now (several replicas: exactly one may)."""
+
+    shared = False  # True where other processes compete for it
+
+    def is_leader(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        pass
+
+
 class SQLStore(Store):
     """The SQL both backends share (qmark parameters; the PostgreSQL store translates them).
     Subclasses give connections (_conn: this thread's, autocommit), transactions (_tx) and ingest."""
@@ -578,20 +604,23 @@ class SQLStore(Store):
                 conn.execute("UPDATE rollouts SET body = ? WHERE id = ?",
                              (json.dumps(r.to_dict()), rollout_id))
 
-    def publish_channel(self, board: str, channel: str, rollout_id: str, revision: int, floor_seq: int,
-                        sign: Callable[[int], bytes]) -> tuple[int, bytes] | None:
-        """Sign the channel document of the rollout's `revision` with the next seq and record it
-        (and the rollout as published) in one transaction. seq = max(last recorded, floor_seq) + 1:
-        it only grows, whichever replica publishes and across failovers. None when the rollout has
-        moved past `revision` or it is already published (whoever made the newer one publishes it)."""
+    def publish_channel(self, board: str, channel: str, floor_seq: int, sign: Callable[[int], bytes],
+                        rollout_id: str | None = None, revision: int = 0) -> tuple[int, bytes] | None:
+        """Sign a channel document with the next seq and record it in one transaction (with
+        rollout_id: the document of that rollout's `revision`, and the rollout marked published).
+        seq = max(last recorded, floor_seq) + 1: it only grows, whichever replica publishes and
+        across failovers. None when the rollout has moved past `revision` or it is already
+        published (whoever made the newer revision publishes it)."""
         with self._lock, self._tx() as conn:
-            row = conn.execute("SELECT revision, body FROM rollouts WHERE id = ?" + self._for_update,
-                               (rollout_id,)).fetchone()
-            if row is None:
-                raise StoreError(f"no rollout {rollout_id}")
-            r = Rollout.from_dict(json.loads(row[1]))
-            if int(row[0]) != revision or r.published_revision >= revision:
-                return None
+            r = None
+            if rollout_id is not None:
+                row = conn.execute("SELECT revision, body FROM rollouts WHERE id = ?" + self._for_update,
+                                   (rollout_id,)).fetchone()
+                if row is None:
+                    raise StoreError(f"no rollout {rollout_id}")
+                r = Rollout.from_dict(json.loads(row[1]))
+                if int(row[0]) != revision or r.published_revision >= revision:
+                    return None
             conn.execute("INSERT INTO channels (board, channel, seq, body) VALUES (?, ?, 0, ?) "
                          "ON CONFLICT(board, channel) DO NOTHING", (board, channel, b""))
             last = conn.execute("SELECT seq FROM channels WHERE board = ? AND channel = ?" + self._for_update,
@@ -601,9 +630,26 @@ class SQLStore(Store):
             conn.execute("UPDATE channels SET seq = ?, body = ?, rollout_id = ?, revision = ?, "
                          "updated_at = ? WHERE board = ? AND channel = ?",
                          (seq, body, rollout_id, revision, time.time(), board, channel))
-            r.published_revision, r.published_seq = revision, seq
-            conn.execute("UPDATE rollouts SET body = ? WHERE id = ?", (json.dumps(r.to_dict()), rollout_id))
+            if r is not None:
+                r.published_revision, r.published_seq = revision, seq
+                conn.execute("UPDATE rollouts SET body = ? WHERE id = ?",
+                             (json.dumps(r.to_dict()), rollout_id))
             return seq, body
+
+    def note_channel(self, board: str, channel: str, seq: int, body: bytes) -> bool:
+        """Record a document signed outside publish_channel (re-signed before expiry) if its seq is
+        above the recorded one; True when recorded."""
+        with self._lock, self._tx() as conn:
+            conn.execute("INSERT INTO channels (board, channel, seq, body) VALUES (?, ?, 0, ?) "
+                         "ON CONFLICT(board, channel) DO NOTHING", (board, channel, b""))
+            cur = conn.execute("UPDATE channels SET seq = ?, body = ?, updated_at = ? "
+                               "WHERE board = ? AND channel = ? AND seq < ?",
+                               (seq, body, time.time(), board, channel, seq))
+            return int(cur.rowcount) == 1
+
+    def leadership(self) -> Leadership:
+        """Who runs the orchestrator: SQLite has one server process, so always this one."""
+        return Leadership()
 
     def channel_docs(self) -> list[tuple[str, str, int, bytes]]:
         """(board, channel, seq, signed bytes) of every channel document published through the store."""

@@ -27,6 +27,7 @@ from host_tools.server.store import (
     _UPSERT_PROGRESS,
     PROGRESS_EVENTS,
     IngestResult,
+    Leadership,
     Report,
     SQLStore,
     StoreError,
@@ -95,6 +96,53 @@ class _PoolReader:
             return _Rows(cur.fetchall() if cur.description else [], cur.rowcount)
 
 
+# pg_try_advisory_lock key held by the replica that runs the orchestrator
+LEADER_LOCK = 0x6D706F7461_02
+
+
+class AdvisoryLeadership(Leadership):
+    """Exactly one replica leads: the one whose own session holds the advisory lock. PostgreSQL
+    releases it when that session ends: at once when the process dies (its socket closes), within
+    ~10 s when its host vanishes (TCP keepalives both ways, tcp_user_timeout). The others try to
+    take it on every orchestrator tick, so failover takes about one tick after that."""
+
+    shared = True
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._conn: psycopg.Connection[Any] | None = None
+        self._held = False
+
+    def is_leader(self) -> bool:
+        try:
+            conn = self._conn
+            if conn is None or conn.closed or conn.broken:
+                self._held = False
+                conn = self._conn = psycopg.connect(
+                    self.url, autocommit=True, connect_timeout=5, application_name="mpota-leader",
+                    keepalives=1, keepalives_idle=5, keepalives_interval=2, keepalives_count=2,
+                    tcp_user_timeout=10000)
+                for name, value in (("idle", 5), ("interval", 2), ("count", 2)):  # the server's side
+                    conn.execute(f"SET tcp_keepalives_{name} = {value}".encode())
+            if self._held:
+                conn.execute(b"SELECT 1")  # the session (and so the lock) is still there
+            else:
+                row = conn.execute(b"SELECT pg_try_advisory_lock(%s)", (LEADER_LOCK,)).fetchone()
+                self._held = bool(row and row[0])
+        except psycopg.Error:
+            self.close()
+        return self._held
+
+    def close(self) -> None:
+        self._held = False
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except psycopg.Error:
+                pass
+            self._conn = None
+
+
 class _Replayed(Exception):
     def __init__(self, pairs: set[tuple[str, int]]) -> None:
         self.pairs = pairs
@@ -161,6 +209,9 @@ class PostgresStore(SQLStore):
 
     def close(self) -> None:
         self._pool.close()
+
+    def leadership(self) -> AdvisoryLeadership:
+        return AdvisoryLeadership(self.url)
 
     # ---------------------------------------------------------------- ingest
     def ingest(self, requests: Sequence[tuple[str, Sequence[Report]]], now: float) -> list[IngestResult]:
