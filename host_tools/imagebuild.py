@@ -4,6 +4,12 @@ Used by the demo, the fleet simulator and the tests: an image has the 0xE9 heade
 the extended header with the chip id, flash-mapped DROM/IROM segments aligned to
 64 KiB MMU pages, an ``esp_app_desc_t`` at the start of the first segment, the
 XOR checksum and the appended SHA-256. ``esptool image-info`` accepts them.
+
+By default an image is built like MicroPython's own ESP32 firmware: its sdkconfig sets
+``CONFIG_APP_EXCLUDE_PROJECT_VER_VAR=y`` and ``CONFIG_APP_EXCLUDE_PROJECT_NAME_VAR=y``, so the
+app description's version and project name are empty. What tells two builds apart is then
+``app_elf_sha256`` (esptool writes the ELF's SHA-256 there): here a hash of the build's
+content, seeded by ``build`` (e.g. the release the image stands for).
 """
 
 from __future__ import annotations
@@ -41,11 +47,14 @@ def _cstr(text: str, size: int) -> bytes:
 
 
 def app_desc(version: str, project_name: str, secure_version: int,
-             date: str = "Nov 27 2026", time: str = "00:00:00", idf_ver: str = "v5.4.1") -> bytes:
+             date: str = "Nov 27 2026", time: str = "00:00:00", idf_ver: str = "v5.4.1",
+             elf_sha256: bytes | None = None) -> bytes:
     """The 256-byte esp_app_desc_t that ESP-IDF puts first in the DROM segment."""
+    if elf_sha256 is None:
+        elf_sha256 = hashlib.sha256(f"{project_name}-{version}".encode()).digest()
     desc = struct.pack("<II8s", APP_DESC_MAGIC, secure_version, b"\0" * 8)
     desc += _cstr(version, 32) + _cstr(project_name, 32) + _cstr(time, 16) + _cstr(date, 16)
-    desc += _cstr(idf_ver, 32) + hashlib.sha256(f"{project_name}-{version}".encode()).digest()
+    desc += _cstr(idf_ver, 32) + elf_sha256
     desc += struct.pack("<HHB3s", 0, 0xFFFF, 16, b"\0" * 3)  # efuse blk revs, mmu page = 64 KiB (2^16)
     return desc + b"\0" * (256 - len(desc))
 
@@ -61,38 +70,46 @@ def _filler(seed: str, size: int) -> bytes:
 
 def build_app_image(
     chip: str = "esp32",
-    version: str = "1.0.0",
-    project_name: str = "mpota-app",
+    version: str = "",
+    project_name: str = "",
     secure_version: int = 0,
     code: bytes | None = None,
     code_size: int = 0x8000,
     hash_appended: bool = True,
     sim_flags: str = "",
+    build: str | None = None,
 ) -> bytes:
     """Return a bootable app image. ``code`` (e.g. real machine code) fills IROM; else filler.
 
+    ``version``/``project_name`` go into the app description; both are empty by default, as in
+    MicroPython's own builds. ``build`` (default: the version) seeds the filler and the
+    app_elf_sha256, so builds of different releases differ even without a version.
     ``sim_flags`` (e.g. "health=fail") is stored in rodata as ``MPOTA-SIM:<flags>;`` so the
     simulated board can give this firmware a behaviour (a frozen bug) that a real build would have.
     """
     if chip not in CHIPS:
         raise ValueError(f"unknown chip {chip!r} (known: {', '.join(sorted(CHIPS))})")
     lay = CHIPS[chip]
+    seed = version if build is None else build
     if code is None:
-        code = _filler(f"{chip}-{project_name}-{version}-code", code_size)
+        code = _filler(f"{chip}-{project_name}-{seed}-code", code_size)
     code = code + b"\0" * (-len(code) % 4)
+    dram, iram = _filler(f"{seed}-dram", 512), _filler(f"{seed}-iram", 1024)
+    elf = hashlib.sha256(b"".join([f"{chip}|{project_name}|{version}|{seed}|{secure_version}|{sim_flags}|"
+                                   .encode(), code, dram, iram])).digest()
 
     # First segment: app_desc + rodata, sized so the IROM segment data starts at file
     # offset 0x10020, the page alignment the bootloader needs to map it (addr % 64K == off % 64K).
     drom_len = _PAGE - 8
-    rodata = app_desc(version, project_name, secure_version)
+    rodata = app_desc(version, project_name, secure_version, elf_sha256=elf)
     if sim_flags:
         rodata += f"MPOTA-SIM:{sim_flags};".encode()
-    rodata += _filler(f"{chip}-{version}-rodata", drom_len - len(rodata))
+    rodata += _filler(f"{chip}-{seed}-rodata", drom_len - len(rodata))
     segments = [
         (lay.drom, rodata),
         (lay.irom + _PAGE + 0x20, code),
-        (lay.dram, _filler(f"{version}-dram", 512)),
-        (lay.iram, _filler(f"{version}-iram", 1024)),
+        (lay.dram, dram),
+        (lay.iram, iram),
     ]
 
     flash_size_nibble = 0x20  # 4 MB, 40 MHz: esptool rewrites these when flashing
@@ -133,3 +150,8 @@ def build_combined_image(chip: str, app: bytes, partition_table: bytes, bootload
     pt = 0x8000 - bootloader_offset
     out[pt : pt + len(partition_table)] = partition_table
     return bytes(out) + app
+
+
+def app_elf_sha256(image: bytes) -> bytes:
+    """The app_elf_sha256 of an app image's esp_app_desc_t (what tells stock builds apart)."""
+    return image[0x20 + 144 : 0x20 + 176]

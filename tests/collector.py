@@ -4,13 +4,15 @@ Speaks the `POST /v1/reports` contract of docs/ARCHITECTURE.md: a single report 
 ``{"reports": [...]}``, ``Authorization: Bearer <token>``, ``X-Mpota-Device``; answers 409
 when a body holds a (device, seq) it has already stored (storing nothing from that body),
 401 for a wrong token, 400 for a malformed body. ``mode`` switches it to answer 503 or to
-drop connections, so tests can take the "server" down and up again without changing ports.
+drop connections, so tests can take the "server" down and up again without changing ports;
+``fail_next`` answers 503 to the next POSTs, ``delay`` makes every answer slow.
 """
 
 from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -22,6 +24,8 @@ class Collector:
         self.reports: list[dict[str, Any]] = []
         self.posts: list[int] = []  # status answered for every POST
         self.mode = "up"  # up | 503 | drop
+        self.fail_next = 0   # answer 503 to this many POSTs, then go on as `mode` says
+        self.delay = 0.0     # seconds before answering each POST (a slow server)
         self._seen: set[tuple[str, int]] = set()
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -97,7 +101,13 @@ class Collector:
                     self.close_connection = True
                     self.connection.close()
                     return
-                if collector.mode == "503":
+                if collector.delay:
+                    time.sleep(collector.delay)
+                with collector._lock:
+                    failing = collector.fail_next > 0
+                    if failing:
+                        collector.fail_next -= 1
+                if collector.mode == "503" or failing:
                     status = 503
                 elif self.path != "/v1/reports":
                     status = 404

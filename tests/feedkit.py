@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from host_tools import dsse as hdsse
-from host_tools.imagebuild import build_app_image
+from host_tools.imagebuild import app_elf_sha256, build_app_image
 from host_tools.keys import PrivateKey, generate_key, load_private_key
 from host_tools.release import sign_release
 
@@ -60,10 +60,20 @@ class Keys:
 
 
 def image(version: str, size: int = 128 * 1024, chip: str = "esp32", secure_version: int = 0,
-          sim_flags: str = "") -> bytes:
-    """A genuine app image of about ``size`` bytes (host_tools.imagebuild)."""
+          sim_flags: str = "", stock: bool = True) -> bytes:
+    """A genuine app image of about ``size`` bytes (host_tools.imagebuild) standing for release
+    ``version``: built like MicroPython's own firmware (empty app_desc version and project name)
+    unless ``stock`` is False."""
     code = max(0x1000, size - 0x10400)
+    if stock:
+        return build_app_image(chip, "", "", secure_version, code_size=code, sim_flags=sim_flags,
+                               build=version)
     return build_app_image(chip, version, "mpota-app", secure_version, code_size=code, sim_flags=sim_flags)
+
+
+def factory_config(running_image: bytes, version: str) -> dict[str, str]:
+    """What `mpota deploy` records for the factory firmware: its version, tied to the build."""
+    return {"version": version, "version_elf": app_elf_sha256(running_image).hex()}
 
 
 def sign_channel_bytes(doc: dict[str, Any], key: PrivateKey,

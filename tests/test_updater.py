@@ -22,6 +22,7 @@ from feedkit import (
     Keys,
     RunOut,
     device_config,
+    factory_config,
     image,
     serve,
     update_script,
@@ -54,6 +55,8 @@ class Env:
     board: Board | None = None
 
     def make_board(self, **cfg: Any) -> Board:
+        # a stock-style factory image, its version recorded as `mpota deploy` does
+        cfg = {**factory_config(self.running_image, RUNNING), **cfg}
         cfg_doc = device_config(self.server, self.keys, **cfg)
         device = "mpy" if self.interp == "micropython" else "copy"
         self.board = Board(self.tmp / "sim", self.running_image, cfg_doc, device)

@@ -2,7 +2,8 @@
 # when needed and unloaded after (the updater keeps it out of RAM during a transfer).
 #
 # The version comes from, in order: the running image's esp_app_desc_t; what mpota recorded
-# when it confirmed this very build in this slot (state["fw"]); the factory version the
+# when it confirmed this very build in this slot (state["fw"]), or the pending update's
+# version on its trial boot; the factory version the
 # config states (`version`, written by `mpota deploy`; for the build `version_elf` names when
 # given); else it is unknown (None) and the updater matches the running image's SHA-256
 # against the signed manifest it is offered. MicroPython's own ESP32 builds leave the app
@@ -50,6 +51,9 @@ def version(state, cfg, fw=-1):
         rec = state["fw"].get(fw[3])
         if rec and rec[0] == fw[1]:
             return rec[1]
+        p = state["pending"]
+        if p and p.get("slot") == fw[3] and p.get("phase") != "installing":
+            return p.get("version")  # the trial boot of an installed update
     v = cfg.get("version")
     if not isinstance(v, str) or not v:
         return None

@@ -278,9 +278,13 @@ class Session:
             import mpota.firmware as firmware
 
             firmware.record(st, firmware.running_image(), p.get("version"))
+            del firmware
             p["phase"] = "confirmed"
             self.reserve("cseq")
             st.save()
+        sv = getattr(self.reporter, "set_version", None)
+        if sv is not None:
+            sv(p.get("version"))  # reports from here on name the confirmed firmware
         self.reporter.event("confirmed", seq=p["cseq"], flush_ms=0, attempts=p.get("attempts", 0))
         st["pending"] = None
         st.save()
