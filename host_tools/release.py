@@ -135,7 +135,7 @@ def sign_release(
     image_path: str | os.PathLike[str],
     key: PrivateKey | str | os.PathLike[str] | Sequence[PrivateKey],
     board: str,
-    version: str,
+    version: str | None,
     *,
     out_dir: str | os.PathLike[str],
     security_version: int | None = None,
@@ -151,11 +151,15 @@ def sign_release(
     extra_boards: Sequence[str] = (),
     allow_version_downgrade: bool = False,
 ) -> ReleaseInfo:
-    """Check the image against the board, build + sign the manifest, write RELEASE_DIR atomically."""
+    """Check the image against the board, build + sign the manifest, write RELEASE_DIR atomically.
+
+    ``version`` None takes the image's own (esp_app_desc_t.version); an image without one (a
+    stock MicroPython build) needs it given."""
     from host_tools.boards import load_board
 
     out = Path(out_dir)
-    check_version(version, "--version")
+    if version is not None:
+        check_version(version, "--version")
     b = load_board(board)
     for extra in extra_boards:
         other = load_board(extra)
@@ -185,7 +189,16 @@ def sign_release(
         raise ReleaseError(f"{name} is {len(data)} bytes, larger than board {b.name}'s OTA slot "
                            f"({b.slot_size} bytes)")
     desc_version = rep.app_desc.version
-    if _version_core(desc_version) != version:
+    if not desc_version:
+        if version is None:
+            raise ReleaseError(
+                f"{name} carries no version (its esp_app_desc_t.version is empty, as in MicroPython's own "
+                "ESP32 builds, which set CONFIG_APP_EXCLUDE_PROJECT_VER_VAR): give --version to say which "
+                "release it is; devices compare that signed version, the image cannot tell them")
+    elif version is None:
+        version = _version_core(desc_version)
+        check_version(version, f"the version in {name}")
+    elif _version_core(desc_version) != version:
         if not force_version:
             raise ReleaseError(f"the image says version {desc_version!r} (esp_app_desc_t) but --version is "
                                f"{version!r}; rebuild the image or pass --force-version")
@@ -369,7 +382,8 @@ def load_release(
         raise ReleaseError(f"the signed image is for {rep.chip}, the manifest says chip {m.chip}")
     if rep.app_desc is not None:
         desc_v = rep.app_desc.version
-        note = "" if _version_core(desc_v) == m.version else f" (image says {desc_v})"
+        note = "" if _version_core(desc_v) == m.version else \
+            f" (image says {desc_v})" if desc_v else " (the image carries no version of its own)"
         checks.append(f"valid {rep.chip} app image{note}")
     return VerifyResult(m, mpath, img, hashlib.sha256(raw).hexdigest(), signed_by, checks), raw, wire
 

@@ -19,7 +19,9 @@ def register(sub: Any) -> None:
                     "(a DSSE envelope over the release manifest, signed by a release key) and the image "
                     "(firmware.bin, or firmware.bin.z with --compress). Refuses an image that is not a valid "
                     "app image, is a combined flash image, is for another chip, does not fit the board's "
-                    "OTA slot, or whose own version (esp_app_desc_t) differs from --version.",
+                    "OTA slot, or whose own version (esp_app_desc_t) differs from --version. MicroPython's "
+                    "own ESP32 builds leave that version empty: for them --version is required (the "
+                    "signed version is all a device has to compare).",
         epilog="The key must have role release or both ('# mpota-role:' line, see `mpota keygen --help`) "
                "unless --any-role is given.")
     sign.add_argument("image", metavar="IMAGE", help="the app image (not a combined firmware.bin: see "
@@ -28,8 +30,10 @@ def register(sub: Any) -> None:
     sign.add_argument("--board", "-b", required=True, metavar="BOARD", help="board name (boards/<name>.json)")
     sign.add_argument("--also-board", action="append", default=[], metavar="BOARD",
                       help="another board (same chip) in target_hardware; repeatable")
-    sign.add_argument("--version", "-V", required=True, dest="release_version", metavar="VERSION",
-                      help="release version, MAJOR.MINOR.PATCH[-prerelease]")
+    sign.add_argument("--version", "-V", dest="release_version", metavar="VERSION",
+                      help="release version, MAJOR.MINOR.PATCH[-prerelease] (default: the image's own "
+                           "esp_app_desc_t version; required for an image without one, such as a stock "
+                           "MicroPython build)")
     sign.add_argument("--security-version", type=int, metavar="N",
                       help="anti-rollback counter (default: the image's secure_version)")
     sign.add_argument("--build-id", metavar="ID", help="build identifier (default: UTC time YYYYmmdd-HHMMSS)")
