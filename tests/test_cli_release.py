@@ -468,14 +468,16 @@ def test_feed_add_stages_a_release(work: Path, capsys: pytest.CaptureFixture[str
     assert not Path("f2/releases").exists()
 
 
-def test_sign_stock_image_needs_a_version_and_says_why(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_sign_stock_image_needs_a_version_and_says_why(work: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
     # MicroPython's own ESP32 builds leave esp_app_desc_t.version (and the project name) empty
     Path("stock.bin").write_bytes(build_app_image("esp32", "", "", 1, code=bytes(30000), build="2.1.0"))
     line = fails(capsys, r"carries no version .*MicroPython.*give --version",
                  "sign", "stock.bin", "-k", "rel.pem", "-b", B32, "-o", "rel-stock")
     assert "CONFIG_APP_EXCLUDE_PROJECT_VER_VAR" in line
     assert not Path("rel-stock").exists()
-    code, out, err = run(capsys, "sign", "stock.bin", "-k", "rel.pem", "-b", B32, "-V", "2.1.0", "-o", "rel-stock")
+    code, out, err = run(capsys, "sign", "stock.bin", "-k", "rel.pem", "-b", B32, "-V", "2.1.0",
+                         "-o", "rel-stock")
     assert code == 0 and "signed 2.1.0" in out and "warning" not in err, (out, err)
     code, out, _ = run(capsys, "verify", "rel-stock", "-p", "rel.pem.pub")
     assert code == 0 and "the image carries no version of its own" in out, out

@@ -575,3 +575,53 @@ def test_any_group_a_plan_can_name(fleet: Fleet) -> None:
     plan = RolloutPlan.from_dict({"stages": [{"name": "beta", "groups": ["beta-testers"]},
                                              {"name": "general", "batch_size_percentage": 50}]})
     assert plan.steps[0].groups == ("beta-testers",)
+
+
+# ------------------------------------------------------------------------------------------------
+# the factory firmware's version (a stock MicroPython build carries none)
+
+def _deployed_config(fleet: Fleet, port: str, probe: str,
+                     **kw: object) -> tuple[dict[str, object], list[str]]:
+    fake = FakeBoard(probe=probe, verify={"version": "0.1.0", "device_id": "esp32-a4cf12345678",
+                                          "failed": []})
+    t = RecordingTransport(fake)
+    lines: list[str] = []
+    res = deploy(_request(fleet, port, **kw), t, echo=lines.append)
+    staged = [v for k, v in t.files.items() if k.endswith("mpota.json")]
+    assert len(staged) == 1 and json.loads(staged[0]) == res.config
+    return res.config, lines
+
+
+def test_deploy_records_the_factory_version_of_a_stock_build(port: str, fleet: Fleet) -> None:
+    elf = "ab" * 32
+    cfg, lines = _deployed_config(fleet, port, _probe(app=["", elf]))
+    assert cfg == _expected_config(fleet, "esp32-a4cf12345678", version="1.24.1", version_elf=elf)
+    assert any("carries no version (a stock MicroPython build): recorded it as 1.24.1" in ln for ln in lines)
+    cfg, _ = _deployed_config(fleet, port, _probe(app=["", elf]), firmware_version="3.2.0")
+    assert cfg["version"] == "3.2.0" and cfg["version_elf"] == elf
+    # an image that carries its version needs nothing in the config; a contradiction is refused
+    cfg, _ = _deployed_config(fleet, port, _probe(app=["v1.24.1", elf]), firmware_version="1.24.1")
+    assert cfg == _expected_config(fleet, "esp32-a4cf12345678")
+    _refused(_request(fleet, port, firmware_version="2.0.0"), FakeBoard(probe=_probe(app=["1.24.1", elf])),
+             match=r"the board's firmware says it is 1.24.1 \(esp_app_desc_t\); --firmware-version 2.0.0 "
+                   r"disagrees")
+    _refused(_request(fleet, port, firmware_version="one"), FakeBoard(probe=_probe(app=["", elf])),
+             match="--firmware-version")
+
+
+@pytest.mark.parametrize("interp", ["cpython", "micropython"])
+def test_probe_reads_the_running_image_on_the_simulated_board(tmp_path: Path, interp: str) -> None:
+    from host_tools.deploy import board_info_from, parse_tagged
+    from host_tools.imagebuild import app_elf_sha256, build_app_image
+    from sim.board import SimBoard
+
+    for version in ("", "1.7.0"):
+        img = build_app_image("esp32", version, "", build="stock-1")
+        sb = SimBoard.create(tmp_path / f"b{version or 'stock'}-{interp}", image=img, device=None)
+        r = sb.run(PROBE_SCRIPT, interp)
+        assert r.kind == "exit", str(r)
+        doc = parse_tagged(CommandResult(("probe",), 0, r.stdout), PROBE_TAG)
+        assert doc is not None
+        info = board_info_from(doc)
+        assert info.app_version == version and info.app_elf == app_elf_sha256(img).hex()
+        assert info.running == "ota_0"

@@ -57,6 +57,9 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "small_slots": build_combined_image("esp32", app, parse_csv(SMALL_SLOTS_CSV).to_binary(), 0x1000),
         "big": build_app_image("esp32", "1.24.0", "micropython", code_size=0x180000),
         "junk": os.urandom(4096),
+        # MicroPython's own builds: no version, no project name in esp_app_desc_t
+        "stock": build_combined_image("esp32", build_app_image("esp32", build="1.24.1"), B4.table.to_binary(),
+                                      0x1000),
     }
     out = {}
     for name, data in files.items():
@@ -243,3 +246,12 @@ def test_full_flash_dump_from_zero_is_written_at_zero(images: dict[str, Path], p
     t = RecordingTransport(port_check=lambda p: None)
     flash(B4, port, dump, transport=t, echo=lambda s: None)
     assert t.calls[-1][-2:] == ["0x0", str(dump)]
+
+
+def test_stock_firmware_is_flashed_with_a_note_about_its_version(images: dict[str, Path], port: str) -> None:
+    lines: list[str] = []
+    flash(B4, port, images["stock"], transport=RecordingTransport(), echo=lines.append)
+    assert any("its app carries no version" in ln and "mpota deploy" in ln for ln in lines), lines
+    lines.clear()
+    flash(B4, port, images["combined"], transport=RecordingTransport(), echo=lines.append)
+    assert not any("carries no version" in ln for ln in lines), lines

@@ -43,6 +43,10 @@ def register(sub: Any) -> None:
     p.add_argument("--source", action="store_true", help="copy .py sources instead of compiling to .mpy")
     p.add_argument("--resume", action="store_true",
                    help="no soft reset before each mpremote command (mpremote resume; for the unix port)")
+    p.add_argument("--firmware-version", metavar="VERSION",
+                   help="the version of the firmware the board runs now, for a build whose app description "
+                        "carries none (MicroPython's own builds; default then: MicroPython's version), "
+                        "written to /mpota.json so the board knows what it runs before its first update")
     p.add_argument("--dry-run", action="store_true", help="print the commands and the config, touch nothing")
     p.set_defaults(func=cmd_deploy)
 
@@ -59,6 +63,6 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         board=board, port=args.port, feed_url=args.feed_url, channel=args.channel, group=args.group,
         device_id=args.device_id, report_url=args.report_url, release_keys=release, rollout_keys=rollout,
         fleet_secret=args.fleet_secret, server=args.server, force=args.force, dry_run=args.dry_run,
-        resume=args.resume, source=args.source)
+        resume=args.resume, source=args.source, firmware_version=args.firmware_version)
     deploy(req, ProcessTransport())
     return 0
