@@ -101,7 +101,7 @@ def _qstr_bytes(text: str, marker: str) -> int:
 
 
 def run(image_bytes: int = IMAGE_BYTES, encoding: str = "none") -> dict[str, Any]:
-    from feedkit import Board, Feed, Keys, device_config, image, serve
+    from feedkit import Board, Feed, Keys, device_config, factory_config, image, serve
 
     with tempfile.TemporaryDirectory(prefix="mpota-bench-heap-") as tmp_s:
         tmp = Path(tmp_s)
@@ -110,10 +110,11 @@ def run(image_bytes: int = IMAGE_BYTES, encoding: str = "none") -> dict[str, Any
         feed.add_release("1.1.0", image("1.1.0", size=image_bytes), compress=encoding == "zlib",
                          window_bits=10)
         feed.set_channel("1.1.0")
-        running = image("1.0.0")
+        running = image("1.0.0")  # stock-style (no version in its app_desc), as MicroPython's builds
         probes: list[tuple[str, int, bool]] = []
         with serve(feed.root) as srv:
-            cfg = device_config(srv, keys, timeout_ms=10000)
+            # the factory version as `mpota deploy` records it for a stock build
+            cfg = device_config(srv, keys, timeout_ms=10000, **factory_config(running, "1.0.0"))
             count = [0]
 
             def board() -> Any:
@@ -155,7 +156,8 @@ def main() -> None:
     r = run()
     z = run(encoding="zlib")
     print(json.dumps([r, z]), file=sys.stderr)
-    print(f"heap (MicroPython, .mpy, simulated board): update() of {r['image_bytes'] / 1e6:.2f} MB needs "
+    print(f"heap (MicroPython, .mpy, simulated board, stock-style images): update() of "
+          f"{r['image_bytes'] / 1e6:.2f} MB needs "
           f"{r['extra_kb']} KB above the app without the update call "
           f"({r['app_floor']} -> {r['update_floor']} B; zlib window 10: {z['extra_kb']} KB) — "
           f"compared with the target <= {TARGET_KB} KB: "

@@ -1,10 +1,13 @@
 """`make demo`: the whole story on one machine, with the real tools, in a few minutes.
 
 1. keys (release + rollout) and a fleet secret            `mpota keygen`, `mpota fleet secret`
-2. genuine firmware images v1.0.0, v1.1.0 (good), v1.2.0 (a broken sensor driver: health=fail)
-3. sign and publish them                                    `mpota sign`, `mpota feed publish`
+2. genuine firmware images v1.0.0, v1.1.0 (good), v1.2.0 (a broken sensor driver: health=fail),
+   built like MicroPython's own: no version or project name in their app description
+3. sign and publish them (the version is given: the images carry none)   `mpota sign --version`,
+                                                            `mpota feed publish`
 4. start the rollout server on a free loopback port         `mpota serve`
-5. a fleet of simulated boards on v1.0.0 running the real device code under the MicroPython
+5. a fleet of simulated boards flashed with v1.0.0 (its version recorded in /mpota.json, as
+   `mpota deploy` does for a stock build) running the real device code under the MicroPython
    unix port (canary/internal lab boards without the sensor, pilot and general field boards with
    it; a few general boards on a flaky network or losing power during updates)
 6. roll v1.1.0 out through every stage to 100%              `mpota rollout start`, boards poll
@@ -148,7 +151,8 @@ class Demo:
         }
 
     def images(self) -> None:
-        self.step("Firmware: genuine ESP32 app images v1.0.0, v1.1.0 (good), v1.2.0 (broken sensor driver)")
+        self.step("Firmware: genuine ESP32 app images v1.0.0, v1.1.0 (good), v1.2.0 (broken sensor driver), "
+                  "built like MicroPython's own: no version in their app description")
         from host_tools.imagebuild import build_app_image
 
         code: bytes | None = None
@@ -164,20 +168,29 @@ class Demo:
         out.mkdir()
         self.image_paths: dict[str, Path] = {}
         for version, flags in (("1.0.0", ""), ("1.1.0", ""), ("1.2.0", "health=fail")):
-            img = build_app_image("esp32", version, "mpota-demo", 0, code=code, code_size=CODE_BYTES,
-                                  sim_flags=flags)
+            # as MicroPython's ESP32 builds: CONFIG_APP_EXCLUDE_PROJECT_VER_VAR / _NAME_VAR=y
+            img = build_app_image("esp32", "", "", 0, code=code, code_size=CODE_BYTES, sim_flags=flags,
+                                  build=version)
             path = out / f"app-{version}.bin"
             path.write_bytes(img)
             self.image_paths[version] = path
             self.say(f"{self.rel(path)}: {len(img)} bytes{'  (sim flag ' + flags + ')' if flags else ''}")
         self.cli("image", "info", str(self.image_paths["1.2.0"]), show=False)
-        self.say("`mpota image info` accepts them (header, segments, checksum, SHA-256, app_desc)")
+        self.say("`mpota image info` accepts them (header, segments, checksum, SHA-256, app_desc); their "
+                 "app_desc version is empty, only app_elf_sha256 tells the builds apart")
 
     def sign_and_publish(self) -> None:
         self.step("Sign each image into a release (zlib, 4 KiB window) and publish it to the static feed")
         self.feed = self.work / "feed"
         rel = self.work / "releases"
         rel.mkdir()
+        try:  # an image without a version of its own cannot be signed without one
+            self.cli("sign", "--key", str(self.release_key), "--board", BOARD, "--out", str(rel / "unnamed"),
+                     str(self.image_paths["1.1.0"]), show=False)
+            self.expect(False, "`mpota sign` refuses a stock image without --version", "it signed it")
+        except DemoFailed as exc:
+            why = str(exc).split(": mpota: error: ", 1)[-1]
+            self.say(f"without --version, refused: {why}")
         for version in ("1.0.0", "1.1.0", "1.2.0"):
             self.cli("sign", "--key", str(self.release_key), "--board", BOARD, "--version", version,
                      "--compress", "--window-bits", "12", "--notes", f"demo release {version}",
@@ -231,10 +244,13 @@ class Demo:
                  f"or lose power mid-update; {self.interpreter} runs the device code")
         self.fleet = Fleet(self.work / "boards", self.server_url, self.server_url + "/", self.n,
                            secret=self.secret, keys=self.device_keys,
-                           image=self.image_paths["1.0.0"].read_bytes(), groups=GROUPS,
+                           image=self.image_paths["1.0.0"].read_bytes(), factory_version="1.0.0",
+                           groups=GROUPS,
                            interpreter=self.interpreter, workers=self.workers,
                            profiles={"flaky": 0.1, "powercut": 0.1}, profile_groups=("general",),
                            sensor_groups=FIELD_GROUPS, seed=7)
+        for version in ("1.1.0", "1.2.0"):  # how the demo itself tells the images apart on a board's flash
+            self.fleet.name_image(self.image_paths[version].read_bytes(), version)
         self.fleet.register()
         faults = Counter(d.profile.name for d in self.fleet.devices if d.profile.name != "clean")
         self.say(f"registered {self.n} devices with the server; fault profiles: "

@@ -208,9 +208,9 @@ except Exception as e:
     out["reason"] = getattr(e, "code", type(e).__name__)
 try:
     from mpota.report import Reporter
-    from mpota.state import State, open_store
+    from mpota.state import shared
     cfg = u.cfg
-    st = State(open_store(cfg.root))
+    st = shared(cfg.root)  # the boot's one state, as boot() and the updater hold it
     Reporter(cfg, st, cfg.root).heartbeat(flush_ms=2000)
     st.save()
 except Exception as e:
@@ -317,6 +317,7 @@ class Fleet:
 
     def __init__(self, workdir: str | os.PathLike[str], server_url: str, feed_url: str, n: int, *,
                  secret: bytes, keys: Mapping[str, Iterable[str]], image: bytes,
+                 factory_version: str | None = None,
                  groups: Mapping[str, int] | None = None, interpreter: str = "micropython",
                  board: str = BOARD, channel: str = "stable", prefix: str = "dev-",
                  profiles: Mapping[str | FaultProfile, float] | None = None, seed: int = 1,
@@ -340,6 +341,13 @@ class Fleet:
         self.rng = random.Random(seed)
         self.on_board = on_board
         self.proxies: dict[str, FaultProxy] = {}
+        # app_elf_sha256 (hex) -> release version, for images that carry no version (stock builds)
+        self.names: dict[str, str] = {}
+        factory: dict[str, str] = {}
+        if factory_version is not None:
+            self.name_image(image, factory_version)
+            if not _desc_version(image):  # what `mpota deploy` writes for a stock build
+                factory = {"version": factory_version, "version_elf": _elf(image)}
         mode = device_mode or ("mpy" if interpreter == "micropython" else "link")
 
         shares = list((profiles or {}).items())
@@ -366,6 +374,7 @@ class Fleet:
                     "timeout_ms": timeout_ms, "retries": retries, "backoff_ms": 50, "max_backoff_ms": 400,
                     # hardware the app's health check looks at (a firmware with health=fail breaks it)
                     "sim_sensor": sensors is None or names[i] in sensors,
+                    **factory,
                 }
                 uid = hashlib.sha256(device_id.encode()).hexdigest()[:12]
                 sb = SimBoard.create(self.workdir / device_id, board, image=image, device=mode,
@@ -483,13 +492,21 @@ class Fleet:
         pool.shutdown(wait=True)
         return PollSummary(outcomes, time.monotonic() - start)
 
+    def name_image(self, image: bytes, version: str) -> None:
+        """Say which release ``image`` is: boards running it count as ``version`` (the image itself
+        may carry no version, as MicroPython's own builds)."""
+        self.names[_elf(image)] = version
+
+    def slot_version(self, board: SimBoard, slot: str | None) -> str | None:
+        """The release the image in ``slot`` is: its app_desc version, else the name it was given."""
+        if slot is None:
+            return None
+        head = board.read_slot(slot, 0x20 + 176)
+        return _desc_version(head) or self.names.get(_elf(head))
+
     def versions(self) -> dict[str, str | None]:
         """{device_id: version of the image the board boots next}, read from its flash."""
-        out: dict[str, str | None] = {}
-        for d in self.devices:
-            slot = d.board.next_boot_slot()
-            out[d.device_id] = None if slot is None else d.board.firmware(slot).get("version")
-        return out
+        return {d.device_id: self.slot_version(d.board, d.board.next_boot_slot()) for d in self.devices}
 
     def device_state(self, device_id: str) -> dict[str, Any]:
         """The device's persistent mpota state (NVS namespace mpota, blob state)."""
@@ -504,7 +521,7 @@ class Fleet:
         slot = b.next_boot_slot()
         return {"slot": slot, "ota_state": None if slot is None else b.ota_state(slot),
                 "valid": slot is not None and b.verify_slot(slot) is None,
-                "version": None if slot is None else b.firmware(slot).get("version"),
+                "version": self.slot_version(b, slot),
                 "state": self.device_state(device_id)}
 
     def close(self) -> None:
@@ -517,6 +534,15 @@ class Fleet:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _elf(image: bytes) -> str:
+    return image[0x20 + 144 : 0x20 + 176].hex()  # esp_app_desc_t.app_elf_sha256
+
+
+def _desc_version(image: bytes) -> str:
+    raw = image[0x20 + 16 : 0x20 + 48]
+    return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
 
 
 def http_json(url: str, method: str = "GET", body: bytes | None = None,

@@ -43,9 +43,10 @@ def env(tmp_path: Path) -> Iterator[Env]:
     pk = load_private_key(key)
     feed = tmp_path / "feed"
     work = tmp_path / "work"
-    publish_test_release(feed, work, key, "1.0.0", BOARD, channel="stable")
-    publish_test_release(feed, work, key, "1.1.0", BOARD)
-    publish_test_release(feed, work, key, "1.2.0", BOARD, sim_flags="health=fail")
+    # stock-style images, as MicroPython's own builds: the version is only in the signed manifests
+    publish_test_release(feed, work, key, "1.0.0", BOARD, channel="stable", stock=True)
+    publish_test_release(feed, work, key, "1.1.0", BOARD, stock=True)
+    publish_test_release(feed, work, key, "1.2.0", BOARD, sim_flags="health=fail", stock=True)
     config = ServerConfig(feed_dir=feed, db_url=f"sqlite:///{tmp_path / 'db.sqlite'}", fleet_secret=SECRET,
                           tick_s=0.1)
     with ServerThread(config, make_publisher(feed, str(key), any_role=True)) as srv:
@@ -54,8 +55,12 @@ def env(tmp_path: Path) -> Iterator[Env]:
 
 
 def _fleet(env: Env, n: int, interpreter: str = "cpython", **kw: Any) -> Fleet:
-    return Fleet(env.root / f"boards-{interpreter}", env.srv.url, env.srv.url + "/", n, secret=SECRET,
-                 keys=env.keys, image=env.v1, interpreter=interpreter, workers=4, **kw)
+    fleet = Fleet(env.root / f"boards-{interpreter}", env.srv.url, env.srv.url + "/", n, secret=SECRET,
+                  keys=env.keys, image=env.v1, factory_version="1.0.0", interpreter=interpreter, workers=4,
+                  **kw)
+    for v in ("1.1.0", "1.2.0"):
+        fleet.name_image((env.root / "work" / f"app-{v}.bin").read_bytes(), v)
+    return fleet
 
 
 def _drive(fleet: Fleet, rid: str, until: set[str], rounds: int = 8) -> dict[str, Any]:

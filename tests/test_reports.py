@@ -24,7 +24,8 @@ PRELUDE = """
 import sys
 sys.path[:0] = [{device!r}, {fakes!r}]
 import json
-from mpota.state import State, FileStore
+from mpota.state import State
+from mpota.filestore import FileStore
 from mpota.report import Reporter
 ROOT = {root!r}
 CFG = {{"device_id": "dev-1", "board": "esp32-generic-4mb", "group": "pilot",

@@ -180,7 +180,7 @@ class _Queue:
                 finally:
                     f.close()
             if extra is not None:
-                out.write(extra[2])
+                out.write(extra[2].encode())
                 keep.append((extra[0], extra[1]))
         finally:
             out.close()
@@ -189,10 +189,10 @@ class _Queue:
 
     # False when the queue is full of more important reports (the new one is dropped).
     def append(self, kind, seq, line):
-        rec = (kind, seq, kind.encode() + b" %d " % seq + line + b"\n")
+        rec = (kind, seq, "%s %d %s\n" % (kind, seq, line))
         if len(self.index) < _MAX_RECORDS:
             try:
-                f = open(self.path, "ab")
+                f = open(self.path, "a")  # text: the JSON is ASCII (the file is read as bytes)
             except OSError:
                 f = None
             if f is None or not self.index and f.tell() == 0:
@@ -226,8 +226,8 @@ class _Queue:
                     break
         return None if best is None else best[1]
 
-    # (records taken, POST body or None): the oldest `limit` records; a record whose JSON
-    # is not UTF-8 text is taken (trimmed with the batch) but not sent.
+    # (records taken, POST body or None): the oldest `limit` records (a damaged one the
+    # server refuses with 400 is then sent alone and dropped).
     def batch(self, limit):
         n = 0
         parts = []
@@ -237,11 +237,8 @@ class _Queue:
                 if n >= limit:
                     break
                 n += 1
-                try:
-                    str(js, "utf-8")
-                except Exception:
-                    continue
-                parts.append(js)
+                if js:
+                    parts.append(js)
         finally:
             f.close()
         if not parts:
@@ -374,7 +371,7 @@ class Outbox:
                 r = self.build(name, seq, target, rollout, detail)
                 # record kind; a full queue drops h (heartbeat) before p (progress) before d
                 kind = "h" if name == "heartbeat" else "p" if name in ("checking", "downloading") else "d"
-                if not q.append(kind, seq, json.dumps(r).encode()):
+                if not q.append(kind, seq, json.dumps(r)):
                     return None
         except Exception as e:
             self._log("report: cannot queue %s: %r" % (name, e))

@@ -76,10 +76,10 @@ class Reporter(Outbox):
     def send_now(self, name, timeout_ms=_POST_MS, **detail):
         if not self.cfg.get("report_url"):
             return False
-        start = ticks_ms()
         seq = self.event(name, flush_ms=0, **detail)
         if seq is None:
             return False
+        start = ticks_ms()  # the budget is for delivering (queueing it took a few ms at most)
         pause = 100
         while True:
             left = timeout_ms - ticks_diff(ticks_ms(), start)

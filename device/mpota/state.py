@@ -83,34 +83,6 @@ class NvsStore:
         self._nvs.commit()
 
 
-class FileStore:
-    def __init__(self, path):
-        self._path = path
-        self.key = path
-
-    def load(self):
-        try:
-            with open(self._path) as f:
-                return json.load(f)
-        except Exception:  # OSError, ValueError, UnicodeError
-            return None
-
-    def save(self, text, rseq):
-        import os
-
-        tmp = self._path + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.rename(tmp, self._path)  # atomic on LittleFS and POSIX
-
-    # the state file keeps the high-water mark (a port without NVS has no second place)
-    def load_rseq(self):
-        return 0
-
-    def save_rseq(self, n):
-        pass
-
-
 def open_store(root):
     # NVS where the port has it (ESP32, the simulated board); a file elsewhere.
     try:
@@ -120,6 +92,8 @@ def open_store(root):
             return NvsStore()
     except ImportError:
         pass
+    from mpota.filestore import FileStore
+
     return FileStore(root + "/mpota_state.json")
 
 

@@ -171,8 +171,11 @@ class SimDevice:
 
 def publish_test_release(feed_dir: str | Path, work_dir: str | Path, key_path: str | Path, version: str,
                          board: str = "esp32-generic-4mb", channel: str | None = None,
-                         security_version: int = 0, sim_flags: str = "") -> Path:
+                         security_version: int = 0, sim_flags: str = "", stock: bool = False) -> Path:
     """Build a genuine app image, sign it as a release and copy it into the feed.
+
+    ``stock``: built like MicroPython's own firmware (no version or project name in its app
+    description; the release version is only in the signed manifest).
 
     With ``channel`` the channel document is also pointed at it (a full release); without, only
     the release folder lands (what ``mpota rollout start`` needs). Returns the release folder.
@@ -186,8 +189,8 @@ def publish_test_release(feed_dir: str | Path, work_dir: str | Path, key_path: s
     work.mkdir(parents=True, exist_ok=True)
     chip = load_board(board).chip
     image = work / f"app-{version}.bin"
-    image.write_bytes(build_app_image(chip, version, "mpota-test", security_version, code_size=0x4000,
-                                      sim_flags=sim_flags))
+    image.write_bytes(build_app_image(chip, "" if stock else version, "" if stock else "mpota-test",
+                                      security_version, code_size=0x4000, sim_flags=sim_flags, build=version))
     key = load_private_key(key_path)
     info = release.sign_release(image, key, board, version, out_dir=work / f"release-{version}",
                                 security_version=security_version, any_role=True)
