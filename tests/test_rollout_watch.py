@@ -82,6 +82,8 @@ def test_wait_blocks_until_the_gate_pauses_and_exits_3(served: tuple[ServerThrea
     out, err = waiting.communicate(timeout=30)
     assert waiting.returncode == 3, (out, err)
     assert "PAUSED" in out and "pilot: failure rate 100.0% > 20%" in out
+    assert "failure = failed + rolled back + timed out" in out  # the table says what its rates count
+    assert "limits (failure/rollback/health): canary 20/20/20%, pilot 20/20/20%" in out
     assert _cli(srv).wait(30) == 3  # paused: 3, without --wait too
     # the server said each decision on its log, the pause with the numbers behind it
     log = capfd.readouterr().err

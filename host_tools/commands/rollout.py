@@ -269,6 +269,10 @@ def _only_open_rollout(client: Any, action: str) -> str:
     return str(open_[0]["id"])
 
 
+RATES_LEGEND = ("rates: % of a stage's finished devices; failure = failed + rolled back + timed out,\n"
+                "       rollback = rolled back, health = reported health_failed")
+
+
 def _pct(v: float | None) -> str:
     return "-" if v is None else f"{v:.1f}%"
 
@@ -332,6 +336,16 @@ def print_status(status: dict[str, Any], history: bool = False) -> None:
                 for i, (v, w) in enumerate(zip(row, widths, strict=True))
             ).rstrip()
         )
+    print(RATES_LEGEND)
+    limits = []
+    for s in status["stages"]:
+        th = s.get("thresholds") or {}
+        if th:
+            three = (th.get(k) for k in ("failure_rate", "rollback_rate", "health_check_failure_rate"))
+            limits.append(f"{s['name']} " + "/".join(f"{v:g}" if isinstance(v, (int, float)) else "-"
+                                                     for v in three) + "%")
+    if limits:
+        print(f"limits (failure/rollback/health): {', '.join(limits)}")
     nxt = status.get("next") or {}
     if r["state"] == "active" and nxt.get("waiting_for"):
         print(f"waiting for: {nxt['waiting_for']}")
