@@ -71,6 +71,13 @@ def test_json_on_reporting_commands(work: Path, capsys: pytest.CaptureFixture[st
     rep = as_json(capsys, "feed", "verify", "feed", "--release-pubkey", "rel.pem.pub",
                   "--rollout-pubkey", "ro.pem.pub")
     assert rep["ok"] is True and rep["channels"][0]["version"] == "2.0.0"  # type: ignore[index]
+    added = as_json(capsys, "feed", "add", "rel", "--feed", "feed2")
+    assert added["channel_changed"] is False
+    published = as_json(capsys, "feed", "publish", "rel", "--feed", "feed2", "--channel", "beta",
+                        "--key", "ro.pem")
+    assert published["channel"]["seq"] == 1 and published["channel"]["channel"] == "beta"  # type: ignore[index]
+    table = as_json(capsys, "partitions", "show", B32)
+    assert table["ota_slots"] == ["ota_0", "ota_1"] and table["slot_size"] > 0  # type: ignore[operator]
     # a failing feed verify still prints JSON, and exits non-zero
     code, out, _ = run(capsys, "feed", "verify", "feed", "--pubkey", "rel.pem.pub", "--json")
     assert code == 1 and json.loads(out)["problems"]

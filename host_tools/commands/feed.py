@@ -49,6 +49,7 @@ def register(sub: Any) -> None:
     pub.add_argument("--allow-downgrade", action="store_true",
                      help="publish a lower security_version than the channel's current release (warns)")
     pub.add_argument("--any-role", action="store_true", help="accept a key of any role (or without one)")
+    pub.add_argument("--json", action="store_true", help="print the channel document written, as JSON")
     pub.set_defaults(func=cmd_publish)
 
     add = fsub.add_parser(
@@ -63,6 +64,7 @@ def register(sub: Any) -> None:
                      help="which target board (when the release has several)")
     add.add_argument("--release-pubkey", action="append", default=None, metavar="PUB",
                      help="also verify the release signature with this release public key (repeatable)")
+    add.add_argument("--json", action="store_true", help="print the result as JSON")
     add.set_defaults(func=cmd_add)
 
     ver = fsub.add_parser(
@@ -136,6 +138,9 @@ def cmd_publish(args: argparse.Namespace) -> int:
         allow_downgrade=args.allow_downgrade, board=args.board, release_keys=release_keys,
         any_role=args.any_role, warn=lambda msg: print(f"mpota: {msg}", file=sys.stderr),
     )
+    if args.json:
+        print(json.dumps({"path": f"{args.feed}/{doc.path}", "channel": doc.to_dict()}, indent=2))
+        return 0
     ro = doc.rollout
     print(f"published {doc.board} {doc.release.version} -> {args.feed}/{doc.path} (seq {doc.seq})")
     shown = ",".join(ro.groups) or "-"
@@ -152,6 +157,9 @@ def cmd_add(args: argparse.Namespace) -> int:
 
     release_keys = load_public_keys(args.release_pubkey) if args.release_pubkey else None
     rel = add_release(args.release, args.feed, board=args.board, release_keys=release_keys)
+    if args.json:
+        print(json.dumps({"added": f"{args.feed}/{rel}", "channel_changed": False}, indent=2))
+        return 0
     print(f"added {args.feed}/{rel} (no channel changed)")
     return 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ def register(sub: Any) -> None:
     show.add_argument("source", metavar="BIN|CSV|BOARD|FIRMWARE")
     show.add_argument("--flash-size", metavar="SIZE", help="check entries fit (e.g. 4M, 0x400000)")
     show.add_argument("--csv", action="store_true", help="print as CSV instead of a table")
+    show.add_argument("--json", action="store_true", help="print as JSON")
     show.set_defaults(func=cmd_show)
 
 
@@ -76,6 +78,15 @@ def cmd_show(args: argparse.Namespace) -> int:
     table, board = _resolve(args.source, _flash_size(args.flash_size))
     if args.csv:
         print(table.to_csv(), end="")
+        return 0
+    if args.json:
+        slots, otadata = table.ota_slots, table.otadata
+        print(json.dumps({
+            "board": board.name if board is not None else None, "source": str(table.source),
+            "partitions": [{"name": p.name, "type": p.type_name, "subtype": p.subtype_name,
+                            "offset": p.offset, "size": p.size, "flags": p.flags} for p in table.entries],
+            "ota_slots": [p.name for p in slots], "otadata": otadata.offset if otadata is not None else None,
+            "slot_size": min((p.size for p in slots), default=0)}, indent=2))
         return 0
     if board is not None:
         print(f"board {board.name}: {board.chip}, flash {board.flash_size // (1024 * 1024)} MiB, "
