@@ -201,3 +201,24 @@ def test_public_status_only_on_loopback(capsys: pytest.CaptureFixture[str], tmp_
     (tmp_path / "feed").mkdir()
     code = main(["serve", "--feed", str(tmp_path / "feed"), "--host", "0.0.0.0", "--public-status"])
     assert code == 2 and "only with a loopback --host" in capsys.readouterr().err
+
+
+def test_device_list_filters_and_claimed_group(served: tuple[ServerThread, str]) -> None:
+    srv, _ = served
+    d = SimDevice(srv.url, SECRET, "field-7", "general")
+    assert d.register(SECRET, channel="beta") == 200
+    d.group = "canary"  # what its reports claim; the operator registered it as general
+    assert d.report("heartbeat", health="OK") == 200
+    d.close()
+    w = Web(srv)
+    jar = {"Cookie": f"{COOKIE}={w.login()}"}
+    status, _, page = w.get("/console/devices?channel=beta", **jar)
+    assert status == 200 and 'data-device="field-7"' in page and 'data-device="canary-1"' not in page
+    assert "(claims canary)" in page and '<option value="beta" selected>' in page
+    page = w.get("/console/devices?q=ANARY", **jar)[2]  # search: part of the id, any case
+    assert 'data-device="canary-1"' in page and 'data-device="field-7"' not in page
+    page = w.get("/console/devices?group=canary", **jar)[2]  # the operator's group decides, not the claim
+    assert 'data-device="canary-1"' in page and 'data-device="field-7"' not in page
+    status, _, page = w.get("/console/devices/field-7", **jar)
+    assert status == 200 and "beta" in page and "(claims canary)" in page and "heartbeat" in page
+    assert w.get("/console/devices/nobody", **jar)[0] == 404

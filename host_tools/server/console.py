@@ -217,11 +217,12 @@ class Console:
             choices = {k: sorted(summary.get(f"by_{k}") or {})
                        for k in ("board", "group", "version", "health")}
             every = store.list_devices(filters["board"] or None)
+            choices["channel"] = sorted({_shown(d.get("channel")) for d in every})
             total = int(summary.get("devices", len(every)))
             q = filters["q"].lower()
             picked = [d for d in every if (not q or q in str(d.get("device_id", "")).lower()) and all(
-                not filters[k] or _shown(d.get(k)) == filters[k] for k in ("group", "version", "health",
-                                                                              "rollout"))]
+                not filters[k] or _shown(d.get(k)) == filters[k]
+                for k in ("channel", "group", "version", "health", "rollout"))]
             return picked[:DEVICE_ROWS], len(picked), total, choices, self.server.clock()
         rows, matched, total, choices, now = await self.server._ops(build)
         # the filter form stays outside the live region (typing is not interrupted by a refresh)

@@ -340,13 +340,13 @@ def rollout_page(st: Mapping[str, Any], now: float, *, operator: bool, csrf: str
     return "".join(out)
 
 
-DEVICE_FILTERS = ("q", "board", "group", "version", "health", "rollout")
+DEVICE_FILTERS = ("q", "board", "channel", "group", "version", "health", "rollout")
 
 
 def devices_filter_form(filters: Mapping[str, str], choices: Mapping[str, Sequence[str]]) -> str:
     fields = [f'<label>search id<input name="q" value="{e(filters.get("q", ""))}" '
               'placeholder="part of a device id"></label>']
-    for key in ("board", "group", "version", "health"):
+    for key in ("board", "channel", "group", "version", "health"):
         opts = ['<option value="">any</option>'] + [
             f'<option value="{e(v)}"{" selected" if filters.get(key) == v else ""}>{e(v)}</option>'
             for v in choices.get(key, ())]
@@ -366,25 +366,39 @@ def devices_page(devices: Sequence[Mapping[str, Any]], matched: int, total: int,
     for d in devices:
         rows.append(f'<tr data-device="{e(d.get("device_id"))}"><td class=l><a href="'
                     f'{device_url(str(d.get("device_id")))}">{e(d.get("device_id"))}</a></td>'
-                    f"<td class=l>{e(d.get('board'))}</td><td class=l>{e(d.get('group'))}</td>"
+                    f"<td class=l>{e(d.get('board'))}</td><td class=l>{e(d.get('channel'))}</td>"
+                    f"<td class=l>{e(d.get('group'))}{_claimed(d)}</td>"
                     f"<td class=l>{e(d.get('version'))}</td><td class=l>{e(d.get('slot'))}</td>"
                     f"<td class=l>{e(d.get('last_event'))}</td><td class=l>{e(d.get('health'))}</td>"
                     f"<td class=l>{e(d.get('rollout'))}</td><td>{ago(d.get('last_seen'), now)}</td></tr>")
-    out.append("<table class=devices><tr><th class=l>device</th><th class=l>board</th><th class=l>group</th>"
+    out.append("<table class=devices><tr><th class=l>device</th><th class=l>board</th>"
+               "<th class=l>channel</th><th class=l>group</th>"
                "<th class=l>version</th><th class=l>slot</th><th class=l>last event</th><th class=l>health"
                "</th><th class=l>rollout</th><th>last seen</th></tr>" + "".join(rows) + "</table>")
     return "".join(out)
 
 
+def _claimed(d: Mapping[str, Any]) -> str:
+    """A group the device claims in its reports that is not the operator's: shown, never used."""
+    claimed = d.get("claimed_group")
+    if claimed and claimed != d.get("group"):
+        return f' <span class="muted" title="what its reports say; targeting uses the registered group">' \
+               f"(claims {e(claimed)})</span>"
+    return ""
+
+
 def device_page(d: Mapping[str, Any], events: Sequence[Mapping[str, Any]], now: float) -> str:
     out = [f"<h1>Device {e(d.get('device_id'))}</h1><table class=device>"]
-    for key, label in (("board", "board"), ("group", "group"), ("version", "version"), ("slot", "slot"),
+    for key, label in (("board", "board"), ("channel", "channel"), ("group", "group"), ("version", "version"),
+                       ("slot", "slot"),
                        ("health", "health"), ("last_event", "last event"), ("rollout", "rollout"),
                        ("target", "target version"), ("free_mem", "free heap (bytes)"),
                        ("last_seq", "last report seq")):
         value = d.get(key)
         if key == "rollout" and value:
             cell = f'<a href="{rollout_url(str(value))}">{e(value)}</a>'
+        elif key == "group":
+            cell = e(value) + _claimed(d)
         else:
             cell = e(value)
         out.append(f"<tr><th class=l>{label}</th><td class=l>{cell}</td></tr>")
