@@ -59,21 +59,22 @@ _CHIP_REV = {"esp32": 301, "esp32s3": 2}  # v3.1 and v0.2, as boards ship today
 _WDT_SLACK = 0.5
 
 
-def _load_simflash() -> ModuleType:
-    name = "mpota_sim_simflash"
-    mod = sys.modules.get(name)
+def _load_fake(stem: str) -> ModuleType:
+    # under its own name ("simota" imports "simflash"), without putting tests/fakes on sys.path
+    mod = sys.modules.get(stem)
     if mod is None:
-        spec = importlib.util.spec_from_file_location(name, FAKES / "simflash.py")
+        spec = importlib.util.spec_from_file_location(stem, FAKES / f"{stem}.py")
         assert spec is not None and spec.loader is not None
         mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
+        sys.modules[stem] = mod
         spec.loader.exec_module(mod)
     return mod
 
 
-sf = _load_simflash()
+sf = _load_fake("simflash")  # flash, partition table
+ota = _load_fake("simota")  # otadata, image check, bootloader
 
-STATE_NAMES: dict[int, str] = dict(sf.STATE_NAMES)
+STATE_NAMES: dict[int, str] = dict(ota.STATE_NAMES)
 _OP_NAMES: dict[int, str] = {v: k for k, v in sf.OP_CODES.items()}
 
 
@@ -241,16 +242,23 @@ class SimBoard:
             runcfg["wifi"] = wifi
         (self.simdir / "run.json").write_text(json.dumps(runcfg))
         if interpreter == "micropython":
-            cmd = [micropython_exe()]
-            if heapsize is not None:
-                cmd += ["-X", f"heapsize={heapsize}"]
-            cmd.append(str(compiled_fakes() / "boot.py"))
+            # the bootloader first, in a process of its own (on a board it runs before
+            # MicroPython and takes none of its heap), then the app with the heap asked for
+            boot = compiled_fakes() / "boot.py"
+            result = self._spawn([micropython_exe(), str(boot), "--boot", str(self.simdir)], timeout, env)
+            if result.returncode == 0 and (self.simdir / "boot.json").exists():
+                cmd = [micropython_exe()]
+                if heapsize is not None:
+                    cmd += ["-X", f"heapsize={heapsize}"]
+                cmd += [str(boot), "--app", str(self.simdir), str(script_path), *args]
+                booted = result.elapsed
+                result = self._spawn(cmd, timeout, env, append_log=True)
+                result.elapsed += booted
         elif interpreter == "cpython":
-            cmd = [sys.executable, "-S", "-E", str(SIMBOOT)]
+            cmd = [sys.executable, "-S", "-E", str(SIMBOOT), str(self.simdir), str(script_path), *args]
+            result = self._spawn(cmd, timeout, env)
         else:
             raise ValueError(f"unknown interpreter {interpreter!r} (micropython, cpython)")
-        cmd += [str(self.simdir), str(script_path), *args]
-        result = self._spawn(cmd, timeout, env)
         result.reset_cause = cause
         nxt = _NEXT_CAUSE.get(result.kind, PWRON_RESET)
         self._save_state({"next_cause": nxt})
@@ -271,17 +279,21 @@ class SimBoard:
                 break
         return results
 
-    def _spawn(self, cmd: list[str], timeout: float, env: dict[str, str] | None) -> RunResult:
+    def _spawn(self, cmd: list[str], timeout: float, env: dict[str, str] | None,
+               append_log: bool = False) -> RunResult:
+        """Run one process of a boot; ``append_log``: the app phase after a separate boot phase
+        (ops.log continues, stdout/stderr are appended to the boot phase's)."""
         out_path, err_path = self.simdir / "stdout.txt", self.simdir / "stderr.txt"
         res_path, wdt_path = self.simdir / "result.json", self.simdir / "wdt.json"
         log_path = self.simdir / "ops.log"
-        for p in (res_path, wdt_path, log_path):
+        for p in (res_path, wdt_path) if append_log else (res_path, wdt_path, log_path):
             p.unlink(missing_ok=True)
         penv = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "MICROPY"))}
         penv.update(env or {})
         start = time.monotonic()
         killed = None
-        with open(out_path, "wb") as out, open(err_path, "wb") as err:
+        mode = "ab" if append_log else "wb"
+        with open(out_path, mode) as out, open(err_path, mode) as err:
             proc = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=penv,
                                     cwd=str(self.simdir))
             try:
@@ -393,7 +405,7 @@ class SimBoard:
         """Both otadata entries: seq, state (int), state_name, crc_ok, valid, slot (label or None)."""
         fl = self._flash()
         try:
-            od, two = sf.read_otadata(fl, self.cfg)
+            od, two = ota.read_otadata(fl, self.cfg)
         finally:
             fl.close()
         if od is None:
@@ -404,7 +416,7 @@ class SimBoard:
             blank = e.seq == 0xFFFFFFFF
             out.append({
                 "seq": e.seq, "state": e.state, "state_name": STATE_NAMES.get(e.state, hex(e.state)),
-                "crc_ok": e.crc == sf.ota_crc(e.seq), "valid": e.valid(),
+                "crc_ok": e.crc == ota.ota_crc(e.seq), "valid": e.valid(),
                 "slot": None if blank or not slots else slots[(e.seq - 1) % len(slots)].label,
             })
         return out
@@ -421,7 +433,7 @@ class SimBoard:
         """What esp_ota_get_boot_partition() says (Partition(Partition.BOOT))."""
         fl = self._flash()
         try:
-            p = sf.boot_partition(fl, self.cfg)
+            p = ota.boot_partition(fl, self.cfg)
         finally:
             fl.close()
         return None if p is None else str(p.label)
@@ -430,7 +442,7 @@ class SimBoard:
         """The slot the bootloader would start on the next boot (dry run: flash is not changed)."""
         fl = _DryFlash(self._flash())
         try:
-            p = sf.bootloader(fl, self.cfg, [])
+            p = ota.bootloader(fl, self.cfg, [])
         finally:
             fl.close()
         return None if p is None else str(p.label)
@@ -440,7 +452,7 @@ class SimBoard:
         p = self.partition(label)
         fl = self._flash()
         try:
-            why = sf.verify_image(fl, p.offset, p.size, self.cfg["chip_id"], self.cfg.get("chip_rev", 0))
+            why = ota.verify_image(fl, p.offset, p.size, self.cfg["chip_id"], self.cfg.get("chip_rev", 0))
         finally:
             fl.close()
         return None if why is None else str(why)
@@ -449,7 +461,7 @@ class SimBoard:
         """app_desc of the image in ``label``: version, project_name, secure_version, flags."""
         fl = self._flash()
         try:
-            return dict(sf.firmware_info(fl, self.partition(label)))
+            return dict(ota.firmware_info(fl, self.partition(label)))
         finally:
             fl.close()
 
@@ -544,7 +556,7 @@ def _wdt_deadline(path: Path) -> float | None:
     return float(mtime_mono + 1.25 * timeout_ms / 1000 + _WDT_SLACK)
 
 
-_FAKE_MODULES = ("simflash", "esp32", "machine", "network", "simboot")
+_FAKE_MODULES = ("simflash", "simota", "simstart", "simdown", "esp32", "machine", "network", "simboot")
 
 
 def compiled_fakes() -> Path:

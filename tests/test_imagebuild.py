@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from host_tools.imagebuild import build_app_image, build_combined_image
-from sim.board import sf
+from sim.board import ota, sf
 
 ESPTOOL = Path(sys.executable).parent / "esptool"
 
@@ -30,7 +30,7 @@ def image_info(path: Path) -> str:
 
 
 class _BytesFlash:
-    """Flash stand-in over a bytes object, for simflash.verify_image / firmware_info."""
+    """Flash stand-in over a bytes object, for simota.verify_image / firmware_info."""
 
     def __init__(self, data: bytes, size: int):
         self.data = data + b"\xff" * (size - len(data))
@@ -44,7 +44,7 @@ class _BytesFlash:
 
 
 def board_verdict(image: bytes, chip_id: int) -> str | None:
-    return sf.verify_image(_BytesFlash(image, 0x180000), 0, 0x180000, chip_id, 0)  # type: ignore[no-any-return]
+    return ota.verify_image(_BytesFlash(image, 0x180000), 0, 0x180000, chip_id, 0)  # type: ignore[no-any-return]
 
 
 @pytest.mark.parametrize("chip", sorted(CHIPS))
@@ -68,7 +68,7 @@ def test_esptool_accepts_genuine_images(tmp_path: Path, chip: str) -> None:
     assert board_verdict(image, chip_id) is None
     assert board_verdict(image, 9 - chip_id) is not None  # the other chip refuses it
     part = sf.Part(["ota_0", 0, 0x10, 0, 0x180000])
-    info = sf.firmware_info(_BytesFlash(image, 0x180000), part)
+    info = ota.firmware_info(_BytesFlash(image, 0x180000), part)
     assert info["version"] == "1.2.3-rc.1" and info["project_name"] == "demo-app"
     assert info["secure_version"] == 7 and info["flags"] == {"health": "fail"}
 

@@ -1,6 +1,10 @@
 # Fake of MicroPython's esp32 module (docs/library/esp32.rst) on the simulated board:
 # Partition over the NOR flash model, NVS persisted on commit. simboot installs it.
 import simflash as _sf
+
+# The ROM/bootloader side (otadata, image check): C on a board. It stays loaded, so the app's
+# heap floors measured above an empty board (bench/bench_heap.py) do not pay for it mid-update.
+import simota as _ota
 from simflash import esp_error as _err
 
 _NATIVE = 4096
@@ -23,7 +27,7 @@ class Partition:
             part = id
         elif isinstance(id, int):
             if id == Partition.BOOT:
-                part = _sf.boot_partition(run.flash, run.cfg)
+                part = _ota.boot_partition(run.flash, run.cfg)
             elif id == Partition.RUNNING:
                 part = _sf.find_part(run.cfg, label=run.running)
             else:
@@ -135,7 +139,7 @@ class Partition:
     def set_boot(self):
         run = _run()
         p = self._p
-        why = _sf.verify_image(run.flash, p.offset, p.size, run.cfg["chip_id"], run.cfg.get("chip_rev", 0))
+        why = _ota.verify_image(run.flash, p.offset, p.size, run.cfg["chip_id"], run.cfg.get("chip_rev", 0))
         if why is not None:
             run.boot_log.append("set_boot(%s) refused: %s" % (p.label, why))
             raise _err(_sf.ESP_ERR_OTA_VALIDATE_FAILED)
@@ -148,7 +152,7 @@ class Partition:
             run.flash.erase(od.offset, od.size)
             return
         rollback = run.cfg.get("rollback_supported", True)
-        _sf.rewrite_ota_data(run.flash, run.cfg, p.subtype - _sf.SUBTYPE_OTA_0, rollback)
+        _ota.rewrite_ota_data(run.flash, run.cfg, p.subtype - _sf.SUBTYPE_OTA_0, rollback)
 
     def get_next_update(self):
         run = _run()
@@ -168,7 +172,7 @@ class Partition:
         run = _run()
         if not run.cfg.get("rollback_supported", True):
             raise _err(_sf.ESP_ERR_NOT_FOUND)  # OSError(-261): built without app rollback
-        _sf.mark_valid(run.flash, run.cfg)
+        _ota.mark_valid(run.flash, run.cfg)
 
 
 def _init(self, part, block_size):

@@ -118,36 +118,3 @@ class WLAN:
         if not wifi_up():
             return []
         return [(b"sim-wifi", b"\x24\x6f\x28\x00\x00\x01", 6, -55, 3, False)]
-
-
-# Stand-in for the socket module while Wi-Fi is down: DNS fails like lwIP (-202) and
-# connecting fails with EHOSTUNREACH; everything else is the real socket module.
-class _DownSocket:
-    def __init__(self, real):
-        self._real = real
-
-    def __getattr__(self, name):
-        return getattr(self._real, name)
-
-    def connect(self, addr):
-        raise OSError(113)  # EHOSTUNREACH
-
-    def connect_ex(self, addr):
-        return 113
-
-
-class DownSocketModule:
-    def __init__(self, real):
-        self._mod = real
-
-    def __getattr__(self, name):
-        return getattr(self._mod, name)
-
-    def getaddrinfo(self, *args, **kwargs):
-        raise OSError(-202)
-
-    def socket(self, *args, **kwargs):
-        return _DownSocket(self._mod.socket(*args, **kwargs))
-
-    def create_connection(self, *args, **kwargs):
-        raise OSError(113)

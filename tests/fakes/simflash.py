@@ -138,7 +138,7 @@ def hwrite_json(path, obj):
 
 
 # ---- the run: operation counter, power cuts, how the run ends ----
-RUN = None  # this boot's Run, set by simboot
+RUN = None  # this boot's Run, set by simstart
 
 
 # This boot's Run, for the esp32/machine/network fakes: they only work inside a simulated boot.
@@ -151,30 +151,31 @@ def current(module):
 
 
 class Run:
-    # One per process (simboot creates it); sim/board.py inspects flash without one.
-    def __init__(self, simdir, cfg, run):
+    # One per boot (simstart creates it); sim/board.py inspects flash without one. ``boot`` is
+    # what the bootloader phase left in boot.json when it ran in a process of its own.
+    def __init__(self, simdir, cfg, run, boot=None):
         self.simdir = simdir
         self.cfg = cfg
-        self.ops = 0
-        self.boot_ops = 0
+        boot = boot or {}
+        self.ops = boot.get("ops", 0)
+        self.boot_ops = self.ops
         # the operation log goes straight to a file, 9 bytes per operation (<BII: kind, address,
         # length): constant RAM however long the run, and no heap use per operation
-        self.logf = hopen(simdir + "/ops.log", "wb")
+        self.logf = hopen(simdir + "/ops.log", "ab" if boot else "wb")
         self._rec = bytearray(9)
         self.last = None
-        self.boot_log = []
+        self.boot_log = boot.get("boot_log", [])
         cut = run.get("cut") or None
         self.cut_op = cut["op"] if cut else -1
         self.cut_after = bool(cut) and cut.get("when", "before") == "after"
         self.dead = None
-        self.running = None   # label of the slot the bootloader started
-        self.firmware = None  # dict from firmware_info()
+        self.running = boot.get("slot")    # label of the slot the bootloader started
+        self.firmware = boot.get("firmware")  # dict from firmware_info()
         self.reset_cause = run.get("reset_cause", 1)
         self.wdt_ms = 0
         self.wdt_fed = 0
         self.wdt_mark = 0
         self.flash = None
-        self.on_end = []
 
     # Every flash write, sector erase and NVS commit is one operation, numbered from 1.
     def op(self, kind, addr, n):
@@ -230,11 +231,6 @@ class Run:
     def end(self, code, why=""):
         if self.dead is None:
             self.dead = code
-            for fn in self.on_end:
-                try:
-                    fn()
-                except Exception:
-                    pass
             try:
                 self.logf.close()
             except Exception:
@@ -266,8 +262,13 @@ class Run:
 
 # ---- NOR flash ----
 # Byte loops over buffers, in place: viper on MicroPython (no heap use, ~13 us per 4 KiB),
-# big-int arithmetic on CPython.
-_ZEROS = bytes(SECTOR)
+# big-int arithmetic on CPython. The flash keeps two small buffers (a write's read-modify-write
+# goes through _CHUNK bytes at a time, an erase writes _ZCHUNK zero bytes at a time) and one bit
+# per sector: a whole-sector write into a sector erased in this run (the OTA stream's case) is
+# the inverted data itself, so it is inverted in place in the caller's buffer, written, and
+# inverted back, as fast as one copy. (On a board all of this is C and takes no app heap.)
+_CHUNK = const(256)
+_ZCHUNK = const(1024)
 
 if MP:
     import micropython
@@ -278,38 +279,44 @@ if MP:
         for i in range(n):
             buf[i] = buf[i] ^ 0xFF
 
-    # stored := stored | ~data  (stored holds ~flash, so flash := flash & data)
+    # stored := stored | ~data[off:off+n]  (stored holds ~flash, so flash := flash & data)
     @micropython.viper
-    def _program(stored: ptr8, data: ptr8, n: int):  # noqa: F821
+    def _program(stored: ptr8, data: ptr8, off: int, n: int):  # noqa: F821
         for i in range(n):
-            stored[i] = stored[i] | (data[i] ^ 0xFF)
+            stored[i] = stored[i] | (data[off + i] ^ 0xFF)
 
-    # XOR of buf[lo:hi]
-    @micropython.viper
-    def xor_bytes(buf: ptr8, lo: int, hi: int) -> int:  # noqa: F821
-        x = 0
-        for i in range(lo, hi):
-            x ^= buf[i]
-        return x
+    def _rd(f, buf, n):
+        return f.readinto(buf, n)
+
+    def _wr(f, buf, n):
+        f.write(buf, n)
 else:
     def _inv(buf, n):
         mask = (1 << (8 * n)) - 1
         buf[:n] = (int.from_bytes(buf[:n], "little") ^ mask).to_bytes(n, "little")
 
-    def _program(stored, data, n):
+    def _program(stored, data, off, n):
         mask = (1 << (8 * n)) - 1
-        v = int.from_bytes(stored[:n], "little") | (int.from_bytes(data[:n], "little") ^ mask)
+        v = int.from_bytes(stored[:n], "little") | (int.from_bytes(data[off:off + n], "little") ^ mask)
         stored[:n] = v.to_bytes(n, "little")
 
-    def xor_bytes(buf, lo, hi):
-        x = int.from_bytes(buf[lo:hi], "little")
-        bits = 8
-        while (1 << bits) <= x:
-            bits *= 2
-        while bits > 8:
-            bits //= 2
-            x = (x >> bits) ^ (x & ((1 << bits) - 1))
-        return x
+    def _rd(f, buf, n):
+        return f.readinto(memoryview(buf)[:n])
+
+    def _wr(f, buf, n):
+        f.write(memoryview(buf)[:n])
+
+
+def _writable(b):
+    if isinstance(b, bytearray):
+        return True
+    if not isinstance(b, memoryview):
+        return False
+    try:
+        b[0] = b[0]  # a memoryview of bytes refuses
+        return True
+    except TypeError:
+        return False
 
 
 # Optional timing (off by default, so tests stay fast): board.json
@@ -326,8 +333,12 @@ class Flash:
         self.f = hopen(path, "r+b")
         self.size = size
         self.run = run
-        self._scratch = bytearray(SECTOR)
-        self._mv = memoryview(self._scratch)
+        self._scratch = bytearray(_CHUNK)
+        self._zeros = bytes(_ZCHUNK)
+        # one sector for set_boot's image check (simota.verify_image), allocated with the board so
+        # that an update's set_boot() takes no heap, as in C, and runs at the speed of one pass
+        self.vbuf = bytearray(SECTOR) if run is not None else None
+        self._fresh = bytearray((size // SECTOR + 7) // 8)  # sectors erased in this run, unwritten
         t = run.cfg.get("flash_timing") if run is not None else None
         self.erase_us = int(t.get("erase_4k_ms", 45) * 1000) if t else 0
         self.page_us = int(t.get("program_256_us", 700)) if t else 0
@@ -347,14 +358,6 @@ class Flash:
         if addr < 0 or n < 0 or addr + n > self.size:
             raise esp_error(ESP_ERR_INVALID_SIZE)
 
-    def _load(self, addr, buf, n):
-        # stored bytes of [addr, addr+n) into buf; past the end of the file reads as erased
-        f = self.f
-        f.seek(addr)
-        got = f.readinto(buf) or 0
-        if got < n:
-            buf[got:n] = bytes(n - got)
-
     def read(self, addr, n):
         buf = bytearray(n)
         self.readinto(addr, buf)
@@ -363,7 +366,12 @@ class Flash:
     def readinto(self, addr, buf):
         n = len(buf)
         self.check(addr, n)
-        self._load(addr, buf, n)
+        f = self.f
+        f.seek(addr)
+        got = f.readinto(buf) or 0
+        if got < n:  # past the end of the file reads as erased
+            for i in range(got, n):
+                buf[i] = 0
         _inv(buf, n)
         if self.read_mbps:
             self._wait(n // self.read_mbps)  # 1 MB/s = 1 byte/us
@@ -377,14 +385,32 @@ class Flash:
         run = self.run
         if run is not None:
             run.op("write", addr, n)
-        if n == SECTOR:
-            s = self._mv
+        f = self.f
+        sec = addr // SECTOR
+        fresh = self._fresh
+        if n == SECTOR and addr % SECTOR == 0 and fresh[sec >> 3] & (1 << (sec & 7)) and _writable(data):
+            _inv(data, n)
+            try:
+                f.seek(addr)
+                f.write(data)
+            finally:
+                _inv(data, n)
         else:
-            s = memoryview(self._scratch if n < SECTOR else bytearray(n))[:n]
-        self._load(addr, s, n)
-        _program(s, data, n)
-        self.f.seek(addr)
-        self.f.write(s)
+            s = self._scratch
+            p = 0
+            while p < n:
+                k = min(_CHUNK, n - p)
+                f.seek(addr + p)
+                got = _rd(f, s, k) or 0
+                for i in range(got, k):
+                    s[i] = 0
+                _program(s, data, p, k)
+                f.seek(addr + p)
+                _wr(f, s, k)
+                p += k
+        while sec * SECTOR < addr + n:
+            fresh[sec >> 3] &= ~(1 << (sec & 7))
+            sec += 1
         if self.page_us:
             self._wait(((addr + n - 1) // 256 - addr // 256 + 1) * self.page_us)
         if run is not None:
@@ -397,11 +423,16 @@ class Flash:
         self.check(addr, n)
         run = self.run
         end = addr + n
+        f = self.f
+        z = self._zeros
         while addr < end:
             if run is not None:
                 run.op("erase", addr, SECTOR)
-            self.f.seek(addr)
-            self.f.write(_ZEROS)
+            f.seek(addr)
+            for _ in range(SECTOR // _ZCHUNK):
+                f.write(z)
+            sec = addr // SECTOR
+            self._fresh[sec >> 3] |= 1 << (sec & 7)
             if self.erase_us:
                 self._wait(self.erase_us)
             if run is not None:
@@ -456,286 +487,3 @@ def ota_slots(cfg):
         if p is None:
             return slots
         slots.append(p)
-
-
-# ---- otadata: two sectors, one esp_ota_select_entry_t each ----
-OTA_NEW = const(0)
-OTA_PENDING_VERIFY = const(1)
-OTA_VALID = const(2)
-OTA_INVALID = const(3)
-OTA_ABORTED = const(4)
-OTA_UNDEFINED = const(0xFFFFFFFF)
-STATE_NAMES = {0: "NEW", 1: "PENDING_VERIFY", 2: "VALID", 3: "INVALID", 4: "ABORTED", 0xFFFFFFFF: "UNDEFINED"}
-_NOSEQ = const(0xFFFFFFFF)
-
-
-def ota_crc(seq):
-    import binascii
-    return binascii.crc32(struct.pack("<I", seq), 0xFFFFFFFF) & 0xFFFFFFFF
-
-
-class Entry:
-    def __init__(self, raw):
-        self.seq, self.label, self.state, self.crc = struct.unpack("<I20sII", raw)
-
-    def pack(self):
-        return struct.pack("<I20sII", self.seq, self.label, self.state, self.crc)
-
-    # bootloader_common_ota_select_invalid / _valid
-    def invalid(self):
-        return self.seq == _NOSEQ or self.state == OTA_INVALID or self.state == OTA_ABORTED
-
-    def valid(self):
-        return not self.invalid() and self.crc == ota_crc(self.seq)
-
-    def blank_or_bad(self):
-        return self.seq == _NOSEQ or self.crc != ota_crc(self.seq)
-
-
-def read_otadata(flash, cfg):
-    od = find_part(cfg, ptype=TYPE_DATA, subtype=SUBTYPE_DATA_OTA)
-    if od is None:
-        return None, None
-    return od, [Entry(flash.read(od.offset + i * SECTOR, 32)) for i in (0, 1)]
-
-
-def write_entry(flash, od, i, e):
-    e.crc = ota_crc(e.seq)
-    flash.erase(od.offset + i * SECTOR, SECTOR)
-    flash.write(od.offset + i * SECTOR, e.pack())
-
-
-def select_otadata(two, valid):
-    # bootloader_common_select_otadata(..., max=true)
-    if valid[0] and valid[1]:
-        return 0 if two[0].seq >= two[1].seq else 1
-    if valid[0]:
-        return 0
-    if valid[1]:
-        return 1
-    return -1
-
-
-def active_otadata(two):
-    return select_otadata(two, [two[0].valid(), two[1].valid()])
-
-
-# esp_ota_get_boot_partition
-def boot_partition(flash, cfg):
-    od, two = read_otadata(flash, cfg)
-    slots = ota_slots(cfg)
-    if od is None or not slots or (two[0].invalid() and two[1].invalid()):
-        return default_boot_partition(cfg)
-    a = active_otadata(two)
-    if a < 0:
-        return default_boot_partition(cfg)
-    return slots[(two[a].seq - 1) % len(slots)]
-
-
-def default_boot_partition(cfg):
-    p = find_part(cfg, ptype=TYPE_APP, subtype=SUBTYPE_FACTORY)
-    if p is None:
-        slots = ota_slots(cfg)
-        p = slots[0] if slots else None
-    return p
-
-
-# esp_rewrite_ota_data (what esp_ota_set_boot_partition does after validating the image)
-def rewrite_ota_data(flash, cfg, slot_index, rollback):
-    od, two = read_otadata(flash, cfg)
-    if od is None:
-        raise esp_error(ESP_ERR_NOT_FOUND)
-    count = len(ota_slots(cfg))
-    if slot_index >= count:
-        raise esp_error(ESP_ERR_INVALID_ARG)
-    a = active_otadata(two)
-    if a >= 0:
-        seq = two[a].seq
-        i = 0
-        while seq > (slot_index + 1) % count + i * count:
-            i += 1
-        nxt = (~a) & 1
-        new_seq = (slot_index + 1) % count + i * count
-    else:
-        nxt = 0
-        new_seq = slot_index + 1
-    e = two[nxt]
-    e.seq = new_seq
-    e.state = OTA_NEW if rollback else OTA_UNDEFINED
-    write_entry(flash, od, nxt, e)
-
-
-# esp_ota_mark_app_valid_cancel_rollback
-def mark_valid(flash, cfg):
-    od, two = read_otadata(flash, cfg)
-    if od is None:
-        raise esp_error(ESP_ERR_NOT_FOUND)
-    a = active_otadata(two)
-    if a < 0 or not ota_slots(cfg):
-        raise esp_error(ESP_FAIL)  # "Running firmware is factory"
-    if two[a].state != OTA_VALID:
-        two[a].state = OTA_VALID
-        write_entry(flash, od, a, two[a])
-
-
-# ---- app image verification (esp_image_verify, ESP_IMAGE_VERIFY) ----
-_MAPPED = {
-    # chip id -> flash-mapped (DROM, IROM) address windows; their segments must keep
-    # load address % 64 KiB == file offset % 64 KiB so the MMU can map them
-    0: ((0x3F400000, 0x3F800000), (0x400C2000, 0x40C00000)),
-    9: ((0x3C000000, 0x3E000000), (0x42000000, 0x44000000)),
-}
-
-
-def _mapped(chip_id, addr):
-    for lo, hi in _MAPPED.get(chip_id, ()):
-        if lo <= addr < hi:
-            return True
-    return False
-
-
-# Returns None when the image in [offset, offset+size) is bootable on this chip, else the reason.
-def verify_image(flash, offset, size, chip_id, chip_rev=0, buf=None):
-    if size < 24:
-        return "partition too small"
-    hdr = flash.read(offset, 24)
-    if hdr[0] != 0xE9:
-        return "bad magic 0x%02x" % hdr[0]
-    nseg = hdr[1]
-    if nseg > 16:
-        return "too many segments (%d)" % nseg
-    img_chip, min_rev, max_rev = struct.unpack_from("<HxHH", hdr, 12)
-    if img_chip != chip_id:
-        return "chip id %d, this chip is %d" % (img_chip, chip_id)
-    if chip_rev < min_rev or chip_rev > max_rev:
-        return "chip revision v%d.%d outside v%d.%d..v%d.%d" % (
-            chip_rev // 100, chip_rev % 100, min_rev // 100, min_rev % 100, max_rev // 100, max_rev % 100)
-    hash_appended = hdr[23] == 1
-    pos = 24
-    hdr_xor = 0
-    for i in range(nseg):
-        if pos + 8 > size:
-            return "segment %d header past the partition end" % i
-        sh = flash.read(offset + pos, 8)
-        load, n = struct.unpack("<II", sh)
-        for b in sh:
-            hdr_xor ^= b
-        data = pos + 8
-        if n % 4 or n >= 0x1000000:
-            return "segment %d has invalid length %d" % (i, n)
-        if data + n > size:
-            return "segment %d extends past the partition end" % i
-        if _mapped(chip_id, load) and (data % 0x10000) != (load % 0x10000):
-            return "segment %d load address 0x%08x does not match data offset 0x%x" % (i, load, data)
-        pos = data + n
-    image_len = pos
-    length = (image_len + 1 + 15) & ~15  # padded so the checksum byte ends a 16-byte block
-    total = length + (32 if hash_appended else 0)
-    if total > size:
-        return "image (%d bytes) does not fit the partition" % total
-    import hashlib
-    h = hashlib.sha256()
-    if buf is None:  # the flash's scratch sector: esp_image_verify costs no Python heap
-        buf = getattr(flash, "_scratch", None) or bytearray(SECTOR)
-    mv = memoryview(buf)
-    acc = 0
-    p = 0
-    last = 0
-    while p < length:
-        n = min(SECTOR, length - p)
-        chunk = mv[:n]
-        flash.readinto(offset + p, chunk)
-        h.update(chunk)
-        lo = max(p, 24)
-        hi = min(p + n, image_len)
-        if lo < hi:
-            acc ^= xor_bytes(buf, lo - p, hi - p)
-        if p + n == length:
-            last = chunk[n - 1]
-        p += n
-    checksum = 0xEF ^ acc ^ hdr_xor
-    if checksum != last:
-        return "checksum mismatch (computed 0x%02x, image has 0x%02x)" % (checksum, last)
-    if hash_appended:
-        if h.digest() != flash.read(offset + length, 32):
-            return "SHA-256 mismatch"
-    return None
-
-
-# app_desc and sim flags of the image in a slot (what esp_ota_get_partition_description reads)
-def firmware_info(flash, part):
-    head = flash.read(part.offset, SECTOR)
-    info = {"slot": part.label, "version": None, "project_name": None, "secure_version": None, "flags": {}}
-    if head[0] != 0xE9 or struct.unpack_from("<I", head, 32)[0] != 0xABCD5432:
-        return info
-    info["secure_version"] = struct.unpack_from("<I", head, 36)[0]
-    info["version"] = _cstr(head[48:80])
-    info["project_name"] = _cstr(head[80:112])
-    i = head.find(b"MPOTA-SIM:")
-    if i >= 0:
-        j = head.find(b";", i)
-        if j > i:
-            for item in head[i + 10:j].decode().split(","):
-                if item:
-                    k, _, v = item.partition("=")
-                    info["flags"][k.strip()] = v.strip() if _ else "1"
-    return info
-
-
-def _cstr(b):
-    i = b.find(b"\0")
-    return bytes(b if i < 0 else b[:i]).decode()
-
-
-# ---- the second-stage bootloader (bootloader_utility_get_selected_boot_partition +
-# bootloader_utility_load_boot_image, with CONFIG_BOOTLOADER_APP_ROLLBACK_ENABLE) ----
-def bootloader(flash, cfg, log):
-    rollback = cfg.get("rollback_supported", True)
-    slots = ota_slots(cfg)
-    od, two = read_otadata(flash, cfg)
-    initial = False
-    if od is None or not slots:
-        index = -1
-    else:
-        if rollback:
-            for i in (0, 1):
-                if two[i].state == OTA_PENDING_VERIFY:
-                    log.append("otadata[%d] seq %d (%s) PENDING_VERIFY -> ABORTED" % (
-                        i, two[i].seq, slots[(two[i].seq - 1) % len(slots)].label))
-                    two[i].state = OTA_ABORTED
-                    write_entry(flash, od, i, two[i])
-        if two[0].invalid() and two[1].invalid():
-            index = 0
-            if two[0].blank_or_bad() and two[1].blank_or_bad():
-                initial = True
-        else:
-            a = active_otadata(two)
-            if a >= 0:
-                index = (two[a].seq - 1) % len(slots)
-                if rollback and two[a].state == OTA_NEW:
-                    log.append("otadata[%d] seq %d (%s) NEW -> PENDING_VERIFY" % (
-                        a, two[a].seq, slots[index].label))
-                    two[a].state = OTA_PENDING_VERIFY
-                    write_entry(flash, od, a, two[a])
-            else:
-                index = -1
-    # from the chosen slot down to the factory app (-1), then up through the other slots
-    order = list(range(index, -2, -1)) + list(range(index + 1, len(slots)))
-    factory = find_part(cfg, ptype=TYPE_APP, subtype=SUBTYPE_FACTORY)
-    buf = None
-    for i in order:
-        part = factory if i < 0 else slots[i]
-        if part is None:
-            continue
-        why = verify_image(flash, part.offset, part.size, cfg["chip_id"], cfg.get("chip_rev", 0), buf)
-        if why is None:
-            if initial and i >= 0:
-                e = two[0]
-                e.seq = i + 1
-                e.state = OTA_VALID
-                write_entry(flash, od, 0, e)
-                log.append("blank otadata: set otadata[0] seq %d VALID" % e.seq)
-            log.append("boot %s" % part.label)
-            return part
-        log.append("%s is not bootable: %s" % (part.label, why))
-    return None
