@@ -299,8 +299,8 @@ def main() -> None:
         kb = x["extra_kb"]
         return "stretch met" if kb <= STRETCH_KB else "met" if x["met"] else "NOT met"
 
-    print(f"heap (MicroPython, .mpy, simulated board, stock-style images) above an empty board ({r['empty_floor']} B floor, "
-          f"fakes {r['board_heap'] / 1024:.1f} KB at script start): update() of "
+    print(f"heap (MicroPython, .mpy, simulated board, stock-style images) above an empty board "
+          f"({r['empty_floor']} B floor, fakes {r['board_heap'] / 1024:.1f} KB at script start): update() of "
           f"{r['image_bytes'] / 1e6:.2f} MB plain {r['extra_kb']} KB, zlib window 10 {z['extra_kb']} KB "
           f"vs bare loop (raw socket GET + writeblocks, one 4 KiB buffer) {r['loop_kb']} KB — "
           f"target <= {TARGET_KB} KB (stretch {STRETCH_KB}): "
