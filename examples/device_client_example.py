@@ -106,6 +106,7 @@ def host_main(argv):
             cfg = {"device_id": "demo-1", "board": "esp32-generic-4mb", "group": "canary",
                    "feed_url": server.url + "/", "channel": "stable",
                    "report_url": server.url + "/v1/reports", "token": device_token(secret, "demo-1"),
+                   "allow_http": True,  # loopback demo; a real board reports over https (docs: TLS)
                    "keys": {"release": [key.public_hex], "rollout": [key.public_hex]}}
             board = SimBoard.create(work / "board", version="1.0.0", config=cfg)
             me = Path(__file__).resolve()

@@ -176,6 +176,8 @@ class DeployRequest:
     resume: bool = False  # mpremote `resume`: no soft reset (the MicroPython unix port needs it)
     source: bool = False  # copy .py sources instead of compiling with mpy-cross
     firmware_version: str | None = None  # the running firmware's version when its image carries none
+    tls_ca: str | None = None  # PEM file: the https server's CA (or its self-signed certificate)
+    allow_http: bool = False   # let the report token cross plain http (a lab, the demo)
     device_root: Path | None = None  # the repo's device/ folder (package + examples)
 
 
@@ -237,10 +239,32 @@ def _load_points(role: str, items: Sequence[str]) -> list[str]:
     return points
 
 
+def load_tls_ca(path: str) -> str:
+    """The first certificate of a PEM file, checked, as the PEM text /mpota.json carries (the
+    device's mbedtls takes one certificate: the CA, or the server's own self-signed one)."""
+    import ssl
+
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeError) as exc:
+        raise UsageError(f"--tls-ca: cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    begin, end = "-----BEGIN CERTIFICATE-----", "-----END CERTIFICATE-----"
+    i, j = text.find(begin), text.find(end)
+    if i < 0 or j < i:
+        raise UsageError(f"--tls-ca: {path} holds no PEM certificate")
+    pem = text[i:j + len(end)] + "\n"
+    try:
+        ssl.create_default_context(cadata=pem)
+    except (ssl.SSLError, ValueError) as exc:
+        raise UsageError(f"--tls-ca: {path}: not a valid certificate "
+                         f"({getattr(exc, 'reason', None) or exc})") from None
+    return pem
+
+
 def build_config(req: DeployRequest, device_id: str, release: list[str], rollout: list[str],
-                 token: str | None, report_url: str | None) -> dict[str, Any]:
+                 token: str | None, report_url: str | None, tls_ca: str | None = None) -> dict[str, Any]:
     feed = req.feed_url if req.feed_url.endswith("/") else req.feed_url + "/"
-    return {
+    config: dict[str, Any] = {
         "device_id": device_id,
         "board": req.board.name,
         "group": req.group,
@@ -250,6 +274,11 @@ def build_config(req: DeployRequest, device_id: str, release: list[str], rollout
         "token": token,
         "keys": {"release": release, "rollout": rollout},
     }
+    if tls_ca is not None:
+        config["tls_ca"] = tls_ca
+    if req.allow_http:
+        config["allow_http"] = True
+    return config
 
 
 def config_bytes(config: dict[str, Any]) -> bytes:
@@ -442,6 +471,15 @@ class Deployer:
         elif report_url is not None or req.server is not None:
             raise UsageError("reports need a device token: give --fleet-secret FILE (mpota fleet secret FILE "
                              "creates one)")
+        tls_ca = load_tls_ca(req.tls_ca) if req.tls_ca is not None else None
+        https = [u for u in (req.feed_url, report_url) if u is not None and u.startswith("https://")]
+        if https and tls_ca is None:
+            raise UsageError(f"{https[0]} is https: give --tls-ca PEM (the server's CA, or its self-signed "
+                             f"certificate); a board has no CA store to check the server against")
+        if report_url is not None and report_url.startswith("http://") and not req.allow_http:
+            raise UsageError(f"the report URL {report_url} is plain http: the device will not send its token "
+                             f"over it; serve https (mpota serve --tls-cert/--tls-key, deploy --tls-ca) or "
+                             f"pass --allow-http (a lab, a demo)")
         sources = self._sources()
         templates = [self.root / "examples" / n for n in TEMPLATES]
         try:
@@ -501,7 +539,7 @@ class Deployer:
         token = device_token(secret, device_id) if secret is not None and not req.dry_run else None
         if secret is not None and req.dry_run:
             token = "<hex HMAC-SHA256(fleet secret, device_id)>"
-        config = build_config(req, device_id, release, rollout, token, report_url)
+        config = build_config(req, device_id, release, rollout, token, report_url, tls_ca)
         config.update(factory_version(req, info, res.notes))
         res.config = config
         data = config_bytes(config)
@@ -534,7 +572,7 @@ class Deployer:
         if req.server is not None and secret is not None and not req.dry_run:
             reset = info is not None and not info.has_state
             res.registered = register_device(req.server, secret, device_id, board.name, req.group,
-                                             reset_seq=reset, channel=req.channel)
+                                             reset_seq=reset, channel=req.channel, tls_ca=req.tls_ca)
             self.echo(f"registered {device_id} with {req.server}" +
                       (" (fresh board: report sequence reset)" if reset else ""))
         elif req.server is not None and req.dry_run:
@@ -619,9 +657,12 @@ def deploy(req: DeployRequest, transport: Transport, echo: Callable[[str], None]
 
 def register_device(server: str, secret: bytes, device_id: str, board: str, group: str, *,
                     reset_seq: bool = False, channel: str | None = None,
-                    timeout: float = 10.0) -> dict[str, Any]:
+                    timeout: float = 10.0, tls_ca: str | None = None) -> dict[str, Any]:
     """POST {server}/v1/devices with the operator token (HMAC of the fleet secret): the group and
-    channel the rollouts count the device in."""
+    channel the rollouts count the device in. An https server is checked against tls_ca (a PEM
+    file) when given, else the system's CAs."""
+    import ssl
+
     from host_tools.server.auth import operator_token
 
     body: dict[str, Any] = {"device_id": device_id, "board": board, "group": group}
@@ -634,7 +675,8 @@ def register_device(server: str, secret: bytes, device_id: str, board: str, grou
         url, data=json.dumps(body).encode(), method="POST",
         headers={"Content-Type": "application/json", "Authorization": f"Bearer {operator_token(secret)}"})
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as resp:
+        context = ssl.create_default_context(cafile=tls_ca) if url.startswith("https://") else None
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as resp:
             answer = resp.read(65536)
     except urllib.error.HTTPError as exc:
         detail = ""

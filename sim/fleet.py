@@ -369,7 +369,7 @@ class Fleet:
                 token = device_token(secret, device_id)
                 config = {
                     "device_id": device_id, "board": board, "group": names[i], "channel": channel,
-                    "feed_url": feed, "report_url": report, "token": token,
+                    "feed_url": feed, "report_url": report, "token": token, "allow_http": True,
                     "keys": {role: list(v) for role, v in keys.items()},
                     "timeout_ms": timeout_ms, "retries": retries, "backoff_ms": 50, "max_backoff_ms": 400,
                     # hardware the app's health check looks at (a firmware with health=fail breaks it)

@@ -396,7 +396,7 @@ def serve(root: Path) -> Iterator[FeedServer]:
 def device_config(server: FeedServer, keys: Keys, **over: Any) -> dict[str, Any]:
     cfg: dict[str, Any] = {
         "device_id": "dev-0001", "board": BOARD, "group": "general", "channel": CHANNEL,
-        "feed_url": server.url, "report_url": server.report_url, "token": "tok",
+        "feed_url": server.url, "report_url": server.report_url, "token": "tok", "allow_http": True,
         "keys": keys.config_keys(), "timeout_ms": 1500, "retries": 3, "backoff_ms": 20,
         "max_backoff_ms": 100,
     }

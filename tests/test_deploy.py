@@ -144,7 +144,8 @@ def _request(fleet: Fleet, port: str, **kw: object) -> DeployRequest:
                                    device_root=fleet.device_root,
                                    release_keys=[str(fleet.release)], rollout_keys=[str(fleet.rollout)],
                                    fleet_secret=str(fleet.secret_path),
-                                   report_url="http://127.0.0.1:8080/v1/reports", resume=True)
+                                   report_url="http://127.0.0.1:8080/v1/reports", resume=True,
+                                   allow_http=True)
     args.update(kw)
     return DeployRequest(**args)  # type: ignore[arg-type]
 
@@ -154,7 +155,7 @@ def _expected_config(fleet: Fleet, device_id: str, **kw: object) -> dict[str, ob
         "device_id": device_id, "board": "esp32-generic-4mb", "group": "general",
         "feed_url": "http://127.0.0.1:8080/feed/", "channel": "stable",
         "report_url": "http://127.0.0.1:8080/v1/reports", "token": device_token(fleet.secret, device_id),
-        "keys": {"release": [_hex(fleet.release)], "rollout": [_hex(fleet.rollout)]},
+        "keys": {"release": [_hex(fleet.release)], "rollout": [_hex(fleet.rollout)]}, "allow_http": True,
     }
     cfg.update(kw)
     return cfg
@@ -209,21 +210,33 @@ def test_deploy_end_to_end_on_the_unix_port(unix_board: UnixBoard, fleet: Fleet,
 
 @pytest.mark.mpy
 def test_deploy_sources_and_cli_on_the_unix_port(unix_board: UnixBoard, fleet: Fleet,
-                                                 device_root: Path) -> None:
-    r = subprocess.run(
-        [sys.executable, "-m", "host_tools.cli", "deploy", "--port", unix_board.port, "--board",
-         "esp32-generic-4mb", "--feed-url", "https://ota.example.com/feed/", "--channel", "beta",
-         "--group", "canary", "--keys", f"release={fleet.release},rollout={fleet.rollout}", "--resume",
-         "--source", "--device-id", "lab-7"],
-        capture_output=True, text=True, cwd=REPO, timeout=120,
-        env={**os.environ, "MPOTA_DEVICE_DIR": str(device_root)})
+                                                 device_root: Path, tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                    "-nodes", "-keyout", str(tmp_path / "ca.key"), "-out", str(ca), "-subj", "/CN=ota ca",
+                    "-days", "30"], check=True, capture_output=True, timeout=60)
+    ca.write_text(ca.read_text() + "trailing junk after the certificate\n")
+    base = [sys.executable, "-m", "host_tools.cli", "deploy", "--port", unix_board.port, "--board",
+            "esp32-generic-4mb", "--feed-url", "https://ota.example.com/feed/", "--channel", "beta",
+            "--group", "canary", "--keys", f"release={fleet.release},rollout={fleet.rollout}", "--resume",
+            "--source", "--device-id", "lab-7"]
+    env = {**os.environ, "MPOTA_DEVICE_DIR": str(device_root)}
+    # https without the CA to check the server with: refused before touching the board
+    r = subprocess.run(base, capture_output=True, text=True, cwd=REPO, timeout=120, env=env)
+    assert r.returncode == 2 and "--tls-ca" in r.stderr and r.stderr.count("\n") == 1
+    r = subprocess.run(base + ["--tls-ca", str(fleet.release)], capture_output=True, text=True, cwd=REPO,
+                       timeout=120, env=env)
+    assert r.returncode == 2 and "no PEM certificate" in r.stderr
+    r = subprocess.run(base + ["--tls-ca", str(ca)], capture_output=True, text=True, cwd=REPO, timeout=120,
+                       env=env)
     assert r.returncode == 0, r.stderr
     root = unix_board.root
     assert sorted(os.listdir(root / "lib" / "mpota")) == sorted(f"{m}.py" for m in MODULES)
     cfg = json.loads((root / "mpota.json").read_text())
+    pem = ca.read_text().split("trailing")[0]
     assert cfg == {"device_id": "lab-7", "board": "esp32-generic-4mb", "group": "canary",
                    "feed_url": "https://ota.example.com/feed/", "channel": "beta", "report_url": None,
-                   "token": None,
+                   "token": None, "tls_ca": pem,
                    "keys": {"release": [_hex(fleet.release)], "rollout": [_hex(fleet.rollout)]}}
     assert "verified: import mpota 0.1.0 and /mpota.json OK on the board" in r.stdout
 
@@ -452,6 +465,11 @@ def test_cli_errors_are_one_line(fleet: Fleet) -> None:
     assert r.returncode == 2
     assert r.stderr == ("mpota: error: reports need a device token: give --fleet-secret FILE "
                         "(mpota fleet secret FILE creates one)\n")
+    r = subprocess.run(base + ["--board", "esp32-generic-4mb", "--server", "http://127.0.0.1:1",
+                               "--fleet-secret", str(fleet.secret_path)],
+                       capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert r.returncode == 2 and "plain http" in r.stderr and "--allow-http" in r.stderr
+    assert r.stderr.count("\n") == 1
 
 
 # ------------------------------------------------------------------------------------------------

@@ -116,6 +116,10 @@ def srv() -> Iterator[CannedServer]:
         "/badchunk": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
         "/badutf8": b"HTTP/1.1 200 OK\r\nX-Bin: \xff\xfe\r\nContent-Length: 0\r\n\r\n",
         "/gzip": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nxx",
+        "/elsewhere": (b"HTTP/1.1 307 Temp\r\nLocation: http://localhost:%d/created\r\n"
+                       b"Content-Length: 0\r\n\r\n" % port),
+        "/samehost": b"HTTP/1.1 307 Temp\r\nLocation: /created\r\nContent-Length: 0\r\n\r\n",
+        "/created": b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok",
     })
     yield s
     s.close()
@@ -134,7 +138,9 @@ import sys, json
 sys.path[:0] = %(paths)r
 import mpota.http as http
 import mpota.errors as errors
-def get(url, expect=None, **kw):
+def get(url, expect=None, trust=None, **kw):
+    if trust is not None:
+        http.trust(trust)
     try:
         r = http.open(url, **kw)
         if expect:
@@ -198,6 +204,13 @@ def test_http_client(srv: CannedServer, interp: str, tmp_path: Path) -> None:
         ("badutf8", b + "/badutf8", {}),
         ("gzip", b + "/gzip", {}),
         ("badurl", "ftp://example.com/x", {}),
+        # the report token: never over plain http unless the config allows it, never to another origin
+        ("token_plain", b + "/post", {"method": "POST", "body": "{}", "trust": {},
+                                      "headers": {"Authorization": "Bearer secret-1"}}),
+        ("token_lab", b + "/elsewhere", {"method": "POST", "body": "{}", "trust": {"allow_http": True},
+                                         "headers": {"Authorization": "Bearer secret-2"}}),
+        ("token_same", b + "/samehost", {"method": "POST", "body": "{}", "trust": {"allow_http": True},
+                                         "headers": {"Authorization": "Bearer secret-3"}}),
     ]
     srv.requests.clear()
     r = run_cases(interp, cases, tmp_path)
@@ -223,6 +236,11 @@ def test_http_client(srv: CannedServer, interp: str, tmp_path: Path) -> None:
     assert b"\r\nContent-Length: 8\r\n" in head and b"\r\nX-Mpota-Device: d1\r\n" in head
     assert b"\r\nHost: 127.0.0.1:%d\r\n" % srv.port in head
     assert len([q for q in srv.requests if q.startswith(b"GET /loop ")]) == 4  # 1 + 3 redirects
+    assert r["token_plain"]["error"] == "TLSError" and b"secret-1" not in b"".join(srv.requests)
+    assert r["token_lab"]["status"] == 201 and r["token_same"]["status"] == 201
+    sent = [q for q in srv.requests if b"Bearer secret-2" in q]
+    assert [q.split(b" ")[1] for q in sent] == [b"/elsewhere"]  # not repeated to localhost
+    assert len([q for q in srv.requests if b"Bearer secret-3" in q]) == 2  # same origin: kept
 
 
 def test_split_and_join() -> None:

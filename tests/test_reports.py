@@ -29,7 +29,7 @@ from mpota.filestore import FileStore
 from mpota.report import Reporter
 ROOT = {root!r}
 CFG = {{"device_id": "dev-1", "board": "esp32-generic-4mb", "group": "pilot",
-        "report_url": {url!r}, "token": "tok-1", "version": "1.0.0"}}
+        "report_url": {url!r}, "token": "tok-1", "allow_http": True, "version": "1.0.0"}}
 def state():
     return State(FileStore(ROOT + "/mpota_state.json"))
 """

@@ -192,7 +192,7 @@ class Rig:
     def write_config(self, **extra: Any) -> None:
         cfg = {"device_id": "dev-1", "board": "esp32-generic-4mb", "group": "canary",
                "feed_url": "http://127.0.0.1:9/feed/", "channel": "stable",
-               "report_url": self.collector.url, "token": "tok-1", "version": "1.0.0",
+               "report_url": self.collector.url, "token": "tok-1", "allow_http": True, "version": "1.0.0",
                "keys": {"release": ["04" + "11" * 64], "rollout": ["04" + "11" * 64]}}
         cfg.update(extra)
         Path(self.config).write_text(json.dumps(cfg))
@@ -412,8 +412,8 @@ def test_unreachable_report_server_queues_the_decision(rig):
 
     mpota.report.reset_queues()
     st = State(open_store(str(rig.fs)))
-    rep = mpota.report.Reporter({"report_url": rig.collector.url, "device_id": "dev-1", "token": "tok-1"},
-                                st, str(rig.fs))
+    rep = mpota.report.Reporter({"report_url": rig.collector.url, "device_id": "dev-1", "token": "tok-1",
+                                 "allow_http": True}, st, str(rig.fs))
     assert rep.flush(3000) == 1
     assert decisions(rig.collector) == [("confirmed", "1.1.0")]
 
@@ -524,7 +524,7 @@ def sim_config(url: str) -> dict[str, Any]:
     key = "04" + "11" * 64
     return {"device_id": "dev-1", "board": "esp32-generic-4mb", "group": "canary",
             "feed_url": "http://127.0.0.1:9/feed/", "channel": "stable", "report_url": url,
-            "token": "tok-1", "keys": {"release": [key], "rollout": [key]}}
+            "token": "tok-1", "allow_http": True, "keys": {"release": [key], "rollout": [key]}}
 
 
 def sim_result(res: Any) -> dict[str, Any]:

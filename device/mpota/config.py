@@ -82,6 +82,13 @@ class Config:
         t = data.get("token")
         if t is not None and not isinstance(t, str):
             _fail("token must be a string")
+        # https trust (mpota.http): the server's CA or self-signed certificate, PEM; and whether
+        # the token may cross plain http (only when the config says so, for a lab or the demo)
+        ca = data.get("tls_ca")
+        if ca is not None and (not isinstance(ca, str) or "-----BEGIN CERTIFICATE-----" not in ca):
+            _fail("tls_ca must be a PEM certificate")
+        if not isinstance(data.get("allow_http", False), bool):
+            _fail("allow_http must be true or false")
         self.keys = {}
         for role in _ROLES:
             self.keys[role] = _keys(data, role)
@@ -103,6 +110,9 @@ class Config:
         # Fallback running version when the running image carries no app_desc.
         v = data.get("version")
         self.version = v if isinstance(v, str) else None
+        import mpota.http as http
+
+        http.trust(data)
 
     def __getitem__(self, k):
         return self.data[k]

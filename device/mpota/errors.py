@@ -60,6 +60,12 @@ class DownloadError(OTAError):
     code = "download"
 
 
+class TLSError(DownloadError):
+    # The server's certificate was refused (wrong CA, wrong name, no tls_ca to check it
+    # against), or the report token would have crossed plain http.
+    code = "tls"
+
+
 class HTTPStatusError(DownloadError):
     code = "http_status"
 

@@ -1,16 +1,36 @@
 # Streaming HTTP/1.1 client on sockets, shared by the updater and the reporter.
 # One request per connection (Connection: close), Content-Length or chunked bodies,
 # bounded redirects, capped status/header lines, connect and read timeouts via
-# settimeout. https imports ssl lazily. Errors are mpota.errors.DownloadError subclasses.
+# settimeout. https imports ssl lazily and always verifies the server's certificate.
+# Errors are mpota.errors.DownloadError subclasses.
 import socket
+import sys
 
 from micropython import const
 
-from mpota.errors import DownloadError, DownloadTimeout, HTTPStatusError
+from mpota.errors import DownloadError, DownloadTimeout, HTTPStatusError, TLSError
 
 _LINE_MAX = const(256)      # one status line or header line kept (longer headers are skipped)
 _HEAD_MAX = const(8192)     # all header lines together
 _REDIRECTS = (301, 302, 303, 307, 308)
+_CPYTHON = sys.implementation.name != "micropython"
+
+# This device's transport policy, from /mpota.json (trust() is called by mpota.config and the
+# report outbox): tls_ca, the PEM certificate an https server must chain to (a CA, or the
+# server's own self-signed certificate, which pins it); allow_http, whether a request carrying
+# the report token (Authorization) may go over plain http (lab and demo only). Kept on the
+# package, not here: the updater unloads this module between phases to free its RAM.
+def trust(cfg):
+    import mpota
+
+    ca = cfg.get("tls_ca")
+    mpota._trust = (ca if isinstance(ca, str) and ca else None, cfg.get("allow_http") is True)
+
+
+def _policy():
+    import mpota
+
+    return getattr(mpota, "_trust", None) or (None, False)
 
 
 # (tls, host, port, path) of an http(s) URL.
@@ -206,18 +226,28 @@ def _connect(tls, host, port, timeout_ms):
         s.connect(ai[-1])
         if not tls:
             return s
-        import ssl
+        from mpota.tls import wrap  # only boards that use https load it
 
-        if hasattr(ssl, "create_default_context"):  # CPython
-            return ssl.create_default_context().wrap_socket(s, server_hostname=host)
-        return ssl.wrap_socket(s, server_hostname=host)
+        return wrap(s, host, _policy()[0])
     except OSError as e:
         s.close()
+        why = getattr(e, "verify_message", None)  # CPython's SSLCertVerificationError
+        if why:
+            raise TLSError("server certificate refused: %s" % why)
         raise _neterr(e)
+    except ValueError as e:  # mbedtls: bad certificate, wrong name
+        s.close()
+        raise TLSError("server certificate refused: %s" % str(e).strip())
+    except TLSError:
+        s.close()
+        raise
 
 
 def _request(method, url, headers, body, timeout_ms):
     tls, host, port, path = split(url)
+    if not tls and headers and "Authorization" in headers and not _policy()[1]:
+        raise TLSError("refusing to send the report token over plain http (use an https "
+                       "report_url, or allow_http in the config for a lab)")
     s = _connect(tls, host, port, timeout_ms)
     try:
         if (tls and port != 443) or (not tls and port != 80):
@@ -233,7 +263,7 @@ def _request(method, url, headers, body, timeout_ms):
             req += "Content-Length: %d\r\n" % len(body)
         req += "\r\n"
         w = getattr(s, "write", None)
-        if w is None:  # CPython: bytes only
+        if w is None or _CPYTHON:  # CPython: bytes only (its TLS sockets' write too)
             s.sendall(req.encode())
             w = s.sendall
         else:  # MicroPython streams write a str as is: no bytes copy of the head
@@ -267,6 +297,10 @@ def open(url, method="GET", headers=None, body=None, timeout_ms=10000, max_redir
         if max_redirects <= 0:
             raise DownloadError("too many redirects")
         max_redirects -= 1
-        url = join(url, loc)
+        new = join(url, loc)
+        if headers and "Authorization" in headers and split(new)[:3] != split(url)[:3]:
+            # the token is for the server it was configured for, never for another origin
+            headers = {k: headers[k] for k in headers if k != "Authorization"}
+        url = new
         if r.status == 303:
             method, body = "GET", None

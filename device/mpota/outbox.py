@@ -267,6 +267,10 @@ class Outbox:
         self.state = state
         self.path = join(root, _QUEUE)
         self._post = post or _post_http
+        if post is None:  # the transport policy (tls_ca, allow_http) of whatever config this is
+            import mpota.http as http
+
+            http.trust(cfg)
         # the registry lives in mpota.state, which is never unloaded: an outbox module loaded
         # again after the updater took it out of RAM finds the same queue
         import mpota.state as st

@@ -261,7 +261,7 @@ def _unload(*names):
 # Stateless modules of the transfer, unloaded when update() returns (or check() fails):
 # the heap goes back to the application. (mpota.outbox stays once the transfer is over: it
 # holds the process's shared report queue.)
-_TRANSFER = ("http", "inflate", "imagehdr")
+_TRANSFER = ("http", "tls", "inflate", "imagehdr")
 
 
 def _running_part():
@@ -482,7 +482,7 @@ class Updater:
                     raise
                 self._backoff(fails)
         del http, r  # the response's class would keep the module alive
-        _unload("http")
+        _unload("http", "tls")
         if pin and _hex(h) != pin:
             raise errors.PinMismatch("manifest is not the one the channel pins")
         return data

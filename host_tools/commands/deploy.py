@@ -47,6 +47,10 @@ def register(sub: Any) -> None:
                    help="the version of the firmware the board runs now, for a build whose app description "
                         "carries none (MicroPython's own builds; default then: MicroPython's version), "
                         "written to /mpota.json so the board knows what it runs before its first update")
+    p.add_argument("--tls-ca", metavar="PEM", help="https: the server's CA certificate (or its self-signed "
+                   "certificate, which pins it), written into /mpota.json for the device to verify with")
+    p.add_argument("--allow-http", action="store_true",
+                   help="let the device send its report token over plain http (a lab or demo only)")
     p.add_argument("--dry-run", action="store_true", help="print the commands and the config, touch nothing")
     p.set_defaults(func=cmd_deploy)
 
@@ -63,6 +67,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         board=board, port=args.port, feed_url=args.feed_url, channel=args.channel, group=args.group,
         device_id=args.device_id, report_url=args.report_url, release_keys=release, rollout_keys=rollout,
         fleet_secret=args.fleet_secret, server=args.server, force=args.force, dry_run=args.dry_run,
-        resume=args.resume, source=args.source, firmware_version=args.firmware_version)
+        resume=args.resume, source=args.source, firmware_version=args.firmware_version,
+        tls_ca=args.tls_ca, allow_http=args.allow_http)
     deploy(req, ProcessTransport())
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import urllib.error
 import urllib.request
 from typing import Any
@@ -38,6 +39,9 @@ class ServerClient:
             raise ClientError(f"server URL {self.base!r} must start with http:// or https://")
         self.token = token
         self.timeout = timeout
+        # an https server with a private CA: MPOTA_TLS_CA=ca.pem (else the system's CAs)
+        ca = os.environ.get("MPOTA_TLS_CA")
+        self.context = ssl.create_default_context(cafile=ca) if ca and self.base.startswith("https") else None
 
     def call(self, method: str, path: str, body: Any = None) -> Any:
         data = None if body is None else json.dumps(body).encode()
@@ -45,7 +49,7 @@ class ServerClient:
             "Authorization": f"Bearer {self.token}", "Content-Type": "application/json",
             "Accept": "application/json"})
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+            with urllib.request.urlopen(req, timeout=self.timeout, context=self.context) as resp:
                 payload = resp.read()
         except urllib.error.HTTPError as exc:
             raw = exc.read()
