@@ -36,7 +36,7 @@ from host_tools.channel import (
     release_dir_path,
 )
 from host_tools.errors import MpotaError
-from host_tools.fsutil import atomic_write
+from host_tools.fsutil import atomic_write, make_dirs
 from host_tools.keys import PrivateKey, PublicKey, role_allows
 from host_tools.manifest import (
     MAX_CHANNEL_BYTES,
@@ -87,7 +87,7 @@ def feed_lock(feed_dir: str | os.PathLike[str]) -> Iterator[None]:
 
     root = Path(feed_dir)
     try:
-        root.mkdir(parents=True, exist_ok=True)
+        make_dirs(root)
         fd = os.open(root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
         raise FeedError(f"cannot use feed folder {root}: {exc.strerror or exc}") from None
