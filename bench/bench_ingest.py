@@ -93,14 +93,26 @@ def baseline_server(db: str) -> None:
 
 
 # --------------------------------------------------------------------------- clients
-def _client(port: int, proc: int, batch: int, duration: float, start_at: float, seq0: int, out: Any) -> None:
+# A report that validates nowhere (NaN in detail): the server must answer 400 and store nothing.
+POISON = b'{"device_id": "%s", "seq": 1, "event": "heartbeat", "detail": {"x": NaN}}'
+
+
+def _client(port: int, proc: int, batch: int, duration: float, start_at: float, seq0: int, out: Any,
+            poison_every: int = 0, ca: str | None = None) -> None:
+    """Counts the good requests answered 200; with poison_every=N every Nth request is POISON
+    (answered 400, not counted); with ca the connection is https, verified against that CA."""
     async def conn_loop(c: int) -> int:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        ssl_ctx = None
+        if ca is not None:
+            import ssl
+
+            ssl_ctx = ssl.create_default_context(cafile=ca)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ssl_ctx)
         devices = [f"bench-{proc}-{c}-{i}" for i in range(DEVICES_PER_CONN)]
         heads = {d: (f"POST /v1/reports HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                      f"Authorization: Bearer {_token(d)}\r\nX-Mpota-Device: {d}\r\n") for d in devices}
         seqs = dict.fromkeys(devices, seq0)
-        done = 0
+        done = refused = 0
         n = 0
         while time.time() < start_at:
             await asyncio.sleep(0.005)
@@ -108,6 +120,19 @@ def _client(port: int, proc: int, batch: int, duration: float, start_at: float, 
         while time.time() < end:
             d = devices[n % len(devices)]
             n += 1
+            if poison_every and n % poison_every == 0:
+                body = POISON % d.encode()
+                writer.write(heads[d].encode() + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line[:15].lower() == b"content-length:":
+                        length = int(line[15:])
+                await reader.readexactly(length)
+                if head[9:12] != b"400":
+                    raise RuntimeError(f"poison answered {head[:40]!r}")
+                refused += 1
+                continue
             reports = []
             for _ in range(batch):
                 seqs[d] += 1
@@ -127,30 +152,45 @@ def _client(port: int, proc: int, batch: int, duration: float, start_at: float, 
                 raise RuntimeError(f"server answered {head[:40]!r}")
             done += 1
         writer.close()
-        return done
+        return done, refused
 
-    async def main() -> int:
-        return sum(await asyncio.gather(*(conn_loop(c) for c in range(CONNS))))
+    async def main() -> tuple[int, int]:
+        counts = await asyncio.gather(*(conn_loop(c) for c in range(CONNS)))
+        return sum(g for g, _ in counts), sum(p for _, p in counts)
 
     out.put(asyncio.run(main()))
 
 
-def _measure(port: int, batch: int, duration: float = DURATION) -> float:
+def measure(port: int, batch: int, duration: float = DURATION, poison_every: int = 0,
+            ca: str | None = None) -> tuple[float, float]:
+    """(good requests answered 200 per second, all requests answered per second)."""
     ctx = mp.get_context("fork")
     out = ctx.Queue()
     start_at = time.time() + 0.5
     seq0 = int(time.time() * 1000) * 1000  # fresh seqs for every measurement
-    procs = [ctx.Process(target=_client, args=(port, p, batch, duration, start_at, seq0, out))
+    procs = [ctx.Process(target=_client,
+                         args=(port, p, batch, duration, start_at, seq0, out, poison_every, ca))
              for p in range(CLIENT_PROCS)]
     for p in procs:
         p.start()
-    total = sum(out.get(timeout=duration + 60) for _ in procs)
+    counts = [out.get(timeout=duration + 60) for _ in procs]
     for p in procs:
         p.join(10)
-    return total / duration
+    good, refused = sum(g for g, _ in counts), sum(r for _, r in counts)
+    return good / duration, (good + refused) / duration
 
 
-def _start(cmd: list[str]) -> tuple[subprocess.Popen[str], int]:
+def _measure(port: int, batch: int, duration: float = DURATION) -> float:
+    return measure(port, batch, duration)[0]
+
+
+def serve_cmd(root: Path, db: str, *extra: str) -> list[str]:
+    """`mpota serve` on a free port over root/feed (root/fleet.secret holds SECRET)."""
+    return [sys.executable, "-m", "host_tools.cli", "serve", "--feed", str(root / "feed"), "--port", "0",
+            "--db", f"sqlite:///{root / db}", "--fleet-secret", str(root / "fleet.secret"), *extra]
+
+
+def start_server(cmd: list[str]) -> tuple[subprocess.Popen[str], int]:
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=REPO)
     assert proc.stdout is not None
     line = proc.stdout.readline()
@@ -169,11 +209,9 @@ def run(rounds: int = 2, duration: float = DURATION) -> dict[str, float]:
         (root / "feed").mkdir()
         (root / "fleet.secret").write_text(SECRET.hex())
         servers = {
-            "baseline": _start([sys.executable, "-m", "bench.bench_ingest", "--baseline-server",
+            "baseline": start_server([sys.executable, "-m", "bench.bench_ingest", "--baseline-server",
                                 str(root / "b.db")]),
-            "server": _start([sys.executable, "-m", "host_tools.cli", "serve", "--feed", str(root / "feed"),
-                              "--port", "0", "--db", f"sqlite:///{root / 's.db'}",
-                              "--fleet-secret", str(root / "fleet.secret")]),
+            "server": start_server(serve_cmd(root, "s.db")),
         }
         try:
             for _, port in servers.values():

@@ -32,6 +32,8 @@ async def read_body(request: web.Request, cap: int, timeout: float = BODY_TIMEOU
     length = request.content_length
     if length is not None and length > cap:
         raise BodyError(413, f"body larger than {cap} bytes")
+    if length is not None and request.content.is_eof():  # all there already (the usual report)
+        return await request.read()
     try:
         async with asyncio.timeout(timeout):
             if length is not None:
