@@ -34,8 +34,9 @@ def make_dirs(path: str | os.PathLike[str]) -> None:
         os.chmod(d, DIR_MODE)  # mkdir's mode goes through the umask
 
 
-def atomic_write(path: str | os.PathLike[str], data: bytes, mode: int = FILE_MODE) -> None:
-    """Write data to path via a temp file in the same folder, fsync, chmod, then os.replace."""
+def atomic_write(path: str | os.PathLike[str], data: bytes, mode: int | None = None) -> None:
+    """Write data to path via a temp file in the same folder, fsync, chmod (FILE_MODE unless
+    `mode` says otherwise), then os.replace."""
     target = Path(path)
     make_dirs(target.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
@@ -44,7 +45,7 @@ def atomic_write(path: str | os.PathLike[str], data: bytes, mode: int = FILE_MOD
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, mode)  # mkstemp creates 0600
+        os.chmod(tmp, FILE_MODE if mode is None else mode)  # mkstemp creates 0600
         os.replace(tmp, target)
     except BaseException:
         try:
@@ -62,5 +63,5 @@ def atomic_write(path: str | os.PathLike[str], data: bytes, mode: int = FILE_MOD
         os.close(dirfd)
 
 
-def atomic_write_text(path: str | os.PathLike[str], text: str, mode: int = FILE_MODE) -> None:
+def atomic_write_text(path: str | os.PathLike[str], text: str, mode: int | None = None) -> None:
     atomic_write(path, text.encode("utf-8"), mode)

@@ -39,6 +39,10 @@ def test_kill_9_mid_burst_of_hostile_and_good_reports(root: Path) -> None:  # no
     refused: list[tuple[str, int]] = []
     wrong: list[tuple[str, int]] = []  # hostile requests answered other than 4xx
     srv = Served(root)
+    for i, g in enumerate(groups):  # the operator registers the fleet (mpota deploy --server)
+        reg = SimDevice(srv.url, secret, f"{g}-{i:02d}", g)
+        assert reg.register(secret) == 200
+        reg.close()
     plan = {"soak": 0, "stages": [{"name": "canary"}, {"name": "internal"}, {"name": "pilot"},
                                   {"name": "general", "batch_size_percentage": 20}]}
     code, st = srv.op("POST", "/v1/rollouts",

