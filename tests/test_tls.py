@@ -187,10 +187,11 @@ def test_no_tls_ca_no_https_and_no_token_over_plain_http(setup: Setup, tmp_path:
 def test_serve_tls_options(setup: Setup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # the server side: https only with both files, each a real PEM; http clients cannot talk to it
     srv = setup.servers["good"]
+    status = urllib.request.Request(srv.url + "/v1/status",
+                                    headers={"Authorization": f"Bearer {operator_token(SECRET)}"})
     with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):
-        urllib.request.urlopen(srv.url + "/v1/status", timeout=5,
-                               context=ssl.create_default_context())  # no CA: not trusted
-    with urllib.request.urlopen(srv.url + "/v1/status", timeout=5,
+        urllib.request.urlopen(status, timeout=5, context=ssl.create_default_context())  # no CA: not trusted
+    with urllib.request.urlopen(status, timeout=5,
                                 context=ssl.create_default_context(cafile=str(setup.ca))) as resp:
         assert resp.status == 200
     # the operator CLI's client, told the CA by MPOTA_TLS_CA
