@@ -411,3 +411,16 @@ def test_a_flood_of_unknown_devices_stays_bounded(srv: ServerThread) -> None:
     assert not cache.device_ok("d-119", device_token(SECRET, "d-118"))
     assert cache.device_ok("d-0", device_token(SECRET, "d-0"))  # evicted, checked again from the secret
     assert len(cache) == 50
+
+
+def test_rollout_bodies_with_odd_names_are_refused(srv: ServerThread) -> None:
+    # ids and names matched whole: "r-1\n" used to start a rollout no URL could address
+    base = {"board": "esp32-generic-4mb", "version": "1.1.0", "plan": {"stages": [{"name": "canary"}]}}
+    for over in ({"id": "r-1\n"}, {"id": "r 1"}, {"id": "a" * 65}, {"id": 7}, {"version": "1.1.0\n"},
+                 {"board": "esp32\u0000"}, {"channel": "stable\n"}, {"channel": "../x"}, {"version": ""},
+                 {"plan": {"stages": [{"name": "canary\n"}]}},
+                 {"plan": {"stages": [{"name": "canary", "groups": ["canary\n"]}]}}):
+        body = json.dumps({**base, **over}).encode()
+        status, answer = call(srv, "POST", "/v1/rollouts", body, OP)
+        assert status == 400, (over, status, answer)
+    assert call(srv, "GET", "/v1/rollouts", None, OP)[1]["rollouts"] == []

@@ -27,6 +27,7 @@ import functools
 import json
 import logging
 import os
+import re
 import socket
 import ssl
 import sys
@@ -54,7 +55,13 @@ from host_tools.server.ingest import (
     claimed_device,
     parse_reports,
 )
-from host_tools.server.orchestrator import ChannelPublisher, Orchestrator, RolloutError, RolloutNotFound
+from host_tools.server.orchestrator import (
+    _ROLLOUT_ID,
+    ChannelPublisher,
+    Orchestrator,
+    RolloutError,
+    RolloutNotFound,
+)
 from host_tools.server.plans import PlanError, RolloutPlan
 from host_tools.server.publish import FeedPublisher
 from host_tools.server.store import (
@@ -72,6 +79,7 @@ _CONTENT_TYPES = {".json": "application/json", ".bin": "application/octet-stream
                   ".txt": "text/plain; charset=utf-8", ".pem": "text/plain; charset=utf-8",
                   ".pub": "text/plain; charset=utf-8"}
 DEVICE_BODY = 8192
+_ROLLOUT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")  # board, channel, version
 _ACCEPTED = [b'{"accepted": %d}' % n for n in range(MAX_BATCH + 1)]  # prebuilt answers (hot path)
 
 
@@ -444,13 +452,13 @@ class MpotaServer:
         names: dict[str, str] = {}
         for name in ("board", "channel", "version"):
             value = data.get(name, "stable" if name == "channel" else None)
-            if not isinstance(value, str) or not value or len(value) > 64 or "/" in value or ".." in value:
+            if not isinstance(value, str) or not _ROLLOUT_NAME.fullmatch(value) or ".." in value:
                 return _error(400, f"{name} missing or invalid")
             names[name] = value
         board, channel, version = names["board"], names["channel"], names["version"]
         rid = data.get("id")
-        if rid is not None and not isinstance(rid, str):
-            return _error(400, "id must be a string")
+        if rid is not None and (not isinstance(rid, str) or not _ROLLOUT_ID.fullmatch(rid)):
+            return _error(400, "id must be 1-64 letters, digits, '.', '_', ':', '-'")
         try:
             plan = RolloutPlan.from_dict(data.get("plan") or {})
         except PlanError as exc:

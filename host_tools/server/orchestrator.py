@@ -55,7 +55,7 @@ from host_tools.versions import VersionError, compare_versions
 if TYPE_CHECKING:
     from host_tools.feed import SeqClaim
 
-_ROLLOUT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
+_ROLLOUT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}\Z")  # \Z: "$" also takes a final newline
 _BIG = 1 << 30
 DEFAULT_CHANNEL = "stable"
 DEVICE_STATE = {"active": "active", "paused": "paused", "aborted": "halted", "completed": "active"}
