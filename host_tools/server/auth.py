@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections import OrderedDict
 
 OPERATOR_LABEL = b"mpota operator"
 
@@ -38,7 +39,7 @@ class TokenCache:
 
     def __init__(self, secret: bytes, limit: int = 200_000) -> None:
         self._secret = secret
-        self._tokens: dict[str, bytes] = {}
+        self._tokens: OrderedDict[str, bytes] = OrderedDict()  # popitem(last=False) is O(1)
         self._limit = limit
         self.operator = operator_token(secret).encode()
 
@@ -54,7 +55,7 @@ class TokenCache:
         if not hmac.compare_digest(expected, given):
             return False
         if len(self._tokens) >= self._limit:
-            del self._tokens[next(iter(self._tokens))]
+            self._tokens.popitem(last=False)
         self._tokens[device_id] = expected
         return True
 
