@@ -424,3 +424,39 @@ def test_rollout_bodies_with_odd_names_are_refused(srv: ServerThread) -> None:
         status, answer = call(srv, "POST", "/v1/rollouts", body, OP)
         assert status == 400, (over, status, answer)
     assert call(srv, "GET", "/v1/rollouts", None, OP)[1]["rollouts"] == []
+
+
+# ---------------------------------------------------------------- every route, every kind of junk
+ROUTE_SHAPES = ["/", "/v1/status", "/v1/reports", "/v1/devices", "/v1/devices/{x}", "/v1/events",
+                "/v1/events?device={x}&limit={x}", "/v1/rollouts", "/v1/rollouts/{x}", "/v1/rollouts/{x}/{x}",
+                "/v1/{x}", "/console/login", "/console/logout", "/console/rollouts", "/console/rollouts/{x}",
+                "/console/rollouts/{x}/{x}", "/console/devices", "/console/devices/{x}",
+                "/console/devices?q={x}&page={x}&state={x}", "/console/{x}", "/{x}", "/{x}/{x}/{x}"]
+JUNK_PARAMS = ["%00", "%ff", "..", "%2e%2e", "a" * 3000, "%F0%9F%98%80", "-1", "99999999999999999999999",
+               "nan", "%0d%0aX:1", "pause", "abort", "evaluate", "x;y", "%25"]
+JUNK_BODIES = [b"", b"{", b"[]", b"null", b'{"a":' * 200, b"\xff\xfe", b"x=1&" * 50, b'{"reason": 5}',
+               b'{"reason": "' + b"r" * 5000 + b'"}', b"csrf=&next=//evil", b'{"device_id": "\\u0000"}']
+
+
+def test_no_route_answers_5xx_to_junk(srv: ServerThread) -> None:
+    auths = [{}, OP, dev_headers("dev-z"), {"Cookie": "mpota_session=" + "A" * 500},
+             {"Cookie": "mpota_session=..; mpota_csrf=\x7f"}, {"Authorization": "Bearer " + "\u00e9" * 10}]
+    seen = 0
+    for shape in ROUTE_SHAPES:
+        for i, param in enumerate(JUNK_PARAMS):
+            path = shape.replace("{x}", param)
+            auth = auths[i % len(auths)]
+            for method, body in (("GET", None), ("POST", JUNK_BODIES[i % len(JUNK_BODIES)]), ("HEAD", None),
+                                 ("DELETE", None)):
+                head = f"{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n".encode("latin-1",
+                                                                                                "replace")
+                for k, v in auth.items():
+                    head += f"{k}: {v}\r\n".encode("latin-1", "replace")
+                if body is not None:
+                    head += b"Content-Length: %d\r\n" % len(body)
+                    head += b"Content-Type: application/x-www-form-urlencoded\r\n"
+                answer = raw(srv, head + b"\r\n" + (body or b""), wait=5)
+                codes = statuses(answer)
+                assert codes and all(c < 500 for c in codes), (method, path[:80], answer[:200])
+                seen += 1
+    assert seen > 1000
