@@ -123,7 +123,8 @@ BAD_VALUES = [
     b'"detail": {"x": NaN}', b'"detail": {"x": Infinity}', b'"detail": {"x": -Infinity}',
     b'"detail": {"x": 1e400}', b'"detail": {"x": -1e999}', b'"uptime_ms": 1e400',
     b'"time": 18446744073709551616', b'"seq": 9223372036854775807',
-    b'"device_id": "dev-a\\n"', b'"version": "x", "version": "\\ud83d"',
+    b'"device_id": "dev-a\\n"', b'"version": "x", "version": "\\ud83d"', b'"version": "1\\u0000"',
+    b'"detail": {"k\\u0000": 1}',
 ]
 
 
@@ -424,6 +425,11 @@ def test_rollout_bodies_with_odd_names_are_refused(srv: ServerThread) -> None:
         status, answer = call(srv, "POST", "/v1/rollouts", body, OP)
         assert status == 400, (over, status, answer)
     assert call(srv, "GET", "/v1/rollouts", None, OP)[1]["rollouts"] == []
+    # no string with a NUL reaches a database (PostgreSQL text cannot hold one): 400 on every route
+    for path, body in (("/v1/rollouts/r-1/pause", {"reason": "a\u0000"}),
+                       ("/v1/devices", {"device_id": "dev-n", "board": "b\u0000"}),
+                       ("/v1/rollouts", {**base, "plan": {"stages": [{"name": "canary", "x": "\u0000"}]}})):
+        assert call(srv, "POST", path, json.dumps(body).encode(), OP)[0] == 400, path
 
 
 # ---------------------------------------------------------------- every route, every kind of junk

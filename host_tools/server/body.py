@@ -4,8 +4,8 @@ read_body: one size cap whatever the transfer encoding (a Content-Length above i
 before a byte is read; a chunked body is cut as soon as it passes it), a deadline for the whole
 body, and a client that hangs up mid-body is reported as BodyError(None) (nothing to answer).
 parse_json: UTF-8 only (no BOM, no UTF-16 guessing), no NaN/Infinity or numbers that overflow a
-double, no lone surrogates, nesting bounded by the parser's recursion limit. Every failure is a
-BodyError carrying the 4xx to answer and one line saying why.
+double, no lone surrogates, no NUL characters, nesting bounded by the parser's recursion limit.
+Every failure is a BodyError carrying the 4xx to answer and one line saying why.
 """
 
 from __future__ import annotations
@@ -67,6 +67,16 @@ _DECODER = json.JSONDecoder(parse_float=_finite, parse_constant=_constant)
 _ESCAPED_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
+def _holds_nul(obj: object) -> bool:
+    if isinstance(obj, str):
+        return "\x00" in obj
+    if isinstance(obj, dict):
+        return any(_holds_nul(k) or _holds_nul(v) for k, v in obj.items())
+    if isinstance(obj, list):
+        return any(_holds_nul(v) for v in obj)
+    return False
+
+
 def parse_json(body: bytes) -> object:
     try:
         obj = _DECODER.decode(body.decode("utf-8"))
@@ -76,6 +86,13 @@ def parse_json(body: bytes) -> object:
         raise BodyError(400, "body nests too deeply") from None
     except ValueError as exc:
         raise BodyError(400, f"body is not valid JSON ({str(exc)[:80]})") from None
+    # NUL only comes from a \\u0000 escape (raw control bytes are not JSON): no database text holds it
+    try:
+        nul = b"\\u0000" in body and _holds_nul(obj)
+    except RecursionError:
+        nul = True
+    if nul:
+        raise BodyError(400, "body holds a NUL character")
     # lone surrogates only come from \\uD8xx escapes: the full check runs only when one is there
     if _ESCAPED_SURROGATE.search(body):
         try:
