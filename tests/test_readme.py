@@ -110,9 +110,9 @@ def test_readme_runs_as_written(tmp_path: Path) -> None:
     script, _ = readme_script((REPO / "README.md").read_text())
     work = tmp_path / "fresh"
     (work / "build").mkdir(parents=True)
-    for version in ("1.3.0", "1.4.0"):  # what `idf.py build` of your firmware would leave
-        (work / "build" / f"app-{version}.bin").write_bytes(
-            build_app_image("esp32", version, "micropython", 0, code_size=0x8000))
+    for version in ("1.3.0", "1.4.0"):  # two builds of your firmware, made like MicroPython's own:
+        (work / "build" / f"app-{version}.bin").write_bytes(  # no version in the app description
+            build_app_image("esp32", "", "", 0, code_size=0x8000, build=version))
     (tmp_path / "readme.sh").write_text(script)
     env = {k: v for k, v in os.environ.items() if not k.startswith("MPOTA_")}
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"

@@ -110,8 +110,9 @@ class Console:
         r.add_get("/console/rollouts", self._page(self.rollouts, "rollouts"))
         r.add_get("/console/rollouts/{rollout_id}", self._page(self.rollout, "rollouts"))
         r.add_post("/console/rollouts/{rollout_id}/{action}", self.rollout_action)
-        r.add_get("/console/devices", self._page(self.devices, "devices"))
-        r.add_get("/console/devices/{device_id}", self._page(self.device, "devices"))
+        # the device list is a query (a big fleet is a big page): refreshed by its Filter button only
+        r.add_get("/console/devices", self._page(self.devices, "devices", live_ms=0))
+        r.add_get("/console/devices/{device_id}", self._page(self.device, "devices", live_ms=5000))
         r.add_route("*", "/console/{tail:.*}", self.not_found)
 
     # ------------------------------------------------------------------------------- access
@@ -136,7 +137,7 @@ class Console:
         raise web.HTTPSeeOther(f"/console/login?next={quote(target, safe='')}", headers=HEADERS)
 
     def _page(self, build: Callable[[web.Request, Access], Awaitable[tuple[str, str, int]]],
-              nav: str) -> Handler:
+              nav: str, live_ms: int = LIVE_MS) -> Handler:
         async def handler(request: web.Request) -> web.StreamResponse:
             who = self.access(request)
             if who is None:
@@ -144,7 +145,7 @@ class Console:
             title, body, status = await build(request, who)
             if request.headers.get("X-Mpota-Partial"):
                 return _html(status, body)
-            live = LIVE_MS if status == 200 else 0
+            live = live_ms if status == 200 else 0
             return _html(status, views.layout(title, body, nav=nav, operator=who.operator, csrf=who.csrf,
                                               live_ms=live))
         return handler
