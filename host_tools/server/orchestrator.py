@@ -357,11 +357,13 @@ def decide(plan: RolloutPlan, rollout: Rollout, stats: RolloutStats, now: float)
     if left > 0:
         where = " (counting window time only)" if plan.window else ""
         return Decision("none", waiting_for=f"{stage.name}: soaking, {left:.0f}s left{where}")
+    # what the gate saw when it let the step pass, kept in the history
+    seen = {"stages": [st.to_dict() for st in stats.stages if st.reached], "ready_at": ready}
     if k + 1 >= len(plan.steps):
-        return Decision("complete", "every stage passed")
+        return Decision("complete", "every stage passed", numbers=seen)
     nxt = plan.steps[k + 1]
     return Decision("advance", f"{stage.name} passed; next: {nxt.stage_name} "
-                               f"(groups {', '.join(nxt.groups) or '-'}, {nxt.percentage:g}%)")
+                               f"(groups {', '.join(nxt.groups) or '-'}, {nxt.percentage:g}%)", numbers=seen)
 
 
 def default_rollout_id(board: str, version: str, now: float) -> str:
@@ -564,11 +566,12 @@ class Orchestrator:
                 x.step += 1
                 x.step_started_at = now
                 x.ready_at = None
-            self._change(r, "advance", f"step {nxt.index + 1}/{len(plan.steps)}: {d.reason}", None, advance)
+            self._change(r, "advance", f"step {nxt.index + 1}/{len(plan.steps)}: {d.reason}", d.numbers,
+                         advance)
         elif d.action == "complete":
             def complete(x: Rollout) -> None:
                 x.state, x.reason, x.completed_at = "completed", None, now
-            self._change(r, "complete", d.reason, None, complete)
+            self._change(r, "complete", d.reason, d.numbers, complete)
 
     def evaluate_all(self) -> list[tuple[str, Decision]]:
         out = []
