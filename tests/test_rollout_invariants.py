@@ -221,7 +221,8 @@ def _check_status(world: World, ex: Example, st: dict[str, Any], last_seq: list[
     want, unexpected = _expected(ex, st)
     for s in st["stages"]:
         c = s["counts"]
-        got = {"targeted": c["targeted"], "started": c["started"], "active": c["in_progress"] + c["timed_out"],
+        got = {"targeted": c["targeted"], "started": c["started"],
+               "active": c["in_progress"] + c["timed_out"],
                "confirmed": c["confirmed"], "failed": c["failed"], "rolled_back": c["rolled_back"],
                "accepted": c["accepted"], "up_to_date": c["up_to_date"]}
         assert got == want[s["name"]], (s["name"], got, want[s["name"]])
@@ -287,8 +288,9 @@ def _run_example(world: World, seed: int) -> None:
             offered = doc["state"] == "active" and is_eligible(doc, d.device_id, d.claims)
             roll = rng.random()
             if d.busy:
-                outcome = rng.choices(["confirmed", "failed", "rolled_back", "interrupted", "download", "stall"],
-                                      [6, 1, 1, 1, 1, 1])[0]
+                outcome = rng.choices(["confirmed", "failed", "rolled_back", "interrupted", "download",
+                                       "stall"],
+                                      [4, 1, 1, 1, 1, 1])[0]
                 if outcome == "confirmed":
                     world.report(d, "confirmed", rid)
                     d.version, d.busy = TARGET, False
@@ -341,12 +343,12 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Any:
     w.close()
 
 
-@pytest.mark.parametrize("seed", _seeds(8))
+@pytest.mark.parametrize("seed", _seeds(12))
 def test_rollout_invariants(world: World, seed: int) -> None:
     _run_example(world, seed)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", _seeds(200)[8:])
+@pytest.mark.parametrize("seed", _seeds(200)[12:])
 def test_rollout_invariants_long(world: World, seed: int) -> None:
     _run_example(world, seed)
