@@ -29,10 +29,11 @@ device already on the target version that sends nothing is not waited for.
 The gate: a stage pauses the rollout when, over its finished devices (confirmed, failed, rolled
 back, timed out) and once at least min_finished have finished, a failure, rollback or health
 check failure rate is above its threshold (exact: 2 of 9 = 22.2% is above 20%; never rounded).
-A `failed` report the device will retry by itself (power cut mid-install) keeps it in progress
-with a fresh in-progress clock; every other `failed`, download errors included, counts as a
-failure. Failures keep counting after their stage passed, so a device that registers late and
-fails still pauses the rollout.
+An excused `failed` (a power cut mid-install: the device retries, with a fresh in-progress
+clock; an update already pending its trial boot: nothing changes) keeps it in progress; every
+other `failed`, download errors included, counts as a failure until the device's retry starts.
+Failures keep counting after their stage passed, so a device that registers late and fails
+still pauses the rollout.
 
 A step passes when (1) its stage targets at least min_finished devices (devices already on the
 version included; a stage with skip_if_empty = true may target none; inside a percentage ramp a
@@ -185,7 +186,8 @@ def _plan_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--ramp", choices=("linear", "exponential"), help="percentage ramp of the last stage")
     g.add_argument("--soak", metavar="DURATION", help="wait per step before advancing, e.g. 30s, 10m")
-    g.add_argument("--min-finished", type=int, metavar="N", help="finished devices before a stage is judged")
+    g.add_argument("--min-finished", type=int, metavar="N",
+                   help="finished devices a stage needs to be judged and to pass (>= 1)")
     g.add_argument("--failure-rate", type=float, metavar="PCT", help="failure_rate_threshold, percent")
     g.add_argument("--rollback-rate", type=float, metavar="PCT", help="rollback_rate_threshold, percent")
     g.add_argument(
