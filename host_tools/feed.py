@@ -3,6 +3,7 @@
     channels/<board>/<channel>.json            channel document (DSSE, rollout role): devices poll it
     releases/<board>/<version>/manifest.json   release manifest (DSSE, release role)
     releases/<board>/<version>/<image file>    firmware.bin or firmware.bin.z
+    releases/<board>/<version>/delta-from-<v>.patch[.z]   patches listed in the manifest (image.deltas)
 
 Publishing order: image file(s), then the manifest, then the channel document, each written to a
 temp file and renamed; so a server never serves a channel that points at a missing or partial
@@ -39,7 +40,9 @@ from host_tools.errors import MpotaError
 from host_tools.fsutil import atomic_write, make_dirs
 from host_tools.keys import PrivateKey, PublicKey, role_allows
 from host_tools.manifest import (
+    DEFAULT_WINDOW_BITS,
     MAX_CHANNEL_BYTES,
+    MAX_DELTAS,
     MAX_MANIFEST_BYTES,
     FirmwareManifest,
     check_name,
@@ -236,25 +239,92 @@ def _same_file(path: Path, data: bytes) -> bool | None:
         return None
 
 
+def _same_release(a: bytes, b: bytes) -> bool:
+    """Two manifests of one release that differ at most in image.deltas (`feed add --deltas` re-signs
+    a release with patches added)."""
+    from host_tools.dsse import envelope_payload, parse_envelope
+
+    try:
+        da, db = (FirmwareManifest.from_payload(envelope_payload(parse_envelope(x))).to_dict()
+                  for x in (a, b))
+    except MpotaError:
+        return False
+    for d in (da, db):
+        d["image"].pop("deltas", None)
+    return da == db
+
+
 def _check_existing(feed: Path, board: str, version: str, image_name: str, mbytes: bytes,
-                    wire: bytes) -> bool:
-    """True when the feed already holds exactly this release; raise when it holds another one."""
+                    wire: bytes) -> bytes | None:
+    """The feed's manifest bytes when it already holds this release (perhaps with patches added by
+    `feed add --deltas`), None when it has none; raise when it holds another release."""
     rel_dir = release_dir_path(board, version)
     dest = feed / rel_dir
-    existing = _same_file(dest / MANIFEST_NAME, mbytes)
-    if existing is False:
+    try:
+        have: bytes | None = (dest / MANIFEST_NAME).read_bytes()
+    except FileNotFoundError:
+        have = None
+    except OSError as exc:
+        raise FeedError(f"cannot read {dest / MANIFEST_NAME}: {exc.strerror or exc}") from None
+    if have is None:
+        return None
+    if have != mbytes and not _same_release(have, mbytes):
         raise FeedError(f"the feed already has a different release {board} {version} "
                         f"({dest / MANIFEST_NAME}); publish it under a new version")
-    if existing and _same_file(dest / image_name, wire) is not True:
+    if _same_file(dest / image_name, wire) is not True:
         raise FeedError(f"the feed's {rel_dir}/{image_name} does not match this release; "
                         "remove the broken release folder or publish a new version")
-    return bool(existing)
+    return have
 
 
-def _write_release(dest: Path, image_name: str, mbytes: bytes, wire: bytes) -> None:
-    # Image first, manifest second: a manifest in the feed always has its image next to it.
+def _write_release(dest: Path, image_name: str, mbytes: bytes, wire: bytes,
+                   patches: Sequence[tuple[str, bytes]] = ()) -> None:
+    # Image and patches first, manifest last: a manifest in the feed always has its files next to it.
     atomic_write(dest / image_name, wire)
+    for name, data in patches:
+        atomic_write(dest / name, data)
     atomic_write(dest / MANIFEST_NAME, mbytes)
+
+
+def feed_releases(feed: Path, board: str) -> list[FirmwareManifest]:
+    """The releases of a board in the feed (manifests read, signatures not checked), newest first."""
+    out = []
+    for mpath in sorted((feed / "releases" / board).glob(f"*/{MANIFEST_NAME}")):
+        m = _release_manifest_unverified(feed, str(mpath.relative_to(feed)))
+        if m is not None and mpath.parent.name == m.version:
+            out.append(m)
+    return sorted(out, key=lambda m: parse_version(m.version), reverse=True)
+
+
+def _add_deltas(feed: Path, board: str, m: FirmwareManifest, wire: bytes, n: int, key: PrivateKey,
+                window_bits: int) -> tuple[bytes, list[tuple[str, bytes]]]:
+    """Patches from the last n earlier releases of the board in the feed; the manifest re-signed
+    with them listed. Returns (manifest bytes, [(file name, patch bytes)])."""
+    import copy
+
+    from host_tools.release import decode_stream, make_deltas
+
+    have = {d.base_hash for d in m.image.deltas}
+    bases = [b for b in feed_releases(feed, board)
+             if parse_version(b.version) < parse_version(m.version) and b.chip == m.chip
+             and b.image.hash != m.image.hash and b.image.hash not in have][:n]
+    if not bases:
+        raise FeedError(f"the feed has no earlier {board} release to make a patch from")
+    if m.image.encoding == "zlib":
+        assert m.image.window_bits is not None
+        raw = decode_stream(wire, m.image.window_bits, m.image.size)
+    else:
+        raw = wire
+    patches = make_deltas([feed / release_dir_path(board, b.version) for b in bases], raw, m.version, m.chip,
+                          window_bits)
+    m2 = copy.deepcopy(m)
+    m2.image.deltas += [p.ref(name) for name, p in patches]
+    try:
+        m2.validate()
+        mbytes = m2.sign([key])
+    except MpotaError as exc:
+        raise FeedError(f"cannot list the patches: {exc}") from None
+    return mbytes, [(name, p.wire) for name, p in patches]
 
 
 def _release_board(targets: Sequence[str], board: str | None) -> str:
@@ -275,17 +345,37 @@ def add_release(
     *,
     board: str | None = None,
     release_keys: Sequence[PublicKey] | None = None,
+    deltas: int = 0,
+    release_key: PrivateKey | None = None,
+    window_bits: int = DEFAULT_WINDOW_BITS,
+    any_role: bool = False,
 ) -> str:
     """Copy a checked release into releases/<board>/<version>/ without touching any channel
-    (e.g. to stage it before a rollout). Returns the manifest path relative to the feed root."""
+    (e.g. to stage it before a rollout). Returns the manifest path relative to the feed root.
+
+    deltas=N: also make patches from the last N earlier releases of the board in the feed and list
+    them in the manifest, re-signed with release_key (the release folder itself is not changed)."""
     feed = Path(feed_dir)
+    if deltas < 0 or deltas > MAX_DELTAS:
+        raise FeedError(f"--deltas {deltas} must be in 0..{MAX_DELTAS}")
+    if deltas and release_key is None:
+        raise FeedError("patches change the signed manifest: give the release key to re-sign it")
+    if deltas and release_key is not None and not any_role and not role_allows(release_key.role, "release"):
+        raise FeedError(f"{release_key.path or 'key'} is not a release key; the manifest is signed by one")
     result, mbytes, wire = load_release(release_dir, release_keys)
     m = result.manifest
     board = _release_board(m.target_hardware, board)
     rel_dir = release_dir_path(board, m.version)
     with feed_lock(feed):
-        if not _check_existing(feed, board, m.version, result.image_path.name, mbytes, wire):
-            _write_release(feed / rel_dir, result.image_path.name, mbytes, wire)
+        if _check_existing(feed, board, m.version, result.image_path.name, mbytes, wire) is None:
+            patches = list(result.patches)
+            if deltas:
+                assert release_key is not None
+                mbytes, more = _add_deltas(feed, board, m, wire, deltas, release_key, window_bits)
+                patches += more
+            _write_release(feed / rel_dir, result.image_path.name, mbytes, wire, patches)
+        elif deltas:
+            raise FeedError(f"the feed already holds {board} {m.version}; patches are made when it is added")
     return f"{rel_dir}/{MANIFEST_NAME}"
 
 
@@ -341,12 +431,12 @@ def publish_release(
                     and not m.metadata.allow_downgrade):
                 say(f"warning: {m.version} is not newer than the channel's current {prev.release.version}; "
                     "devices already on it will not install it (publish a new version to roll back)")
-        if not existing:
-            _write_release(feed / rel_dir, result.image_path.name, mbytes, wire)
+        if existing is None:
+            _write_release(feed / rel_dir, result.image_path.name, mbytes, wire, result.patches)
         doc = ChannelDoc(
             board=board, channel=channel, seq=(prev.seq + 1) if prev else 1,
             release=ChannelRelease(m.version, f"{rel_dir}/{MANIFEST_NAME}",
-                                   hashlib.sha256(mbytes).hexdigest()),
+                                   hashlib.sha256(existing or mbytes).hexdigest()),
             rollout=ro, expires=expires,
         )
         _sign_and_write_channel(feed, doc, rollout_key)

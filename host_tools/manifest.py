@@ -24,6 +24,8 @@ from host_tools.versions import VersionError, parse_version
 
 SPEC = 1
 ENCODINGS = ("none", "zlib")
+DELTA_ENCODINGS = ("detools", "detools-zlib")  # host_tools/delta.py
+MAX_DELTAS = 8
 MIN_WINDOW_BITS = 9
 MAX_WINDOW_BITS = 15
 DEFAULT_WINDOW_BITS = 10
@@ -167,6 +169,61 @@ def _extra(d: Mapping[str, Any], known: Iterable[str]) -> dict[str, Any]:
 # --- documents ------------------------------------------------------------------------------------
 
 @dataclass
+class DeltaRef:
+    """One patch a board running the base image may fetch instead of the image (image.deltas[]):
+    base_size/base_hash name the base image, url/size/hash the patch file on the wire, encoding
+    'detools' (a detools sequential patch, compression none) or 'detools-zlib' (that, in a zlib
+    stream with window_bits)."""
+
+    base_size: int
+    base_hash: str
+    url: str
+    size: int
+    hash: str
+    encoding: str = "detools"
+    window_bits: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        _int(self.base_size, "image.deltas[].base_size", 1)
+        check_hash(self.base_hash, "image.deltas[].base_hash")
+        check_url(self.url, "image.deltas[].url")
+        _int(self.size, "image.deltas[].size", 1)
+        check_hash(self.hash, "image.deltas[].hash")
+        if self.encoding not in DELTA_ENCODINGS:
+            raise ManifestError(f"image.deltas[].encoding {self.encoding!r} must be one of "
+                                f"{', '.join(DELTA_ENCODINGS)}")
+        if self.encoding == "detools-zlib":
+            _int(self.window_bits, "image.deltas[].window_bits", MIN_WINDOW_BITS, MAX_WINDOW_BITS)
+        elif self.window_bits is not None:
+            raise ManifestError("image.deltas[].window_bits is only for encoding 'detools-zlib'")
+
+    @classmethod
+    def from_dict(cls, d: Any) -> DeltaRef:
+        if not isinstance(d, dict):
+            raise ManifestError("image.deltas[] must be an object")
+        known = ("base_size", "base_hash", "url", "size", "hash", "encoding", "window_bits")
+        return cls(
+            base_size=_get(d, "base_size", "image.deltas[]"),
+            base_hash=_get(d, "base_hash", "image.deltas[]"),
+            url=_get(d, "url", "image.deltas[]"), size=_get(d, "size", "image.deltas[]"),
+            hash=_get(d, "hash", "image.deltas[]"), encoding=_get(d, "encoding", "image.deltas[]"),
+            window_bits=d.get("window_bits"), extra=_extra(d, known),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"base_size": self.base_size, "base_hash": self.base_hash, "url": self.url,
+                               "size": self.size, "hash": self.hash, "encoding": self.encoding}
+        if self.encoding == "detools-zlib":
+            out["window_bits"] = self.window_bits
+        out.update(self.extra)
+        return out
+
+
+@dataclass
 class ImageRef:
     url: str
     size: int
@@ -176,6 +233,7 @@ class ImageRef:
     transfer_size: int | None = None
     transfer_hash: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    deltas: list[DeltaRef] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.transfer_size is None and self.encoding == "none":
@@ -200,17 +258,30 @@ class ImageRef:
             if self.transfer_size != self.size or self.transfer_hash != self.hash:
                 raise ManifestError("image.transfer_size/transfer_hash must equal size/hash "
                                     "for encoding 'none'")
+        if not isinstance(self.deltas, list) or len(self.deltas) > MAX_DELTAS:
+            raise ManifestError(f"image.deltas must be a list of at most {MAX_DELTAS} patches")
+        bases = set()
+        for d in self.deltas:
+            if not isinstance(d, DeltaRef):
+                raise ManifestError("image.deltas[] must be a DeltaRef")
+            d.validate()
+            if d.base_hash == self.hash or d.base_hash in bases:
+                raise ManifestError("image.deltas: one patch per base image, none from the image itself")
+            bases.add(d.base_hash)
 
     @classmethod
     def from_dict(cls, d: Any) -> ImageRef:
         if not isinstance(d, dict):
             raise ManifestError("image must be an object")
-        known = ("url", "size", "hash", "encoding", "window_bits", "transfer_size", "transfer_hash")
+        known = ("url", "size", "hash", "encoding", "window_bits", "transfer_size", "transfer_hash", "deltas")
+        deltas = d.get("deltas", [])
+        if not isinstance(deltas, list):
+            raise ManifestError("image.deltas must be a list")
         return cls(
             url=_get(d, "url", "image"), size=_get(d, "size", "image"), hash=_get(d, "hash", "image"),
             encoding=d.get("encoding", "none"), window_bits=d.get("window_bits"),
             transfer_size=d.get("transfer_size"), transfer_hash=d.get("transfer_hash"),
-            extra=_extra(d, known),
+            extra=_extra(d, known), deltas=[DeltaRef.from_dict(x) for x in deltas],
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -220,6 +291,8 @@ class ImageRef:
             out["window_bits"] = self.window_bits
         out["transfer_size"] = self.transfer_size
         out["transfer_hash"] = self.transfer_hash
+        if self.deltas:
+            out["deltas"] = [d.to_dict() for d in self.deltas]
         out.update(self.extra)
         return out
 

@@ -1,9 +1,11 @@
 """Sign a release (an app image -> RELEASE_DIR/manifest.json + the image) and verify one.
 
-A release folder holds exactly two files:
+A release folder holds:
 - ``firmware.bin`` (the raw app image) or ``firmware.bin.z`` (a zlib stream of it made with a
-  bounded window, ``window_bits`` recorded in the manifest), and
-- ``manifest.json``: the DSSE envelope over the release manifest, ``image.url`` relative to it.
+  bounded window, ``window_bits`` recorded in the manifest),
+- ``manifest.json``: the DSSE envelope over the release manifest, ``image.url`` relative to it,
+- with ``--delta-from``, one ``delta-from-<version>.patch[.z]`` per base release
+  (host_tools/delta.py), listed in the manifest's ``image.deltas``.
 
 The folder is built under a temporary name next to RELEASE_DIR and renamed into place at the end,
 so a failed or interrupted sign leaves nothing behind.
@@ -20,14 +22,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from host_tools.delta import DeltaError, Patch, make_patch, patch_name
 from host_tools.errors import MpotaError
 from host_tools.esp_image import ImageError, load_app_image, parse_image
 from host_tools.keys import PrivateKey, PublicKey, load_private_key, role_allows
 from host_tools.manifest import (
     DEFAULT_WINDOW_BITS,
+    MAX_DELTAS,
     MAX_MANIFEST_BYTES,
     MAX_WINDOW_BITS,
     MIN_WINDOW_BITS,
+    DeltaRef,
     FirmwareManifest,
     ImageRef,
     ManifestError,
@@ -67,6 +72,7 @@ class VerifyResult:
     manifest_sha256: str
     keyids: list[str]
     checks: list[str] = field(default_factory=list)  # what was checked, in plain words
+    patches: list[tuple[str, bytes]] = field(default_factory=list)  # (file name, bytes) per delta
 
 
 def _version_core(v: str) -> str:
@@ -150,11 +156,15 @@ def sign_release(
     any_role: bool = False,
     extra_boards: Sequence[str] = (),
     allow_version_downgrade: bool = False,
+    delta_from: Sequence[str | os.PathLike[str]] = (),
 ) -> ReleaseInfo:
     """Check the image against the board, build + sign the manifest, write RELEASE_DIR atomically.
 
     ``version`` None takes the image's own (esp_app_desc_t.version); an image without one (a
-    stock MicroPython build) needs it given."""
+    stock MicroPython build) needs it given.
+
+    delta_from: earlier release folders; a patch from each one's image is written next to the
+    image and listed in image.deltas (boards running that image fetch the patch instead)."""
     from host_tools.boards import load_board
 
     out = Path(out_dir)
@@ -219,6 +229,7 @@ def sign_release(
             warnings.append(f"compression does not pay off for this image ({len(wire)} >= {len(data)} bytes)")
     else:
         wire, file_name, encoding, wbits = data, RAW_NAME, "none", None
+    patches = make_deltas(delta_from, data, version, b.chip, window_bits)
     manifest = FirmwareManifest(
         version=version,
         build_id=build_id or utc_now().strftime("%Y%m%d-%H%M%S"),
@@ -227,7 +238,8 @@ def sign_release(
         chip=b.chip,
         min_bootloader_version=min_bootloader_version,
         image=ImageRef(url=file_name, size=len(data), hash=raw_hash, encoding=encoding, window_bits=wbits,
-                       transfer_size=len(wire), transfer_hash="sha256:" + hashlib.sha256(wire).hexdigest()),
+                       transfer_size=len(wire), transfer_hash="sha256:" + hashlib.sha256(wire).hexdigest(),
+                       deltas=[p.ref(n) for n, p in patches]),
         metadata=Metadata(notes, required, allow_version_downgrade),
         created=created,
         expires=expires,
@@ -241,6 +253,8 @@ def sign_release(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
         _write_synced(tmp / file_name, wire)
+        for n, p in patches:
+            _write_synced(tmp / n, p.wire)
         _write_synced(tmp / MANIFEST_NAME, envelope)
         os.chmod(tmp, 0o755)
         if out.is_dir():
@@ -252,6 +266,46 @@ def sign_release(
     _fsync_dir(out.parent)
     return ReleaseInfo(out, out / MANIFEST_NAME, out / file_name, manifest, [k.keyid for k in keys], b.name,
                        warnings)
+
+
+def release_image(path: str | os.PathLike[str]) -> tuple[FirmwareManifest, bytes]:
+    """A release folder's manifest (signature not checked) and its raw image, hashes checked."""
+    res, _, wire = load_release(path, None, allow_expired=True)
+    img = res.manifest.image
+    if img.encoding == "zlib":
+        assert img.window_bits is not None
+        return res.manifest, decode_stream(wire, img.window_bits, img.size)
+    return res.manifest, wire
+
+
+def make_deltas(bases: Sequence[str | os.PathLike[str]], new: bytes, version: str, chip: str,
+                window_bits: int) -> list[tuple[str, Patch]]:
+    """(file name, patch) from each base release folder's image to ``new``."""
+    out: list[tuple[str, Patch]] = []
+    seen: dict[str, str] = {}
+    new_hash = "sha256:" + hashlib.sha256(new).hexdigest()
+    if len(bases) > MAX_DELTAS:
+        raise ReleaseError(f"{len(bases)} delta bases; a manifest lists at most {MAX_DELTAS}")
+    for base_dir in bases:
+        try:
+            bm, base = release_image(base_dir)
+        except MpotaError as exc:
+            raise ReleaseError(f"--delta-from {base_dir}: {exc}") from None
+        if bm.chip != chip:
+            raise ReleaseError(f"--delta-from {base_dir} is an {bm.chip} release, this one is for {chip}")
+        if bm.image.hash == new_hash:
+            raise ReleaseError(f"--delta-from {base_dir} has the very image being signed")
+        if bm.image.hash in seen:
+            raise ReleaseError(f"--delta-from {base_dir} has the same image as {seen[bm.image.hash]}")
+        if bm.version == version:
+            raise ReleaseError(f"--delta-from {base_dir} is version {version} itself")
+        seen[bm.image.hash] = str(base_dir)
+        try:
+            patch = make_patch(base, new, window_bits)
+        except DeltaError as exc:
+            raise ReleaseError(f"--delta-from {base_dir}: {exc}") from None
+        out.append((patch_name(bm.version, patch.encoding), patch))
+    return out
 
 
 def _write_synced(path: Path, data: bytes) -> None:
@@ -374,6 +428,11 @@ def load_release(
     if "sha256:" + hashlib.sha256(raw_image).hexdigest() != m.image.hash:
         raise ReleaseError("the image SHA-256 does not match the manifest's hash")
     checks.append(f"image size and hash ({m.image.size} bytes)")
+    patches = []
+    for d in m.image.deltas:
+        patches.append((d.url, _check_patch(mpath, d)))
+    if m.image.deltas:
+        checks.append(f"{len(m.image.deltas)} patch(es): size, hash and encoding")
     rep = parse_image(raw_image)
     if rep.errors or rep.kind != "app":
         why = (rep.errors or ["no app descriptor"])[0]
@@ -385,7 +444,26 @@ def load_release(
         note = "" if _version_core(desc_v) == m.version else \
             f" (image says {desc_v})" if desc_v else " (the image carries no version of its own)"
         checks.append(f"valid {rep.chip} app image{note}")
-    return VerifyResult(m, mpath, img, hashlib.sha256(raw).hexdigest(), signed_by, checks), raw, wire
+    return (VerifyResult(m, mpath, img, hashlib.sha256(raw).hexdigest(), signed_by, checks, patches),
+            raw, wire)
+
+
+def _check_patch(mpath: Path, d: DeltaRef) -> bytes:
+    """A patch file of the release: next to the manifest, size and hash as listed, decodable."""
+    from host_tools.delta import ENC_ZLIB
+
+    if "/" in d.url or d.url in ("", ".", ".."):
+        raise ReleaseError(f"{mpath}: patch url {d.url!r} must be a file name next to the manifest")
+    try:
+        data = (mpath.parent / d.url).read_bytes()
+    except OSError as exc:
+        raise ReleaseError(f"cannot read patch {mpath.parent / d.url}: {exc.strerror or exc}") from None
+    if len(data) != d.size or "sha256:" + hashlib.sha256(data).hexdigest() != d.hash:
+        raise ReleaseError(f"{d.url}: size or SHA-256 does not match the manifest")
+    if d.encoding == ENC_ZLIB:
+        assert d.window_bits is not None
+        decode_stream(data, d.window_bits, 1 << 26)
+    return data
 
 
 __all__ = [

@@ -175,5 +175,8 @@ def check_manifest(data: bytes, ch: ChannelDoc, dev: DeviceView) -> FirmwareMani
     assert img.transfer_size is not None
     if img.transfer_size > img.size + img.size // GROWTH + 1024:
         raise TooBig(f"transfer of {img.transfer_size} bytes for an image of {img.size}")
+    for d in img.deltas:
+        if d.size > img.size + img.size // GROWTH + 1024:
+            raise TooBig(f"patch of {d.size} bytes for an image of {img.size}")
     _expired(m.expires, dev, "release")
     return m

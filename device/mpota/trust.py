@@ -17,6 +17,7 @@ import mpota.errors as errors
 _SPEC = const(1)
 _GROWTH = const(64)  # a zlib transfer may exceed the raw size by size/64 + 1 KiB
 _U32 = const(0xFFFFFFFF)
+_MAX_DELTAS = const(8)
 _CHIPS = ("esp32", "esp32s2", "esp32s3", "esp32c2", "esp32c3", "esp32c5", "esp32c6", "esp32c61",
           "esp32h2", "esp32p4")
 _STATES = ("active", "paused", "halted")
@@ -201,6 +202,31 @@ def _compare(a, b):
         _bad("version")
 
 
+# One image.deltas[] entry (host_tools/manifest.py DeltaRef); `bases` holds the image's own
+# hash and the bases seen so far: one patch per base, none from the image itself.
+def _delta(d, bases):
+    if not isinstance(d, dict):
+        _bad("deltas")
+    _int(d.get("base_size"), "base_size", 1)
+    b = _hash(d.get("base_hash"), "base_hash")
+    _url(d.get("url"))
+    _int(d.get("size"), "size", 1)
+    _hash(d.get("hash"), "hash")
+    enc = d.get("encoding")
+    if enc == "detools-zlib":
+        _int(d.get("window_bits"), "window_bits", 9, 15)
+    elif enc != "detools" or d.get("window_bits") is not None:
+        _bad("encoding")
+    if b in bases:
+        _bad("base_hash")
+    bases.append(b)
+
+
+def _url(u):
+    if not isinstance(u, str) or not 0 < len(u) <= 512 or any(c in u for c in " \\\n\r\t"):
+        _bad("url")
+
+
 # The release manifest `doc` (verified payload, parsed) that channel `ch` pins, for this
 # board and chip (None: unknown), running version `running` (None: unknown), security floor,
 # and an OTA slot of slot_size bytes. Returns doc.
@@ -224,9 +250,7 @@ def manifest(doc, ch, board, chip, running, floor, slot_size, now):
     img = doc.get("image")
     if not isinstance(img, dict):
         _bad("image")
-    u = img.get("url")
-    if not isinstance(u, str) or not 0 < len(u) <= 512 or any(c in u for c in " \\\n\r\t"):
-        _bad("url")
+    _url(img.get("url"))
     size = _int(img.get("size"), "size", 1)
     _hash(img.get("hash"), "hash")
     enc = img.get("encoding", "none")
@@ -242,6 +266,12 @@ def manifest(doc, ch, board, chip, running, floor, slot_size, now):
         _int(wb, "window_bits", 9, 15)
     elif wb is not None or ts != size or th != img["hash"]:
         _bad("encoding")
+    ds = img.get("deltas", [])
+    if not isinstance(ds, list) or len(ds) > _MAX_DELTAS:
+        _bad("deltas")
+    bases = [img["hash"]]
+    for d in ds:
+        _delta(d, bases)
     md = doc.get("metadata", {})
     if not isinstance(md, dict):
         _bad("metadata")
@@ -270,5 +300,8 @@ def manifest(doc, ch, board, chip, running, floor, slot_size, now):
         raise errors.TooBig("image of %d bytes, slot holds %d" % (size, slot_size))
     if ts > size + size // _GROWTH + 1024:
         raise errors.TooBig("transfer of %d bytes for an image of %d" % (ts, size))
+    for d in ds:
+        if d["size"] > size + size // _GROWTH + 1024:
+            raise errors.TooBig("patch of %d bytes for an image of %d" % (d["size"], size))
     _expired(exp, now, "release")
     return doc

@@ -6,10 +6,11 @@ import argparse
 import json
 import re
 import sys
+from pathlib import Path
 from typing import Any
 
 from host_tools.errors import UsageError
-from host_tools.manifest import parse_expires
+from host_tools.manifest import DEFAULT_WINDOW_BITS, parse_expires
 
 
 def register(sub: Any) -> None:
@@ -64,6 +65,14 @@ def register(sub: Any) -> None:
                      help="which target board (when the release has several)")
     add.add_argument("--release-pubkey", action="append", default=None, metavar="PUB",
                      help="also verify the release signature with this release public key (repeatable)")
+    add.add_argument("--deltas", type=int, default=0, metavar="N",
+                     help="also make patches from the last N earlier releases of the board in the feed "
+                          "(boards running one download the patch instead of the image); needs --key")
+    add.add_argument("--key", "-k", metavar="RELEASE_KEY",
+                     help="release private key (PEM) that re-signs the manifest with the patches listed")
+    add.add_argument("--window-bits", type=int, default=DEFAULT_WINDOW_BITS, metavar="N",
+                     help=f"zlib window of the patches, 2**N bytes (default {DEFAULT_WINDOW_BITS})")
+    add.add_argument("--any-role", action="store_true", help="accept a --key of any role (or without one)")
     add.add_argument("--json", action="store_true", help="print the result as JSON")
     add.set_defaults(func=cmd_add)
 
@@ -153,14 +162,25 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 def cmd_add(args: argparse.Namespace) -> int:
     from host_tools.feed import add_release
-    from host_tools.keys import load_public_keys
+    from host_tools.keys import load_private_key, load_public_keys
 
     release_keys = load_public_keys(args.release_pubkey) if args.release_pubkey else None
-    rel = add_release(args.release, args.feed, board=args.board, release_keys=release_keys)
+    if args.deltas and not args.key:
+        raise UsageError("--deltas re-signs the manifest: give the release key with --key")
+    key = load_private_key(args.key, None if args.any_role else "release") if args.key else None
+    rel = add_release(args.release, args.feed, board=args.board, release_keys=release_keys,
+                      deltas=args.deltas, release_key=key, window_bits=args.window_bits,
+                      any_role=args.any_role)
+    from host_tools.release import load_release
+
+    img = load_release(Path(args.feed) / Path(rel).parent, None)[0].manifest.image
     if args.json:
-        print(json.dumps({"added": f"{args.feed}/{rel}", "channel_changed": False}, indent=2))
+        print(json.dumps({"added": f"{args.feed}/{rel}", "channel_changed": False,
+                          "deltas": [d.to_dict() for d in img.deltas]}, indent=2))
         return 0
     print(f"added {args.feed}/{rel} (no channel changed)")
+    for d in img.deltas:
+        print(f"patch {d.url}: {d.size} bytes ({d.encoding}, {d.size / img.size:.3f} of the image)")
     return 0
 
 

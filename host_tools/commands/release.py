@@ -49,6 +49,9 @@ def register(sub: Any) -> None:
     sign.add_argument("--expires", metavar="WHEN",
                       help="manifest expiry: UTC time (2027-11-27T00:00:00Z), a duration (365d, 12h) "
                            "or never (default: never)")
+    sign.add_argument("--delta-from", action="append", default=[], metavar="RELEASE_DIR",
+                      help="an earlier release folder: also write a patch from its image (boards running it "
+                           "download the patch instead of the image); repeatable")
     sign.add_argument("--min-bootloader-version", metavar="V", help="recorded in the manifest")
     sign.add_argument("--allow-version-downgrade", action="store_true",
                       help="let devices running a newer version install this one (metadata.allow_downgrade; "
@@ -94,7 +97,7 @@ def cmd_sign(args: argparse.Namespace) -> int:
         compress=args.compress, window_bits=args.window_bits, expires=parse_expires(args.expires),
         min_bootloader_version=args.min_bootloader_version, force_version=args.force_version,
         any_role=args.any_role, extra_boards=args.also_board,
-        allow_version_downgrade=args.allow_version_downgrade,
+        allow_version_downgrade=args.allow_version_downgrade, delta_from=args.delta_from,
     )
     for w in info.warnings:
         print(f"mpota: warning: {w}", file=sys.stderr)
@@ -110,6 +113,9 @@ def cmd_sign(args: argparse.Namespace) -> int:
     wire = f", {img.encoding} window_bits {img.window_bits}: {img.transfer_size} bytes on the wire" \
         if img.encoding == "zlib" else ""
     print(f"image: {img.size} bytes {img.hash}{wire}")
+    for d in img.deltas:
+        print(f"patch {d.url}: {d.size} bytes ({d.encoding}, {d.size / img.size:.3f} of the image) "
+              f"for boards running {d.base_hash[:19]}")
     print(f"wrote {info.manifest_path} and {info.image_path}")
     return 0
 

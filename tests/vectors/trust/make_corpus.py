@@ -64,6 +64,29 @@ def base_manifest() -> dict[str, Any]:
             "created": "2026-12-01T00:00:00Z", "expires": None}
 
 
+BASE_HASH = "sha256:" + hashlib.sha256(b"running image").hexdigest()
+BASE2_HASH = "sha256:" + hashlib.sha256(b"older image").hexdigest()
+DELTA_HASH = "sha256:" + hashlib.sha256(b"patch").hexdigest()
+
+
+def delta(**edits: Any) -> dict[str, Any]:
+    """An image.deltas[] entry; DEL as a value removes that field."""
+    d: dict[str, Any] = {"base_size": 1400000, "base_hash": BASE_HASH, "url": "delta-from-1.0.0.patch.z",
+                         "size": 150000, "hash": DELTA_HASH, "encoding": "detools-zlib", "window_bits": 10}
+    for k, v in edits.items():
+        if v is DEL:
+            d.pop(k, None)
+        else:
+            d[k] = v
+    return d
+
+
+def deltas(*entries: dict[str, Any]) -> Callable[[dict[str, Any]], None]:
+    def edit(d: dict[str, Any]) -> None:
+        d["image"]["deltas"] = [copy.deepcopy(e) for e in entries]
+    return edit
+
+
 def b64(b: bytes) -> str:
     return base64.b64encode(b).decode()
 
@@ -390,6 +413,39 @@ def cases() -> list[Case]:
         C("size_zero", "image.size 0", "malformed",
           m=both(setp("image.size", 0), setp("image.transfer_size", 0))),
         C("url_with_space", "image.url with a space", "malformed", m=setp("image.url", "firm ware.bin")),
+        C("delta_offered", "one detools-zlib patch from the running image", "offer",
+          m=deltas(delta())),
+        C("delta_two_bases", "two patches from two bases, raw and zlib", "offer",
+          m=deltas(delta(), delta(base_hash=BASE2_HASH, encoding="detools", window_bits=DEL))),
+        C("delta_empty_list", "image.deltas empty", "offer", m=deltas()),
+        C("delta_not_a_list", "image.deltas an object", "malformed", m=setp("image.deltas", delta())),
+        C("delta_nine", "nine patches (cap 8)", "malformed",
+          m=deltas(*[delta(base_hash="sha256:" + hashlib.sha256(bytes([i])).hexdigest()) for i in range(9)])),
+        C("delta_eight", "eight patches (the cap)", "offer",
+          m=deltas(*[delta(base_hash="sha256:" + hashlib.sha256(bytes([i])).hexdigest()) for i in range(8)])),
+        C("delta_same_base_twice", "two patches for one base", "malformed", m=deltas(delta(), delta())),
+        C("delta_from_itself", "a patch whose base is the new image", "malformed",
+          m=deltas(delta(base_hash=IMG_HASH))),
+        C("delta_no_base_hash", "patch without base_hash", "malformed", m=deltas(delta(base_hash=DEL))),
+        C("delta_base_size_zero", "patch base_size 0", "malformed", m=deltas(delta(base_size=0))),
+        C("delta_base_size_bool", "patch base_size true", "malformed", m=deltas(delta(base_size=True))),
+        C("delta_bad_hash", "patch hash in upper-case hex", "malformed",
+          m=deltas(delta(hash=DELTA_HASH.upper().replace("SHA256", "sha256")))),
+        C("delta_url_space", "patch url with a space", "malformed", m=deltas(delta(url="a b.patch"))),
+        C("delta_url_missing", "patch without url", "malformed", m=deltas(delta(url=DEL))),
+        C("delta_encoding_heatshrink", "patch encoding 'detools-heatshrink' (not applied by devices)",
+          "malformed", m=deltas(delta(encoding="detools-heatshrink"))),
+        C("delta_no_encoding", "patch without encoding", "malformed", m=deltas(delta(encoding=DEL))),
+        C("delta_zlib_no_window", "detools-zlib patch without window_bits", "malformed",
+          m=deltas(delta(window_bits=DEL))),
+        C("delta_raw_with_window", "detools patch with window_bits", "malformed",
+          m=deltas(delta(encoding="detools"))),
+        C("delta_window_16", "patch window_bits 16", "malformed", m=deltas(delta(window_bits=16))),
+        C("delta_size_limit", "patch size = image size + size/64 + 1024 (the limit)", "offer",
+          m=deltas(delta(size=1500000 + 1500000 // 64 + 1024))),
+        C("delta_too_big", "patch size one byte over the limit", "too_big",
+          m=deltas(delta(size=1500000 + 1500000 // 64 + 1025))),
+        C("delta_size_over_u32", "patch size 2**32", "malformed", m=deltas(delta(size=2**32))),
         C("created_missing", "created removed", "malformed", m=setp("created", DEL)),
         C("expires_before_created", "manifest expires before it was created", "malformed",
           m=setp("expires", "2026-11-30T00:00:00Z")),
