@@ -117,3 +117,8 @@ class SizeMismatch(IntegrityError):
 class BadImage(IntegrityError):
     # The first block is not an ESP app image for this chip (early reject).
     code = "bad_image"
+
+
+class BadPatch(IntegrityError):
+    # a delta patch that does not rebuild the image (mpota.delta): the update falls back to the full image
+    code = "bad_patch"
