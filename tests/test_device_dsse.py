@@ -106,6 +106,7 @@ import sys, json
 sys.path[:0] = %(paths)r
 import mpota.dsse as dsse
 import mpota.errors as errors
+import mpota.http as http
 import mpota.config as config
 with open(%(data)r) as f:
     d = json.load(f)
@@ -140,12 +141,11 @@ class Resp:
         self.read += n
         return n
 
-buf = bytearray(4096)
 for name, total, length, cap in (("cap_exact", 8192, None, 8192), ("cap_over_stream", 10 ** 6, None, 8192),
                                  ("cap_over_length", 10 ** 6, 10 ** 6, 8192), ("cap_small", 100, 100, 8192)):
     r = Resp(total, length)
     try:
-        out = dsse.read_capped(r, cap, buf)
+        out = http.read_capped(r, cap)
         res[name] = ["ok", len(out), r.read]
     except errors.OTAError as e:
         res[name] = [type(e).__name__, 0, r.read]

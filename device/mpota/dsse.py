@@ -9,41 +9,6 @@ CHANNEL = "application/vnd.mpota.channel+json"
 _MAX_SIGS = const(8)
 
 
-# Read a whole response body, never more than cap + 1 bytes; `h` (a hashlib object) sees
-# every byte. `buf` is a scratch buffer (the updater's block buffer).
-def read_capped(resp, cap, buf, h=None):
-    from mpota.errors import DocumentTooLarge
-
-    n = resp.length
-    if n is not None:
-        # known length: read straight into a buffer of that size (no copies, no regrowth)
-        if n > cap:
-            raise DocumentTooLarge("document of %d bytes (cap %d)" % (n, cap))
-        out = bytearray(n)
-        mv = memoryview(out)
-        got = 0
-        while got < n:
-            k = resp.readinto(mv[got:])
-            if not k:
-                break
-            got += k
-        if h is not None:
-            h.update(mv[:got])
-        return out if got == n else out[:got]
-    out = bytearray()
-    mv = memoryview(buf)
-    while True:
-        room = cap + 1 - len(out)
-        k = resp.readinto(mv[: min(room, len(mv))])
-        if not k:
-            return out
-        out.extend(mv[:k])
-        if h is not None:
-            h.update(mv[:k])
-        if len(out) > cap:
-            raise DocumentTooLarge("document larger than %d bytes" % cap)
-
-
 # DSSE's base64: standard or URL-safe alphabet (not both in one string), padded to a
 # multiple of 4. a2b_base64 skips stray characters, so the output length must come out exact;
 # '=' only as the last one or two characters.

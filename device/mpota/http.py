@@ -304,3 +304,39 @@ def open(url, method="GET", headers=None, body=None, timeout_ms=10000, max_redir
         url = new
         if r.status == 303:
             method, body = "GET", None
+
+
+# A whole response body (a signed document), never more than cap + 1 bytes; `h` (a hashlib
+# object) sees every byte. Here rather than in mpota.dsse, so that dsse is not in RAM while a
+# document downloads.
+def read_capped(resp, cap, h=None):
+    from mpota.errors import DocumentTooLarge
+
+    n = resp.length
+    if n is not None:
+        # known length: read straight into a buffer of that size (no copies, no regrowth)
+        if n > cap:
+            raise DocumentTooLarge("document of %d bytes (cap %d)" % (n, cap))
+        out = bytearray(n)
+        mv = memoryview(out)
+        got = 0
+        while got < n:
+            k = resp.readinto(mv[got:])
+            if not k:
+                break
+            got += k
+        if h is not None:
+            h.update(mv[:got])
+        return out if got == n else out[:got]
+    out = bytearray()
+    mv = memoryview(bytearray(_LINE_MAX))
+    while True:
+        room = cap + 1 - len(out)
+        k = resp.readinto(mv[: min(room, len(mv))])
+        if not k:
+            return out
+        out.extend(mv[:k])
+        if h is not None:
+            h.update(mv[:k])
+        if len(out) > cap:
+            raise DocumentTooLarge("document larger than %d bytes" % cap)

@@ -14,7 +14,8 @@
 # Resume: within one update() a dropped or stalled connection is resumed with Range from
 # the byte where it broke (retries with exponential backoff and jitter). Across resets and
 # power cuts, state["dl"] records the raw bytes written and verified (saved every
-# _SAVE_EVERY blocks); the next update() re-hashes that prefix from the slot and asks for
+# _SAVE_EVERY blocks, or an eighth of the image when that is more: each save is an NVS commit,
+# a flash write); the next update() re-hashes that prefix from the slot and asks for
 # the rest with Range. A zlib transfer cannot resume across a reset (DeflateIO's state is
 # not restorable), so it restarts from byte 0; within one run it resumes like a plain one,
 # because the decompressor reads from the resuming stream and never sees the break.
@@ -311,7 +312,7 @@ class Updater:
         self._evict = False
         self._beacon = None
         self._wdt = wdt
-        self._buf = bytearray(_BLOCK)
+        self._buf = None  # the 4 KiB block buffer, while a check or an install runs (_block)
         self._pct = None
         self._version = -1  # the running version once check() has read it
         self.offer = None
@@ -384,17 +385,27 @@ class Updater:
             doc["uptime_ms"] = now
             doc["seq"] = self.state.next_report_seq()
             doc["detail"] = {"progress": pct}
-            self.state.save()
+            # no state.save() for it: next_report_seq() stored the high-water mark above this seq
             r = http.open(url, "POST", headers, json.dumps(doc), min(self.cfg.timeout_ms, post_ms))
             r.close()
         except Exception as e:
             print("mpota: report downloading: %r" % (e,))
 
-    def _report(self, name, offer=None, **detail):
+    # The block buffer, made when a check or an install needs it; update() lets it go before
+    # its closing reports (the outbox comes back into RAM then).
+    def _block(self):
+        if self._buf is None:
+            self._buf = bytearray(_BLOCK)
+        return self._buf
+
+    # later=True: an outbox only queues the report; it goes with the next one (one connection)
+    def _report(self, name, offer=None, later=False, **detail):
         try:
             rep = self._rep()
             if rep is None:
                 return
+            if later and hasattr(rep, "flush"):
+                detail["flush_ms"] = 0
             if offer is not None:
                 rep.event(name, target=offer.version, rollout=offer.rollout, **detail)
             else:
@@ -462,7 +473,6 @@ class Updater:
     # hex digest. http is unloaded before it returns: the verify that follows needs the room
     # (and the caller passes the bytes straight on, holding no reference of its own).
     def _fetch(self, url, cap, pin=None):
-        import mpota.dsse as dsse
         import mpota.http as http
 
         fails = 0
@@ -472,7 +482,7 @@ class Updater:
                 r = http.open(url, timeout_ms=self.cfg.timeout_ms)
                 try:
                     r.expect(200)
-                    data = dsse.read_capped(r, cap, self._buf, h)
+                    data = http.read_capped(r, cap, h)
                 finally:
                     r.close()
                 break
@@ -491,18 +501,18 @@ class Updater:
     # p256 are never in RAM together: dsse checks the envelope and hashes it, is unloaded
     # (with the envelope bytes), then p256 checks the signatures.
     def _document(self, url, cap, role, pin=None):
+        rollout = role == "channel"
+        data = self._fetch(url, cap, pin)  # dsse comes in once http has left
         import mpota.dsse as dsse
 
-        rollout = role == "channel"
         ptype = dsse.CHANNEL if rollout else dsse.RELEASE
-        data = self._fetch(url, cap, pin)
         payload, digest, pairs = dsse.open(data, ptype, self.cfg.keys["rollout" if rollout else "release"])
         data = None
         del dsse
         _unload("dsse")
         import mpota.p256 as p256
 
-        ok = p256.verify_any(pairs, digest, self._buf)
+        ok = p256.verify_any(pairs, digest, self._block())
         del p256
         _unload("p256")
         if not ok:
@@ -578,7 +588,7 @@ class Updater:
         if running is None:
             import mpota.firmware as firmware
 
-            same = firmware.runs(run, m["image"], self._buf, self._feed)
+            same = firmware.runs(run, m["image"], self._block(), self._feed)
             if same:  # a build without a version that is this release
                 firmware.record(st, fw, m["version"])
             del firmware
@@ -627,6 +637,8 @@ class Updater:
                 self._install(offer)
             except Exception as e:
                 raise self._fail(e, offer)
+            self._buf = None  # room for the outbox, which comes back for the closing reports
+            self._report("downloaded", offer, later=True)  # in one POST with "installed"
             self._report("installed", offer, slot=offer.slot)
         finally:
             _unload(*_TRANSFER)
@@ -658,7 +670,8 @@ class Updater:
         part = run.get_next_update()
         if part.info()[4] != o.slot:
             raise errors.FlashError("next slot changed")
-        mv = memoryview(self._buf)
+        buf = self._block()
+        mv = memoryview(buf)
         size = o.size
         nblk = (size + _BLOCK - 1) // _BLOCK
         plain = o.encoding == "none"
@@ -670,7 +683,7 @@ class Updater:
                 and dl.get("slot") == o.slot and 0 < dl.get("offset", 0) < size):
             start = dl["offset"]
             for b in range(start // _BLOCK):
-                part.readblocks(b, self._buf)
+                part.readblocks(b, buf)
                 if b == 0:
                     _check_header(mv, o.chip)
                 hr.update(mv)
@@ -711,14 +724,15 @@ class Updater:
             src.close()
             self._beacon = None
         del hr, src
-        _unload("inflate")  # the reports from here on need the room
-        self._report("downloaded", o)
+        # the read-back needs neither the decompressor nor http ("downloaded" is reported with
+        # "installed", by update())
+        _unload("inflate", "http")
         # read the slot back: what the bootloader will see (one pass)
         h = hashlib.sha256()
         tail = size % _BLOCK
         last = mv[:tail] if tail else mv
         for b in range(nblk):
-            part.readblocks(b, self._buf)
+            part.readblocks(b, buf)
             h.update(mv if b < nblk - 1 else last)
             self._feed()
         st["dl"] = None
@@ -754,6 +768,7 @@ class Updater:
         blk = start // _BLOCK
         pos = start
         step = (nblk + 3) // 4  # progress reports at 0/25/50/75 %
+        every = max(_SAVE_EVERY, nblk // 8)  # progress saves: each a flash write, at most ~8
         tail = size % _BLOCK
         last = mv[:tail] if tail else mv
         while blk < nblk:
@@ -780,7 +795,7 @@ class Updater:
             pos += want
             if plain:
                 dl["offset"] = dl["transfer_offset"] = pos
-                if blk % _SAVE_EVERY == 0 and blk < nblk:
+                if blk % every == 0 and blk < nblk:
                     self.state.save()
         if not plain:
             try:
