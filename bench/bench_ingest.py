@@ -97,11 +97,13 @@ def baseline_server(db: str) -> None:
 POISON = b'{"device_id": "%s", "seq": 1, "event": "heartbeat", "detail": {"x": NaN}}'
 
 
-def _client(port: int, proc: int, batch: int, duration: float, start_at: float, seq0: int, out: Any,
-            poison_every: int = 0, ca: str | None = None) -> None:
+def _client(ports: int | list[int], proc: int, batch: int, duration: float, start_at: float, seq0: int,
+            out: Any, poison_every: int = 0, ca: str | None = None) -> None:
     """Counts the good requests answered 200; with poison_every=N every Nth request is POISON
-    (answered 400, not counted); with ca the connection is https, verified against that CA."""
+    (answered 400, not counted); with ca the connection is https, verified against that CA.
+    With several ports (replicas behind one address) the connections spread evenly over them."""
     async def conn_loop(c: int) -> int:
+        port = ports if isinstance(ports, int) else ports[(proc * CONNS + c) % len(ports)]
         ssl_ctx = None
         if ca is not None:
             import ssl
@@ -161,7 +163,7 @@ def _client(port: int, proc: int, batch: int, duration: float, start_at: float, 
     out.put(asyncio.run(main()))
 
 
-def measure(port: int, batch: int, duration: float = DURATION, poison_every: int = 0,
+def measure(port: int | list[int], batch: int, duration: float = DURATION, poison_every: int = 0,
             ca: str | None = None) -> tuple[float, float]:
     """(good requests answered 200 per second, all requests answered per second)."""
     ctx = mp.get_context("fork")
@@ -180,7 +182,7 @@ def measure(port: int, batch: int, duration: float = DURATION, poison_every: int
     return good / duration, (good + refused) / duration
 
 
-def _measure(port: int, batch: int, duration: float = DURATION) -> float:
+def _measure(port: int | list[int], batch: int, duration: float = DURATION) -> float:
     return measure(port, batch, duration)[0]
 
 

@@ -13,6 +13,7 @@ Queries keep SQLite's qmark (?) parameters; the cursor translates them once per 
 from __future__ import annotations
 
 import functools
+import json
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -37,15 +38,21 @@ from host_tools.server.store import (
 )
 
 # One statement for a whole batch of events; the rows the unique index let through come back.
+# The rows travel as one JSON parameter: encoded in C on both sides (arrays of a thousand values
+# cost psycopg's dumpers a Python call, and the text format a regex escape, per value).
+_EVENT_COLS = ("received", "device_id", "seq", "event", "device_time", "uptime_ms", "board", "grp", "version",
+               "slot", "rollout", "target", "detail")
 _INSERT_EVENTS_RETURNING = (
     _INSERT_EVENT.split("VALUES")[0]
-    + "SELECT * FROM unnest(?::float8[], ?::text[], ?::int8[], ?::text[], ?::int8[], ?::int8[], ?::text[], "
-      "?::text[], ?::text[], ?::text[], ?::text[], ?::text[], ?::text[]) "
+    + f"SELECT {', '.join(_EVENT_COLS)} FROM json_populate_recordset(NULL::events, ?) "
       "ON CONFLICT (device_id, seq) DO NOTHING RETURNING device_id, seq")
+_json = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
+# One round trip: create the batch's missing devices rows and lock them all (DO UPDATE locks an
+# existing row as FOR UPDATE would), in device-id order, returning each one's last seq.
 _LOCK_DEVICES = ("INSERT INTO devices (device_id, first_seen, last_seen) "
-                 "SELECT d, ?, ? FROM unnest(?::text[]) AS d ORDER BY d ON CONFLICT (device_id) DO NOTHING")
-_DEVICE_SEQS = ("SELECT device_id, last_seq FROM devices WHERE device_id = ANY(?) "
-                "ORDER BY device_id FOR UPDATE")
+                 "SELECT d, ?, ? FROM unnest(?::text[]) AS d ORDER BY d "
+                 "ON CONFLICT (device_id) DO UPDATE SET last_seen = devices.last_seen "
+                 "RETURNING device_id, last_seq")
 _PROGRESS_OF_MANY = ("SELECT rollout_id, device_id, status, started_at, finished_at, health_failed, accepted "
                      "FROM progress WHERE (rollout_id, device_id) IN "
                      "(SELECT * FROM unnest(?::text[], ?::text[]))")
@@ -235,8 +242,7 @@ class PostgresStore(SQLStore):
                        if r.get("rollout") and r["event"] in PROGRESS_EVENTS})
         results: list[IngestResult] = []
         with self._lock, self._tx() as conn:
-            conn.execute(_LOCK_DEVICES, (now, now, ids))
-            last = {d: int(s) for d, s in conn.execute(_DEVICE_SEQS, (ids,))}
+            last = {d: int(s) for d, s in conn.execute(_LOCK_DEVICES, (now, now, ids))}
             stored: dict[tuple[str, str], _Progress] = {}
             if keys:
                 for row in conn.execute(_PROGRESS_OF_MANY, ([k[0] for k in keys], [k[1] for k in keys])):
@@ -246,8 +252,8 @@ class PostgresStore(SQLStore):
             results = plan.results
             if not plan.events:
                 raise psycopg.Rollback()  # every request was a replay: nothing to keep
-            columns = [list(c) for c in zip(*plan.events, strict=True)]
-            inserted = {(d, int(s)) for d, s in conn.execute(_INSERT_EVENTS_RETURNING, columns)}
+            rows = _json([dict(zip(_EVENT_COLS, e, strict=True)) for e in plan.events])
+            inserted = {(d, int(s)) for d, s in conn.execute(_INSERT_EVENTS_RETURNING, (rows,))}
             if len(inserted) != len(plan.events):
                 raise _Replayed({(e[1], e[2]) for e in plan.events} - inserted)
             with conn.cursor() as cur:
