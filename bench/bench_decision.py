@@ -39,8 +39,8 @@ def _fill_progress(store: SQLStore, n: int, rollout_id: str) -> None:
             rows.append((rollout_id, f"dev-{i:06d}", status, 1100.0, None if status == "started" else 1200.0,
                          int(status == "rolled_back"), 1200.0))
     with store._tx() as conn:
-        conn.cursor().executemany("INSERT INTO progress (rollout_id, device_id, status, started_at, finished_at, "
-                                  "health_failed, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+        conn.cursor().executemany("INSERT INTO progress (rollout_id, device_id, status, started_at, "
+                                  "finished_at, health_failed, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
 
 
 def run(devices: int = DEVICES) -> dict[str, float]:
