@@ -358,10 +358,20 @@ def test_one_open_rollout_per_channel_across_replicas(pg_url: str) -> None:
 def test_postgres_url_errors_are_one_line() -> None:
     with pytest.raises(StoreError, match="unsupported database URL mysql://"):
         open_store("mysql://x@y/z")
-    with pytest.raises(StoreError, match=r"cannot connect to PostgreSQL .*within"):
-        from host_tools.server.store_pg import PostgresStore
+    from host_tools.server.store_pg import PostgresStore
 
-        PostgresStore("postgresql://nobody@127.0.0.1:1/nodb", timeout=1.0)
+    with pytest.raises(StoreError, match=r"cannot connect to PostgreSQL \(.*port=1.*\): .*refused"):
+        PostgresStore("postgresql://nobody:secret@127.0.0.1:1/nodb", timeout=1.0)
+
+
+@pytest.mark.postgres
+def test_postgres_connection_errors_say_why(pg_url: str) -> None:
+    from host_tools.server.store_pg import PostgresStore
+
+    wrong = pg_url.rsplit("/", 1)[0] + "/no_such_db"
+    with pytest.raises(StoreError, match=r'database "no_such_db" does not exist') as info:
+        PostgresStore(wrong.replace("postgres@", "postgres:hunter2@"), timeout=2.0)
+    assert "hunter2" not in str(info.value)
 
 
 def test_db_check_and_migrate_commands(db_url: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -177,6 +177,11 @@ class PostgresStore(SQLStore):
         self.where = _redact(url)
         self._lock = threading.RLock()
         self.timeout = timeout
+        try:  # one plain connection first: the pool would only say "timed out", not why
+            psycopg.connect(url, connect_timeout=max(1, int(timeout))).close()
+        except psycopg.Error as exc:
+            why = " ".join(str(exc).split()) or type(exc).__name__
+            raise StoreError(f"cannot connect to PostgreSQL ({self.where}): {why[:300]}") from None
         self._pool = ConnectionPool(
             url, min_size=1, max_size=max_size, open=False, name="mpota", timeout=timeout,
             kwargs={"autocommit": True, "cursor_factory": _QmarkCursor},
