@@ -40,7 +40,8 @@ def _fill_progress(store: SQLStore, n: int, rollout_id: str) -> None:
                          int(status == "rolled_back"), 1200.0))
     with store._tx() as conn:
         conn.cursor().executemany("INSERT INTO progress (rollout_id, device_id, status, started_at, "
-                                  "finished_at, health_failed, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+                                  "finished_at, health_failed, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                  rows)
 
 
 def run(devices: int = DEVICES) -> dict[str, float]:
