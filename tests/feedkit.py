@@ -175,7 +175,9 @@ class Fault:
     ``delay`` s), ignore_range (200 + whole file), status (answer ``status``), endless (no
     Content-Length, the file then garbage forever), drip (``chunk`` bytes every ``delay`` s),
     length (declare ``length`` as Content-Length), nolength (no Content-Length, close at the end),
-    body (serve ``body`` instead of the file), pace (send at ``rate`` bytes/s, a slower link).
+    body (serve ``body`` instead of the file), pace (send at ``rate`` bytes/s, a slower link),
+    redirect (answer ``status`` 30x to the same file under another URL), chunked (the body in
+    Transfer-Encoding: chunked, odd chunk sizes).
     """
 
     kind: str
@@ -302,6 +304,14 @@ class FeedServer:
                 if f is not None and f.kind == "status":
                     self._status(f.status, b"nope\n", "status")
                     return
+                if f is not None and f.kind == "redirect":  # to the same file by another name
+                    self.send_response(f.status if f.status in (301, 302, 303, 307, 308) else 302)
+                    self.send_header("Location", path + "?moved=1")
+                    self.send_header("Content-Length", "0")
+                    self.send_header("Connection", "close")
+                    self.end_headers()
+                    srv._log(Request("GET", self.path, self.headers.get("Range"), 302, "redirect"))
+                    return
                 fs = (srv.root / path.lstrip("/")).resolve()
                 if not str(fs).startswith(str(srv.root.resolve())) or not fs.is_file():
                     self._status(404, b"not found\n")
@@ -336,6 +346,8 @@ class FeedServer:
                     self.send_header("Content-Range", f"bytes {start}-{end}/{total}")
                 if kind == "length":
                     self.send_header("Content-Length", str(f.length))  # type: ignore[union-attr]
+                elif kind == "chunked":
+                    self.send_header("Transfer-Encoding", "chunked")
                 elif kind not in ("endless", "nolength"):
                     self.send_header("Content-Length", str(len(data)))
                 self.send_header("Content-Type", "application/octet-stream")
@@ -352,6 +364,14 @@ class FeedServer:
                 w = self.wfile
                 if f is None or f.kind in ("ignore_range", "length", "nolength", "body"):
                     w.write(data)
+                elif f.kind == "chunked":  # odd chunk sizes, none aligned with the device's blocks
+                    i, n = 0, 1
+                    while i < len(data):
+                        part = data[i: i + n]
+                        w.write(b"%x\r\n" % len(part) + part + b"\r\n")
+                        i += len(part)
+                        n = n * 7 % 9973 + 1
+                    w.write(b"0\r\n\r\n")
                 elif f.kind == "pace":
                     t0 = time.monotonic()
                     for i in range(0, len(data), 8192):

@@ -462,3 +462,39 @@ def test_run_output_carries_a_version_for_stock_images(rig: Rig) -> None:
     assert out.kind == "exit", out.stdout + out.stderr
     assert {r["version"] for r in rig.reports("heartbeat")} == {"1.0.0"}
     assert json.loads(json.dumps(rig.state()))["boots"] == 1
+
+
+# Found on the way: what real servers and CDNs do to an image transfer ------------------------
+
+@pytest.mark.parametrize("fault", ["redirect", "chunked", "chunked_resume", "redirect_resume"])
+def test_image_through_redirects_and_chunked_answers(rig: Rig, fault: str) -> None:
+    rig.make_board()
+    data = rig.publish("1.1.0")
+    path = "/firmware.bin"
+    if fault == "redirect":
+        rig.server.fault("redirect", path, status=307)
+    elif fault == "chunked":
+        rig.server.fault("chunked", path)
+    else:  # the first answer breaks off; the resumed one (Range) is chunked / redirected
+        rig.server.fault("drop", path, at=50001)
+        rig.server.fault("chunked" if fault == "chunked_resume" else "redirect", path)
+    res = rig.update()
+    assert res == {"outcome": "ok", "version": "1.1.0", "slot": "ota_1"}, res
+    assert rig.board is not None and rig.board.slot("ota_1", len(data)) == data
+    kinds = [r.fault for r in image_requests(rig)]
+    assert fault.split("_")[0] in kinds, kinds
+    if fault.endswith("_resume"):  # resumed from the byte where it broke, not from 0
+        assert [r.range for r in image_requests(rig)][:2] == [None, "bytes=50001-"], image_requests(rig)
+    assert rig.reports("failed") == []
+
+
+def test_odd_206_answer_is_refused_not_written(rig: Rig) -> None:
+    rig.make_board()
+    rig.publish("1.1.0")
+    # the image breaks off; the resumed request then gets the bytes of another range
+    rig.server.fault("drop", "/firmware.bin", at=50001)
+    rig.server.fault("body", "/firmware.bin", body=b"\0" * 300000)
+    res = rig.update()
+    assert res["outcome"] == "error" and res["code"] == "size_mismatch", res
+    assert rig.board is not None and rig.board.sim.next_boot_slot() == "ota_0"
+    assert rig.state()["pending"] is None
