@@ -276,3 +276,23 @@ def test_reports_reach_the_real_rollout_server(interp, tmp_path):
     failed = events[1]
     assert failed["detail"]["reason"] == "bad_signature" and len(failed["detail"]["error"]) <= 80
     assert failed["rollout"] == "r-1" and failed["target"] == "1.1.0" and failed["group"] == "pilot"
+
+
+@pytest.mark.parametrize("interp", INTERPRETERS)
+def test_damaged_state_file_and_queue_cost_only_what_they_held(interp, tmp_path, collector):
+    root = tmp_path / "fs"
+    root.mkdir()
+    (root / "mpota_state.json").write_bytes(b'{"seq": {"stable": "x"}, "floor": 3, "failed": [["1.0.0"]], \xff')
+    (root / "mpota_reports.q").write_bytes(b"r 7\nd 5 {\"seq\": 5, \"event\": \"fa\xffiled\"}\ngarbage\xfe\n"
+                                           b"d 6 {not json}\n")
+    out = run_device(interp, tmp_path, collector.url, """
+        st = state()
+        r = Reporter(CFG, st, ROOT)
+        seq = r.event("checking", target="1.1.0")
+        n = r.flush(5000)
+        print(json.dumps({"floor": st["floor"], "seq": seq, "pending": r.pending(), "failed": st["failed"]}))
+    """)
+    res = last_json(out)
+    # the state file did not parse: defaults; the queue's high-water mark (7) still holds
+    assert res == {"floor": 0, "seq": 8, "pending": 0, "failed": []}
+    assert [r["seq"] for r in collector.reports] == [8]
