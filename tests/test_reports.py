@@ -282,7 +282,8 @@ def test_reports_reach_the_real_rollout_server(interp, tmp_path):
 def test_damaged_state_file_and_queue_cost_only_what_they_held(interp, tmp_path, collector):
     root = tmp_path / "fs"
     root.mkdir()
-    (root / "mpota_state.json").write_bytes(b'{"seq": {"stable": "x"}, "floor": 3, "failed": [["1.0.0"]], \xff')
+    (root / "mpota_state.json").write_bytes(b'{"seq": {"stable": "x"}, "floor": 3, "failed": [["1.0.0"]], '
+                                            b'\xff')
     (root / "mpota_reports.q").write_bytes(b"r 7\nd 5 {\"seq\": 5, \"event\": \"fa\xffiled\"}\ngarbage\xfe\n"
                                            b"d 6 {not json}\n")
     out = run_device(interp, tmp_path, collector.url, """
