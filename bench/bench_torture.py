@@ -66,12 +66,14 @@ class Scenario:
     sim_flags: str
     expect_new: bool          # the story ends on the new version when nothing goes wrong
     compress: bool            # zlib transfer (restarts after a reset) or plain (resumes with Range)
+    delta: bool = False       # the manifest offers a patch from the board's image (restarts too)
 
 
 SCENARIOS = {
     "confirm": Scenario("confirm", "1.1.0", "", True, False),
     "confirm-zlib": Scenario("confirm-zlib", "1.1.0", "", True, True),
     "rollback": Scenario("rollback", "1.2.0", "health=fail", False, True),
+    "confirm-delta": Scenario("confirm-delta", "1.1.0", "", True, True, delta=True),
 }
 
 
@@ -113,11 +115,19 @@ class Torture:
         self.feed = feedkit.Feed(root / "feed", self.keys)
         self.new_image = feedkit.image(scenario.version, size=image_bytes, secure_version=1,
                                        sim_flags=scenario.sim_flags)
-        self.feed.add_release(scenario.version, self.new_image, compress=scenario.compress, window_bits=10)
-        self.feed.set_channel(scenario.version)
-        self.rollout = feedkit.ROLLOUT_ID
         self.server = feedkit.FeedServer(self.feed.root)
         self.old_image: bytes | None = None
+        if scenario.delta:  # a release of the board's own image, then the new one with a patch from it
+            self.board("probe")
+            assert self.old_image is not None
+            self.feed.add_release("1.0.0", self.old_image, compress=True, window_bits=10)
+            self.feed.add_release(scenario.version, self.new_image, compress=scenario.compress,
+                                  window_bits=10, delta_from=[self.feed.release_dir("1.0.0")])
+        else:
+            self.feed.add_release(scenario.version, self.new_image, compress=scenario.compress,
+                                  window_bits=10)
+        self.feed.set_channel(scenario.version)
+        self.rollout = feedkit.ROLLOUT_ID
         self.dry: list[RunResult] = []
         self._n = 0
         self.retried = 0  # cut points run again because the story diverged before the cut

@@ -98,7 +98,8 @@ class Feed:
 
     def add_release(self, version: str, data: bytes | None = None, *, compress: bool = False,
                     window_bits: int = 10, security_version: int | None = None,
-                    key: str = "release", expires: str | None = None, **image_kw: Any) -> Path:
+                    key: str = "release", expires: str | None = None,
+                    delta_from: tuple[Path, ...] | list[Path] = (), **image_kw: Any) -> Path:
         """Sign ``data`` (default: a fresh genuine image) as ``version`` into the feed."""
         if data is None:
             data = image(version, **image_kw)
@@ -108,7 +109,7 @@ class Feed:
         out.parent.mkdir(parents=True, exist_ok=True)
         sign_release(src, self.keys.keys[key], self.board, version, out_dir=out,
                      security_version=security_version, compress=compress, window_bits=window_bits,
-                     expires=expires, force_version=True, any_role=True)
+                     expires=expires, force_version=True, any_role=True, delta_from=delta_from)
         src.unlink()
         return out
 

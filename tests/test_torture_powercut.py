@@ -2,7 +2,8 @@
 slow test below). See bench/bench_torture.py for what each cut point asserts.
 
 Scenarios: ``confirm`` (plain image: a cut download resumes with Range), ``confirm-zlib``
-(compressed: restarts) and ``rollback`` (compressed, failing health check). The quick subset is
+(compressed: restarts), ``confirm-delta`` (a patch from the running image: restarts from byte 0)
+and ``rollback`` (compressed, failing health check). The quick subset is
 fixed, not random (``bench_torture.subset``): in the update boot, its last 6 operations (the
 pending record, set_boot's otadata erase + write, the reset), every NVS commit (download
 progress) and every 16th (CPython) or 32nd (MicroPython) other one, before and after; in the
@@ -28,7 +29,9 @@ def _explain(results: list) -> str:  # type: ignore[type-arg]
 
 
 QUICK = [("confirm", "cpython"), ("confirm-zlib", "cpython"), ("rollback", "cpython"),
+         ("confirm-delta", "cpython"),
          pytest.param("confirm", "micropython", marks=pytest.mark.mpy),
+         pytest.param("confirm-delta", "micropython", marks=pytest.mark.mpy),
          pytest.param("rollback", "micropython", marks=pytest.mark.mpy)]
 
 
@@ -36,6 +39,9 @@ QUICK = [("confirm", "cpython"), ("confirm-zlib", "cpython"), ("rollback", "cpyt
 def test_power_cut_subset(scenario: str, interp: str, tmp_path: Path) -> None:
     with Torture(tmp_path, SCENARIOS[scenario], interp) as t:
         points = t.dry_run()
+        if scenario == "confirm-delta":  # the story applies the patch (no fallback to the image)
+            paths = [r.path for r in t.server.requests]
+            assert any("delta-from-1.0.0" in p for p in paths) and not any("firmware.bin" in p for p in paths)
         # the dry run saw every kind of operation the update makes: these are the cut points
         kinds = {p.kind for p in points}
         assert kinds == {"write", "erase", "commit"}, kinds

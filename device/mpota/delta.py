@@ -4,6 +4,7 @@
 #   r = Patched(src, part, base_size, size)   # src.readinto(buf) -> n: the patch bytes
 #   n = r.readinto(buf)                       # the new image, in order (0 at the end)
 #   r.finish()                                # BadPatch unless the patch ended exactly there
+#   install(updater, offer, run, part)        # the updater's delta path (below)
 #
 # Patch: a header byte (0x00: sequential, none), to_size, then (after a 0 data-format size)
 # chunks of [diff size, diff bytes added byte-wise to the base from the current base offset,
@@ -203,3 +204,34 @@ class Patched:
                 _bad("it ends before the image does")
         if self._i < self._n or self._refill():
             _bad("bytes follow its end")
+
+
+# The updater's delta path: the first patch of offer `o` whose base is the running image
+# (slot `run`) is applied into `part` by u._transfer. True when it made the image; else
+# False, with o.how["delta"] = "fallback: <reason>" (no patch for this base, or the patch
+# failed: the caller streams the full image in the same update). Flash errors are not
+# the patch's fault: they propagate. o.how becomes the reports' detail.
+def install(u, o, run, part):
+    import mpota.firmware as firmware
+    from mpota.updater import _unload
+
+    d = None
+    for c in o.deltas:
+        if firmware.runs(run, {"size": c["base_size"], "hash": c["base_hash"]}, u._block(), u._feed):
+            d = c
+            break
+    del firmware
+    _unload("firmware")
+    o.how = {"delta": "fallback: base", "full_bytes": o.transfer_size}
+    if d is None:
+        return False
+    try:
+        u._transfer(o, part, d, run)
+    except (errors.IntegrityError, errors.DownloadError) as e:
+        print("mpota: patch failed (%s), full image" % e.code)
+        o.how["delta"] = "fallback: " + e.code
+        return False
+    o.how["delta"] = "applied"
+    o.how["bytes"] = d["size"]
+    return True
+

@@ -54,6 +54,8 @@ class Offer:
         self.transfer_size = img.get("transfer_size") or self.size  # null/absent: the image
         th = img.get("transfer_hash")
         self.transfer_hash = th[7:] if th else self.hash
+        self.deltas = img.get("deltas") or []  # patches from earlier images (mpota.delta)
+        self.how = {}  # report detail of a delta install (mpota.delta.install), {} for a full one
         import mpota.http as http
 
         self.url = http.join(manifest_url, img["url"])
@@ -262,7 +264,14 @@ def _unload(*names):
 # Stateless modules of the transfer, unloaded when update() returns (or check() fails):
 # the heap goes back to the application. (mpota.outbox stays once the transfer is over: it
 # holds the process's shared report queue.)
-_TRANSFER = ("http", "tls", "inflate", "imagehdr")
+_TRANSFER = ("http", "tls", "inflate", "imagehdr", "delta")
+
+
+# mpota.delta.install, loaded only when the manifest offers patches.
+def _delta_install(u, o, run, part):
+    import mpota.delta as delta
+
+    return delta.install(u, o, run, part)
 
 
 def _running_part():
@@ -638,8 +647,8 @@ class Updater:
             except Exception as e:
                 raise self._fail(e, offer)
             self._buf = None  # room for the outbox, which comes back for the closing reports
-            self._report("downloaded", offer, later=True)  # in one POST with "installed"
-            self._report("installed", offer, slot=offer.slot)
+            self._report("downloaded", offer, later=True, **offer.how)  # in one POST with "installed"
+            self._report("installed", offer, slot=offer.slot, **offer.how)
         finally:
             _unload(*_TRANSFER)
         if reset:
@@ -670,63 +679,19 @@ class Updater:
         part = run.get_next_update()
         if part.info()[4] != o.slot:
             raise errors.FlashError("next slot changed")
+        o.how = {}
+        try:
+            if not o.deltas or not _delta_install(self, o, run, part):
+                self._transfer(o, part, None, run)
+        finally:
+            self._beacon = None
         buf = self._block()
         mv = memoryview(buf)
         size = o.size
         nblk = (size + _BLOCK - 1) // _BLOCK
-        plain = o.encoding == "none"
-        # resume a plain transfer recorded by an earlier run
-        start = 0
-        dl = st["dl"]
-        hr = hashlib.sha256()
-        if (plain and dl and dl.get("version") == o.version and dl.get("hash") == o.hash
-                and dl.get("slot") == o.slot and 0 < dl.get("offset", 0) < size):
-            start = dl["offset"]
-            for b in range(start // _BLOCK):
-                part.readblocks(b, buf)
-                if b == 0:
-                    _check_header(mv, o.chip)
-                hr.update(mv)
-                self._feed()
-        if not start:
-            dl = {"version": o.version, "slot": o.slot, "hash": o.hash,
-                  "transfer_hash": o.transfer_hash, "offset": 0, "transfer_offset": 0}
-        st["dl"] = dl if plain else None
-        # plain: the transfer is the image, hashed once (hr); zlib: the transfer is hashed too
-        src = _Source(self, o.url, o.transfer_size, start, None if plain else hashlib.sha256())
-        self._pct = None
-        self._evict_reporter(o)
-        try:
-            while True:
-                try:
-                    self._stream(o, part, src, hr, start, nblk, mv, dl, plain)
-                    break
-                except _Restart:
-                    start = dl["offset"] = dl["transfer_offset"] = 0
-                    hr = hashlib.sha256()
-            src.finish(mv[:1])
-            if not plain and src.pos != o.transfer_size:
-                raise errors.SizeMismatch("compressed stream ends before the transfer does")
-            if not plain and _hex(src.h) != o.transfer_hash:
-                raise errors.HashMismatch("transfer hash mismatch")
-            if _hex(hr) != o.hash:
-                raise errors.HashMismatch("image hash mismatch")
-        except errors.DownloadError:
-            if plain:
-                st.save()  # keep the progress: the next update() resumes
-            raise
-        except Exception:
-            if st["dl"] is not None:
-                st["dl"] = None
-                st.save()
-            raise
-        finally:
-            src.close()
-            self._beacon = None
-        del hr, src
         # the read-back needs neither the decompressor nor http ("downloaded" is reported with
         # "installed", by update())
-        _unload("inflate", "http")
+        _unload("inflate", "http", "delta")
         # read the slot back: what the bootloader will see (one pass)
         h = hashlib.sha256()
         tail = size % _BLOCK
@@ -755,15 +720,88 @@ class Updater:
         del st["pending"]["phase"]
         st.save()
 
+    # Stream the image into `part`: the image itself (d None) or the patch d rebuilt against
+    # the running slot `run`, hashing as it goes; raises unless the image hash matches.
+    def _transfer(self, o, part, d, run):
+        st = self.state
+        buf = self._block()
+        mv = memoryview(buf)
+        size = o.size
+        nblk = (size + _BLOCK - 1) // _BLOCK
+        # the bytes on the wire: the image (plain or zlib), or a patch d from the running image
+        plain = d is None and o.encoding == "none"
+        if d is None:
+            url, tsize, thash, wb = o.url, o.transfer_size, o.transfer_hash, 0 if plain else o.window_bits
+        else:
+            import mpota.http as http
+
+            url, tsize, thash = http.join(o.manifest_url, d["url"]), d["size"], d["hash"][7:]
+            wb = d.get("window_bits") or 0 if d["encoding"] == "detools-zlib" else 0
+            del http
+        # resume a plain transfer recorded by an earlier run
+        start = 0
+        dl = st["dl"]
+        hr = hashlib.sha256()
+        if (plain and dl and dl.get("version") == o.version and dl.get("hash") == o.hash
+                and dl.get("slot") == o.slot and 0 < dl.get("offset", 0) < size):
+            start = dl["offset"]
+            for b in range(start // _BLOCK):
+                part.readblocks(b, buf)
+                if b == 0:
+                    _check_header(mv, o.chip)
+                hr.update(mv)
+                self._feed()
+        if not start:
+            dl = {"version": o.version, "slot": o.slot, "hash": o.hash,
+                  "transfer_hash": o.transfer_hash, "offset": 0, "transfer_offset": 0}
+        st["dl"] = dl if plain else None
+        # plain: the transfer is the image, hashed once (hr); zlib: the transfer is hashed too
+        src = _Source(self, url, tsize, start, None if plain else hashlib.sha256())
+        self._pct = None
+        self._evict_reporter(o)
+        try:
+            while True:
+                try:
+                    self._stream(o, part, src, hr, start, nblk, mv, dl, plain, wb,
+                                 None if d is None else (d["base_size"], run))
+                    break
+                except _Restart:
+                    start = dl["offset"] = dl["transfer_offset"] = 0
+                    hr = hashlib.sha256()
+            src.finish(mv[:1])
+            if not plain and src.pos != tsize:
+                raise errors.SizeMismatch("compressed stream ends before the transfer does")
+            if not plain and _hex(src.h) != thash:
+                raise errors.HashMismatch("transfer hash mismatch")
+            if _hex(hr) != o.hash:
+                raise errors.HashMismatch("image hash mismatch")
+        except errors.DownloadError:
+            if plain:
+                st.save()  # keep the progress: the next update() resumes
+            raise
+        except Exception:
+            if st["dl"] is not None:
+                st["dl"] = None
+                st.save()
+            raise
+        finally:
+            src.close()
+
     # The block loop allocates nothing per block when the reader fills whole blocks (a
     # short read costs one memoryview slice): the last block's view is made before it.
-    def _stream(self, o, part, src, hr, start, nblk, mv, dl, plain):
-        if plain:
-            reader = src
-        else:
+    def _stream(self, o, part, src, hr, start, nblk, mv, dl, plain, wb=0, dp=None):
+        reader = src
+        if wb:
             import mpota.inflate as inflate
 
-            reader = inflate.reader(src, o.window_bits)
+            reader = inflate.reader(src, wb)
+        if dp is not None:  # (base size, running partition): the patch rebuilds the image
+            import mpota.delta as delta
+
+            try:
+                reader = delta.Patched(reader, dp[1], dp[0], o.size)
+            except OSError as e:
+                raise errors.HashMismatch("corrupt compressed stream (%s)" % e)
         size = o.size
         blk = start // _BLOCK
         pos = start
@@ -804,6 +842,11 @@ class Updater:
                 raise errors.HashMismatch("corrupt compressed stream (%s)" % e)
             if more:
                 raise errors.SizeMismatch("image longer than the manifest declares")
+            if dp is not None:
+                try:
+                    reader.finish()
+                except OSError as e:
+                    raise errors.HashMismatch("corrupt compressed stream (%s)" % e)
 
     # Download progress at 0/25/50/75 %, each step reported once per update.
     def _progress(self, o, pos, size):

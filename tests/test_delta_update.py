@@ -1,0 +1,176 @@
+"""A delta update end to end: a simulated board (CPython and the MicroPython unix port) running 1.0.0
+is offered 1.1.0 with a patch from 1.0.0 in its signed manifest; it downloads the patch only and
+rebuilds a byte-identical image from its running slot, with the same read-back, set_boot and pending
+record as a full update. Every problem with the patch falls back to the full image in the same
+update() and says so (detail.delta = "fallback: <reason>"); the running slot is never written."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from feedkit import BOARD, Board, Feed, FeedServer, Keys, device_config, factory_config, serve, update_script
+
+from host_tools.delta import detools_patch
+from host_tools.imagebuild import build_app_image
+from host_tools.release import compress_image, sign_release
+
+RUNNING, NEW = "1.0.0", "1.1.0"
+
+
+def code(release: int) -> bytes:
+    rnd = random.Random(42)
+    blob = bytearray(rnd.randbytes(96 * 1024))
+    for r in range(release):
+        e = random.Random(r)
+        for _ in range(30):
+            at = e.randrange(len(blob) - 64)
+            blob[at:at + 12] = e.randbytes(12)
+    return bytes(blob)
+
+
+def build(version: str, release: int) -> bytes:
+    return build_app_image("esp32", "", "", 0, code=code(release), build=version)
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
+    return Keys(tmp_path_factory.mktemp("keys"))
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FeedServer]:
+    with serve(tmp_path_factory.mktemp("empty")) as s:
+        yield s
+
+
+class Rig:
+    def __init__(self, keys: Keys, server: FeedServer, tmp: Path, interp: str, compress: bool = True) -> None:
+        self.keys, self.server, self.tmp, self.interp = keys, server, tmp, interp
+        self.feed = Feed(tmp / "feed", keys)
+        server.reset(self.feed.root)
+        self.running, self.new = build(RUNNING, 1), build(NEW, 2)
+        self.sign(RUNNING, self.running, compress)
+        self.sign(NEW, self.new, compress, [self.feed.release_dir(RUNNING)])
+        self.feed.set_channel(NEW)
+
+    def sign(self, version: str, data: bytes, compress: bool, bases: list[Path] | None = None) -> None:
+        src = self.tmp / f"app-{version}.bin"
+        src.write_bytes(data)
+        sign_release(src, self.keys.keys["release"], BOARD, version, out_dir=self.feed.release_dir(version),
+                     compress=compress, force_version=True, any_role=True, delta_from=bases or [])
+
+    def run(self, running: bytes | None = None) -> dict[str, Any]:
+        running = self.running if running is None else running
+        cfg = device_config(self.server, self.keys, **factory_config(running, RUNNING))
+        self.board = Board(self.tmp / "sim", running, cfg, "mpy" if self.interp == "micropython" else "copy")
+        out = self.board.run(update_script(), self.interp)
+        assert out.returncode == 0, out.stdout + out.stderr
+        return out.result()  # type: ignore[no-any-return]
+
+    def requests(self, part: str) -> int:
+        return len([r for r in self.server.requests if part in r.path])
+
+    def detail(self, event: str) -> dict[str, Any]:
+        return [d for e, d in self.server.events() if e == event][-1]
+
+    def assert_installed(self, running: bytes | None = None) -> None:
+        b = self.board
+        running = self.running if running is None else running
+        assert b.slot("ota_1", len(self.new)) == self.new  # byte-identical
+        assert b.boot_state()["next"] == "ota_1" and b.sim.ota_state("ota_1") == "NEW"
+        assert b.sim.verify_slot("ota_1") is None
+        assert b.slot("ota_0", len(running)) == running  # only ever read
+        p = b.state()["pending"]
+        assert p["version"] == NEW and p["slot"] == "ota_1" and "phase" not in p
+        assert "failed" not in [e for e, _ in self.server.events()]
+
+    def patch_path(self) -> Path:
+        return self.feed.release_dir(NEW) / f"delta-from-{RUNNING}.patch.z"
+
+    def resign(self, edit: Any) -> None:
+        doc = self.feed.manifest_doc(NEW)
+        edit(doc["image"]["deltas"][0])
+        self.feed.resign_manifest(NEW, doc)
+        self.feed.set_channel(NEW)
+
+
+@pytest.fixture(params=["cpython", "micropython"])
+def rig(request: pytest.FixtureRequest, keys: Keys, server: FeedServer, tmp_path: Path) -> Rig:
+    return Rig(keys, server, tmp_path, request.param)
+
+
+def test_patch_applied(rig: Rig) -> None:
+    res = rig.run()
+    assert res["outcome"] == "ok", res
+    rig.assert_installed()
+    assert rig.requests("delta-from-1.0.0") == 1 and rig.requests("firmware.bin") == 0
+    d = rig.detail("installed")
+    assert d["delta"] == "applied" and d["bytes"] == rig.patch_path().stat().st_size
+    assert d["bytes"] < d["full_bytes"]
+
+
+def _flip(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x40
+    path.write_bytes(bytes(data))
+
+
+def _other_base_patch(rig: Rig) -> None:
+    """A well-formed patch from another image, listed (and signed) for the running one."""
+    other = build("0.9.0", 5)
+    p = rig.patch_path()
+    p.write_bytes(compress_image(detools_patch(other, rig.new), 10))
+    rig.resign(lambda d: d.update(size=p.stat().st_size,
+                                  hash="sha256:" + hashlib.sha256(p.read_bytes()).hexdigest()))
+
+
+def _hostile_patch(rig: Rig, raw: bytes) -> None:
+    p = rig.patch_path()
+    p.write_bytes(compress_image(raw, 10))
+    rig.resign(lambda d: d.update(size=p.stat().st_size,
+                                  hash="sha256:" + hashlib.sha256(p.read_bytes()).hexdigest()))
+
+
+def _reads_past_base(rig: Rig) -> None:
+    from detools.common import pack_size
+
+    n, b = len(rig.new), len(rig.running)
+    # one extra byte, jump to 10 bytes before the base's end, then a diff over the rest
+    _hostile_patch(rig, b"\0" + pack_size(n) + pack_size(0) + pack_size(0) + pack_size(1) + b"x"
+                   + pack_size(b - 10) + pack_size(n - 1) + b"\0" * (n - 1) + pack_size(0) + pack_size(0))
+
+
+def _truncated(rig: Rig) -> None:
+    raw = detools_patch(rig.running, rig.new)
+    _hostile_patch(rig, raw[: len(raw) * 2 // 3])
+
+
+@pytest.mark.parametrize("attack, reason", [
+    (lambda rig: _flip(rig.patch_path()), "fallback: hash_mismatch"),      # bytes changed on the wire
+    (_other_base_patch, "fallback: hash_mismatch"),                        # output hashes wrong
+    (_reads_past_base, "fallback: bad_patch"),                             # a read outside the base
+    (_truncated, "fallback: bad_patch"),                                   # length does not add up
+    (lambda rig: rig.patch_path().unlink(), "fallback: http_status"),      # 404
+])
+def test_bad_patch_falls_back_to_the_full_image(rig: Rig, attack: Any, reason: str) -> None:
+    attack(rig)
+    res = rig.run()
+    assert res["outcome"] == "ok", res
+    rig.assert_installed()
+    assert rig.requests("firmware.bin") == 1
+    assert rig.detail("installed")["delta"] == reason
+    assert rig.detail("downloaded")["delta"] == reason
+
+
+def test_base_mismatch_takes_the_full_image(rig: Rig) -> None:
+    other = build(RUNNING, 3)  # runs another build than the patch's base
+    res = rig.run(running=other)
+    assert res["outcome"] == "ok", res
+    rig.assert_installed(running=other)
+    assert rig.requests("delta-from") == 0 and rig.requests("firmware.bin") == 1
+    assert rig.detail("installed")["delta"] == "fallback: base"
