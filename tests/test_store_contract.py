@@ -69,6 +69,22 @@ def test_newest_report_describes_the_device(store: SQLStore) -> None:
     assert dev is not None and dev["health"] == "failed:wifi"
 
 
+def test_installs_full_vs_delta(store: SQLStore) -> None:
+    """`installed` reports by how the image came (detail.delta, device/mpota/delta.py)."""
+    inst = "installed"
+    store.ingest([("d1", [_r("d1", 1, inst, rollout="r1", detail={"delta": "applied", "bytes": 100,
+                                                                    "full_bytes": 1000})]),
+                  ("d2", [_r("d2", 1, inst, rollout="r1", detail={"delta": "fallback: bad_patch",
+                                                                    "full_bytes": 1000})]),
+                  ("d3", [_r("d3", 1, inst, rollout="r1", detail={"slot": "ota_1"})]),
+                  ("d4", [_r("d4", 1, inst, rollout="r2", detail={"delta": "applied", "bytes": 5,
+                                                                    "full_bytes": 50})]),
+                  ("d5", [_r("d5", 1, "downloaded", rollout="r1", detail={"delta": "applied"})])], 10.0)
+    assert store.install_kinds("r1") == {"full": 1, "delta": 1, "fallback": 1, "bytes_saved": 900}
+    assert store.inventory_summary()["by_install"] == {"full": 1, "delta": 2, "fallback": 1,
+                                                      "bytes_saved": 945}
+
+
 def test_progress_and_accepted_failures(store: SQLStore) -> None:
     store.register_device("a", "b", "canary", 1.0)
     store.register_device("c", "b", "canary", 1.0)

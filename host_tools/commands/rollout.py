@@ -291,6 +291,10 @@ def print_status(status: dict[str, Any], history: bool = False) -> None:
     )
     if r.get("reason"):
         print(f"reason: {r['reason']}")
+    inst = status.get("installs")
+    if inst and inst["full"] + inst["delta"] + inst["fallback"]:
+        print(f"installs: {inst['delta']} delta, {inst['full']} full, {inst['fallback']} full after a patch "
+              f"failed; patches saved {inst['bytes_saved']} bytes on the wire")
     cols = (
         "stage",
         "targeted",

@@ -618,5 +618,5 @@ class Orchestrator:
                 "channel_rollout": self.channel_rollout(rollout, plan),
                 "stages": [s.to_dict() for s in stats.stages],
                 "unexpected": {"devices": stats.unexpected, "first": stats.unexpected_ids},
-                "waiting": stats.waiting,
+                "waiting": stats.waiting, "installs": self.store.install_kinds(rollout_id),
                 "next": asdict(decision), "history": self.store.history(rollout_id)}

@@ -161,6 +161,9 @@ class Store(ABC):
     def inventory_summary(self) -> dict[str, Any]: ...
 
     @abstractmethod
+    def install_kinds(self, rollout_id: str | None = None) -> dict[str, int]: ...
+
+    @abstractmethod
     def rollout_progress(self, board: str, rollout_id: str) -> list[DeviceProgress]:
         """Every known device of the board, with its progress in the rollout (None if none), and
         every other device with progress in it (on_board False)."""
@@ -551,7 +554,32 @@ class SQLStore(Store):
             rows = conn.execute(f"SELECT {col}, count(*) FROM devices GROUP BY {col} ORDER BY 2 DESC")
             summary[key] = {str(k) if k is not None else "-": n for k, n in rows}
         summary["events"] = conn.execute("SELECT count(*) FROM events").fetchone()[0]
+        summary["by_install"] = self.install_kinds()
         return summary
+
+    def install_kinds(self, rollout_id: str | None = None) -> dict[str, int]:
+        """Installs by how the image came, from the `installed` reports' detail.delta: full (no
+        patch offered), delta (a patch applied), fallback (a patch offered, the full image taken),
+        and the bytes the applied patches saved on the wire (full_bytes - bytes, as reported)."""
+        sql = "SELECT detail FROM events WHERE event = 'installed'"
+        args: tuple[Any, ...] = ()
+        if rollout_id is not None:
+            sql += " AND rollout = ?"
+            args = (rollout_id,)
+        out = {"full": 0, "delta": 0, "fallback": 0, "bytes_saved": 0}
+        for (text,) in self._conn().execute(sql, args):
+            d = json.loads(text) if text else None
+            how = d.get("delta") if isinstance(d, dict) else None
+            if how == "applied":
+                out["delta"] += 1
+                full, got = d.get("full_bytes"), d.get("bytes")  # type: ignore[union-attr]
+                if type(full) is int and type(got) is int and full > got:
+                    out["bytes_saved"] += full - got
+            elif isinstance(how, str) and how.startswith("fallback"):
+                out["fallback"] += 1
+            else:
+                out["full"] += 1
+        return out
 
     def rollout_progress(self, board: str, rollout_id: str) -> list[DeviceProgress]:
         conn = self._conn()
