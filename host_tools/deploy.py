@@ -47,7 +47,7 @@ PKG_DIR = ":lib/mpota"
 TEMPLATES = ("boot.py", "main.py")
 PROBE_TAG = "MPOTA-PROBE"
 VERIFY_TAG = "MPOTA-VERIFY"
-_CHANNEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_CHANNEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _MPY_CROSS_VERSION = re.compile(r"mpy v(\d+)(?:\.(\d+))?")
 
 # Runs on the board: read only. One line: MPOTA-PROBE {json}.
@@ -222,7 +222,7 @@ class DeployResult:
 
 
 def _check_url(name: str, url: str) -> str:
-    if not re.match(r"^https?://[^/\s]+(/\S*)?$", url):
+    if not re.fullmatch(r"https?://[^/\s]+(/\S*)?", url):
         raise UsageError(f"{name} must be an http:// or https:// URL, got {url!r}")
     return url
 
@@ -444,7 +444,7 @@ class Deployer:
         if not GROUP_NAME.fullmatch(req.group):
             raise UsageError(f"--group {req.group!r} is not a group name (1-32 letters, digits, . _ -; the "
                              f"default plan uses {', '.join(GROUPS)}, a plan may name any group)")
-        if not _CHANNEL.match(req.channel):
+        if not _CHANNEL.fullmatch(req.channel):
             raise UsageError(f"--channel {req.channel!r} is not a channel name (letters, digits, . _ -)")
         report_url = req.report_url
         if req.server is not None:

@@ -26,8 +26,8 @@ from host_tools.keys import PrivateKey, PublicKey
 RELEASE_PAYLOAD_TYPE = "application/vnd.mpota.release+json"
 CHANNEL_PAYLOAD_TYPE = "application/vnd.mpota.channel+json"
 MAX_SIGNATURES = 8  # the device refuses envelopes with more (each may cost it a P-256 verify)
-_STD = re.compile(r"^[A-Za-z0-9+/]*={0,2}$")
-_URL = re.compile(r"^[A-Za-z0-9_-]*={0,2}$")
+_STD = re.compile(r"[A-Za-z0-9+/]*={0,2}")
+_URL = re.compile(r"[A-Za-z0-9_-]*={0,2}")
 
 
 class DsseError(MpotaError):
@@ -110,9 +110,9 @@ def b64decode(text: Any) -> bytes:
     """DSSE base64: standard or URL-safe alphabet (not both), padded; ValueError otherwise."""
     if not isinstance(text, str) or len(text) % 4:
         raise ValueError("not base64")
-    if _STD.match(text):
+    if _STD.fullmatch(text):
         return base64.b64decode(text, validate=True)
-    if _URL.match(text):
+    if _URL.fullmatch(text):
         return base64.urlsafe_b64decode(text)
     raise ValueError("not base64")
 

@@ -388,6 +388,8 @@ def test_refusals(port: str, fleet: Fleet, tmp_path: Path, monkeypatch: pytest.M
     _refused(_request(fleet, port, feed_url="ftp://x/"), match="--feed-url must be an http")
     _refused(_request(fleet, port, group="beta testers"), match="--group 'beta testers' is not a group name")
     _refused(_request(fleet, port, channel="../x"), match="--channel '../x' is not a channel name")
+    _refused(_request(fleet, port, channel="stable\n"), match="--channel 'stable\\\\n' is not a channel name")
+    _refused(_request(fleet, port, feed_url="http://x/feed/\n"), match="--feed-url must be an http")
     _refused(_request(fleet, port, device_id="bad id!"), match="invalid device id 'bad id!'")
     _refused(_request(fleet, port, rollout_keys=[]), match="no rollout public key given")
     _refused(_request(fleet, port, release_keys=[str(tmp_path / "nope.pub")]),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import binascii
 import copy
 import hashlib
 import json
@@ -165,3 +166,11 @@ def test_signing_is_deterministic_and_files_are_small(keys: list[PrivateKey]) ->
     b = sign_envelope(RELEASE_PAYLOAD_TYPE, b"x" * 100, keys[0])
     assert a == b  # RFC 6979
     assert json.loads(envelope_bytes(a)) == a
+
+
+@pytest.mark.parametrize("text", ["YWJj\n", "YWJjZA=\n", "YW-jZA=\n", "YWJj\nZA==", "YW-j\n"])
+def test_base64_with_a_newline_is_refused(text: str) -> None:
+    # "$" in a pattern also matches before a final newline: the host must refuse what the device does
+    from host_tools.dsse import b64decode
+    with pytest.raises((ValueError, binascii.Error)):
+        b64decode(text)

@@ -218,3 +218,10 @@ def test_orchestrator_with_recording_publisher(tmp_path: Path) -> None:
     assert pub.docs[("b", "stable")]["rollout"]["state"] == "paused"
     assert orch.reconcile() == []
     store.close()
+
+
+def test_window_times_are_matched_whole() -> None:
+    from host_tools.server.plans import check_window
+    assert check_window({"start": "01:00", "end": "05:00"}) == {"start": "01:00", "end": "05:00"}
+    with pytest.raises(PlanError, match="window.end: expected HH:MM"):
+        check_window({"start": "01:00", "end": "05:00\n"})

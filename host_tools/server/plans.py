@@ -44,7 +44,7 @@ from host_tools.errors import MpotaError
 DEFAULT_STAGES = ("canary", "internal", "pilot", "general")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
-_HHMM = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
+_HHMM = re.compile(r"([01]\d|2[0-3]):[0-5]\d")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}\Z")  # \Z: "$" also takes a final newline
 _STAGE_KEYS = {"name", "groups", "batch_size_percentage", "ramp", "ramp_start", "ramp_factor",
                "failure_rate_threshold", "rollback_rate_threshold", "health_check_failure_rate",
@@ -107,7 +107,7 @@ def check_window(value: object) -> dict[str, str] | None:
     out: dict[str, str] = {}
     for key in ("start", "end"):
         text = value[key]
-        if not isinstance(text, str) or not _HHMM.match(text):
+        if not isinstance(text, str) or not _HHMM.fullmatch(text):
             raise PlanError(f"window.{key}: expected HH:MM (UTC), got {text!r}")
         out[key] = text
     if out["start"] == out["end"]:
