@@ -11,7 +11,6 @@ looks at a pilot board's event history. Screenshots land in build/ for people to
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from host_tools.keys import PublicKey, generate_key, load_public_key
 from host_tools.server.app import ServerConfig, make_publisher
 from host_tools.server.auth import operator_token
 from host_tools.server.bucket import is_eligible
-from host_tools.server.harness import HttpClient, ServerThread, SimDevice, publish_test_release
+from host_tools.server.harness import HttpClient, ServerThread, SimDevice, operator_call, publish_test_release
 from sim.browser import chromium, missing, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
@@ -46,13 +45,7 @@ class Fleet:
     devices: list[SimDevice]
 
     def op(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        c = HttpClient(self.srv.url)
-        try:
-            status, _, data = c.request(method, path, None if body is None else json.dumps(body).encode(),
-                                        {"Authorization": f"Bearer {operator_token(SECRET)}"})
-        finally:
-            c.close()
-        return status, json.loads(data)
+        return operator_call(self.srv.url, SECRET, method, path, body)
 
     def channel(self) -> ChannelDoc:
         c = HttpClient(self.srv.url)

@@ -18,8 +18,7 @@ import pytest
 
 from host_tools.keys import generate_key
 from host_tools.server.app import ServerConfig, make_publisher
-from host_tools.server.auth import operator_token
-from host_tools.server.harness import HttpClient, ServerThread, SimDevice, publish_test_release
+from host_tools.server.harness import HttpClient, ServerThread, SimDevice, operator_call, publish_test_release
 
 BOARD = "esp32-generic-4mb"
 SECRET = b"\x17" * 32
@@ -31,13 +30,7 @@ class Env:
     devices: list[SimDevice]
 
     def op(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        c = HttpClient(self.srv.url)
-        try:
-            status, _, data = c.request(method, path, None if body is None else json.dumps(body).encode(),
-                                        {"Authorization": f"Bearer {operator_token(SECRET)}"})
-        finally:
-            c.close()
-        return status, json.loads(data)
+        return operator_call(self.srv.url, SECRET, method, path, body)
 
     def device(self, device_id: str, group: str | None, version: str = "1.0.0", register: bool = True,
                channel: str | None = None, board: str = BOARD) -> SimDevice:

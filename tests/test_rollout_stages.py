@@ -5,7 +5,6 @@ pauses itself or completes, re-signing the channel document with the real rollou
 from __future__ import annotations
 
 import html
-import json
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -20,7 +19,7 @@ from host_tools.keys import PublicKey, generate_key, load_public_key
 from host_tools.server.app import ServerConfig, make_publisher
 from host_tools.server.auth import operator_token
 from host_tools.server.bucket import is_eligible
-from host_tools.server.harness import HttpClient, ServerThread, SimDevice, publish_test_release
+from host_tools.server.harness import HttpClient, ServerThread, SimDevice, operator_call, publish_test_release
 
 BOARD = "esp32-generic-4mb"
 SECRET = b"\x42" * 32
@@ -38,13 +37,7 @@ class Env:
     docs: list[ChannelDoc]
 
     def op(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        c = HttpClient(self.srv.url)
-        try:
-            status, _, data = c.request(method, path, None if body is None else json.dumps(body).encode(),
-                                        {"Authorization": f"Bearer {operator_token(SECRET)}"})
-        finally:
-            c.close()
-        return status, json.loads(data)
+        return operator_call(self.srv.url, SECRET, method, path, body)
 
     def channel(self) -> ChannelDoc:
         """The channel document as a device gets it: over HTTP, signature checked with the real key."""

@@ -3,7 +3,6 @@ every report that got a 2xx is there, and the rollout and the published channel 
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -18,9 +17,8 @@ import pytest
 from host_tools.channel import ChannelDoc
 from host_tools.fleet import create_secret
 from host_tools.keys import generate_key, load_public_key
-from host_tools.server.auth import operator_token
 from host_tools.server.bucket import is_eligible
-from host_tools.server.harness import HttpClient, SimDevice, publish_test_release
+from host_tools.server.harness import SimDevice, operator_call, publish_test_release
 
 BOARD = "esp32-generic-4mb"
 
@@ -47,13 +45,7 @@ class Served:
 
     def op(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         secret = bytes.fromhex((self.root / "fleet.secret").read_text().strip())
-        c = HttpClient(self.url)
-        try:
-            status, _, data = c.request(method, path, None if body is None else json.dumps(body).encode(),
-                                        {"Authorization": f"Bearer {operator_token(secret)}"})
-        finally:
-            c.close()
-        return status, json.loads(data)
+        return operator_call(self.url, secret, method, path, body)
 
 
 @pytest.fixture()

@@ -12,8 +12,7 @@ import pytest
 
 from host_tools.fleet import device_token
 from host_tools.server.app import ServerConfig
-from host_tools.server.auth import operator_token
-from host_tools.server.harness import HttpClient, ServerThread, SimDevice
+from host_tools.server.harness import HttpClient, ServerThread, SimDevice, operator_call
 
 SECRET = bytes(range(32))
 
@@ -28,13 +27,7 @@ def srv(tmp_path: Path) -> Iterator[ServerThread]:
 
 
 def _op(srv: ServerThread, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-    c = HttpClient(srv.url)
-    try:
-        status, _, data = c.request(method, path, None if body is None else json.dumps(body).encode(),
-                                    {"Authorization": f"Bearer {operator_token(SECRET)}"})
-    finally:
-        c.close()
-    return status, json.loads(data)
+    return operator_call(srv.url, SECRET, method, path, body)
 
 
 def _events(srv: ServerThread) -> list[dict[str, Any]]:

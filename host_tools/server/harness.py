@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from host_tools.fleet import device_token
 from host_tools.server.app import MpotaServer, ServerConfig, start_site
+from host_tools.server.auth import operator_token
 from host_tools.server.orchestrator import ChannelPublisher
 
 
@@ -99,6 +100,17 @@ class HttpClient:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+def operator_call(url: str, secret: bytes, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    """One operator API call on a connection of its own: (status, the decoded JSON answer)."""
+    c = HttpClient(url)
+    try:
+        status, _, data = c.request(method, path, None if body is None else json.dumps(body).encode(),
+                                    {"Authorization": f"Bearer {operator_token(secret)}"})
+    finally:
+        c.close()
+    return status, json.loads(data)
 
 
 class SimDevice:
