@@ -102,6 +102,18 @@ def _client(ports: int | list[int], proc: int, batch: int, duration: float, star
     """Counts the good requests answered 200; with poison_every=N every Nth request is POISON
     (answered 400, not counted); with ca the connection is https, verified against that CA.
     With several ports (replicas behind one address) the connections spread evenly over them."""
+    async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: str,
+                       body: bytes) -> bytes:
+        """Send one request, read its whole answer (keep-alive), return the answer's head."""
+        writer.write(head.encode() + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        answer = await reader.readuntil(b"\r\n\r\n")
+        length = 0
+        for line in answer.split(b"\r\n"):
+            if line[:15].lower() == b"content-length:":
+                length = int(line[15:])
+        await reader.readexactly(length)
+        return answer
+
     async def conn_loop(c: int) -> int:
         port = ports if isinstance(ports, int) else ports[(proc * CONNS + c) % len(ports)]
         ssl_ctx = None
@@ -124,13 +136,7 @@ def _client(ports: int | list[int], proc: int, batch: int, duration: float, star
             n += 1
             if poison_every and n % poison_every == 0:
                 body = POISON % d.encode()
-                writer.write(heads[d].encode() + b"Content-Length: %d\r\n\r\n" % len(body) + body)
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = 0
-                for line in head.split(b"\r\n"):
-                    if line[:15].lower() == b"content-length:":
-                        length = int(line[15:])
-                await reader.readexactly(length)
+                head = await exchange(reader, writer, heads[d], body)
                 if head[9:12] != b"400":
                     raise RuntimeError(f"poison answered {head[:40]!r}")
                 refused += 1
@@ -143,13 +149,7 @@ def _client(ports: int | list[int], proc: int, batch: int, duration: float, star
                                 "slot": "ota_0", "rollout": None, "target": None,
                                 "detail": {"free": 61234, "health": "OK"}})
             body = json.dumps(reports[0] if batch == 1 else {"reports": reports}).encode()
-            writer.write(heads[d].encode() + b"Content-Length: %d\r\n\r\n" % len(body) + body)
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = 0
-            for line in head.split(b"\r\n"):
-                if line[:15].lower() == b"content-length:":
-                    length = int(line[15:])
-            await reader.readexactly(length)
+            head = await exchange(reader, writer, heads[d], body)
             if head[9:12] != b"200":
                 raise RuntimeError(f"server answered {head[:40]!r}")
             done += 1
