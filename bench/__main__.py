@@ -61,12 +61,10 @@ def _last_line(text: str) -> str:
 def run_one(name: str, timeout_s: float) -> Outcome:
     start = time.monotonic()
     today = _dt.date.today().isoformat()
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     try:
-        proc = subprocess.run(
+        proc = subprocess.run(  # -m from the repository root: bench and sim import by name
             [sys.executable, "-m", f"bench.{name}"],
-            cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout_s,
+            cwd=REPO, capture_output=True, text=True, timeout=timeout_s,
         )
     except subprocess.TimeoutExpired:
         return Outcome(name, False, f"timed out after {timeout_s:.0f} s", time.monotonic() - start, today)

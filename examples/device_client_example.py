@@ -10,7 +10,7 @@
 # On this machine it runs on the simulated ESP32 board against the rollout server
 # (`mpota serve`'s app: the static feed plus POST /v1/reports) on loopback:
 #
-#     .venv/bin/python examples/device_client_example.py [--bad] [--cpython]
+#     .venv/bin/python -m examples.device_client_example [--bad] [--cpython]   (from the repository root)
 #
 # It publishes firmware 1.1.0 as a signed release on the "stable" channel, lets the board
 # (running 1.0.0) find it, download it, reset into it and run the trial; with --bad the new
@@ -85,8 +85,6 @@ def host_main(argv):
     import tempfile
     from pathlib import Path
 
-    repo = Path(__file__).resolve().parent.parent
-    sys.path.insert(0, str(repo))
     from host_tools.fleet import device_token
     from host_tools.keys import generate_key
     from host_tools.server.app import ServerConfig

@@ -16,12 +16,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from host_tools.errors import MpotaError  # noqa: E402
-from host_tools.imagebuild import build_app_image  # noqa: E402
-from host_tools.keys import generate_key, load_private_key, load_public_key  # noqa: E402
-from host_tools.manifest import (  # noqa: E402
+from host_tools.errors import MpotaError
+from host_tools.imagebuild import build_app_image
+from host_tools.keys import generate_key, load_private_key, load_public_key
+from host_tools.manifest import (
     FirmwareManifest,
     ManifestError,
     create_manifest,

@@ -10,7 +10,7 @@
 # On this machine it runs on the simulated ESP32 board, reporting to the rollout server
 # (`mpota serve`'s app) on loopback:
 #
-#     .venv/bin/python examples/health_check_example.py [--bad] [--cpython]
+#     .venv/bin/python -m examples.health_check_example [--bad] [--cpython]   (from the repository root)
 #
 # It boots firmware 1.0.0, installs 1.1.0 as a pending update (--bad: a 1.1.0 build whose
 # sensor check fails), boots the board until it settles and prints what the server got.
@@ -89,8 +89,6 @@ def host_main(argv):
     import tempfile
     from pathlib import Path
 
-    repo = Path(__file__).resolve().parent.parent
-    sys.path.insert(0, str(repo))
     from host_tools.fleet import device_token
     from host_tools.imagebuild import build_app_image
     from host_tools.keys import generate_key

@@ -1,6 +1,6 @@
 """Staged rollout example on the mpota server API, runnable anywhere (temp folder, loopback only).
 
-    python examples/rollout_example.py
+    .venv/bin/python -m examples.rollout_example   (from the repository root)
 
 1. a feed with firmware 1.0.0 (everyone runs it) and 1.1.0 (good) and 1.2.0 (bad on pilot boards);
 2. `mpota serve` in a thread, a simulated fleet of 24 devices in groups canary/internal/pilot/general;
@@ -12,23 +12,20 @@ Devices here are plain HTTP clients that read the signed channel document like a
 
 from __future__ import annotations
 
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from host_tools.channel import ChannelDoc  # noqa: E402
-from host_tools.commands.rollout import print_status  # noqa: E402
-from host_tools.fleet import create_secret  # noqa: E402
-from host_tools.keys import generate_key, load_public_key  # noqa: E402
-from host_tools.server.app import ServerConfig, make_publisher  # noqa: E402
-from host_tools.server.auth import operator_token  # noqa: E402
-from host_tools.server.bucket import is_eligible  # noqa: E402
-from host_tools.server.client import ServerClient  # noqa: E402
-from host_tools.server.harness import HttpClient, ServerThread, SimDevice, publish_test_release  # noqa: E402
-from host_tools.server.rollback import prepare_rollback  # noqa: E402
+from host_tools.channel import ChannelDoc
+from host_tools.commands.rollout import print_status
+from host_tools.fleet import create_secret
+from host_tools.keys import generate_key, load_public_key
+from host_tools.server.app import ServerConfig, make_publisher
+from host_tools.server.auth import operator_token
+from host_tools.server.bucket import is_eligible
+from host_tools.server.client import ServerClient
+from host_tools.server.harness import HttpClient, ServerThread, SimDevice, publish_test_release
+from host_tools.server.rollback import prepare_rollback
 
 BOARD = "esp32-generic-4mb"
 PLAN = {"soak": "0.3s", "min_finished": 1, "in_progress_timeout": "1m",

@@ -108,8 +108,6 @@ VERIFY_TEMPLATE = """\
 import sys, json
 for _k in [k for k in sys.modules if k == "mpota" or k.startswith("mpota.")]:
     del sys.modules[_k]
-if "/lib" not in sys.path:
-    sys.path.append("/lib")
 out = {"failed": []}
 try:
     import mpota

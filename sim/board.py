@@ -9,7 +9,7 @@ A board is a directory (the "simdir") holding everything a real board keeps acro
 
 ``SimBoard.create(simdir, "esp32-generic-4mb")`` makes a board in its factory state (an app
 image in ota_0, blank otadata, the device package in /lib/mpota). ``board.run(script)`` boots
-it once under the MicroPython unix port or CPython (tests/fakes/simboot.py: bootloader model,
+it once under the MicroPython unix port or CPython (sim/fakes/simboot.py: bootloader model,
 fakes of esp32/machine/network, filesystem root) and returns a ``RunResult``: how the run
 ended (exit, crash, reset, powercut, watchdog, panic, deepsleep, noboot, timeout), its output,
 the flash operations it made and the slot it booted. ``boot_until_settled`` boots again after
@@ -35,9 +35,10 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-FAKES = REPO / "tests" / "fakes"
-DEVICE_PKG = REPO / "device" / "mpota"
+from sim.deviceproc import DEVICE_DIR, FAKES_DIR, REPO, import_path_env, micropython_exe, mpy_cross_exe
+
+FAKES = FAKES_DIR
+DEVICE_PKG = DEVICE_DIR / "mpota"
 SIMBOOT = FAKES / "simboot.py"
 MPY_CACHE = REPO / "build" / "mpy-cache"
 
@@ -55,12 +56,17 @@ _NEXT_CAUSE = {
 }
 REBOOT_KINDS = frozenset(_NEXT_CAUSE)
 
+# MicroPython's import path on an ESP32 ("" is the current folder, /lib the installed packages);
+# the app phase remounts "/" onto the board's filesystem, so "/lib" is <simdir>/fs/lib.
+BOARD_PATH: list[str | Path] = ["", ".frozen", "/lib"]
+
 _CHIP_REV = {"esp32": 301, "esp32s3": 2}  # v3.1 and v0.2, as boards ship today
 _WDT_SLACK = 0.5
 
 
 def _load_fake(stem: str) -> ModuleType:
-    # under its own name ("simota" imports "simflash"), without putting tests/fakes on sys.path
+    # Loaded under its board name ("simota" imports "simflash"), as the board's processes load
+    # it, so this process and the board share one module object per fake.
     mod = sys.modules.get(stem)
     if mod is None:
         spec = importlib.util.spec_from_file_location(stem, FAKES / f"{stem}.py")
@@ -76,30 +82,6 @@ ota = _load_fake("simota")  # otadata, image check, bootloader
 
 STATE_NAMES: dict[int, str] = dict(ota.STATE_NAMES)
 _OP_NAMES: dict[int, str] = {v: k for k, v in sf.OP_CODES.items()}
-
-
-def micropython_exe() -> str:
-    exe = Path(sys.executable).parent / "micropython"
-    if exe.exists():
-        return str(exe)
-    venv = REPO / ".venv" / "bin" / "micropython"
-    if venv.exists():
-        return str(venv)
-    found = shutil.which("micropython")
-    if not found:
-        raise FileNotFoundError("the MicroPython unix port (micropython) is not installed; "
-                                "run `make test` once")
-    return found
-
-
-def mpy_cross_exe() -> str:
-    for cand in (Path(sys.executable).parent / "mpy-cross", REPO / ".venv" / "bin" / "mpy-cross"):
-        if cand.exists():
-            return str(cand)
-    found = shutil.which("mpy-cross")
-    if not found:
-        raise FileNotFoundError("mpy-cross is not installed")
-    return found
 
 
 @dataclass
@@ -245,18 +227,19 @@ class SimBoard:
             # the bootloader first, in a process of its own (on a board it runs before
             # MicroPython and takes none of its heap), then the app with the heap asked for
             boot = compiled_fakes() / "boot.py"
-            result = self._spawn([micropython_exe(), str(boot), "--boot", str(self.simdir)], timeout, env)
+            result = self._spawn([micropython_exe(), str(boot), "--boot", str(self.simdir)], timeout, env,
+                                 import_path=BOARD_PATH)
             if result.returncode == 0 and (self.simdir / "boot.json").exists():
                 cmd = [micropython_exe()]
                 if heapsize is not None:
                     cmd += ["-X", f"heapsize={heapsize}"]
                 cmd += [str(boot), "--app", str(self.simdir), str(script_path), *args]
                 booted = result.elapsed
-                result = self._spawn(cmd, timeout, env, append_log=True)
+                result = self._spawn(cmd, timeout, env, append_log=True, import_path=BOARD_PATH)
                 result.elapsed += booted
         elif interpreter == "cpython":
-            cmd = [sys.executable, "-S", "-E", str(SIMBOOT), str(self.simdir), str(script_path), *args]
-            result = self._spawn(cmd, timeout, env)
+            cmd = [sys.executable, "-S", str(SIMBOOT), str(self.simdir), str(script_path), *args]
+            result = self._spawn(cmd, timeout, env, import_path=[self.fs / "lib"])
         else:
             raise ValueError(f"unknown interpreter {interpreter!r} (micropython, cpython)")
         result.reset_cause = cause
@@ -279,16 +262,18 @@ class SimBoard:
                 break
         return results
 
-    def _spawn(self, cmd: list[str], timeout: float, env: dict[str, str] | None,
-               append_log: bool = False) -> RunResult:
-        """Run one process of a boot; ``append_log``: the app phase after a separate boot phase
-        (ops.log continues, stdout/stderr are appended to the boot phase's)."""
+    def _spawn(self, cmd: list[str], timeout: float, env: dict[str, str] | None, *,
+               import_path: list[str | Path], append_log: bool = False) -> RunResult:
+        """Run one process of a boot; ``import_path``: where the board's code is imported from,
+        after the script's own folder (the fakes); ``append_log``: the app phase after a separate
+        boot phase (ops.log continues, stdout/stderr are appended to the boot phase's)."""
         out_path, err_path = self.simdir / "stdout.txt", self.simdir / "stderr.txt"
         res_path, wdt_path = self.simdir / "result.json", self.simdir / "wdt.json"
         log_path = self.simdir / "ops.log"
         for p in (res_path, wdt_path) if append_log else (res_path, wdt_path, log_path):
             p.unlink(missing_ok=True)
         penv = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "MICROPY"))}
+        penv = import_path_env("micropython" if cmd[0] == micropython_exe() else "cpython", import_path, penv)
         penv.update(env or {})
         start = time.monotonic()
         killed = None

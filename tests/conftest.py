@@ -17,19 +17,14 @@ from typing import Any
 
 import pytest
 
+from sim.board import SimBoard
+
 REPO = Path(__file__).resolve().parent.parent
-TESTS = REPO / "tests"
-FAKES = TESTS / "fakes"
 DEVICE = REPO / "device"
 VENV_BIN = Path(sys.executable).parent
 MICROPYTHON = VENV_BIN / "micropython"
 ESPTOOL = VENV_BIN / "esptool"
 INTERPRETERS = ("cpython", "micropython")
-
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from sim.board import SimBoard  # noqa: E402
 
 
 @pytest.fixture(params=[

@@ -1,16 +1,13 @@
 # The device side of the delta tests: runs under MicroPython (unix port) and CPython.
-#   micropython delta_runner.py DEVICE_DIR FAKES_DIR CASES_DIR NAME...
+#   micropython delta_runner.py CASES_DIR NAME...   (device/ and sim/fakes on MICROPYPATH or PYTHONPATH)
 # Each case CASES_DIR/NAME.base (the running image), NAME.patch and NAME.size (the size the
 # manifest declares): applies the patch with mpota.delta, the base in a read-only partition,
 # the patch served in uneven pieces, and prints "RESULT " + {name: sha256 hex of the output or
 # the error class name}.
-import binascii  # noqa: E402
+import binascii
 import hashlib
 import json
 import sys
-
-if __name__ == "__main__":
-    sys.path[:0] = [sys.argv[1], sys.argv[2]]
 
 
 class ReadOnly:
@@ -78,6 +75,6 @@ def run(d, name):
 
 if __name__ == "__main__":
     out = {}
-    for name in sys.argv[4:]:
-        out[name] = run(sys.argv[3], name)
+    for name in sys.argv[2:]:
+        out[name] = run(sys.argv[1], name)
     print("RESULT " + json.dumps(out))

@@ -1,4 +1,4 @@
-"""The simulated ESP32 board (tests/fakes + sim/board.py) behaves like the real one.
+"""The simulated ESP32 board (sim/fakes + sim/board.py) behaves like the real one.
 
 Each test runs device-side scripts on the board under CPython and under the MicroPython
 unix port (the ``interp`` fixture) and checks the outcome from outside: flash bytes read

@@ -9,16 +9,15 @@ import hashlib
 import json
 import random
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from detools.common import pack_size
 
 from host_tools.delta import apply_detools, detools_patch
+from sim.deviceproc import import_path_env, interpreter_cmd
 
 REPO = Path(__file__).resolve().parent.parent
-MICROPYTHON = REPO / ".venv" / "bin" / "micropython"
 RUNNER = REPO / "tests" / "delta_runner.py"
 
 
@@ -119,9 +118,9 @@ def run_device(interp: str, tmp_path: Path) -> dict[str, str]:
         (tmp_path / f"{name}.base").write_bytes(base)
         (tmp_path / f"{name}.patch").write_bytes(patch)
         (tmp_path / f"{name}.size").write_text(str(size))
-    cmd = [sys.executable] if interp == "cpython" else [str(MICROPYTHON), "-X", "heapsize=2M"]
-    args = [str(RUNNER), str(REPO / "device"), str(REPO / "tests" / "fakes"), str(tmp_path), *CASES]
-    p = subprocess.run(cmd + args, capture_output=True, text=True, timeout=300)
+    args = [str(RUNNER), str(tmp_path), *CASES]
+    p = subprocess.run(interpreter_cmd(interp, "2M") + args, capture_output=True, text=True, timeout=300,
+                       env=import_path_env(interp))
     assert p.returncode == 0, p.stdout + p.stderr
     line = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")][-1]
     return json.loads(line[7:])  # type: ignore[no-any-return]
@@ -140,17 +139,9 @@ def test_applier(interp: str, tmp_path: Path) -> None:
 def test_running_slot_only_read_and_mutations_agree_with_detools() -> None:
     """In-process (CPython): random mutations of a real patch either raise BadPatch or give exactly
     detools' output; the base partition is never written (it has no write method to call)."""
-    sys.path[:0] = [str(REPO / "device"), str(REPO / "tests" / "fakes")]
-    try:
-        import mpota.delta as delta
-        import mpota.errors as errors
-    finally:
-        del sys.path[:2]
-    sys.path.insert(0, str(REPO / "tests"))
-    try:
-        from delta_runner import Pieces, ReadOnly
-    finally:
-        sys.path.remove(str(REPO / "tests"))
+    import mpota.delta as delta
+    import mpota.errors as errors
+    from delta_runner import Pieces, ReadOnly
     base = program(21, 20_000)
     new = release(base, 22, 40, shift=500)
     good = detools_patch(base, new)

@@ -13,11 +13,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from feedkit import BOARD, Board, Feed, FeedServer, Keys, device_config, factory_config, serve, update_script
 
 from host_tools.delta import detools_patch
 from host_tools.imagebuild import build_app_image
 from host_tools.release import compress_image, sign_release
+from sim.feedkit import (
+    BOARD,
+    Board,
+    Feed,
+    FeedServer,
+    Keys,
+    device_config,
+    factory_config,
+    serve,
+    update_script,
+)
 
 RUNNING, NEW = "1.0.0", "1.1.0"
 

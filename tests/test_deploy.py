@@ -33,6 +33,8 @@ from host_tools.errors import MpotaError, UsageError
 from host_tools.fleet import create_secret, device_token
 from host_tools.keys import generate_key, load_public_key
 from host_tools.transport import CommandResult, ProcessTransport, RecordingTransport, find_tool
+from sim.board import BOARD_PATH
+from sim.deviceproc import import_path_env
 
 REPO = Path(__file__).resolve().parent.parent
 DEVICE = REPO / "device"
@@ -86,7 +88,8 @@ class UnixBoard:
 
 
 # The unix port as a board: its REPL on a pty (mpremote opens the other end), / remounted onto a
-# temp folder, /lib on sys.path as on the ESP32, and a machine module with unique_id().
+# temp folder, the ESP32's import path (its environment: /lib, resolved after the remount) and a
+# machine module with unique_id().
 BOOT = """\
 import sys, vfs, os
 class _Machine:
@@ -96,7 +99,6 @@ sys.modules['machine'] = _Machine()
 vfs.umount('/')
 vfs.mount(vfs.VfsPosix('{root}'), '/')
 os.chdir('/')
-sys.path.append('/lib')
 """
 
 
@@ -108,7 +110,8 @@ def unix_board(tmp_path: Path) -> Iterator[UnixBoard]:
     tty.setraw(master)
     tty.setraw(slave)
     proc = subprocess.Popen([MICROPYTHON, "-X", "heapsize=4M", "-i", "-c", BOOT.format(root=root)],
-                            stdin=master, stdout=master, stderr=master)
+                            stdin=master, stdout=master, stderr=master,
+                            env=import_path_env("micropython", BOARD_PATH))
     board = UnixBoard(os.ttyname(slave), root, proc)
     try:
         _wait_ready(board)

@@ -7,19 +7,15 @@ from __future__ import annotations
 import base64
 import json
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-from feedkit import Keys
 
 from host_tools import dsse as hdsse
+from sim.deviceproc import import_path_env, interpreter_cmd
+from sim.feedkit import Keys
 
-ROOT = Path(__file__).resolve().parent.parent
-DEVICE = ROOT / "device"
-FAKES = ROOT / "tests" / "fakes"
-MICROPYTHON = ROOT / ".venv" / "bin" / "micropython"
 REL = hdsse.RELEASE_PAYLOAD_TYPE
 CHAN = hdsse.CHANNEL_PAYLOAD_TYPE
 
@@ -103,7 +99,6 @@ def cases(keys: Keys) -> list[tuple[str, str, str, str, str]]:
 
 SCRIPT = r"""
 import sys, json
-sys.path[:0] = %(paths)r
 import mpota.dsse as dsse
 import mpota.errors as errors
 import mpota.http as http
@@ -167,9 +162,9 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[tuple[str
 def test_dsse_table(interp: str, data: tuple[Path, list[Any]], tmp_path: Path) -> None:
     path, cs = data
     script = tmp_path / "dsse.py"
-    script.write_text(SCRIPT % {"paths": [str(DEVICE), str(FAKES)], "data": str(path)})
-    cmd = [sys.executable] if interp == "cpython" else [str(MICROPYTHON), "-X", "heapsize=256k"]
-    p = subprocess.run(cmd + [str(script)], capture_output=True, text=True, timeout=120)
+    script.write_text(SCRIPT % {"data": str(path)})
+    p = subprocess.run(interpreter_cmd(interp, "256k") + [str(script)], capture_output=True, text=True,
+                       timeout=120, env=import_path_env(interp))
     assert p.returncode == 0, p.stdout + p.stderr
     res = json.loads([ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")][-1][7:])
     for name, _, _, _, want in cs:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,10 +14,7 @@ from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-DEVICE = ROOT / "device"
-FAKES = ROOT / "tests" / "fakes"
-MICROPYTHON = ROOT / ".venv" / "bin" / "micropython"
+from sim.deviceproc import import_path_env, interpreter_cmd
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Type: text/plain\r\n\r\nhello"
 
@@ -135,7 +131,6 @@ def _closed_port() -> int:
 
 SCRIPT = r"""
 import sys, json
-sys.path[:0] = %(paths)r
 import mpota.http as http
 import mpota.errors as errors
 def get(url, expect=None, trust=None, **kw):
@@ -166,9 +161,9 @@ print("RESULT " + json.dumps(res))
 
 def run_cases(interp: str, cases: list[tuple[str, str, dict[str, Any]]], tmp: Path) -> dict[str, Any]:
     script = tmp / f"http_{interp}.py"
-    script.write_text(SCRIPT % {"paths": [str(DEVICE), str(FAKES)], "cases": json.dumps(cases)})
-    cmd = [sys.executable] if interp == "cpython" else [str(MICROPYTHON), "-X", "heapsize=128k"]
-    p = subprocess.run(cmd + [str(script)], capture_output=True, text=True, timeout=60)
+    script.write_text(SCRIPT % {"cases": json.dumps(cases)})
+    p = subprocess.run(interpreter_cmd(interp, "128k") + [str(script)], capture_output=True, text=True,
+                       timeout=60, env=import_path_env(interp))
     assert p.returncode == 0, p.stdout + p.stderr
     line = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")][-1]
     return dict(json.loads(line[7:]))
@@ -244,9 +239,6 @@ def test_http_client(srv: CannedServer, interp: str, tmp_path: Path) -> None:
 
 
 def test_split_and_join() -> None:
-    for p in (str(DEVICE), str(FAKES)):
-        if p not in sys.path:
-            sys.path.insert(0, p)
     import importlib
 
     http: Any = importlib.import_module("mpota.http")

@@ -7,7 +7,6 @@ import binascii
 import copy
 import hashlib
 import json
-import sys
 from pathlib import Path
 
 import ecdsa
@@ -70,13 +69,7 @@ def test_envelope_shape_and_independent_verification(keys: list[PrivateKey]) -> 
 
 
 def test_device_p256_accepts_host_signatures(keys: list[PrivateKey]) -> None:
-    sys.path.insert(0, str(REPO / "tests" / "fakes"))
-    sys.path.insert(0, str(REPO / "device"))
-    try:
-        from mpota import p256  # the device's pure-Python verifier, run under CPython
-    finally:
-        sys.path.remove(str(REPO / "tests" / "fakes"))
-        sys.path.remove(str(REPO / "device"))
+    from mpota import p256  # the device's pure-Python verifier, run under CPython
     payload = b'{"_type":"channel","seq":3}'
     env = sign_envelope(CHANNEL_PAYLOAD_TYPE, payload, keys[2])
     sig = base64.b64decode(env["signatures"][0]["sig"])

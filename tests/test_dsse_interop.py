@@ -5,7 +5,6 @@ envelopes securesystemslib signed, with mpota's keyid and without one."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -41,9 +40,6 @@ def _sslib_signer(key: PrivateKey, keyid: str) -> CryptoSigner:
 
 
 def _device_verify(data: bytes, key: PrivateKey) -> bytes:
-    for p in (str(REPO / "tests" / "fakes"), str(REPO / "device")):
-        if p not in sys.path:
-            sys.path.insert(0, p)
     from mpota import dsse as ddsse
 
     return bytes(ddsse.verify(data, dsse.RELEASE_PAYLOAD_TYPE, [(key.keyid, key.public.point)]))

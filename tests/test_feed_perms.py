@@ -17,7 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from feedkit import Board, Keys, image, update_script
+
+from sim.feedkit import Board, Keys, image, update_script
 
 ROOT = Path(__file__).resolve().parent.parent
 BOARD = "esp32-generic-4mb"

@@ -16,13 +16,14 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from feedkit import BOARD, CHANNEL, Board, Feed, Keys, device_config, image, serve, update_script
 
 from host_tools.feed import FeedError, read_channel, refresh_channels, write_channel
 from host_tools.manifest import format_time, parse_time
 from host_tools.server.app import ServerConfig
 from host_tools.server.harness import ServerThread
 from host_tools.server.publish import FeedPublisher
+from sim.deviceproc import import_path_env
+from sim.feedkit import BOARD, CHANNEL, Board, Feed, Keys, device_config, image, serve, update_script
 
 ROLLOUT = {"id": "r-freeze", "state": "active", "groups": [], "percentage": 100.0, "window": None}
 
@@ -150,7 +151,6 @@ def test_feed_verify_warns_about_a_channel_without_expiry(tmp_path: Path, keys: 
 
 _CLOCK_SCRIPT = r"""
 import json, sys, types
-sys.path[:0] = %(paths)r
 state = {"set": False, "calls": 0, "fail": %(fail)r}
 fake_time = types.ModuleType("time")
 fake_time.gmtime = lambda: (2026, 12, 2, 5, 7, 9, 2, 336) if state["set"] else (2000, 1, 1, 0, 0, 5, 5, 1)
@@ -178,26 +178,24 @@ print("RESULT " + json.dumps({"now": now, "calls": state["calls"]}))
 ])
 def test_device_sets_its_clock_by_ntp_before_checking(tmp_path: Path, ntp: bool, fail: bool,
                                                       want: object, calls: int) -> None:
-    repo = Path(__file__).resolve().parent.parent
     script = tmp_path / "clock.py"
-    script.write_text(_CLOCK_SCRIPT % {"paths": [str(repo / "device"), str(repo / "tests" / "fakes")],
-                                       "ntp": ntp, "fail": fail})
-    p = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    script.write_text(_CLOCK_SCRIPT % {"ntp": ntp, "fail": fail})
+    p = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60,
+                       env=import_path_env("cpython"))
     assert p.returncode == 0, p.stdout + p.stderr
     res = json.loads([ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")][-1][7:])
     assert res == {"now": want, "calls": calls}
 
 
 def test_device_config_ntp_must_be_boolean(tmp_path: Path) -> None:
-    repo = Path(__file__).resolve().parent.parent
-    code = ("import sys; sys.path[:0] = %r\n"
-            "import mpota.config as c, mpota.errors as e\n"
+    code = ("import mpota.config as c, mpota.errors as e\n"
             "k = ['04' + '00' * 64]\n"
             "base = {'device_id': 'd', 'board': 'b', 'feed_url': 'http://x/',\n"
             "        'keys': {'release': k, 'rollout': k}}\n"
             "print(c.Config(dict(base), '/m.json').ntp, c.Config(dict(base, ntp=False), '/m.json').ntp)\n"
-            "try:\n    c.Config(dict(base, ntp='yes'), '/m.json')\nexcept e.ConfigError as x:\n    print(x)\n"
-            % [str(repo / "device"), str(repo / "tests" / "fakes")])
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+            "try:\n    c.Config(dict(base, ntp='yes'), '/m.json')\n"
+            "except e.ConfigError as x:\n    print(x)\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                       env=import_path_env("cpython"))
     assert p.returncode == 0, p.stderr
     assert p.stdout.splitlines() == ["True False", "config: ntp must be true or false"]

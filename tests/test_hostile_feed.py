@@ -1,6 +1,6 @@
 """Hostile-feed corpus: what TUF says an updater must survive, against the real device code.
 
-Each case builds its own signed feed (tests/feedkit.py: host-tools releases and channel documents,
+Each case builds its own signed feed (sim/feedkit.py: host-tools releases and channel documents,
 re-signed or tampered as the attack needs) under one loopback server (faults injected per path),
 boots a simulated board on v1.0.0 (sim/board.py) and lets the real updater (``Updater.update()``)
 at it, under CPython and the MicroPython unix port. For every attack the board must:
@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import feedkit
 import pytest
 
+from sim import feedkit
 from sim.board import SimBoard
 
 VERSION = "1.1.0"

@@ -17,7 +17,9 @@ from typing import Any
 
 import pytest
 from collector import Collector
-from feedkit import (
+
+from host_tools.server.store import EXCUSED_REASONS, advance_progress
+from sim.feedkit import (
     Board,
     Feed,
     FeedServer,
@@ -29,8 +31,6 @@ from feedkit import (
     serve,
     update_script,
 )
-
-from host_tools.server.store import EXCUSED_REASONS, advance_progress
 
 INTERPRETERS = ["cpython", "micropython"]
 

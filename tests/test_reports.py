@@ -6,23 +6,17 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 from collector import Collector
 
-ROOT = Path(__file__).resolve().parent.parent
-DEVICE = ROOT / "device"
-FAKES = ROOT / "tests" / "fakes"
-MICROPYTHON = ROOT / ".venv" / "bin" / "micropython"
+from sim.deviceproc import import_path_env, interpreter_cmd
 
 INTERPRETERS = ["cpython", "micropython"]
 
 PRELUDE = """
-import sys
-sys.path[:0] = [{device!r}, {fakes!r}]
 import json
 from mpota.state import State
 from mpota.filestore import FileStore
@@ -39,10 +33,10 @@ def run_device(interp: str, tmp_path: Path, url: str, body: str, timeout: float 
     root = tmp_path / "fs"
     root.mkdir(exist_ok=True)
     script = tmp_path / "script.py"
-    prelude = PRELUDE.format(device=str(DEVICE), fakes=str(FAKES), root=str(root), url=url)
+    prelude = PRELUDE.format(root=str(root), url=url)
     script.write_text(prelude + textwrap.dedent(body))
-    exe = [sys.executable] if interp == "cpython" else [str(MICROPYTHON), "-X", "heapsize=200k"]
-    proc = subprocess.run(exe + [str(script)], capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(interpreter_cmd(interp, "200k") + [str(script)], capture_output=True, text=True,
+                          timeout=timeout, env=import_path_env(interp))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc.stdout
 

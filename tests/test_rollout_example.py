@@ -10,7 +10,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def test_rollout_example_runs() -> None:
-    proc = subprocess.run([sys.executable, str(REPO / "examples" / "rollout_example.py")],
+    proc = subprocess.run([sys.executable, "-m", "examples.rollout_example"],
                           capture_output=True, text=True, timeout=120, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = proc.stdout

@@ -23,13 +23,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from feedkit import BOARD, Board, Feed, Keys, image, update_script
 
 from host_tools.fleet import device_token
 from host_tools.server.app import ServeError, ServerConfig
 from host_tools.server.auth import operator_token
 from host_tools.server.client import ClientError, ServerClient
 from host_tools.server.harness import ServerThread
+from sim.feedkit import BOARD, Board, Feed, Keys, image, update_script
 
 SECRET = bytes(range(32))
 ROOT = Path(__file__).resolve().parent.parent

@@ -4,7 +4,7 @@ resets and power cuts at every step.
 Part 1 runs mpota.boot() in-process under CPython on a small model board (otadata with
 ESP-IDF rollback semantics, NVS commits, power cuts before any commit or otadata write),
 which makes the exhaustive fault-injection sweep fast. Part 2 runs the same flows on the
-simulated board (tests/fakes, sim/board.py) under CPython and the MicroPython unix port.
+simulated board (sim/fakes, sim/board.py) under CPython and the MicroPython unix port.
 Reports go to a real HTTP collector on loopback in both parts.
 """
 
@@ -19,9 +19,6 @@ import pytest
 from collector import Collector
 
 ROOT = Path(__file__).resolve().parent.parent
-for p in (ROOT / "device", ROOT / "tests" / "fakes", ROOT):
-    if str(p) not in sys.path:
-        sys.path.insert(0, str(p))
 
 
 # ---------------------------------------------------------------- model board (part 1)
@@ -772,8 +769,8 @@ def test_health_reporter_status_and_trial_rollback(rig):
 def run_example(name: str, *args: str) -> str:
     import subprocess
 
-    proc = subprocess.run([sys.executable, str(ROOT / "examples" / name), *args], capture_output=True,
-                          text=True, timeout=240, cwd=str(ROOT))
+    proc = subprocess.run([sys.executable, "-m", f"examples.{name.removesuffix('.py')}", *args],
+                          capture_output=True, text=True, timeout=240, cwd=str(ROOT))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc.stdout
 

@@ -5,9 +5,9 @@ each reach every case's expected verdict -- and so agree with each other on ever
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
-import sys
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -17,11 +17,11 @@ import pytest
 from host_tools import trust
 from host_tools.errors import MpotaError
 from host_tools.keys import PublicKey
+from sim.deviceproc import import_path_env, interpreter_cmd
 
 REPO = Path(__file__).resolve().parent.parent
 HERE = REPO / "tests" / "vectors" / "trust"
 CORPUS = HERE / "corpus.json"
-MICROPYTHON = REPO / ".venv" / "bin" / "micropython"
 DATA: dict[str, Any] = json.loads(CORPUS.read_text())
 CASES: list[dict[str, Any]] = DATA["cases"]
 VERDICTS = {"offer", "none", "malformed", "bad_signature", "unknown_key", "payload_type", "too_large",
@@ -53,11 +53,10 @@ def host_verdict(case: dict[str, Any]) -> str:
 
 def test_corpus_is_what_make_corpus_writes() -> None:
     # every case is reproducible from its recipe (fixed keys, deterministic signatures)
-    sys.path.insert(0, str(HERE))
-    try:
-        import make_corpus
-    finally:
-        sys.path.remove(str(HERE))
+    spec = importlib.util.spec_from_file_location("make_corpus", HERE / "make_corpus.py")
+    assert spec is not None and spec.loader is not None
+    make_corpus = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_corpus)
     assert make_corpus.render() == CORPUS.read_text()
 
 
@@ -75,9 +74,9 @@ def test_host_rules(case: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize("interp", ["cpython", pytest.param("micropython", marks=pytest.mark.mpy)])
 def test_device_core(interp: str) -> None:
-    cmd = [sys.executable] if interp == "cpython" else [str(MICROPYTHON), "-X", "heapsize=8M"]
-    args = [str(HERE / "device_runner.py"), str(REPO / "device"), str(REPO / "tests" / "fakes"), str(CORPUS)]
-    p = subprocess.run(cmd + args, capture_output=True, text=True, timeout=240)
+    args = [str(HERE / "device_runner.py"), str(CORPUS)]
+    p = subprocess.run(interpreter_cmd(interp, "8M") + args, capture_output=True, text=True, timeout=240,
+                       env=import_path_env(interp))
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-4000:]
     got = json.loads([ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")][-1][7:])
     wrong = {c["name"]: (got.get(c["name"]), c["expect"]) for c in CASES if got.get(c["name"]) != c["expect"]}

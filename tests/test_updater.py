@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from feedkit import (
+
+from sim.feedkit import (
     BOARD,
     Board,
     Feed,
@@ -205,12 +206,6 @@ def test_eligibility(env: Env, rollout: dict[str, Any], group: str, offered: boo
 
 def test_bucket_is_sticky_and_matches_the_server() -> None:
     import importlib
-    import sys
-
-    root = Path(__file__).resolve().parent.parent
-    for p in (str(root / "device"), str(root / "tests" / "fakes")):
-        if p not in sys.path:
-            sys.path.insert(0, p)
     upd = importlib.import_module("mpota.trust")
     d = hashlib.sha256(b"r-1:dev-0001").digest()
     assert upd.bucket("r-1", "dev-0001") == (int.from_bytes(d[:4], "big") % 10000) / 100
@@ -799,7 +794,7 @@ print("RESULT " + json.dumps({"outcome": "ok" if r else "none"}))
     env.assert_installed()
 
 
-# The simulated flash's opt-in timing model (tests/fakes/simflash.py, board.json
+# The simulated flash's opt-in timing model (sim/fakes/simflash.py, board.json
 # "flash_timing", used by bench/bench_update.py): a 4 KiB block write = one sector erase + 16
 # page programs, a read at read_mbps. Off by default.
 @pytest.mark.parametrize("interp", INTERPRETERS)

@@ -14,7 +14,7 @@ import hashlib
 
 try:
     from micropython import const
-except ImportError:  # CPython without the tests/fakes shim (e.g. host tools)
+except ImportError:  # CPython without the fakes' micropython module (e.g. host tools)
 
     def const(x):  # type: ignore[misc]
         return x

@@ -1,19 +1,16 @@
 # The device side of the trust corpus: runs under MicroPython (unix port) and CPython.
-#   micropython device_runner.py DEVICE_DIR FAKES_DIR corpus.json
+#   micropython device_runner.py corpus.json   (device/ and sim/fakes on MICROPYPATH or PYTHONPATH)
 # For each case, the steps the updater takes on the bytes it fetched: size cap, DSSE verify
 # (mpota.dsse + mpota.p256), parse, mpota.trust; prints "RESULT " + {name: verdict}.
+import binascii
 import hashlib
 import json
 import sys
 
-sys.path[:0] = [sys.argv[1], sys.argv[2]]
-
-import binascii  # noqa: E402
-
-import mpota.config as config  # noqa: E402
-import mpota.dsse as dsse  # noqa: E402
-import mpota.errors as errors  # noqa: E402
-import mpota.trust as trust  # noqa: E402
+import mpota.config as config
+import mpota.dsse as dsse
+import mpota.errors as errors
+import mpota.trust as trust
 
 
 def keys(hexes):
@@ -49,7 +46,7 @@ def verdict(case, ks):
 
 
 def main():
-    with open(sys.argv[3]) as f:
+    with open(sys.argv[1]) as f:
         corpus = json.load(f)
     ks = {r: keys(corpus["keys"][r]) for r in ("release", "rollout")}
     out = {}

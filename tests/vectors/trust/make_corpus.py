@@ -16,15 +16,11 @@ import base64
 import copy
 import hashlib
 import json
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 from ecdsa import NIST256p, SigningKey  # noqa: E402
 from ecdsa.util import sigdecode_der, sigencode_string  # noqa: E402

@@ -22,7 +22,7 @@ from simflash import (
 
 try:
     from micropython import const
-except ImportError:  # plain CPython without tests/fakes on sys.path
+except ImportError:  # CPython, loaded by sim/board.py without the fakes on the import path
     def const(x):
         return x
 

@@ -4,7 +4,7 @@
 #   (power cut, no bootable app, crash at boot). With a boot.json path it records its outcome there
 #   and the app phase runs in a process of its own, so the bootloader's heap is not the app's:
 #   on a board it runs before MicroPython and uses none of its heap.
-# - app(): the esp32/machine/network fakes, the board's filesystem as "/", /lib on sys.path.
+# - app(): the run's state for the app phase (the fakes and the filesystem are simboot's).
 import sys
 
 import simflash

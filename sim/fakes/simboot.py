@@ -1,8 +1,10 @@
 # Boots the simulated ESP32 board and runs a script on it:
-#     python|micropython tests/fakes/simboot.py SIMDIR SCRIPT [args...]
+#     python|micropython sim/fakes/simboot.py SIMDIR SCRIPT [args...]
 # SIMDIR holds board.json (written by sim/board.py), flash.bin, nvs.json, fs/ (the board's
 # filesystem) and, per run, run.json (cut, reset_cause, wifi) in and result.json out.
-# simstart does the booting (bootloader model, fakes, filesystem root, /lib on sys.path) and is
+# The board's /lib comes on the import path from the environment sim/board.py starts it with
+# (MICROPYPATH "/lib", resolved after "/" is remounted; PYTHONPATH <simdir>/fs/lib under CPython).
+# simstart does the booting (bootloader model, fakes, filesystem root) and is
 # dropped before SCRIPT runs. sim/board.py runs MicroPython boots in two processes, as a board
 # runs its bootloader before MicroPython: `simboot.py --boot SIMDIR` (the bootloader; its outcome
 # in boot.json) then `simboot.py --app SIMDIR SCRIPT [args...]` with the -X heapsize asked for.
@@ -40,7 +42,7 @@ class _OS:
         self._raw.rename(self._host(src), self._host(dst))
 
 
-# The esp32/machine/network fakes, the board's filesystem as "/", /lib on sys.path. Returns ROOT.
+# The esp32/machine/network fakes and the board's filesystem as "/". Returns ROOT.
 def _install(simdir):
     import esp32
     import machine
@@ -64,10 +66,8 @@ def _install(simdir):
         vfs.mount(vfs.VfsPosix(fs), "/")
         os.chdir("/")
         sys.modules["os"] = _OS(os, raw, fs)
-        sys.path[:] = ["", ".frozen", "/lib"]
         return ""
     os.chdir(fs)
-    sys.path.insert(1, fs + "/lib")
     return fs
 
 

@@ -10,7 +10,7 @@ import sys
 
 try:
     from micropython import const
-except ImportError:  # plain CPython without tests/fakes on sys.path
+except ImportError:  # CPython, loaded by sim/board.py without the fakes on the import path
     def const(x):
         return x
 
@@ -145,7 +145,7 @@ RUN = None  # this boot's Run, set by simstart
 def current(module):
     r = RUN
     if r is None:
-        raise RuntimeError(module + " fake used outside the simulated board (run tests/fakes/simboot.py)")
+        raise RuntimeError(module + " fake used outside the simulated board (run sim/fakes/simboot.py)")
     r.alive()
     return r
 
