@@ -88,8 +88,8 @@ def host_main(argv):
     from host_tools.fleet import device_token
     from host_tools.keys import generate_key
     from host_tools.server.app import ServerConfig
-    from host_tools.server.harness import ServerThread, publish_test_release
     from sim.board import SimBoard
+    from sim.serverkit import ServerThread, publish_test_release
 
     interp = "cpython" if "--cpython" in argv else "micropython"
     flags = "health=fail" if "--bad" in argv else ""

@@ -90,11 +90,11 @@ def host_main(argv):
     from pathlib import Path
 
     from host_tools.fleet import device_token
-    from host_tools.imagebuild import build_app_image
     from host_tools.keys import generate_key
     from host_tools.server.app import ServerConfig
-    from host_tools.server.harness import ServerThread
     from sim.board import SimBoard
+    from sim.images import build_sim_image
+    from sim.serverkit import ServerThread
 
     interp = "cpython" if "--cpython" in argv else "micropython"
     flags = "health=fail" if "--bad" in argv else ""
@@ -120,7 +120,7 @@ def host_main(argv):
                     print(run.output.rstrip())
 
             boot("firmware 1.0.0")
-            board.flash_slot("ota_1", build_app_image("esp32", "1.1.0", "mpota-app", 1, sim_flags=flags))
+            board.flash_slot("ota_1", build_sim_image("esp32", "1.1.0", "mpota-app", 1, flags=flags))
             inst = board.run(INSTALL, interp)
             assert inst.kind == "exit", inst
             boot("update to 1.1.0 pending%s" % (" (a build with a broken sensor)" if flags else ""))

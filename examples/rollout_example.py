@@ -24,8 +24,8 @@ from host_tools.server.app import ServerConfig, make_publisher
 from host_tools.server.auth import operator_token
 from host_tools.server.bucket import is_eligible
 from host_tools.server.client import ServerClient
-from host_tools.server.harness import HttpClient, ServerThread, SimDevice, publish_test_release
 from host_tools.server.rollback import prepare_rollback
+from sim.serverkit import HttpClient, ReportingDevice, ServerThread, publish_test_release
 
 BOARD = "esp32-generic-4mb"
 PLAN = {"soak": "0.3s", "min_finished": 1, "in_progress_timeout": "1m",
@@ -40,7 +40,7 @@ def channel(url: str, pub: object) -> ChannelDoc:
     return ChannelDoc.from_envelope_bytes(data, [pub])
 
 
-def run_fleet(api: ServerClient, url: str, pub: object, fleet: list[SimDevice], rid: str, version: str,
+def run_fleet(api: ServerClient, url: str, pub: object, fleet: list[ReportingDevice], rid: str, version: str,
               bad_groups: tuple[str, ...] = ()) -> dict[str, object]:
     """Every device acts on the channel document it reads; returns the final rollout status."""
     tried: set[str] = set()
@@ -77,7 +77,7 @@ def main() -> None:
             print(f"server on {srv.url} (status page at {srv.url}/)")
             api = ServerClient(srv.url, operator_token(secret))
             groups = ["canary"] * 2 + ["internal"] * 2 + ["pilot"] * 4 + ["general"] * 16
-            fleet = [SimDevice(srv.url, secret, f"esp32-{i:03d}", g) for i, g in enumerate(groups)]
+            fleet = [ReportingDevice(srv.url, secret, f"esp32-{i:03d}", g) for i, g in enumerate(groups)]
             for d in fleet:  # registered with the operator token: the group rollouts count it in
                 d.register(secret)
                 d.report("heartbeat", health="OK")

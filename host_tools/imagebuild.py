@@ -76,7 +76,7 @@ def build_app_image(
     code: bytes | None = None,
     code_size: int = 0x8000,
     hash_appended: bool = True,
-    sim_flags: str = "",
+    rodata: bytes = b"",
     build: str | None = None,
 ) -> bytes:
     """Return a bootable app image. ``code`` (e.g. real machine code) fills IROM; else filler.
@@ -84,8 +84,8 @@ def build_app_image(
     ``version``/``project_name`` go into the app description; both are empty by default, as in
     MicroPython's own builds. ``build`` (default: the version) seeds the filler and the
     app_elf_sha256, so builds of different releases differ even without a version.
-    ``sim_flags`` (e.g. "health=fail") is stored in rodata as ``MPOTA-SIM:<flags>;`` so the
-    simulated board can give this firmware a behaviour (a frozen bug) that a real build would have.
+    ``rodata`` goes into the read-only data right after the app description (within the image's
+    first 4 KiB: the simulated board reads its firmware's behaviour from there, sim/images.py).
     """
     if chip not in CHIPS:
         raise ValueError(f"unknown chip {chip!r} (known: {', '.join(sorted(CHIPS))})")
@@ -95,18 +95,16 @@ def build_app_image(
         code = _filler(f"{chip}-{project_name}-{seed}-code", code_size)
     code = code + b"\0" * (-len(code) % 4)
     dram, iram = _filler(f"{seed}-dram", 512), _filler(f"{seed}-iram", 1024)
-    elf = hashlib.sha256(b"".join([f"{chip}|{project_name}|{version}|{seed}|{secure_version}|{sim_flags}|"
+    elf = hashlib.sha256(b"".join([f"{chip}|{project_name}|{version}|{seed}|{secure_version}|{rodata.hex()}|"
                                    .encode(), code, dram, iram])).digest()
 
     # First segment: app_desc + rodata, sized so the IROM segment data starts at file
     # offset 0x10020, the page alignment the bootloader needs to map it (addr % 64K == off % 64K).
     drom_len = _PAGE - 8
-    rodata = app_desc(version, project_name, secure_version, elf_sha256=elf)
-    if sim_flags:
-        rodata += f"MPOTA-SIM:{sim_flags};".encode()
-    rodata += _filler(f"{chip}-{seed}-rodata", drom_len - len(rodata))
+    drom = app_desc(version, project_name, secure_version, elf_sha256=elf) + rodata
+    drom += _filler(f"{chip}-{seed}-rodata", drom_len - len(drom))
     segments = [
-        (lay.drom, rodata),
+        (lay.drom, drom),
         (lay.irom + _PAGE + 0x20, code),
         (lay.dram, dram),
         (lay.iram, iram),

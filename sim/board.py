@@ -143,8 +143,8 @@ class SimBoard:
         written to /mpota.json.
         """
         from host_tools.boards import load_board
-        from host_tools.imagebuild import build_app_image
         from host_tools.partitions import build_binary
+        from sim.images import build_sim_image
 
         b = load_board(board)
         root = Path(simdir).resolve()
@@ -164,7 +164,7 @@ class SimBoard:
         self = cls(root)
         self._factory_write(b.partition_table_offset, build_binary(b.table))
         if image is None:
-            image = build_app_image(b.chip, version, project_name, secure_version, sim_flags=sim_flags)
+            image = build_sim_image(b.chip, version, project_name, secure_version, flags=sim_flags)
         self.flash_slot("ota_0", image)
         if device:
             self.install_device(device)

@@ -151,7 +151,7 @@ class Demo:
     def images(self) -> None:
         self.step("Firmware: genuine ESP32 app images v1.0.0, v1.1.0 (good), v1.2.0 (broken sensor driver), "
                   "built like MicroPython's own: no version in their app description")
-        from host_tools.imagebuild import build_app_image
+        from sim.images import build_sim_image
 
         code: bytes | None = None
         try:
@@ -167,7 +167,7 @@ class Demo:
         self.image_paths: dict[str, Path] = {}
         for version, flags in (("1.0.0", ""), ("1.1.0", ""), ("1.2.0", "health=fail")):
             # as MicroPython's ESP32 builds: CONFIG_APP_EXCLUDE_PROJECT_VER_VAR / _NAME_VAR=y
-            img = build_app_image("esp32", "", "", 0, code=code, code_size=CODE_BYTES, sim_flags=flags,
+            img = build_sim_image("esp32", "", "", 0, code=code, code_size=CODE_BYTES, flags=flags,
                                   build=version)
             path = out / f"app-{version}.bin"
             path.write_bytes(img)

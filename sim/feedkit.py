@@ -29,9 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from host_tools import dsse as hdsse
-from host_tools.imagebuild import app_elf_sha256, build_app_image
+from host_tools.imagebuild import app_elf_sha256
 from host_tools.keys import PrivateKey, generate_key, load_private_key
 from host_tools.release import sign_release
+from sim.images import build_sim_image
 
 BOARD = "esp32-generic-4mb"
 CHANNEL = "stable"
@@ -66,9 +67,8 @@ def image(version: str, size: int = 128 * 1024, chip: str = "esp32", secure_vers
     unless ``stock`` is False."""
     code = max(0x1000, size - 0x10400)
     if stock:
-        return build_app_image(chip, "", "", secure_version, code_size=code, sim_flags=sim_flags,
-                               build=version)
-    return build_app_image(chip, version, "mpota-app", secure_version, code_size=code, sim_flags=sim_flags)
+        return build_sim_image(chip, "", "", secure_version, code_size=code, flags=sim_flags, build=version)
+    return build_sim_image(chip, version, "mpota-app", secure_version, code_size=code, flags=sim_flags)
 
 
 def factory_config(running_image: bytes, version: str) -> dict[str, str]:

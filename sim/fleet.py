@@ -16,7 +16,7 @@ cores). Fault profiles give boards a harder life:
   (the updater resumes with Range); ``slow``: a proxy that throttles to a slow link and adds
   latency; ``powercut``: a boot may lose power at a random flash write/erase/NVS commit;
   ``nowifi``: some boots have no Wi-Fi. Failing health is a property of a firmware image
-  (``sim_flags="health=fail"`` in host_tools.imagebuild: a broken sensor driver), read by the
+  (``sim_flags="health=fail"``, sim/images.py: a broken sensor driver), read by the
   app's health check; it fails on boards that have the sensor (``sensor_groups``, default all).
 
     fleet = Fleet(tmp, server_url, feed_url, n=50, secret=secret, keys=keys, image=v1_image)
@@ -230,7 +230,7 @@ def _result_line(run: RunResult) -> dict[str, Any]:
 
 
 @dataclass
-class SimDevice:
+class FleetDevice:
     device_id: str
     group: str
     profile: FaultProfile
@@ -325,7 +325,7 @@ class Fleet:
                  workers: int | None = None, device_mode: str | None = None,
                  report_url: str | None = None, heapsize: str | None = None,
                  timeout_ms: int = 3000, retries: int = 4, run_timeout: float = 120.0,
-                 on_board: Callable[[SimDevice, CycleOutcome], None] | None = None) -> None:
+                 on_board: Callable[[FleetDevice, CycleOutcome], None] | None = None) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.server_url = server_url.rstrip("/")
@@ -356,7 +356,7 @@ class Fleet:
         eligible = [i for i in range(n) if allowed is None or names[i] in allowed]
         assigned = self._assign_profiles(n, eligible, shares)
         sensors = None if sensor_groups is None else set(sensor_groups)
-        self.devices: list[SimDevice] = []
+        self.devices: list[FleetDevice] = []
         width = max(4, len(str(n)))
         try:
             for i in range(n):
@@ -379,7 +379,7 @@ class Fleet:
                 uid = hashlib.sha256(device_id.encode()).hexdigest()[:12]
                 sb = SimBoard.create(self.workdir / device_id, board, image=image, device=mode,
                                      config=config, unique_id=uid)
-                self.devices.append(SimDevice(device_id, names[i], profile, sb, token, feed, report))
+                self.devices.append(FleetDevice(device_id, names[i], profile, sb, token, feed, report))
         except BaseException:
             self.close()
             raise
@@ -438,7 +438,7 @@ class Fleet:
         return {str(d["device_id"]): dict(d) for d in items}
 
     # ------------------------------------------------------------------ boards
-    def cycle(self, dev: SimDevice, max_boots: int = 8) -> CycleOutcome:
+    def cycle(self, dev: FleetDevice, max_boots: int = 8) -> CycleOutcome:
         """One poll cycle of one board: boot, and boot again after every reset, until it settles."""
         p = dev.profile
         cut = None
@@ -477,7 +477,7 @@ class Fleet:
             self.on_board(dev, out)
         return out
 
-    def poll_all(self, devices: Iterable[SimDevice] | None = None, max_boots: int = 8) -> PollSummary:
+    def poll_all(self, devices: Iterable[FleetDevice] | None = None, max_boots: int = 8) -> PollSummary:
         """One poll cycle for every board (or the given ones), ``workers`` boards at a time."""
         todo = list(self.devices if devices is None else devices)
         start = time.monotonic()

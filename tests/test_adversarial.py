@@ -18,8 +18,8 @@ import pytest
 from host_tools.fleet import device_token
 from host_tools.server.app import ServerConfig
 from host_tools.server.auth import TokenCache, operator_token
-from host_tools.server.harness import HttpClient, ServerThread, SimDevice
 from host_tools.server.store import IngestResult, Report, SQLiteStore, UnstorableError
+from sim.serverkit import HttpClient, ReportingDevice, ServerThread
 
 SECRET = bytes(range(32))
 OP = {"Authorization": f"Bearer {operator_token(SECRET)}"}
@@ -164,7 +164,7 @@ def test_the_store_refusing_a_report_is_a_4xx_not_a_retry(srv: ServerThread,
         return real(self, requests, now)
 
     monkeypatch.setattr(SQLiteStore, "_ingest", picky)
-    d = SimDevice(srv.url, SECRET, "dev-p", version="poison")
+    d = ReportingDevice(srv.url, SECRET, "dev-p", version="poison")
     assert d.post(d.build("heartbeat"))[0] == 422
     d.version = "1.0.0"
     assert d.post(d.build("heartbeat"))[0] == 200
@@ -250,7 +250,7 @@ def test_slow_clients_are_cut_off(srv: ServerThread) -> None:
                 data = b""
             assert want in data[:12] and (want or data == b""), data[:40]
             s.close()
-    d = SimDevice(srv.url, SECRET, "dev-d")
+    d = ReportingDevice(srv.url, SECRET, "dev-d")
     assert d.report("heartbeat") == 200  # the server is fine
     d.close()
 
@@ -265,7 +265,7 @@ def test_a_hang_up_is_one_line(srv: ServerThread, capfd: pytest.CaptureFixture[s
             s.sendall(post(path, b"{" * 1000, auth)[:-900])
             time.sleep(0.2)
     time.sleep(0.5)
-    d = SimDevice(srv.url, SECRET, "dev-e")
+    d = ReportingDevice(srv.url, SECRET, "dev-e")
     assert d.report("heartbeat") == 200
     d.close()
     err = capfd.readouterr().err
@@ -283,7 +283,7 @@ OPERATOR_ROUTES = [("GET", "/v1/devices"), ("GET", "/v1/devices/dev-f"), ("GET",
 
 
 def test_a_device_token_opens_no_operator_route(srv: ServerThread) -> None:
-    d = SimDevice(srv.url, SECRET, "dev-f", "canary")
+    d = ReportingDevice(srv.url, SECRET, "dev-f", "canary")
     assert d.report("heartbeat") == 200
     body = json.dumps({"board": "esp32-generic-4mb", "channel": "stable", "version": "1.1.0",
                        "plan": {}}).encode()
@@ -375,7 +375,7 @@ def test_smuggling_shapes_are_refused(srv: ServerThread, shape: bytes) -> None:
 
 # ---------------------------------------------------------------- replay across rollouts, floods
 def test_replays_across_rollouts_are_refused(srv: ServerThread) -> None:
-    d = SimDevice(srv.url, SECRET, "dev-i", "canary")
+    d = ReportingDevice(srv.url, SECRET, "dev-i", "canary")
     captured = d.build("confirmed", "r-1", "1.1.0")
     assert d.post(captured)[0] == 200
     for rollout in ("r-2", "r-3"):  # the same seq, now claiming to be about a later rollout

@@ -16,6 +16,7 @@ import pytest
 
 from host_tools.imagebuild import build_app_image
 from sim.board import DEEPSLEEP_RESET, PWRON_RESET, SOFT_RESET, WDT_RESET, RunResult, SimBoard
+from sim.images import build_sim_image
 
 OTA_0 = 0x10000
 OTA_1 = 0x190000
@@ -313,7 +314,7 @@ def test_power_cut_during_trial_also_rolls_back(sim_board: SimBoard, interp: str
 
 
 def test_crash_loop_firmware_rolls_back(sim_board: SimBoard, interp: str) -> None:
-    sim_board.flash_slot("ota_1", build_app_image("esp32", "2.0.0", sim_flags="crash=boot,health=fail"))
+    sim_board.flash_slot("ota_1", build_sim_image("esp32", "2.0.0", flags="crash=boot,health=fail"))
     assert sim_board.firmware("ota_1")["flags"] == {"crash": "boot", "health": "fail"}
     ok(_trial(sim_board, interp, "install")[0], "reset")
     script = PRELUDE + "out(slot=P(P.RUNNING).info()[4], cause=machine.reset_cause())"

@@ -24,7 +24,7 @@ from host_tools.keys import generate_key
 from host_tools.server.app import ServerConfig, make_publisher
 from host_tools.server.auth import operator_token
 from host_tools.server.console import COOKIE, SESSION_S, Sessions
-from host_tools.server.harness import HttpClient, ServerThread, SimDevice, publish_test_release
+from sim.serverkit import HttpClient, ReportingDevice, ServerThread, publish_test_release
 
 BOARD = "esp32-generic-4mb"
 SECRET = b"\x31" * 32
@@ -62,7 +62,7 @@ def _serve(tmp_path: Path, **config: Any) -> Iterator[tuple[ServerThread, str]]:
     cfg = ServerConfig(feed_dir=feed, db_url=f"sqlite:///{tmp_path / 'db.sqlite'}", fleet_secret=SECRET,
                        tick_s=0.1, **config)
     with ServerThread(cfg, make_publisher(feed, str(key))) as srv:
-        d = SimDevice(srv.url, SECRET, "canary-1", "canary")
+        d = ReportingDevice(srv.url, SECRET, "canary-1", "canary")
         assert d.register(SECRET) == 200
         d.close()
         c = HttpClient(srv.url)
@@ -205,7 +205,7 @@ def test_public_status_only_on_loopback(capsys: pytest.CaptureFixture[str], tmp_
 
 def test_device_list_filters_and_claimed_group(served: tuple[ServerThread, str]) -> None:
     srv, _ = served
-    d = SimDevice(srv.url, SECRET, "field-7", "general")
+    d = ReportingDevice(srv.url, SECRET, "field-7", "general")
     assert d.register(SECRET, channel="beta") == 200
     d.group = "canary"  # what its reports claim; the operator registered it as general
     assert d.report("heartbeat", health="OK") == 200

@@ -25,8 +25,8 @@ from host_tools.keys import PublicKey, generate_key, load_public_key
 from host_tools.server.app import ServerConfig, make_publisher
 from host_tools.server.auth import operator_token
 from host_tools.server.bucket import is_eligible
-from host_tools.server.harness import HttpClient, ServerThread, SimDevice, operator_call, publish_test_release
 from sim.browser import chromium, missing, wait_for
+from sim.serverkit import HttpClient, ReportingDevice, ServerThread, operator_call, publish_test_release
 
 REPO = Path(__file__).resolve().parent.parent
 SHOTS = REPO / "build"
@@ -42,7 +42,7 @@ PLAN = {"soak": 0, "min_finished": 1, "in_progress_timeout": "30m",
 class Fleet:
     srv: ServerThread
     pub: PublicKey
-    devices: list[SimDevice]
+    devices: list[ReportingDevice]
 
     def op(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         return operator_call(self.srv.url, SECRET, method, path, body)
@@ -86,7 +86,7 @@ def fleet(tmp_path: Path) -> Iterator[Fleet]:
     config = ServerConfig(feed_dir=feed, db_url=f"sqlite:///{tmp_path / 'db.sqlite'}", fleet_secret=SECRET,
                           tick_s=0.1)
     with ServerThread(config, make_publisher(feed, str(key))) as srv:
-        devices = [SimDevice(srv.url, SECRET, f"{g}-{i + 1}", g) for g, n in FLEET for i in range(n)]
+        devices = [ReportingDevice(srv.url, SECRET, f"{g}-{i + 1}", g) for g, n in FLEET for i in range(n)]
         for d in devices:
             assert d.register(SECRET) == 200
             assert d.report("heartbeat", health="OK") == 200

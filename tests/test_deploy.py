@@ -491,7 +491,7 @@ def _free_port() -> int:
 def test_registers_with_the_server(port: str, fleet: Fleet, tmp_path: Path) -> None:
     from host_tools.server.app import ServerConfig
     from host_tools.server.auth import operator_token
-    from host_tools.server.harness import ServerThread
+    from sim.serverkit import ServerThread
 
     feed = tmp_path / "feed"
     feed.mkdir()

@@ -18,8 +18,8 @@ import pytest
 
 from host_tools.keys import generate_key, load_private_key
 from host_tools.server.app import ServerConfig, make_publisher
-from host_tools.server.harness import ServerThread, publish_test_release
 from sim.fleet import PROFILES, FaultProfile, FaultProxy, Fleet, group_plan
+from sim.serverkit import ServerThread, publish_test_release
 
 BOARD = "esp32-generic-4mb"
 SECRET = b"\x5a" * 32

@@ -20,10 +20,10 @@ import pytest
 from host_tools.feed import FeedError, read_channel, refresh_channels, write_channel
 from host_tools.manifest import format_time, parse_time
 from host_tools.server.app import ServerConfig
-from host_tools.server.harness import ServerThread
 from host_tools.server.publish import FeedPublisher
 from sim.deviceproc import import_path_env
 from sim.feedkit import BOARD, CHANNEL, Board, Feed, Keys, device_config, image, serve, update_script
+from sim.serverkit import ServerThread
 
 ROLLOUT = {"id": "r-freeze", "state": "active", "groups": [], "percentage": 100.0, "window": None}
 

@@ -17,6 +17,7 @@ import pytest
 
 from host_tools.imagebuild import build_app_image, build_combined_image
 from sim.board import ota, sf
+from sim.images import build_sim_image
 
 ESPTOOL = Path(sys.executable).parent / "esptool"
 
@@ -50,7 +51,7 @@ def board_verdict(image: bytes, chip_id: int) -> str | None:
 @pytest.mark.parametrize("chip", sorted(CHIPS))
 def test_esptool_accepts_genuine_images(tmp_path: Path, chip: str) -> None:
     name, chip_id = CHIPS[chip]
-    image = build_app_image(chip, "1.2.3-rc.1", "demo-app", secure_version=7, sim_flags="health=fail")
+    image = build_sim_image(chip, "1.2.3-rc.1", "demo-app", secure_version=7, flags="health=fail")
     path = tmp_path / f"{chip}.bin"
     path.write_bytes(image)
     out = image_info(path)

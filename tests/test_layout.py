@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import ast
+import json
 import os
 import re
 import subprocess
@@ -85,3 +87,73 @@ def test_sim_and_bench_import_by_name_from_the_repository_root() -> None:
     p = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
                        timeout=120)
     assert p.returncode == 0 and p.stdout.strip() == "ok", p.stderr
+
+
+# Modules of the host_tools package that the `mpota` command does not load, and why they ship.
+LIBRARY_ONLY = {
+    "host_tools.imagebuild": "genuine app images for testing a firmware pipeline "
+                             "(examples/firmware_manifest_example.py)",
+    "host_tools.trust": "the device's trust verdicts on the host, held to the device by tests/vectors/trust",
+}
+
+
+def _module_name(path: Path, root: Path) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path, name: str) -> set[str]:
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                head = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(head + ([base] if base else []))
+            out.add(base)
+            out.update(f"{base}.{a.name}" for a in node.names)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            if node.value.startswith("mpota."):
+                out.add(node.value)  # lazy loads by name (mpota/__init__.py)
+    return out
+
+
+def _reachable(modules: dict[str, Path], start: set[str]) -> set[str]:
+    seen: set[str] = set()
+    todo = list(start)
+    while todo:
+        name = todo.pop()
+        if name in seen or name not in modules:
+            continue
+        seen.add(name)
+        todo.extend(_imports(modules[name], name))
+    return seen
+
+
+def test_every_host_tools_module_serves_the_mpota_command() -> None:
+    # the command loads host_tools/commands/<group>.py by name (cli.py); the rest by import
+    modules = {_module_name(p, REPO): p for p in (REPO / "host_tools").rglob("*.py")
+               if "_data" not in p.parts}
+    start = {m for m in modules if m.startswith("host_tools.commands")} | {"host_tools.cli", "host_tools"}
+    unused = set(modules) - _reachable(modules, start)
+    assert unused == set(LIBRARY_ONLY), (
+        f"host_tools modules the mpota command never loads (test rig? move it to sim/): "
+        f"{sorted(unused - set(LIBRARY_ONLY))}; no longer library-only: {sorted(set(LIBRARY_ONLY) - unused)}")
+
+
+def test_device_package_is_what_a_board_runs() -> None:
+    # device/package.json (what mip and `mpota deploy` install, the wheel's device copy) lists the
+    # device modules, every one of them loaded on a board from the package or the boot/main templates
+    device = REPO / "device"
+    listed = {src for src, _ in json.loads((device / "package.json").read_text())["urls"]}
+    on_disk = {str(p.relative_to(device)) for p in (device / "mpota").glob("*.py")}
+    assert listed == on_disk
+    modules = {_module_name(p, device): p for p in (device / "mpota").glob("*.py")}
+    start = {"mpota"}
+    for template in (device / "examples").glob("*.py"):
+        start |= {m for m in _imports(template, "__main__") if m.startswith("mpota")}
+    unused = set(modules) - _reachable(modules, start)
+    assert unused == set(), f"device modules no board code loads: {sorted(unused)}"

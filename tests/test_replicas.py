@@ -20,9 +20,9 @@ from host_tools.fleet import create_secret, device_token, load_secret
 from host_tools.keys import generate_key, load_public_key
 from host_tools.server.auth import operator_token
 from host_tools.server.bucket import is_eligible
-from host_tools.server.harness import publish_test_release
 from host_tools.server.store import open_store
 from sim.replicas import ServeProcess
+from sim.serverkit import publish_test_release
 
 pytestmark = pytest.mark.postgres
 
@@ -196,7 +196,7 @@ def test_replica_with_its_own_feed_copy_serves_the_same_channel_bytes(tmp_path: 
     import shutil
 
     from host_tools.server.app import ServerConfig, make_publisher
-    from host_tools.server.harness import ServerThread
+    from sim.serverkit import ServerThread
 
     key = tmp_path / "rollout.pem"
     generate_key(key, "both")

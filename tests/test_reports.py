@@ -239,7 +239,7 @@ def test_two_reporters_in_one_process_never_share_a_seq(interp, tmp_path, collec
 def test_reports_reach_the_real_rollout_server(interp, tmp_path):
     from host_tools.fleet import device_token
     from host_tools.server.app import ServerConfig
-    from host_tools.server.harness import ServerThread
+    from sim.serverkit import ServerThread
 
     secret = b"s" * 32
     feed = tmp_path / "srv" / "feed"

@@ -19,7 +19,7 @@ from host_tools.fleet import create_secret, device_token, load_secret
 from host_tools.keys import generate_key, load_public_key
 from host_tools.server.app import ServerConfig, make_publisher
 from host_tools.server.auth import operator_token
-from host_tools.server.harness import ServerThread, SimDevice, publish_test_release
+from sim.serverkit import ReportingDevice, ServerThread, publish_test_release
 
 REPO = Path(__file__).resolve().parent.parent
 BOARD = "esp32-generic-4mb"
@@ -70,7 +70,7 @@ def test_rollout_commands(
 ) -> None:
     root, srv, conn = env
     secret = load_secret(root / "fleet.secret")
-    devs = [SimDevice(srv.url, secret, f"{g}-1", g) for g in ("canary", "internal", "pilot", "general")]
+    devs = [ReportingDevice(srv.url, secret, f"{g}-1", g) for g in ("canary", "internal", "pilot", "general")]
     for d in devs:
         assert d.register(secret) == 200
         assert d.report("heartbeat", health="OK") == 200
@@ -182,7 +182,7 @@ def test_fleet_rollback(
 ) -> None:
     root, srv, conn = env
     feed = root / "feed"
-    canary = SimDevice(srv.url, load_secret(root / "fleet.secret"), "canary-9", "canary")
+    canary = ReportingDevice(srv.url, load_secret(root / "fleet.secret"), "canary-9", "canary")
     assert canary.register(load_secret(root / "fleet.secret")) == 200
     assert canary.report("heartbeat") == 200  # holds the rollout at its first stage
     canary.close()
@@ -270,7 +270,7 @@ def test_rollback_keeps_the_plan_flags_without_staged(
     root, srv, conn = env
     secret = load_secret(root / "fleet.secret")
     for i in range(2):
-        d = SimDevice(srv.url, secret, f"general-{i}", "general")
+        d = ReportingDevice(srv.url, secret, f"general-{i}", "general")
         assert d.register(secret) == 200 and d.report("heartbeat") == 200
         d.close()
     code, out, err = _run(
@@ -301,10 +301,10 @@ def test_actions_without_an_id_never_guess_between_open_rollouts(
     root, srv, conn = env
     secret = load_secret(root / "fleet.secret")
     for channel in ("stable", "beta"):
-        d = SimDevice(srv.url, secret, f"canary-{channel}", "canary")
+        d = ReportingDevice(srv.url, secret, f"canary-{channel}", "canary")
         assert d.report("heartbeat") == 200
         d.close()
-        srv_op = SimDevice(srv.url, secret, f"canary-{channel}", "canary")
+        srv_op = ReportingDevice(srv.url, secret, f"canary-{channel}", "canary")
         assert srv_op.register(secret, channel=channel) == 200
         srv_op.close()
         code, _, err = _run(capsys, "rollout", "start", "--board", BOARD, "--version", "1.1.0", "--channel",

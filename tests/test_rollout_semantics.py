@@ -18,7 +18,7 @@ import pytest
 
 from host_tools.keys import generate_key
 from host_tools.server.app import ServerConfig, make_publisher
-from host_tools.server.harness import HttpClient, ServerThread, SimDevice, operator_call, publish_test_release
+from sim.serverkit import HttpClient, ReportingDevice, ServerThread, operator_call, publish_test_release
 
 BOARD = "esp32-generic-4mb"
 SECRET = b"\x17" * 32
@@ -27,15 +27,15 @@ SECRET = b"\x17" * 32
 @dataclass
 class Env:
     srv: ServerThread
-    devices: list[SimDevice]
+    devices: list[ReportingDevice]
 
     def op(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         return operator_call(self.srv.url, SECRET, method, path, body)
 
     def device(self, device_id: str, group: str | None, version: str = "1.0.0", register: bool = True,
-               channel: str | None = None, board: str = BOARD) -> SimDevice:
+               channel: str | None = None, board: str = BOARD) -> ReportingDevice:
         """A device the operator registered (group, channel), known at `version` from a heartbeat."""
-        d = SimDevice(self.srv.url, SECRET, device_id, group, board=board, version=version)
+        d = ReportingDevice(self.srv.url, SECRET, device_id, group, board=board, version=version)
         if register:
             body = {"device_id": device_id, "board": board, "group": group}
             if channel is not None:
@@ -93,12 +93,12 @@ def _stage(st: dict[str, Any], name: str) -> dict[str, Any]:
     return next(s for s in st["stages"] if s["name"] == name)
 
 
-def _updating(d: SimDevice, rid: str) -> None:
+def _updating(d: ReportingDevice, rid: str) -> None:
     for event in ("downloading", "downloaded", "installed"):
         assert d.report(event, rid, "1.1.0") == 200
 
 
-def _rolled_back(d: SimDevice, rid: str) -> None:
+def _rolled_back(d: ReportingDevice, rid: str) -> None:
     assert d.report("health_failed", rid, "1.1.0", check="wifi") == 200
     assert d.report("rolled_back", rid, "1.1.0", reason="health_check") == 200
 

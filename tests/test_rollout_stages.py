@@ -19,7 +19,7 @@ from host_tools.keys import PublicKey, generate_key, load_public_key
 from host_tools.server.app import ServerConfig, make_publisher
 from host_tools.server.auth import operator_token
 from host_tools.server.bucket import is_eligible
-from host_tools.server.harness import HttpClient, ServerThread, SimDevice, operator_call, publish_test_release
+from sim.serverkit import HttpClient, ReportingDevice, ServerThread, operator_call, publish_test_release
 
 BOARD = "esp32-generic-4mb"
 SECRET = b"\x42" * 32
@@ -33,7 +33,7 @@ class Env:
     key: Path
     pub: PublicKey
     srv: ServerThread
-    devices: list[SimDevice]
+    devices: list[ReportingDevice]
     docs: list[ChannelDoc]
 
     def op(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
@@ -56,7 +56,7 @@ class Env:
         assert code == 200, st
         return dict(st)
 
-    def drive(self, rid: str, outcome: Callable[[SimDevice], str], until: set[str],
+    def drive(self, rid: str, outcome: Callable[[ReportingDevice], str], until: set[str],
               timeout: float = 20.0) -> dict[str, Any]:
         """Devices act on each channel document until the rollout state is in `until`."""
         deadline = time.monotonic() + timeout
@@ -86,7 +86,7 @@ def env(tmp_path: Path) -> Iterator[Env]:
     config = ServerConfig(feed_dir=feed, db_url=f"sqlite:///{tmp_path / 'db.sqlite'}", fleet_secret=SECRET,
                           tick_s=0.05)
     with ServerThread(config, make_publisher(feed, str(key))) as srv:
-        devices = [SimDevice(srv.url, SECRET, f"{g}-{i:02d}", g) for g, n in FLEET for i in range(n)]
+        devices = [ReportingDevice(srv.url, SECRET, f"{g}-{i:02d}", g) for g, n in FLEET for i in range(n)]
         for d in devices:  # registered by the operator (mpota deploy does it), then a heartbeat
             assert d.register(SECRET) == 200
             assert d.report("heartbeat", health="OK") == 200

@@ -16,7 +16,7 @@ import pytest
 from host_tools.keys import generate_key
 from host_tools.server.app import ServerConfig, make_publisher
 from host_tools.server.auth import operator_token
-from host_tools.server.harness import HttpClient, ServerThread, SimDevice, publish_test_release
+from sim.serverkit import HttpClient, ReportingDevice, ServerThread, publish_test_release
 
 BOARD = "esp32-generic-4mb"
 SECRET = b"\x57" * 32
@@ -27,7 +27,7 @@ PLAN = {"soak": 0, "stages": [{"name": "canary"}, {"name": "pilot", "min_finishe
 
 
 @pytest.fixture()
-def served(tmp_path: Path) -> Iterator[tuple[ServerThread, list[SimDevice]]]:
+def served(tmp_path: Path) -> Iterator[tuple[ServerThread, list[ReportingDevice]]]:
     key = tmp_path / "rollout.pem"
     generate_key(key, "both")
     feed = tmp_path / "feed"
@@ -36,7 +36,7 @@ def served(tmp_path: Path) -> Iterator[tuple[ServerThread, list[SimDevice]]]:
     config = ServerConfig(feed_dir=feed, db_url=f"sqlite:///{tmp_path / 'db.sqlite'}", fleet_secret=SECRET,
                           tick_s=0.1)
     with ServerThread(config, make_publisher(feed, str(key))) as srv:
-        devices = [SimDevice(srv.url, SECRET, name, group)
+        devices = [ReportingDevice(srv.url, SECRET, name, group)
                    for name, group in (("c1", "canary"), ("p1", "pilot"), ("p2", "pilot"), ("g1", "general"))]
         for d in devices:
             assert d.register(SECRET) == 200
@@ -64,7 +64,7 @@ def _step(srv: ServerThread) -> str:
     return str(json.loads(data)["step"]["stage"])
 
 
-def test_wait_blocks_until_the_gate_pauses_and_exits_3(served: tuple[ServerThread, list[SimDevice]],
+def test_wait_blocks_until_the_gate_pauses_and_exits_3(served: tuple[ServerThread, list[ReportingDevice]],
                                                         capfd: pytest.CaptureFixture[str]) -> None:
     srv, devices = served
     assert _cli(srv).wait(30) == 0  # active: 0
@@ -97,7 +97,7 @@ def test_wait_blocks_until_the_gate_pauses_and_exits_3(served: tuple[ServerThrea
     assert _cli(srv).wait(30) == 4
 
 
-def test_watch_redraws_until_the_rollout_ends(served: tuple[ServerThread, list[SimDevice]]) -> None:
+def test_watch_redraws_until_the_rollout_ends(served: tuple[ServerThread, list[ReportingDevice]]) -> None:
     srv, devices = served
     watching = _cli(srv, "--watch", "--interval", "0.1")
     time.sleep(0.5)
@@ -114,7 +114,7 @@ def test_watch_redraws_until_the_rollout_ends(served: tuple[ServerThread, list[S
     assert "ACTIVE" in frames[1] and "ABORTED" in frames[-1] and "\x1b[" not in out
 
 
-def test_gives_up_after_the_timeout(served: tuple[ServerThread, list[SimDevice]]) -> None:
+def test_gives_up_after_the_timeout(served: tuple[ServerThread, list[ReportingDevice]]) -> None:
     srv, _ = served
     proc = _cli(srv, "--wait", "--interval", "0.1", "--wait-timeout", "0.5")
     _, err = proc.communicate(timeout=30)

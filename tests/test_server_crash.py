@@ -18,7 +18,7 @@ from host_tools.channel import ChannelDoc
 from host_tools.fleet import create_secret
 from host_tools.keys import generate_key, load_public_key
 from host_tools.server.bucket import is_eligible
-from host_tools.server.harness import SimDevice, operator_call, publish_test_release
+from sim.serverkit import ReportingDevice, operator_call, publish_test_release
 
 BOARD = "esp32-generic-4mb"
 
@@ -72,7 +72,7 @@ def test_kill_9_mid_ingest_and_mid_rollout(root: Path) -> None:
         srv = Served(root)
         if round_no == 0:
             for i, g in enumerate(groups):  # the operator registers the fleet (mpota deploy --server)
-                reg = SimDevice(srv.url, secret, f"{g}-{i:02d}", g)
+                reg = ReportingDevice(srv.url, secret, f"{g}-{i:02d}", g)
                 assert reg.register(secret) == 200
                 reg.close()
             plan = {"soak": 0, "stages": [{"name": "canary"}, {"name": "internal"}, {"name": "pilot"},
@@ -83,7 +83,7 @@ def test_kill_9_mid_ingest_and_mid_rollout(root: Path) -> None:
         stop = threading.Event()
 
         def device_loop(i: int, group: str, url: str = srv.url, stop: threading.Event = stop) -> None:
-            d = SimDevice(url, secret, f"{group}-{i:02d}", group)
+            d = ReportingDevice(url, secret, f"{group}-{i:02d}", group)
             d.seq = seqs.get(d.device_id, 0)
             mine = acked.setdefault(d.device_id, set())
             try:
@@ -136,7 +136,7 @@ def test_kill_9_mid_ingest_and_mid_rollout(root: Path) -> None:
     # and it carries on from where it was: finish the rollout on a last server
     srv = Served(root)
     try:
-        devices = [SimDevice(srv.url, secret, f"{g}-{i:02d}", g) for i, g in enumerate(groups)]
+        devices = [ReportingDevice(srv.url, secret, f"{g}-{i:02d}", g) for i, g in enumerate(groups)]
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             doc = _channel(root).rollout.to_dict()

@@ -14,7 +14,7 @@ from test_server_crash import BOARD, Served, _channel, root  # noqa: F401  (root
 
 from host_tools.fleet import device_token
 from host_tools.server.bucket import is_eligible
-from host_tools.server.harness import HttpClient, SimDevice
+from sim.serverkit import HttpClient, ReportingDevice
 
 
 def _hostile_bodies(secret: bytes, device_id: str, seq: int) -> list[tuple[bytes, dict[str, str]]]:
@@ -40,7 +40,7 @@ def test_kill_9_mid_burst_of_hostile_and_good_reports(root: Path) -> None:  # no
     wrong: list[tuple[str, int]] = []  # hostile requests answered other than 4xx
     srv = Served(root)
     for i, g in enumerate(groups):  # the operator registers the fleet (mpota deploy --server)
-        reg = SimDevice(srv.url, secret, f"{g}-{i:02d}", g)
+        reg = ReportingDevice(srv.url, secret, f"{g}-{i:02d}", g)
         assert reg.register(secret) == 200
         reg.close()
     plan = {"soak": 0, "stages": [{"name": "canary"}, {"name": "internal"}, {"name": "pilot"},
@@ -52,7 +52,7 @@ def test_kill_9_mid_burst_of_hostile_and_good_reports(root: Path) -> None:  # no
     lock = threading.Lock()
 
     def good(i: int, group: str) -> None:
-        d = SimDevice(srv.url, secret, f"{group}-{i:02d}", group)
+        d = ReportingDevice(srv.url, secret, f"{group}-{i:02d}", group)
         mine = acked.setdefault(d.device_id, set())
         try:
             while not stop.is_set():

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from host_tools.server.app import ServerConfig
-from host_tools.server.harness import HttpClient, ServerThread
+from sim.serverkit import HttpClient, ServerThread
 
 
 @pytest.fixture(scope="module")

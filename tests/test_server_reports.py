@@ -12,7 +12,7 @@ import pytest
 
 from host_tools.fleet import device_token
 from host_tools.server.app import ServerConfig
-from host_tools.server.harness import HttpClient, ServerThread, SimDevice, operator_call
+from sim.serverkit import HttpClient, ReportingDevice, ServerThread, operator_call
 
 SECRET = bytes(range(32))
 
@@ -37,7 +37,7 @@ def _events(srv: ServerThread) -> list[dict[str, Any]]:
 
 
 def test_single_and_batch_reports_update_the_inventory(srv: ServerThread) -> None:
-    d = SimDevice(srv.url, SECRET, "dev-1", "pilot")
+    d = ReportingDevice(srv.url, SECRET, "dev-1", "pilot")
     assert d.post(d.build("heartbeat", health="OK", free=61234)) == (200, {"accepted": 1})
     batch = [d.build("downloading", "r1", "1.1.0", progress=0), d.build("downloaded", "r1", "1.1.0"),
              d.build("installed", "r1", "1.1.0")]
@@ -54,7 +54,7 @@ def test_single_and_batch_reports_update_the_inventory(srv: ServerThread) -> Non
 
 
 def test_replays_get_409_and_change_nothing(srv: ServerThread) -> None:
-    d = SimDevice(srv.url, SECRET, "dev-2", "canary")
+    d = ReportingDevice(srv.url, SECRET, "dev-2", "canary")
     first = [d.build("heartbeat"), d.build("checking")]
     assert d.post({"reports": first})[0] == 200
     before = _events(srv)
@@ -79,8 +79,8 @@ def test_replays_get_409_and_change_nothing(srv: ServerThread) -> None:
 
 
 def test_forged_reports_are_refused(srv: ServerThread) -> None:
-    d = SimDevice(srv.url, SECRET, "dev-3", "general")
-    other = SimDevice(srv.url, SECRET, "dev-4", "general")
+    d = ReportingDevice(srv.url, SECRET, "dev-3", "general")
+    other = ReportingDevice(srv.url, SECRET, "dev-4", "general")
     before = _events(srv)
     assert d.post(d.build("confirmed"), token="0" * 64)[0] == 401
     assert d.post(d.build("confirmed"), token=device_token(b"another fleet secret!", "dev-3"))[0] == 401
@@ -138,7 +138,7 @@ def test_malformed_reports_get_400_and_change_nothing(srv: ServerThread) -> None
 
 
 def test_oversize_reports_get_413(srv: ServerThread) -> None:
-    d = SimDevice(srv.url, SECRET, "dev-6")
+    d = ReportingDevice(srv.url, SECRET, "dev-6")
     big = {"reports": [d.build("heartbeat", note="x" * 250, **{f"k{i}": "y" * 250 for i in range(15)})
                        for _ in range(20)]}
     assert len(json.dumps(big)) > 64 * 1024
@@ -180,7 +180,7 @@ def test_register_devices(srv: ServerThread) -> None:
     status, listing = _op(srv, "GET", "/v1/devices")
     assert status == 200 and [d["device_id"] for d in listing["devices"]] == ["dev-7", "dev-8"]
     # operator reset of the replay window (a board whose flash was erased starts at seq 1 again)
-    d = SimDevice(srv.url, SECRET, "dev-8", "pilot")
+    d = ReportingDevice(srv.url, SECRET, "dev-8", "pilot")
     assert d.report("heartbeat") == 200
     d.seq = 0
     assert d.report("heartbeat") == 409

@@ -410,13 +410,13 @@ def test_db_check_and_migrate_commands(db_url: str, capsys: pytest.CaptureFixtur
 
 def test_server_takes_reports_on_either_backend(db_url: str, tmp_path: Path) -> None:
     from host_tools.server.app import ServerConfig
-    from host_tools.server.harness import ServerThread, SimDevice
+    from sim.serverkit import ReportingDevice, ServerThread
 
     feed = tmp_path / "feed"
     feed.mkdir()
     secret = b"s" * 32
     with ServerThread(ServerConfig(feed_dir=feed, db_url=db_url, fleet_secret=secret)) as srv:
-        dev = SimDevice(srv.url, secret, "dev-1", version="1.0")
+        dev = ReportingDevice(srv.url, secret, "dev-1", version="1.0")
         assert dev.report("checking") == 200
         assert dev.post(_r("dev-1", 1, "checking"))[0] == 409
         assert dev.register(secret, "canary") == 200

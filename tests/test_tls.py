@@ -28,8 +28,8 @@ from host_tools.fleet import device_token
 from host_tools.server.app import ServeError, ServerConfig
 from host_tools.server.auth import operator_token
 from host_tools.server.client import ClientError, ServerClient
-from host_tools.server.harness import ServerThread
 from sim.feedkit import BOARD, Board, Feed, Keys, image, update_script
+from sim.serverkit import ServerThread
 
 SECRET = bytes(range(32))
 ROOT = Path(__file__).resolve().parent.parent

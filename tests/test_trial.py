@@ -534,8 +534,8 @@ def sim_result(res: Any) -> dict[str, Any]:
 class SimRig:
     def __init__(self, tmp_path: Path, collector: Collector, interp: str, flags: str = "",
                  rollback: bool = True, wdt_ms: int = 60000) -> None:
-        from host_tools.imagebuild import build_app_image
         from sim.board import SimBoard
+        from sim.images import build_sim_image
 
         self.interp = interp
         self.collector = collector
@@ -544,7 +544,7 @@ class SimRig:
                                      device="mpy" if interp == "micropython" else "link",
                                      config=sim_config(collector.url))
         self.main = SIM_MAIN.replace("WDT_MS", str(wdt_ms))
-        self.new_image = build_app_image("esp32", "1.1.0", "mpota-app", 3, sim_flags=flags)
+        self.new_image = build_sim_image("esp32", "1.1.0", "mpota-app", 3, flags=flags)
 
     def run(self, script: str, **kw: Any) -> Any:
         kw.setdefault("timeout", 30)

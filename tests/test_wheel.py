@@ -7,6 +7,7 @@ from the package index, and every command runs from an empty folder with no path
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -19,6 +20,19 @@ from pathlib import Path
 from host_tools.imagebuild import build_app_image
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def product_files() -> set[str]:
+    """What the wheel must hold, exactly: the host_tools package (no test rig: tests/test_layout.py
+    checks every module serves the `mpota` command) and its bundled data, whose device package is
+    what device/package.json lists (what a board runs)."""
+    files = {str(p.relative_to(REPO)) for p in (REPO / "host_tools").rglob("*")
+             if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"}
+    data = {"partitions.csv", "device/package.json", "device/manifest.py"}
+    data |= {str(p.relative_to(REPO)) for p in (REPO / "boards").glob("*") if p.suffix in (".json", ".csv")}
+    data |= {str(p.relative_to(REPO)) for p in (REPO / "device" / "examples").glob("*.py")}
+    data |= {f"device/{src}" for src, _ in json.loads((REPO / "device" / "package.json").read_text())["urls"]}
+    return files | {f"host_tools/_data/{d}" for d in data}
 
 
 def _run(argv: list[str], cwd: Path, env: dict[str, str], timeout: float = 300) -> str:
@@ -39,11 +53,10 @@ def test_wheel_installs_and_runs_outside_the_repo(tmp_path: Path) -> None:
     assert any(n.endswith("/boards/esp32-generic-4mb.json") for n in names)
     assert any(n.endswith("/device/mpota/updater.py") for n in names)
     with zipfile.ZipFile(wheel) as zf:
-        inside = set(zf.namelist())
-    assert "host_tools/_data/boards/esp32-generic-4mb.json" in inside
-    assert "host_tools/_data/partitions.csv" in inside
-    assert "host_tools/_data/device/mpota/__init__.py" in inside
-    assert "host_tools/_data/device/examples/main.py" in inside
+        inside = {n for n in zf.namelist() if ".dist-info/" not in n}
+    assert inside == product_files(), (
+        f"the wheel differs from the product: extra {sorted(inside - product_files())}, "
+        f"missing {sorted(product_files() - inside)}")
 
     venv = tmp_path / "venv"
     _run([sys.executable, "-m", "venv", str(venv)], tmp_path, env)

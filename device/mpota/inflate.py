@@ -1,19 +1,14 @@
 # Streaming zlib decompression of the transfer: `reader(src, window_bits)` returns an
-# object with readinto(buf) -> n (0 at the end). On MicroPython that is deflate.DeflateIO
-# itself (a window of 2**window_bits bytes); CPython (tests, simulator) has no `deflate`, so
-# zlib stands in (mpota.zlibio, a module of its own so MicroPython never loads its code).
+# object with readinto(buf) -> n (0 at the end): deflate.DeflateIO itself (a window of
+# 2**window_bits bytes).
 # A corrupt stream raises OSError (as DeflateIO does: EINVAL); the updater
 # reports it as HashMismatch. Errors of `src` (DownloadError) pass through unchanged.
 import io
 
+import deflate
 from micropython import const
 
 _CHUNK = const(256)
-
-try:
-    import deflate
-except ImportError:  # CPython
-    deflate = None  # type: ignore[assignment]
 
 
 # DeflateIO pulls its input one byte at a time: serve those bytes from a small buffer so
@@ -39,8 +34,4 @@ class _Bytes(io.IOBase):
 
 
 def reader(src, wbits):
-    if deflate is not None:
-        return deflate.DeflateIO(_Bytes(src), deflate.ZLIB, wbits)
-    from mpota.zlibio import Zlib  # CPython only: not in the board's RAM
-
-    return Zlib(src, wbits)
+    return deflate.DeflateIO(_Bytes(src), deflate.ZLIB, wbits)

@@ -343,7 +343,7 @@ class NVS:
 
 # ---- simulator extras (not on a real board) ----
 # The running firmware: {"slot", "version", "project_name", "secure_version", "flags"}, where
-# flags come from the image's "MPOTA-SIM:k=v,...;" marker (host_tools.imagebuild sim_flags).
+# flags come from the image's "MPOTA-SIM:k=v,...;" marker (sim/images.py).
 def sim_firmware():
     return _run().firmware
 

@@ -1,8 +1,11 @@
-"""Run the server in a background thread (tests, the demo) and talk to it like a device would.
+"""The rollout server in a background thread (tests, examples, the demo), and clients that talk to
+it as devices and operators do.
 
 ``ServerThread(config, publisher)`` starts the aiohttp app on 127.0.0.1 with a port chosen by the
 OS; ``.url`` is its base URL; ``.stop()`` (or leaving the ``with`` block) shuts it down cleanly.
-``SimDevice`` posts reports over real HTTP (http.client, keep-alive) with the device token.
+``ReportingDevice`` is a device reduced to its reports: it posts them over real HTTP
+(http.client, keep-alive) with the device token, and runs no device code (for that, sim.board).
+``publish_test_release`` puts a signed release of a built image into a feed.
 """
 
 from __future__ import annotations
@@ -113,8 +116,8 @@ def operator_call(url: str, secret: bytes, method: str, path: str, body: Any = N
     return status, json.loads(data)
 
 
-class SimDevice:
-    """A device as the server sees it: id, group, token, a growing report seq."""
+class ReportingDevice:
+    """A device as the server sees it, reduced to its reports: id, group, token, a growing seq."""
 
     def __init__(self, base_url: str, secret: bytes, device_id: str, group: str | None = None,
                  board: str = "esp32-generic-4mb", version: str = "1.0.0", slot: str = "ota_0") -> None:
@@ -194,15 +197,15 @@ def publish_test_release(feed_dir: str | Path, work_dir: str | Path, key_path: s
     """
     from host_tools import feed, release
     from host_tools.boards import load_board
-    from host_tools.imagebuild import build_app_image
     from host_tools.keys import load_private_key
+    from sim.images import build_sim_image
 
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
     chip = load_board(board).chip
     image = work / f"app-{version}.bin"
-    image.write_bytes(build_app_image(chip, "" if stock else version, "" if stock else "mpota-test",
-                                      security_version, code_size=0x4000, sim_flags=sim_flags, build=version))
+    image.write_bytes(build_sim_image(chip, "" if stock else version, "" if stock else "mpota-test",
+                                      security_version, code_size=0x4000, flags=sim_flags, build=version))
     key = load_private_key(key_path)
     info = release.sign_release(image, key, board, version, out_dir=work / f"release-{version}",
                                 security_version=security_version, any_role=True)
