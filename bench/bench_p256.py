@@ -7,7 +7,7 @@ count; each signature's time is the best of 20 runs, and the figure is their mea
 The device side runs the module compiled by mpy-cross, as deployed, and each call parses the
 65-byte key and hashes the message, as the updater's call does. The `ecdsa` side is timed two
 ways, key parsed per call (`VerifyingKey.from_string` + `verify`) and key object reused; the
-ratio is taken against the faster of the two. Target (issue 4): <= 3.5x.
+ratio is taken against the faster of the two. Target: <= 3.5x.
 """
 
 from __future__ import annotations

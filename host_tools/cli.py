@@ -40,14 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"mpota {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"host_tools.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"host_tools.commands.{name}":
-                raise
-            continue  # not built yet
-        module.register(sub)
+    for name in COMMAND_MODULES:  # a missing command module is a broken install: let it raise
+        importlib.import_module(f"host_tools.commands.{name}").register(sub)
     return parser
 
 

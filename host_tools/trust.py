@@ -20,6 +20,7 @@ from datetime import datetime
 from host_tools.channel import ChannelDoc
 from host_tools.dsse import CHANNEL_PAYLOAD_TYPE, RELEASE_PAYLOAD_TYPE, parse_envelope, verify_envelope
 from host_tools.errors import MpotaError
+from host_tools.fleet import DEFAULT_GROUP
 from host_tools.keys import PublicKey
 from host_tools.manifest import MAX_CHANNEL_BYTES, MAX_MANIFEST_BYTES, FirmwareManifest, format_time
 from host_tools.server.bucket import bucket
@@ -74,7 +75,7 @@ class DeviceView:
     board: str
     channel: str
     device_id: str
-    group: str = "general"
+    group: str = DEFAULT_GROUP
     rollout_keys: Sequence[PublicKey] = field(default_factory=list)
     release_keys: Sequence[PublicKey] = field(default_factory=list)
     seen_seq: int = 0

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 from host_tools.fleet import device_token
 from host_tools.server.app import MpotaServer, ServerConfig, start_site
 from host_tools.server.auth import operator_token
+from host_tools.server.client import ServerClient
 from host_tools.server.orchestrator import ChannelPublisher
 
 
@@ -106,14 +107,8 @@ class HttpClient:
 
 
 def operator_call(url: str, secret: bytes, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-    """One operator API call on a connection of its own: (status, the decoded JSON answer)."""
-    c = HttpClient(url)
-    try:
-        status, _, data = c.request(method, path, None if body is None else json.dumps(body).encode(),
-                                    {"Authorization": f"Bearer {operator_token(secret)}"})
-    finally:
-        c.close()
-    return status, json.loads(data)
+    """One operator API call, as `mpota rollout` makes it: (status, the decoded JSON answer)."""
+    return ServerClient(url, operator_token(secret)).send(method, path, body)
 
 
 class ReportingDevice:
@@ -121,6 +116,7 @@ class ReportingDevice:
 
     def __init__(self, base_url: str, secret: bytes, device_id: str, group: str | None = None,
                  board: str = "esp32-generic-4mb", version: str = "1.0.0", slot: str = "ota_0") -> None:
+        self.base_url = base_url
         self.client = HttpClient(base_url)
         self.device_id = device_id
         self.group = group
@@ -151,12 +147,9 @@ class ReportingDevice:
 
     def register(self, secret: bytes, group: str | None = None, channel: str | None = None) -> int:
         """Register the device with the operator token (its group is then the operator's)."""
-        from host_tools.server.auth import operator_token
-
         body = {"device_id": self.device_id, "board": self.board, "group": group or self.group,
                 "channel": channel}
-        headers = {"Content-Type": "application/json", "Authorization": f"Bearer {operator_token(secret)}"}
-        return self.client.request("POST", "/v1/devices", json.dumps(body).encode(), headers)[0]
+        return operator_call(self.base_url, secret, "POST", "/v1/devices", body)[0]
 
     def report(self, event: str, rollout: str | None = None, target: str | None = None,
                **detail: Any) -> int:

@@ -1,4 +1,5 @@
-"""Shared test fixtures: repository paths, the interpreter parametrization, simulated boards.
+"""Shared test fixtures: the interpreter parametrization, simulated boards, a serial port, databases.
+Helpers that are not fixtures: tests/helpers.py (run_cli, free_port), tests/collector.py.
 
 - ``interp``: parametrized over "cpython" and "micropython" (the unix port); a test taking it
   runs once per interpreter. Pass it to ``SimBoard.run(script, interp)``.
@@ -10,7 +11,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,13 +18,6 @@ from typing import Any
 import pytest
 
 from sim.board import SimBoard
-
-REPO = Path(__file__).resolve().parent.parent
-DEVICE = REPO / "device"
-VENV_BIN = Path(sys.executable).parent
-MICROPYTHON = VENV_BIN / "micropython"
-ESPTOOL = VENV_BIN / "esptool"
-INTERPRETERS = ("cpython", "micropython")
 
 
 @pytest.fixture(params=[

@@ -11,7 +11,6 @@ import random
 import subprocess
 from pathlib import Path
 
-import pytest
 from detools.common import pack_size
 
 from host_tools.delta import apply_detools, detools_patch
@@ -126,7 +125,6 @@ def run_device(interp: str, tmp_path: Path) -> dict[str, str]:
     return json.loads(line[7:])  # type: ignore[no-any-return]
 
 
-@pytest.mark.parametrize("interp", ["cpython", pytest.param("micropython", marks=pytest.mark.mpy)])
 def test_applier(interp: str, tmp_path: Path) -> None:
     got = run_device(interp, tmp_path)
     for name, (*_, want) in CASES.items():

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from helpers import free_port
 
 from host_tools.boards import load_board
 from host_tools.deploy import (
@@ -480,14 +481,6 @@ def test_cli_errors_are_one_line(fleet: Fleet) -> None:
 # ------------------------------------------------------------------------------------------------
 # registration with the real rollout server
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_registers_with_the_server(port: str, fleet: Fleet, tmp_path: Path) -> None:
     from host_tools.server.app import ServerConfig
     from host_tools.server.auth import operator_token
@@ -510,7 +503,7 @@ def test_registers_with_the_server(port: str, fleet: Fleet, tmp_path: Path) -> N
         assert dev["board"] == "esp32-generic-4mb"
         assert dev.get("group", dev.get("grp")) == "internal"
         # A server that is not there: one line, saying the board itself is deployed.
-        dead = f"http://127.0.0.1:{_free_port()}"
+        dead = f"http://127.0.0.1:{free_port()}"
         with pytest.raises(DeployError, match=r"^deployed, but cannot reach the server at "
                                               rf"{dead}/v1/devices to register esp32-0a0b0c0d0e0f"):
             deploy(_request(fleet, port, server=dead), RecordingTransport(fake), echo=lambda s: None)
@@ -632,7 +625,6 @@ def test_deploy_records_the_factory_version_of_a_stock_build(port: str, fleet: F
              match="--firmware-version")
 
 
-@pytest.mark.parametrize("interp", ["cpython", "micropython"])
 def test_probe_reads_the_running_image_on_the_simulated_board(tmp_path: Path, interp: str) -> None:
     from host_tools.deploy import board_info_from, parse_tagged
     from host_tools.imagebuild import app_elf_sha256, build_app_image

@@ -158,7 +158,6 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[tuple[str
     return path, cs
 
 
-@pytest.mark.parametrize("interp", ["cpython", "micropython"])
 def test_dsse_table(interp: str, data: tuple[Path, list[Any]], tmp_path: Path) -> None:
     path, cs = data
     script = tmp_path / "dsse.py"

@@ -10,13 +10,13 @@ import shutil
 import socket
 import stat
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import free_port, run_cli
 
 from sim.feedkit import Board, Keys, image, update_script
 
@@ -26,8 +26,7 @@ BOARD = "esp32-generic-4mb"
 
 def mpota(*args: str, cwd: Path) -> None:
     """The CLI as a careful operator runs it: umask 077 (files private unless the tool says so)."""
-    r = subprocess.run([sys.executable, "-m", "host_tools.cli", *args], capture_output=True, text=True,
-                       cwd=cwd, timeout=120, preexec_fn=lambda: os.umask(0o077))
+    r = run_cli(*args, cwd=cwd, timeout=120, preexec_fn=lambda: os.umask(0o077))
     assert r.returncode == 0, r.stderr
 
 
@@ -77,11 +76,6 @@ def test_published_files_are_world_readable_and_secrets_are_not(www: Path, tmp_p
     assert stat.S_IMODE((work / "rel.pem.pub").stat().st_mode) == 0o644
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("runuser"),
                     reason="serving as another user needs root (runuser)")
@@ -93,7 +87,7 @@ def test_a_web_server_running_as_nobody_serves_the_feed_to_a_board(www: Path, tm
           "--out", "rel", cwd=tmp_path)
     mpota("feed", "publish", "rel", "--feed", str(feed), "--channel", "stable", "--key",
           str(keys.paths["rollout"]), cwd=tmp_path)
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(["runuser", "-u", "nobody", "--", "/usr/bin/python3", "-m", "http.server",
                                "--bind", "127.0.0.1", "--directory", str(feed), str(port)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

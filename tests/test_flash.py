@@ -7,12 +7,10 @@ import fcntl
 import json
 import os
 import shutil
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import free_port, run_cli
 
 from host_tools.boards import Board, load_board
 from host_tools.errors import MpotaError
@@ -190,18 +188,11 @@ def test_esptool_failure_is_one_line(images: dict[str, Path], port: str) -> None
     assert len(t.calls) == 1  # stopped after the failed erase
 
 
-def _closed_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    n = s.getsockname()[1]
-    s.close()
-    return int(n)
-
 
 def test_real_esptool_accepts_our_commands(images: dict[str, Path], tmp_path: Path) -> None:
     # Plan against a socket:// port nobody listens on: esptool parses every argument (a bad one
     # prints "Usage:"), then fails to connect.
-    url = f"socket://127.0.0.1:{_closed_port()}"
+    url = f"socket://127.0.0.1:{free_port()}"
     plans = [flash(B4, url, images["app"], transport=RecordingTransport(), dry_run=True, baud=115200,
                    workdir=tmp_path, echo=lambda s: None),
              flash(B4, url, images["combined"], transport=RecordingTransport(), dry_run=True, erase=True,
@@ -214,10 +205,6 @@ def test_real_esptool_accepts_our_commands(images: dict[str, Path], tmp_path: Pa
             assert "Usage:" not in out and "No such command" not in out, out
             assert "Could not open socket://127.0.0.1" in out, out
 
-
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "host_tools.cli", *args], capture_output=True, text=True,
-                          cwd=REPO, timeout=60)
 
 
 def test_cli_dry_run_and_errors(images: dict[str, Path], tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from helpers import run_cli
 
 from host_tools.feed import FeedError, read_channel, refresh_channels, write_channel
 from host_tools.manifest import format_time, parse_time
@@ -38,10 +39,6 @@ def _feed(tmp: Path, keys: Keys) -> Feed:
     feed.add_release("1.1.0", image("1.1.0", size=64 * 1024))
     return feed
 
-
-def _mpota(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "host_tools.cli", *args], capture_output=True, text=True,
-                          timeout=60)
 
 
 def test_served_feed_stays_fresh_while_a_frozen_copy_expires(tmp_path: Path, keys: Keys) -> None:
@@ -115,7 +112,7 @@ def test_cli_publish_expires_by_default_and_refresh(tmp_path: Path, keys: Keys) 
     feed = _feed(tmp_path, keys)
     rel = feed.release_dir("1.1.0")
     dest = tmp_path / "out"
-    r = _mpota("feed", "publish", str(rel), "--feed", str(dest), "--channel", "stable",
+    r = run_cli("feed", "publish", str(rel), "--feed", str(dest), "--channel", "stable",
                "--key", str(keys.paths["rollout"]))
     assert r.returncode == 0, r.stderr
     doc = read_channel(dest, BOARD, "stable")
@@ -124,26 +121,26 @@ def test_cli_publish_expires_by_default_and_refresh(tmp_path: Path, keys: Keys) 
     assert timedelta(days=6, hours=23) < left <= timedelta(days=7)
     assert "expires " + doc.expires in r.stdout
     # nothing due: refresh leaves it alone
-    r = _mpota("feed", "refresh", "--feed", str(dest), "--key", str(keys.paths["rollout"]))
+    r = run_cli("feed", "refresh", "--feed", str(dest), "--key", str(keys.paths["rollout"]))
     assert r.returncode == 0 and "fresh" in r.stdout, r.stderr
     assert read_channel(dest, BOARD, "stable") == doc
     # a validity of 30 days: under half left, so it is re-signed with seq + 1
     refresh = ("feed", "refresh", "--feed", str(dest), "--key", str(keys.paths["rollout"]))
-    r = _mpota(*refresh, "--expires", "30d")
+    r = run_cli(*refresh, "--expires", "30d")
     assert r.returncode == 0, r.stderr
     again = read_channel(dest, BOARD, "stable", [keys.keys["rollout"].public])
     assert again is not None and again.seq == doc.seq + 1 and again.expires != doc.expires
     assert again.release == doc.release and again.rollout == doc.rollout
-    bad = _mpota(*refresh, "--expires", "soon")
+    bad = run_cli(*refresh, "--expires", "soon")
     assert bad.returncode != 0 and "duration" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
-    wrong_role = _mpota("feed", "refresh", "--feed", str(dest), "--key", str(keys.paths["release"]))
+    wrong_role = run_cli("feed", "refresh", "--feed", str(dest), "--key", str(keys.paths["release"]))
     assert wrong_role.returncode != 0 and "rollout" in wrong_role.stderr
 
 
 def test_feed_verify_warns_about_a_channel_without_expiry(tmp_path: Path, keys: Keys) -> None:
     feed = _feed(tmp_path, keys)
     feed.set_channel("1.1.0", expires=None)
-    r = _mpota("feed", "verify", str(feed.root), "--release-pubkey", keys.public_hex("release"),
+    r = run_cli("feed", "verify", str(feed.root), "--release-pubkey", keys.public_hex("release"),
                "--rollout-pubkey", keys.public_hex("rollout"))
     assert r.returncode == 0, r.stdout + r.stderr
     assert "no expiry" in r.stdout

@@ -1,4 +1,4 @@
-"""Real MicroPython firmware and long-lived boards (issue 12): the device keeps updating
+"""Real MicroPython firmware and long-lived boards: the device keeps updating
 whatever its history. Each case was seen on a board model stricter than the simulated fleet
 of the time; each runs on the simulated board under CPython and the MicroPython unix port,
 with stock-style images (empty app_desc version and project name, as MicroPython's own ESP32
@@ -31,8 +31,6 @@ from sim.feedkit import (
     serve,
     update_script,
 )
-
-INTERPRETERS = ["cpython", "micropython"]
 
 # mpota.boot() on the board; the result as one JSON line.
 BOOT = r'''
@@ -117,12 +115,12 @@ class Rig:
         assert 409 not in self.collector.posts, self.collector.posts
 
 
-@pytest.fixture(params=INTERPRETERS)
-def rig(request: pytest.FixtureRequest, keys: Keys, server: FeedServer, collector: Collector,
+@pytest.fixture
+def rig(interp: str, keys: Keys, server: FeedServer, collector: Collector,
         tmp_path: Path) -> Rig:
     feed = Feed(tmp_path / "feed", keys)
     server.reset(feed.root)
-    return Rig(feed, server, collector, keys, tmp_path, request.param, image("1.0.0"))
+    return Rig(feed, server, collector, keys, tmp_path, interp, image("1.0.0"))
 
 
 def image_requests(rig: Rig) -> list[Any]:

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import run_cli
 
 from host_tools.partitions import (
     PartitionError,
@@ -23,7 +22,6 @@ from host_tools.partitions import (
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
-MPOTA = [sys.executable, "-m", "host_tools.cli"]
 
 
 # The documented ESP-IDF format, spelled out independently of host_tools.partitions:
@@ -222,9 +220,6 @@ def test_load_table_sniffs_binary_and_csv(tmp_path: Path) -> None:
     with pytest.raises(PartitionError, match="neither a partition CSV nor a binary table"):
         load_table(tmp_path / "junk")
 
-
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*MPOTA, *args], capture_output=True, text=True, cwd=REPO, timeout=60)
 
 
 def test_cli_build_and_show(tmp_path: Path) -> None:

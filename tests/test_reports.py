@@ -14,8 +14,6 @@ from collector import Collector
 
 from sim.deviceproc import import_path_env, interpreter_cmd
 
-INTERPRETERS = ["cpython", "micropython"]
-
 PRELUDE = """
 import json
 from mpota.state import State
@@ -54,7 +52,6 @@ def collector():
         yield c
 
 
-@pytest.mark.parametrize("interp", INTERPRETERS)
 def test_events_reach_collector_with_contract_fields(interp, tmp_path, collector):
     out = run_device(interp, tmp_path, collector.url, """
         st = state()
@@ -87,7 +84,6 @@ def test_events_reach_collector_with_contract_fields(interp, tmp_path, collector
         assert isinstance(hb["detail"]["free"], int) and hb["detail"]["free"] > 0
 
 
-@pytest.mark.parametrize("interp", INTERPRETERS)
 def test_offline_queue_survives_restart_and_flushes_oldest_first(interp, tmp_path, collector):
     collector.mode = "503"
     out = run_device(interp, tmp_path, collector.url, """
@@ -116,7 +112,6 @@ def test_offline_queue_survives_restart_and_flushes_oldest_first(interp, tmp_pat
     assert [r["seq"] for r in collector.reports] == [1, 2, 3, 4, 5, 6]
 
 
-@pytest.mark.parametrize("interp", INTERPRETERS)
 def test_full_queue_drops_heartbeats_before_decisions(interp, tmp_path, collector):
     collector.mode = "drop"
     out = run_device(interp, tmp_path, collector.url, """
@@ -151,7 +146,6 @@ def test_full_queue_drops_heartbeats_before_decisions(interp, tmp_path, collecto
     assert last_json(out) == {"hb": None, "pending": 32, "h": 0}
 
 
-@pytest.mark.parametrize("interp", INTERPRETERS)
 def test_torn_tail_is_dropped_and_seq_not_reused(interp, tmp_path, collector):
     fs = tmp_path / "fs"
     fs.mkdir()
@@ -169,7 +163,6 @@ def test_torn_tail_is_dropped_and_seq_not_reused(interp, tmp_path, collector):
     assert [(r["seq"], r["event"]) for r in collector.reports] == [(7, "installed"), (8, "confirmed")]
 
 
-@pytest.mark.parametrize("interp", INTERPRETERS)
 def test_reserved_seq_is_idempotent_and_409_counts_as_delivered(interp, tmp_path, collector):
     out = run_device(interp, tmp_path, collector.url, """
         st = state()
@@ -186,7 +179,6 @@ def test_reserved_seq_is_idempotent_and_409_counts_as_delivered(interp, tmp_path
     assert collector.posts.count(409) == 1
 
 
-@pytest.mark.parametrize("interp", INTERPRETERS)
 def test_wrong_token_is_dropped_not_retried_forever(interp, tmp_path, collector):
     collector.tokens = {"dev-1": "other"}
     out = run_device(interp, tmp_path, collector.url, """
@@ -199,7 +191,6 @@ def test_wrong_token_is_dropped_not_retried_forever(interp, tmp_path, collector)
     assert collector.reports == []
 
 
-@pytest.mark.parametrize("interp", INTERPRETERS)
 def test_offline_event_does_not_block(interp, tmp_path):
     # nothing listens on this port: each event() costs one refused connect, then backs off
     with Collector() as c:
@@ -219,7 +210,6 @@ def test_offline_event_does_not_block(interp, tmp_path):
     assert out.count("flush failed") == 1  # backed off after the first failure
 
 
-@pytest.mark.parametrize("interp", INTERPRETERS)
 def test_two_reporters_in_one_process_never_share_a_seq(interp, tmp_path, collector):
     # the trial, the updater and the app each hold a Reporter with their own State object
     out = run_device(interp, tmp_path, collector.url, """
@@ -235,7 +225,6 @@ def test_two_reporters_in_one_process_never_share_a_seq(interp, tmp_path, collec
     assert sorted(r["seq"] for r in collector.reports) == [1, 2, 3, 4]
 
 
-@pytest.mark.parametrize("interp", INTERPRETERS)
 def test_reports_reach_the_real_rollout_server(interp, tmp_path):
     from host_tools.fleet import device_token
     from host_tools.server.app import ServerConfig
@@ -272,7 +261,6 @@ def test_reports_reach_the_real_rollout_server(interp, tmp_path):
     assert failed["rollout"] == "r-1" and failed["target"] == "1.1.0" and failed["group"] == "pilot"
 
 
-@pytest.mark.parametrize("interp", INTERPRETERS)
 def test_damaged_state_file_and_queue_cost_only_what_they_held(interp, tmp_path, collector):
     root = tmp_path / "fs"
     root.mkdir()

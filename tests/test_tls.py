@@ -141,7 +141,6 @@ def _update(tmp: Path, cfg: dict[str, Any], interp: str) -> tuple[dict[str, Any]
     return out.result(), out.stdout
 
 
-@pytest.mark.parametrize("interp", ["micropython", "cpython"])
 def test_a_board_updates_over_https_with_a_verified_certificate(setup: Setup, interp: str,
                                                                 tmp_path: Path) -> None:
     srv = setup.servers["good"]

@@ -470,8 +470,6 @@ def test_power_cut_at_every_step_ends_consistent(rig, path, tmp_path, monkeypatc
 
 
 # ---------------------------------------------------------------- simulated board (part 2)
-INTERPRETERS = ["micropython", "cpython"]
-
 # main.py of the simulated firmware: mpota.boot() with an application check whose bug is
 # frozen into the image (sim flags), then print what boot() decided.
 SIM_MAIN = """
@@ -566,11 +564,6 @@ class SimRig:
         blob = self.board.nvs().get("mpota", {}).get("state")
         assert isinstance(blob, bytes)
         return dict(json.loads(blob))
-
-
-@pytest.fixture(params=INTERPRETERS)
-def interp(request):
-    return request.param
 
 
 def test_sim_healthy_update_confirms_and_stays(tmp_path, collector, interp):

@@ -72,7 +72,6 @@ def test_host_rules(case: dict[str, Any]) -> None:
     assert host_verdict(case) == case["expect"], case["made"]
 
 
-@pytest.mark.parametrize("interp", ["cpython", pytest.param("micropython", marks=pytest.mark.mpy)])
 def test_device_core(interp: str) -> None:
     args = [str(HERE / "device_runner.py"), str(CORPUS)]
     p = subprocess.run(interpreter_cmd(interp, "8M") + args, capture_output=True, text=True, timeout=240,

@@ -29,7 +29,6 @@ from sim.feedkit import (
     update_script,
 )
 
-INTERPRETERS = ["cpython", "micropython"]
 RUNNING = "1.0.0"
 NEW = "1.1.0"
 
@@ -110,11 +109,11 @@ class Env:
     raw_image: bytes = b""
 
 
-@pytest.fixture(params=INTERPRETERS)
-def env(request: pytest.FixtureRequest, keys: Keys, server: FeedServer, tmp_path: Path) -> Env:
+@pytest.fixture
+def env(interp: str, keys: Keys, server: FeedServer, tmp_path: Path) -> Env:
     feed = Feed(tmp_path / "feed", keys)
     server.reset(feed.root)
-    return Env(feed, server, keys, tmp_path, request.param, image(RUNNING))
+    return Env(feed, server, keys, tmp_path, interp, image(RUNNING))
 
 
 def publish(env: Env, version: str = NEW, compress: bool = False, size: int = 128 * 1024, **kw: Any) -> bytes:
@@ -797,7 +796,6 @@ print("RESULT " + json.dumps({"outcome": "ok" if r else "none"}))
 # The simulated flash's opt-in timing model (sim/fakes/simflash.py, board.json
 # "flash_timing", used by bench/bench_update.py): a 4 KiB block write = one sector erase + 16
 # page programs, a read at read_mbps. Off by default.
-@pytest.mark.parametrize("interp", INTERPRETERS)
 def test_flash_timing_model(keys: Keys, server: FeedServer, tmp_path: Path, interp: str) -> None:
     script = r'''
 import esp32, json, time

@@ -9,7 +9,18 @@ MANIFEST_MAX = const(16384)
 CONFIG_MAX = const(8192)
 
 _ROLES = ("release", "rollout")
-_GROUPS = ("canary", "internal", "pilot", "general")
+_GROUP_MAX = const(32)
+
+
+# A device group's name: the host's fleet.GROUP_NAME rule ([A-Za-z0-9][A-Za-z0-9._-]{0,31}),
+# written out for MicroPython's re, which has no counted repeats.
+def group_ok(name):
+    if not 0 < len(name) <= _GROUP_MAX:
+        return False
+    for i, c in enumerate(name):
+        if not ("a" <= c <= "z" or "A" <= c <= "Z" or "0" <= c <= "9" or (i and c in "._-")):
+            return False
+    return True
 
 
 def _fail(msg):
@@ -34,6 +45,15 @@ def _int(d, name, default, lo, hi):
     if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
         _fail("%s must be an integer in %d..%d" % (name, lo, hi))
     return v
+
+
+def _hex(v):
+    if not isinstance(v, str) or not 16 <= len(v) <= 64:
+        return False
+    for c in v.lower():
+        if not ("0" <= c <= "9" or "a" <= c <= "f"):
+            return False
+    return True
 
 
 # -> [(keyid hex, 65-byte point), ...]
@@ -69,8 +89,8 @@ class Config:
         self.board = _str(data, "board")
         self.channel = _str(data, "channel", "stable")
         self.group = _str(data, "group", "general")
-        if self.group not in _GROUPS:
-            _fail("group must be one of " + "|".join(_GROUPS))
+        if not group_ok(self.group):
+            _fail("group must be 1-32 letters, digits, '.', '_' or '-' (not first)")
         self.feed_url = _str(data, "feed_url")
         if not (self.feed_url.startswith("http://") or self.feed_url.startswith("https://")):
             _fail("feed_url must be an http(s) URL")
@@ -107,9 +127,26 @@ class Config:
         self.ntp = data.get("ntp", True)
         if not isinstance(self.ntp, bool):
             _fail("ntp must be true or false")
-        # Fallback running version when the running image carries no app_desc.
+        # The factory firmware's version, for a build whose app_desc carries none (mpota.firmware),
+        # with the app_elf_sha256 (hex) of that build.
         v = data.get("version")
-        self.version = v if isinstance(v, str) else None
+        if v is not None and not isinstance(v, str):
+            _fail("version must be a string")
+        self.version = v
+        elf = data.get("version_elf")
+        if elf is not None and not _hex(elf):
+            _fail("version_elf must be the build's app_elf_sha256 in hex")
+        # The chip, when the running slot's app_desc cannot be read (mpota.updater).
+        if "chip" in data:
+            from mpota.imagehdr import CHIPS
+
+            if data["chip"] not in CHIPS.values():
+                _fail("chip must be an ESP32 chip name such as esp32 or esp32s3")
+        # The built-in broker check (mpota.health): host and port of the MQTT broker.
+        if "mqtt_host" in data:
+            _str(data, "mqtt_host")
+        if "mqtt_port" in data:
+            _int(data, "mqtt_port", 1883, 1, 65535)
         import mpota.http as http
 
         http.trust(data)

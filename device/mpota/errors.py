@@ -82,7 +82,7 @@ class FlashError(OTAError):
     code = "flash"
 
 
-# Added by the updater (issue 4). Codes are the `detail.reason` of `failed` reports.
+# Codes are the `detail.reason` of `failed` reports.
 
 
 class ConfigError(OTAError):

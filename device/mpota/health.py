@@ -1,4 +1,4 @@
-# Health: the built-in checks a trial boot runs, and HealthReporter (the seed's API) for
+# Health: the built-in checks a trial boot runs, and HealthReporter (its public API) for
 # applications that watch their own health after boot.
 #
 # A built-in check is fn(session, timeout_ms) -> True (healthy), False (unhealthy) or

@@ -14,6 +14,7 @@ from micropython import const
 _NS = "mpota"
 _KEY = "state"
 _RSEQ = "rseq"     # NVS i32 next to the blob: report seq high-water mark (survives a bad blob)
+_FILE = "/mpota_state.json"  # the state beside the config, on a port without NVS
 _MAX = const(2048)  # NVS blob buffer; the state stays far below this
 _MAX_FAILED = const(8)
 _RSEQ_BLOCK = const(16)  # report seqs reserved per high-water save (one NVS commit per 16 reports)
@@ -94,7 +95,7 @@ def open_store(root):
         pass
     from mpota.filestore import FileStore
 
-    return FileStore(root + "/mpota_state.json")
+    return FileStore(root + _FILE)
 
 
 _shared = {}  # type: dict  # store key -> State

@@ -6,7 +6,9 @@ import argparse
 from typing import Any
 
 from host_tools.boards import load_board
-from host_tools.deploy import GROUPS, DeployRequest, deploy, parse_keys_option
+from host_tools.deploy import DeployRequest, deploy, parse_keys_option
+from host_tools.fleet import DEFAULT_GROUP
+from host_tools.server.plans import DEFAULT_GROUPS
 from host_tools.transport import ProcessTransport
 
 
@@ -21,9 +23,9 @@ def register(sub: Any) -> None:
     p.add_argument("--board", "-b", required=True, help="board name (see boards/) or board JSON path")
     p.add_argument("--feed-url", required=True, help="feed root URL the device polls (http(s)://.../)")
     p.add_argument("--channel", default="stable", help="update channel (default: stable)")
-    p.add_argument("--group", default="general", metavar="GROUP",
-                   help=f"rollout group: any name a plan can use (the default plan: {', '.join(GROUPS)}; "
-                        "default: general)")
+    p.add_argument("--group", default=DEFAULT_GROUP, metavar="GROUP",
+                   help=f"rollout group: any name a plan can use (the default plan: "
+                        f"{', '.join(DEFAULT_GROUPS)}; default: {DEFAULT_GROUP})")
     p.add_argument("--device-id", default="auto",
                    help="device id, or 'auto' (default): <chip>-<machine.unique_id() hex> from the board")
     p.add_argument("--report-url", help="where the device POSTs reports (default with --server: "

@@ -44,24 +44,33 @@ class ServerClient:
         self.context = ssl.create_default_context(cafile=ca) if ca and self.base.startswith("https") else None
 
     def call(self, method: str, path: str, body: Any = None) -> Any:
+        """The decoded JSON answer; an answer of 400 or above is a ClientError with the server's words."""
+        status, answer = self.send(method, path, body)
+        if status >= 400:
+            message = answer.get("error") if isinstance(answer, dict) else None
+            raise ClientError(f"server said {status}: {message or answer}")
+        return answer
+
+    def send(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        """One request: (HTTP status, decoded JSON answer) whatever the status; an error answer that
+        is not JSON comes back as {"error": its first 200 characters}."""
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(self.base + path, data=data, method=method, headers={
             "Authorization": f"Bearer {self.token}", "Content-Type": "application/json",
             "Accept": "application/json"})
         try:
             with urllib.request.urlopen(req, timeout=self.timeout, context=self.context) as resp:
-                payload = resp.read()
+                status, payload = int(resp.status), resp.read()
         except urllib.error.HTTPError as exc:
-            raw = exc.read()
+            status, payload = exc.code, exc.read()
             try:
-                message = json.loads(raw)["error"]
-            except (ValueError, KeyError, TypeError):
-                message = raw.decode("utf-8", "replace").strip()[:200] or exc.reason
-            raise ClientError(f"server said {exc.code}: {message}") from None
+                return status, json.loads(payload)
+            except ValueError:
+                return status, {"error": payload.decode("utf-8", "replace").strip()[:200] or exc.reason}
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise ClientError(f"cannot reach the server at {self.base}: {reason}") from None
         try:
-            return json.loads(payload)
+            return status, json.loads(payload)
         except ValueError:
             raise ClientError(f"the server at {self.base} did not answer JSON") from None

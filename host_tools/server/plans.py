@@ -40,12 +40,13 @@ from pathlib import Path
 from typing import Any
 
 from host_tools.errors import MpotaError
+from host_tools.fleet import DEFAULT_GROUP, GROUP_NAME
 
-DEFAULT_STAGES = ("canary", "internal", "pilot", "general")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 _HHMM = re.compile(r"([01]\d|2[0-3]):[0-5]\d")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}\Z")  # \Z: "$" also takes a final newline
+# The default plan: one stage per group, the last (every other device) in batches.
+DEFAULT_GROUPS = ("canary", "internal", "pilot", DEFAULT_GROUP)
 _STAGE_KEYS = {"name", "groups", "batch_size_percentage", "ramp", "ramp_start", "ramp_factor",
                "failure_rate_threshold", "rollback_rate_threshold", "health_check_failure_rate",
                "min_finished", "soak", "skip_if_empty"}
@@ -236,10 +237,9 @@ class RolloutPlan:
 
 
 def default_stage_tables(batch_size_percentage: float = 25.0) -> list[dict[str, Any]]:
-    return [{"name": "canary", "groups": ["canary"]},
-            {"name": "internal", "groups": ["internal"]},
-            {"name": "pilot", "groups": ["pilot"]},
-            {"name": "general", "groups": [], "batch_size_percentage": batch_size_percentage}]
+    *named, last = DEFAULT_GROUPS
+    return [*({"name": g, "groups": [g]} for g in named),
+            {"name": last, "groups": [], "batch_size_percentage": batch_size_percentage}]
 
 
 def ramp_percentages(batch_size: float | None, ramp: str, start: float, factor: float) -> tuple[float, ...]:
@@ -272,11 +272,11 @@ def _stage_from_dict(raw: object, base: Gate, soak: float) -> Stage:
     if unknown:
         raise PlanError(f"unknown stage keys: {', '.join(sorted(unknown))}")
     name = raw.get("name")
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not GROUP_NAME.fullmatch(name):  # a stage's name is its default group
         raise PlanError(f"stage name: expected a short name, got {name!r}")
-    groups = raw.get("groups", [name] if name != "general" else [])
+    groups = raw.get("groups", [name] if name != DEFAULT_GROUP else [])
     if not isinstance(groups, Sequence) or isinstance(groups, str) or not all(
-            isinstance(g, str) and _NAME.match(g) for g in groups):
+            isinstance(g, str) and GROUP_NAME.fullmatch(g) for g in groups):
         raise PlanError(f"stage {name}: groups must be a list of group names")
     gate = Gate(
         failure_rate_threshold=_percent(raw.get("failure_rate_threshold", base.failure_rate_threshold),
