@@ -114,7 +114,7 @@ def _client(ports: int | list[int], proc: int, batch: int, duration: float, star
         await reader.readexactly(length)
         return answer
 
-    async def conn_loop(c: int) -> int:
+    async def conn_loop(c: int) -> tuple[int, int]:
         port = ports if isinstance(ports, int) else ports[(proc * CONNS + c) % len(ports)]
         ssl_ctx = None
         if ca is not None:

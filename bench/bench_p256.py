@@ -57,7 +57,7 @@ print(" ".join(str(b) for b in best))
 
 
 def make_cases(n: int = KEYS) -> list[tuple[bytes, bytes, bytes]]:
-    from ecdsa import NIST256p, SigningKey
+    from ecdsa import NIST256p, SigningKey  # type: ignore[import-untyped]
 
     cases = []
     for i in range(n):

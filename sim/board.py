@@ -519,14 +519,14 @@ def _cut_spec(cut: int | tuple[int, str] | dict[str, Any] | None) -> dict[str, A
     if cut is None:
         return None
     if isinstance(cut, dict):
-        spec = {"op": int(cut["op"]), "when": str(cut.get("when", "before"))}
+        op, when = int(cut["op"]), str(cut.get("when", "before"))
     elif isinstance(cut, tuple):
-        spec = {"op": int(cut[0]), "when": str(cut[1])}
+        op, when = int(cut[0]), str(cut[1])
     else:
-        spec = {"op": int(cut), "when": "before"}
-    if spec["op"] < 1 or spec["when"] not in ("before", "after"):
+        op, when = int(cut), "before"
+    if op < 1 or when not in ("before", "after"):
         raise ValueError(f"bad cut {cut!r}: operation number >= 1, 'before' or 'after'")
-    return spec
+    return {"op": op, "when": when}
 
 
 def _wdt_deadline(path: Path) -> float | None:
