@@ -7,8 +7,9 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -49,6 +50,13 @@ def served(tmp_path: Path) -> Iterator[tuple[ServerThread, list[ReportingDevice]
         yield srv, devices
         for d in devices:
             d.close()
+
+
+def _until(done: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
 
 
 def _cli(srv: ServerThread, *args: str) -> subprocess.Popen[str]:
@@ -100,14 +108,22 @@ def test_wait_blocks_until_the_gate_pauses_and_exits_3(served: tuple[ServerThrea
 def test_watch_redraws_until_the_rollout_ends(served: tuple[ServerThread, list[ReportingDevice]]) -> None:
     srv, devices = served
     watching = _cli(srv, "--watch", "--interval", "0.1")
-    time.sleep(0.5)
+    stdout = watching.stdout
+    assert stdout is not None
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(stdout.readline, "")), daemon=True)
+    reader.start()
+    _until(lambda: "ACTIVE" in "".join(lines))  # the first frame, however slow the CLI starts
     assert watching.poll() is None
+    frames_before = "".join(lines).count("--- ")
     assert all(code == 200 for code in devices[0].update("r-w", "1.1.0", "confirmed"))
-    time.sleep(0.5)
+    _until(lambda: "".join(lines).count("--- ") > frames_before)  # redrawn for the confirmed report
     c = HttpClient(srv.url)
     assert c.request("POST", "/v1/rollouts/r-w/abort", b"{}", {"Authorization": f"Bearer {OP}"})[0] == 200
     c.close()
-    out, _ = watching.communicate(timeout=30)
+    watching.wait(30)
+    reader.join(10)
+    out = "".join(lines)
     assert watching.returncode == 4
     frames = out.split("--- ")
     assert len(frames) >= 3  # a new table each time something changed (not a terminal: no redraw codes)
