@@ -769,21 +769,27 @@ print("RESULT " + json.dumps({"err": repr(err) if err else None, "offset": dl["o
     assert b.slot("ota_1", len(data)) == data
 
 
-# A long download after a trial boot: the trial's watchdog (mpota.trial, 1 s here) is fed
-# every block, so a download longer than the watchdog timeout between two progress reports
-# (256 KiB at 48 KB/s: 25 % steps ~1.4 s apart) completes instead of ending in a WDT reset.
-# An application's own watchdog passed as Updater(wdt=...) is fed the same way.
+# A long download after a trial boot: the trial's watchdog (1 s here; boot() leaves its
+# BootResult, watchdog included, on the shared state the updater holds) is fed every block, so
+# a download longer than the watchdog timeout between two progress reports (256 KiB at
+# 48 KB/s: 25 % steps ~1.4 s apart) completes instead of ending in a WDT reset. An
+# application's own watchdog passed as Updater(wdt=...) is fed the same way. mpota.trial is
+# out of RAM in the trial case: the updater must not need that module to find the watchdog.
 @pytest.mark.parametrize("who", ["trial", "app"])
 def test_watchdog_fed_while_downloading(env: Env, who: str) -> None:
     publish(env, size=256 * 1024)
     env.server.fault("pace", "firmware.bin", rate=48_000, times=-1)
     b = env.make_board()
-    arm = ("import mpota.trial, machine\nmpota.trial._arm_wdt(machine, 1000)\nkw = {}\n" if who == "trial"
-           else "import machine\nkw = {'wdt': machine.WDT(timeout=1000)}\n")
+    arm = ("import sys, machine, mpota.trial\nres = mpota.trial.BootResult('confirmed', trial=True)\n"
+           "res.wdt = mpota.trial._arm_wdt(machine, 1000)\nkw = {}\n"
+           "del sys.modules['mpota.trial']\n" if who == "trial"
+           else "import machine\nkw = {'wdt': machine.WDT(timeout=1000)}\nres = None\n")
     script = arm + r'''
 import json
 from mpota.updater import Updater
 u = Updater.from_config(CONFIG, **kw)
+if res is not None:
+    u.state.booted = res  # as boot() leaves it on the shared state
 r = u.update(reset=False)
 print("RESULT " + json.dumps({"outcome": "ok" if r else "none"}))
 '''

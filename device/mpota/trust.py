@@ -7,6 +7,7 @@
 #   ch = channel(doc, board, name, seen, now)         # the channel document, checked
 #   wanted(ch, group, device_id, running, now)        # True: fetch its manifest
 #   m = manifest(doc, ch, board, chip, running, floor, slot_size, now)
+#   o = offer(ch, m, manifest_url)                    # what the updater installs (an Offer)
 #
 # now: ("YYYY-MM-DDTHH:MM:SS", minute of the day) in UTC, or None when the clock is not set
 # (then expiry and the rollout window are not enforced).
@@ -17,6 +18,7 @@ import mpota.errors as errors
 _SPEC = const(1)
 _GROWTH = const(64)  # a zlib transfer may exceed the raw size by size/64 + 1 KiB
 _U32 = const(0xFFFFFFFF)
+_ZLIB_MAX_WBITS = const(15)
 _MAX_DELTAS = const(8)
 _CHIPS = ("esp32", "esp32s2", "esp32s3", "esp32c2", "esp32c3", "esp32c5", "esp32c6", "esp32c61",
           "esp32h2", "esp32p4")
@@ -305,3 +307,54 @@ def manifest(doc, ch, board, chip, running, floor, slot_size, now):
             raise errors.TooBig("patch of %d bytes for an image of %d" % (d["size"], size))
     _expired(exp, now, "release")
     return doc
+
+
+# The release to install, as the updater uses it. No methods: an Offer outlives this module,
+# which the updater takes out of RAM after the check (a method would keep all its code).
+# (The annotations are for the type checker; MicroPython ignores them.)
+class Offer:
+    version: str
+    seq: int
+    rollout: str
+    manifest_sha256: str
+    manifest_url: str
+    security_version: int
+    url: str
+    size: int
+    hash: str
+    encoding: str
+    window_bits: int
+    transfer_size: int
+    transfer_hash: str
+    deltas: list
+    how: dict
+    slot: str | None
+    prev_slot: str | None
+    chip: int | None
+
+
+# The Offer of manifest `m` (checked by manifest()) that channel `ch` pins, fetched from
+# manifest_url: what to fetch (url: the image, relative to manifest_url), how it is encoded
+# and what it must hash to. The updater adds where it goes (slot, prev_slot, chip id).
+def offer(ch, m, manifest_url):
+    o = Offer()
+    img = m["image"]
+    ro = ch["rollout"]
+    o.version = m["version"]
+    o.seq = ch["seq"]
+    o.rollout = ro.get("id")
+    o.manifest_sha256 = ch["release"]["manifest_sha256"]
+    o.manifest_url = manifest_url
+    o.security_version = m["security_version"]
+    o.url = img["url"]
+    o.size = img["size"]
+    o.hash = img["hash"][7:]
+    o.encoding = img.get("encoding") or "none"
+    o.window_bits = img.get("window_bits") or _ZLIB_MAX_WBITS
+    o.transfer_size = img.get("transfer_size") or o.size  # null/absent: the image itself
+    th = img.get("transfer_hash")
+    o.transfer_hash = th[7:] if th else o.hash
+    o.deltas = img.get("deltas") or []  # patches from earlier images (mpota.delta)
+    o.how = {}  # report detail of a delta install (mpota.delta.install), {} for a full one
+    o.slot = o.prev_slot = o.chip = None
+    return o

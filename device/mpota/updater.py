@@ -5,7 +5,8 @@
 #   offer = u.check()        # an Offer or None; downloads no image
 #   u.update()               # the whole flow; machine.reset() at the end unless reset=False
 #
-# The trust rules are mpota.trust (pure functions, loaded for the check only); this module
+# The trust rules are mpota.trust (pure functions, loaded for the check only: they check the
+# documents and make the Offer); this module
 # fetches, verifies signatures and orchestrates. The network is mpota.http, the flash
 # esp32.Partition. Every failure raises an mpota.errors.OTAError subclass and is reported
 # (`failed`, detail.reason = error.code); the running slot and the boot slot are never
@@ -32,39 +33,7 @@ import mpota.errors as errors
 
 _BLOCK = const(4096)
 _SAVE_EVERY = const(32)   # blocks between download-progress saves (each one a flash write)
-_ZLIB_MAX_WBITS = const(15)
 _RATE_MS = const(10000)   # window of the slow-retrieval guard (Config.min_rate bytes/s)
-
-
-class Offer:
-    def __init__(self, channel, manifest, manifest_url, seq):
-        rel = channel["release"]
-        ro = channel.get("rollout") or {}
-        self.version = manifest["version"]
-        self.seq = seq
-        self.rollout = ro.get("id")
-        self.manifest_sha256 = rel["manifest_sha256"]
-        self.manifest_url = manifest_url
-        self.security_version = manifest["security_version"]
-        img = manifest["image"]
-        self.size = img["size"]
-        self.hash = img["hash"][7:]
-        self.encoding = img.get("encoding") or "none"
-        self.window_bits = img.get("window_bits") or _ZLIB_MAX_WBITS
-        self.transfer_size = img.get("transfer_size") or self.size  # null/absent: the image
-        th = img.get("transfer_hash")
-        self.transfer_hash = th[7:] if th else self.hash
-        self.deltas = img.get("deltas") or []  # patches from earlier images (mpota.delta)
-        self.how = {}  # report detail of a delta install (mpota.delta.install), {} for a full one
-        import mpota.http as http
-
-        self.url = http.join(manifest_url, img["url"])
-        self.slot = None
-        self.prev_slot = None
-        self.chip = None
-
-    def __repr__(self):
-        return "Offer(%s, rollout=%s, %d bytes)" % (self.version, self.rollout, self.size)
 
 
 def _hex(h):
@@ -306,10 +275,12 @@ def _check_header(block, chip):
     _unload("imagehdr")
 
 
-# Updater(cfg, state=None, reporter=None, wdt=None): reporter is anything with
-# event(name, target=, rollout=, **detail) (default: a mpota.outbox.Outbox on the config's
-# folder); wdt an armed machine.WDT the application wants fed while long work runs (the
-# trial boot's watchdog, mpota.trial.feed(), is fed anyway).
+# Updater(cfg, state=None, reporter=None, wdt=None), its collaborators passed in: cfg the
+# config (mpota.config.Config); state the boot's State (default: mpota.state.shared for the
+# config's folder); reporter anything with event(name, target=, rollout=, **detail)
+# (default: a mpota.outbox.Outbox on the config's folder, made on first use); wdt anything
+# with feed() the application wants fed while long work runs (a machine.WDT). The watchdog
+# a trial boot armed is fed as well: boot() leaves its BootResult on the shared state.
 class Updater:
     def __init__(self, cfg, state=None, reporter=None, wdt=None):
         from mpota.state import shared
@@ -434,18 +405,16 @@ class Updater:
         return e
 
     # Feed the watchdogs that may be armed while the update runs: the application's (wdt=)
-    # and the trial boot's (mpota.trial.feed(), when that module is loaded). Called every
-    # block, so a long download after a trial boot is not cut by a 60 s watchdog;
-    # allocates nothing.
+    # and the one this boot's trial armed (its BootResult, which the shared state holds).
+    # Called every block, so a long download after a trial boot is not cut by a 60 s
+    # watchdog; allocates nothing.
     def _feed(self):
         w = self._wdt
         if w is not None:
             w.feed()
-        import sys
-
-        t = sys.modules.get("mpota.trial")
-        if t is not None:
-            t.feed()
+        b = self.state.booted
+        if b is not None and b.wdt is not None and b.wdt is not w:
+            b.wdt.feed()
 
     def _backoff(self, attempt):
         import random
@@ -544,7 +513,8 @@ class Updater:
             self.state.save()
         return ch
 
-    # The manifest the channel pins, verified and checked (mpota.trust.manifest).
+    # The manifest the channel pins, verified and checked (mpota.trust.manifest), and the
+    # offer it makes (mpota.trust.offer).
     def _manifest(self, ch, running, chip_name, slot_size, now):
         import mpota.http as http
 
@@ -556,7 +526,7 @@ class Updater:
         import mpota.trust as trust
 
         trust.manifest(m, ch, cfg.board, chip_name, running, self.state["floor"], slot_size, now)
-        return m, url
+        return m, trust.offer(ch, m, url)
 
     # The verified channel document when it offers a release to this board now (rollout
     # active, the board in it and in its window, not `running`, not failed here in this
@@ -592,8 +562,8 @@ class Updater:
         if ch is None:
             return None
         nxt = run.get_next_update()
-        m, url = self._manifest(ch, running, chip_name, nxt.info()[3], _now())
-        _unload("dsse", "p256", "trust", "version")  # before Offer() loads http for the image URL
+        m, offer = self._manifest(ch, running, chip_name, nxt.info()[3], _now())
+        _unload("dsse", "p256", "trust", "version")
         if running is None:
             import mpota.firmware as firmware
 
@@ -606,7 +576,6 @@ class Updater:
                 st.save()
                 self._version = m["version"]
                 return None
-        offer = Offer(ch, m, url, ch["seq"])
         offer.slot = nxt.info()[4]
         offer.prev_slot = run.info()[4]
         offer.chip = chip
@@ -730,14 +699,15 @@ class Updater:
         nblk = (size + _BLOCK - 1) // _BLOCK
         # the bytes on the wire: the image (plain or zlib), or a patch d from the running image
         plain = d is None and o.encoding == "none"
+        import mpota.http as http
+
         if d is None:
             url, tsize, thash, wb = o.url, o.transfer_size, o.transfer_hash, 0 if plain else o.window_bits
         else:
-            import mpota.http as http
-
-            url, tsize, thash = http.join(o.manifest_url, d["url"]), d["size"], d["hash"][7:]
+            url, tsize, thash = d["url"], d["size"], d["hash"][7:]
             wb = d.get("window_bits") or 0 if d["encoding"] == "detools-zlib" else 0
-            del http
+        url = http.join(o.manifest_url, url)
+        del http
         # resume a plain transfer recorded by an earlier run
         start = 0
         dl = st["dl"]

@@ -1,7 +1,7 @@
 # The device side of the trust corpus: runs under MicroPython (unix port) and CPython.
 #   micropython device_runner.py corpus.json   (device/ and sim/fakes on MICROPYPATH or PYTHONPATH)
 # For each case, the steps the updater takes on the bytes it fetched: size cap, DSSE verify
-# (mpota.dsse + mpota.p256), parse, mpota.trust; prints "RESULT " + {name: verdict}.
+# (mpota.dsse + mpota.p256), parse, mpota.trust up to the offer; prints "RESULT " + {name: verdict}.
 import binascii
 import hashlib
 import json
@@ -42,6 +42,9 @@ def verdict(case, ks):
         raise errors.PinMismatch("pin")
     m = dsse.parse(dsse.verify(data, dsse.RELEASE, ks["release"]), "release")
     trust.manifest(m, ch, d["board"], d["chip"], d["running"], d["floor"], d["slot_size"], now)
+    o = trust.offer(ch, m, "https://feed.example/" + ch["release"]["manifest"])
+    if o.version != m["version"] or o.manifest_sha256 != ch["release"]["manifest_sha256"]:
+        return "offer of another release"
     return "offer"
 
 
