@@ -728,40 +728,43 @@ def test_update_in_a_capped_heap(keys: Keys, server: FeedServer, tmp_path: Path,
 
 # The block loop allocates nothing per block (as DESIGN.md asks: one preallocated buffer,
 # readinto, memoryview): after the first block (header check, progress report) the heap is
-# locked and the remaining blocks, the short last one included, stream into the slot with
-# SHA-256 and the trial watchdog fed every block. Reports and progress saves allocate (JSON,
-# HTTP) and are left out here; the file stands in for a stream that fills whole blocks.
+# locked and the remaining blocks, the short last one included, stream into the slot through
+# mpota.slot.Writer with SHA-256 and the trial watchdog fed every block, up to the end-of-stream
+# check. Reports and progress saves allocate (JSON, HTTP) and are left out here; the file
+# stands in for a stream that fills whole blocks.
 def test_block_loop_allocates_nothing(keys: Keys, server: FeedServer, tmp_path: Path) -> None:
     data = image(NEW, size=200 * 1024 + 123)
     b = Board(tmp_path / "sim", image(RUNNING), device_config(server, keys), "mpy")
     (b.sim.fs / "img.bin").write_bytes(data)
     script = r'''
-import binascii, hashlib, json, machine, micropython, simboot
+import json, machine, micropython, simboot
 import mpota.trial
+import mpota.slot as S
 import mpota.updater as U
 u = U.Updater.from_config(CONFIG)
-mpota.trial._arm_wdt(machine, 60000)  # the trial's watchdog: fed every block
+u.state.booted = mpota.trial.BootResult("confirmed", trial=True)
+u.state.booted.wdt = mpota.trial._arm_wdt(machine, 60000)  # the trial's watchdog: fed every block
 part = U._running_part().get_next_update()
 f = open(simboot.ROOT + "/img.bin", "rb")
 class O:
     pass
 o = O()
 o.size, o.chip, o.encoding, o.version, o.rollout = SIZE, None, "none", "1.1.0", None
-def lock(o, pos, size):  # _progress: called at block 0 after the header check
+def lock(o, pos, size):  # _progress: called once block 0 is checked and written
     if pos == 0:
         micropython.heap_lock()
 u._progress = lock
 u.state.save = lambda: None
-hr = hashlib.sha256()
+w = S.Writer(part, SIZE, u._block(), lambda b: U._check_header(b, None), u._feed)
 dl = {"offset": 0, "transfer_offset": 0}
 err = None
 try:
-    u._stream(o, part, f, hr, 0, (SIZE + 4095) // 4096, memoryview(u._block()), dl, True)
+    u._stream(o, w, f, dl, True)
 except Exception as e:
     err = e
 micropython.heap_unlock()
 print("RESULT " + json.dumps({"err": repr(err) if err else None, "offset": dl["offset"],
-                              "hash": str(binascii.hexlify(hr.digest()), "ascii")}))
+                              "hash": w.hex()}))
 '''.replace("SIZE", str(len(data)))
     out = b.run(script, "micropython", heapsize="2m")
     res = out.result()
@@ -859,12 +862,13 @@ _EVICT_SCRIPT = r'''
 import json, sys
 APP
 import mpota.updater as U
+import mpota.slot as S
 seen = []
-fill = U._fill
+fill = S._fill
 def spy(reader, mv, want):
     seen.append("mpota.outbox" in sys.modules)
     return fill(reader, mv, want)
-U._fill = spy
+S._fill = spy
 u = U.Updater.from_config(CONFIG)
 r = u.update(reset=False)
 print("RESULT " + json.dumps({"ok": r is not None, "during": sorted(set(seen)),

@@ -72,18 +72,9 @@ def record(state, fw, ver):
 # True when the slot `part` holds exactly the signed image `img` (a manifest's "image"): how
 # a board whose firmware carries no version learns that it runs a release. buf: 4096 bytes.
 def runs(part, img, buf, feed):
-    import binascii
-    import hashlib
-
     size = img["size"]
     if size > part.info()[3]:
         return False
-    h = hashlib.sha256()
-    mv = memoryview(buf)
-    n = (size + 4095) // 4096
-    tail = size % 4096
-    for b in range(n):
-        part.readblocks(b, buf)
-        h.update(mv if b < n - 1 or not tail else mv[:tail])
-        feed()
-    return str(binascii.hexlify(h.digest()), "ascii") == img["hash"][7:]
+    import mpota.slot as slot  # the read-back of a written image, here of the running one
+
+    return slot.Writer(part, size, buf, None, feed).verify(img["hash"][7:])

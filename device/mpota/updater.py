@@ -5,10 +5,11 @@
 #   offer = u.check()        # an Offer or None; downloads no image
 #   u.update()               # the whole flow; machine.reset() at the end unless reset=False
 #
-# The trust rules are mpota.trust (pure functions, loaded for the check only: they check the
-# documents and make the Offer); this module
-# fetches, verifies signatures and orchestrates. The network is mpota.http, the flash
-# esp32.Partition. Every failure raises an mpota.errors.OTAError subclass and is reported
+# This module orchestrates; each phase's code is loaded for that phase only. The check
+# (mpota.check: fetch the documents, verify their signatures, apply the trust rules of
+# mpota.trust, which make the Offer) runs first; the transfer streams the image from
+# mpota.http (through mpota.inflate or mpota.delta) into the next slot with mpota.slot.Writer,
+# which also reads it back. Every failure raises an mpota.errors.OTAError subclass and is reported
 # (`failed`, detail.reason = error.code); the running slot and the boot slot are never
 # touched before the new image is complete and verified.
 #
@@ -24,7 +25,7 @@
 # that same response: fresh hashes, fresh decompressor, every block rewritten.
 #
 # The clock: expiry and the rollout window are enforced when it is set (year >= 2024); when
-# it is not, check() first tries NTP (ntptime.settime(), unless the config says "ntp": false).
+# it is not, the check first tries NTP (ntptime.settime(), unless the config says "ntp": false).
 import hashlib
 
 from micropython import const
@@ -40,37 +41,6 @@ def _hex(h):
     import binascii
 
     return str(binascii.hexlify(h.digest()), "ascii")
-
-
-def _now():
-    # UTC "YYYY-MM-DDTHH:MM:SS" and minutes of the day, or None when the clock is not set
-    import time
-
-    try:
-        t = time.gmtime()
-    except Exception:
-        return None
-    if t[0] < 2024:
-        return None
-    return "%04d-%02d-%02dT%02d:%02d:%02d" % t[:6], t[3] * 60 + t[4]
-
-
-# The clock as mpota.trust takes it, after setting it by NTP when it is not set and the
-# config allows (freeze protection needs a clock to refuse an expired document).
-def _clock(cfg):
-    now = _now()
-    if now is None and cfg.ntp:
-        try:
-            import ntptime
-
-            ntptime.settime()
-        except Exception as e:  # no network, no ntptime module: the check goes on without
-            print("mpota: ntp: %r" % (e,))
-        import sys
-
-        sys.modules.pop("ntptime", None)
-        now = _now()
-    return now
 
 
 def _retryable(e):
@@ -233,7 +203,9 @@ def _unload(*names):
 # Stateless modules of the transfer, unloaded when update() returns (or check() fails):
 # the heap goes back to the application. (mpota.outbox stays once the transfer is over: it
 # holds the process's shared report queue.)
-_TRANSFER = ("http", "tls", "inflate", "imagehdr", "delta")
+_TRANSFER = ("http", "tls", "inflate", "imagehdr", "delta", "slot")
+# The check's modules (mpota.check and what it loads), unloaded when a check is over.
+_CHECK = ("check", "dsse", "p256", "trust", "version", "imagehdr", "firmware", "slot")
 
 
 # mpota.delta.install, loaded only when the manifest offers patches.
@@ -248,21 +220,6 @@ def _running_part():
 
     # the stub types the id as a label (str); BOOT/RUNNING are ints (esp32.rst)
     return esp32.Partition(esp32.Partition.RUNNING)  # type: ignore[arg-type]
-
-
-# Fill mv[:want] from reader; the bytes read (short only at the end of the stream).
-def _fill(reader, mv, want):
-    got = 0
-    if want == len(mv):
-        got = reader.readinto(mv)  # the whole view: no slice
-        if not got:
-            return 0
-    while got < want:
-        n = reader.readinto(mv[got:want])
-        if not n:
-            break
-        got += n
-    return got
 
 
 # Early reject of a first block that is not an app image for this chip (imagehdr is
@@ -446,152 +403,20 @@ class Updater:
         _unload("firmware")
         return v
 
-    # --- metadata --------------------------------------------------------------------
-    # A document (at most `cap` bytes), with retries; with `pin`, its SHA-256 must be that
-    # hex digest. http is unloaded before it returns: the verify that follows needs the room
-    # (and the caller passes the bytes straight on, holding no reference of its own).
-    def _fetch(self, url, cap, pin=None):
-        import mpota.http as http
-
-        fails = 0
-        while True:
-            h = hashlib.sha256() if pin else None
-            try:
-                r = http.open(url, timeout_ms=self.cfg.timeout_ms)
-                try:
-                    r.expect(200)
-                    data = http.read_capped(r, cap, h)
-                finally:
-                    r.close()
-                break
-            except errors.DownloadError as e:
-                fails += 1
-                if not _retryable(e) or fails > self.cfg.retries:
-                    raise
-                self._backoff(fails)
-        del http, r  # the response's class would keep the module alive
-        _unload("http", "tls")
-        if pin and _hex(h) != pin:
-            raise errors.PinMismatch("manifest is not the one the channel pins")
-        return data
-
-    # Fetch, verify and parse a signed document (`role`: "channel" or "release"). dsse and
-    # p256 are never in RAM together: dsse checks the envelope and hashes it, is unloaded
-    # (with the envelope bytes), then p256 checks the signatures.
-    def _document(self, url, cap, role, pin=None):
-        rollout = role == "channel"
-        data = self._fetch(url, cap, pin)  # dsse comes in once http has left
-        import mpota.dsse as dsse
-
-        ptype = dsse.CHANNEL if rollout else dsse.RELEASE
-        payload, digest, pairs = dsse.open(data, ptype, self.cfg.keys["rollout" if rollout else "release"])
-        data = None
-        del dsse
-        _unload("dsse")
-        import mpota.p256 as p256
-
-        ok = p256.verify_any(pairs, digest, self._block())
-        del p256
-        _unload("p256")
-        if not ok:
-            raise errors.SignatureError("bad signature")
-        import mpota.dsse as dsse
-
-        return dsse.parse(payload, role)
-
-    # The channel document, verified and checked (mpota.trust.channel); a higher seq is saved.
-    def _channel(self, now):
-        cfg = self.cfg
-        url = "%schannels/%s/%s.json" % (cfg.feed_url, cfg.board, cfg.channel)
-        doc = self._document(url, cfg.channel_max, "channel")
-        seen = self.state["seq"].get(cfg.channel, 0)
-        import mpota.trust as trust
-
-        ch = trust.channel(doc, cfg.board, cfg.channel, seen, now)
-        if ch["seq"] > seen:
-            self.state["seq"][cfg.channel] = ch["seq"]
-            self.state.save()
-        return ch
-
-    # The manifest the channel pins, verified and checked (mpota.trust.manifest), and the
-    # offer it makes (mpota.trust.offer).
-    def _manifest(self, ch, running, chip_name, slot_size, now):
-        import mpota.http as http
-
-        cfg = self.cfg
-        rel = ch["release"]
-        url = http.join(cfg.feed_url, rel["manifest"])
-        del http
-        m = self._document(url, cfg.manifest_max, "release", rel["manifest_sha256"])
-        import mpota.trust as trust
-
-        trust.manifest(m, ch, cfg.board, chip_name, running, self.state["floor"], slot_size, now)
-        return m, trust.offer(ch, m, url)
-
-    # The verified channel document when it offers a release to this board now (rollout
-    # active, the board in it and in its window, not `running`, not failed here in this
-    # rollout), else None. Sets the clock by NTP first when it can (mpota.trust needs it).
-    def _channel_offer(self, running=None):
-        cfg = self.cfg
-        now = _clock(cfg)
-        ch = self._channel(now)
-        import mpota.trust as trust
-
-        ok = trust.wanted(ch, cfg.group, cfg.device_id, running, now)
-        del trust
-        _unload("trust", "version")  # p256 needs the room next
-        if not ok or self.state.is_failed(ch["release"]["version"], ch["rollout"]["id"]):
-            return None
-        return ch
-
-    def _check(self):
-        import mpota.firmware as firmware
-        import mpota.imagehdr as imagehdr
-
-        cfg = self.cfg
-        st = self.state
-        run = _running_part()
-        fw = firmware.running_image()
-        running = firmware.version(st, cfg, fw)
-        self._version = running
-        chip = fw[2] if fw else None
-        chip_name = imagehdr.CHIPS.get(chip) if chip is not None else cfg.get("chip")
-        del imagehdr, firmware
-        _unload("imagehdr", "firmware")
-        ch = self._channel_offer(running)
-        if ch is None:
-            return None
-        nxt = run.get_next_update()
-        m, offer = self._manifest(ch, running, chip_name, nxt.info()[3], _now())
-        _unload("dsse", "p256", "trust", "version")
-        if running is None:
-            import mpota.firmware as firmware
-
-            same = firmware.runs(run, m["image"], self._block(), self._feed)
-            if same:  # a build without a version that is this release
-                firmware.record(st, fw, m["version"])
-            del firmware
-            _unload("firmware")
-            if same:
-                st.save()
-                self._version = m["version"]
-                return None
-        offer.slot = nxt.info()[4]
-        offer.prev_slot = run.info()[4]
-        offer.chip = chip
-        return offer
-
     # The offer this board should install now, or None (up to date, not eligible, outside
     # the window, paused). Verifies everything but downloads no image.
     def check(self):
         try:
-            self.offer = self._check()
+            import mpota.check as check
+
+            self.offer = check.offer(self)
         except Exception as e:
-            _unload("dsse", "p256", "trust", "version", "imagehdr", "firmware")
+            _unload(*_CHECK)
             e = self._fail(e, None)
             _unload(*_TRANSFER)
             raise e
-        _unload("dsse", "p256", "trust", "version", "imagehdr", "firmware")
+        del check
+        _unload(*_CHECK)
         return self.offer
 
     # --- install ---------------------------------------------------------------------
@@ -630,11 +455,14 @@ class Updater:
     # very manifest to this board (the operator may have paused or halted the rollout since).
     def _recheck(self, o):
         try:
-            ch = self._channel_offer()
+            import mpota.check as check
+
+            ch = check.channel_offer(self)
         except Exception as e:
-            _unload("dsse", "p256", "trust", "version")
+            _unload(*_CHECK)
             raise self._fail(e, None)
-        _unload("dsse", "p256", "trust", "version")
+        del check
+        _unload(*_CHECK)
         if ch is None:
             return None
         ro = ch.get("rollout") or {}
@@ -654,23 +482,16 @@ class Updater:
                 self._transfer(o, part, None, run)
         finally:
             self._beacon = None
-        buf = self._block()
-        mv = memoryview(buf)
-        size = o.size
-        nblk = (size + _BLOCK - 1) // _BLOCK
         # the read-back needs neither the decompressor nor http ("downloaded" is reported with
         # "installed", by update())
         _unload("inflate", "http", "delta")
-        # read the slot back: what the bootloader will see (one pass)
-        h = hashlib.sha256()
-        tail = size % _BLOCK
-        last = mv[:tail] if tail else mv
-        for b in range(nblk):
-            part.readblocks(b, buf)
-            h.update(mv if b < nblk - 1 else last)
-            self._feed()
+        import mpota.slot as slot
+
+        ok = slot.Writer(part, o.size, self._block(), None, self._feed).verify(o.hash)
+        del slot
+        _unload("slot")
         st["dl"] = None
-        if _hex(h) != o.hash:
+        if not ok:
             st.save()
             raise errors.FlashError("slot read-back does not match the image hash")
         # phase "installing" until set_boot() returned (see trial.py): a board cut before
@@ -689,18 +510,18 @@ class Updater:
         del st["pending"]["phase"]
         st.save()
 
-    # Stream the image into `part`: the image itself (d None) or the patch d rebuilt against
-    # the running slot `run`, hashing as it goes; raises unless the image hash matches.
+    # Stream the image into `part` (mpota.slot.Writer): the image itself (d None) or the
+    # patch d rebuilt against the running slot `run`; raises unless the image hash matches.
     def _transfer(self, o, part, d, run):
+        import mpota.http as http
+        import mpota.slot as slot
+
         st = self.state
-        buf = self._block()
-        mv = memoryview(buf)
         size = o.size
-        nblk = (size + _BLOCK - 1) // _BLOCK
+        w = slot.Writer(part, size, self._block(), lambda b: _check_header(b, o.chip), self._feed)
+        del slot
         # the bytes on the wire: the image (plain or zlib), or a patch d from the running image
         plain = d is None and o.encoding == "none"
-        import mpota.http as http
-
         if d is None:
             url, tsize, thash, wb = o.url, o.transfer_size, o.transfer_hash, 0 if plain else o.window_bits
         else:
@@ -709,41 +530,33 @@ class Updater:
         url = http.join(o.manifest_url, url)
         del http
         # resume a plain transfer recorded by an earlier run
-        start = 0
         dl = st["dl"]
-        hr = hashlib.sha256()
         if (plain and dl and dl.get("version") == o.version and dl.get("hash") == o.hash
                 and dl.get("slot") == o.slot and 0 < dl.get("offset", 0) < size):
-            start = dl["offset"]
-            for b in range(start // _BLOCK):
-                part.readblocks(b, buf)
-                if b == 0:
-                    _check_header(mv, o.chip)
-                hr.update(mv)
-                self._feed()
-        if not start:
+            w.start(dl["offset"])
+        if not w.pos:
             dl = {"version": o.version, "slot": o.slot, "hash": o.hash,
                   "transfer_hash": o.transfer_hash, "offset": 0, "transfer_offset": 0}
+        dl["offset"] = dl["transfer_offset"] = w.pos
         st["dl"] = dl if plain else None
-        # plain: the transfer is the image, hashed once (hr); zlib: the transfer is hashed too
-        src = _Source(self, url, tsize, start, None if plain else hashlib.sha256())
+        # plain: the transfer is the image, hashed once (by the writer); zlib: hashed as well
+        src = _Source(self, url, tsize, w.pos, None if plain else hashlib.sha256())
         self._pct = None
         self._evict_reporter(o)
         try:
             while True:
                 try:
-                    self._stream(o, part, src, hr, start, nblk, mv, dl, plain, wb,
-                                 None if d is None else (d["base_size"], run))
+                    self._stream(o, w, src, dl, plain, wb, None if d is None else (d["base_size"], run))
                     break
                 except _Restart:
-                    start = dl["offset"] = dl["transfer_offset"] = 0
-                    hr = hashlib.sha256()
-            src.finish(mv[:1])
+                    w.start(0)
+                    dl["offset"] = dl["transfer_offset"] = 0
+            src.finish(w.one)
             if not plain and src.pos != tsize:
                 raise errors.SizeMismatch("compressed stream ends before the transfer does")
             if not plain and _hex(src.h) != thash:
                 raise errors.HashMismatch("transfer hash mismatch")
-            if _hex(hr) != o.hash:
+            if w.hex() != o.hash:
                 raise errors.HashMismatch("image hash mismatch")
         except errors.DownloadError:
             if plain:
@@ -757,9 +570,9 @@ class Updater:
         finally:
             src.close()
 
-    # The block loop allocates nothing per block when the reader fills whole blocks (a
-    # short read costs one memoryview slice): the last block's view is made before it.
-    def _stream(self, o, part, src, hr, start, nblk, mv, dl, plain, wb=0, dp=None):
+    # The block loop (w: the mpota.slot.Writer) reports progress and saves how far a plain
+    # transfer got; it allocates nothing per block when the reader fills whole blocks.
+    def _stream(self, o, w, src, dl, plain, wb=0, dp=None):
         reader = src
         if wb:
             import mpota.inflate as inflate
@@ -772,51 +585,24 @@ class Updater:
                 reader = delta.Patched(reader, dp[1], dp[0], o.size)
             except OSError as e:
                 raise errors.HashMismatch("corrupt compressed stream (%s)" % e)
-        size = o.size
-        blk = start // _BLOCK
-        pos = start
+        nblk = w.nblk
         step = (nblk + 3) // 4  # progress reports at 0/25/50/75 %
         every = max(_SAVE_EVERY, nblk // 8)  # progress saves: each a flash write, at most ~8
-        tail = size % _BLOCK
-        last = mv[:tail] if tail else mv
-        while blk < nblk:
-            want = _BLOCK if blk < nblk - 1 else tail or _BLOCK
-            try:
-                got = _fill(reader, mv if want == _BLOCK else last, want)
-            except OSError as e:  # only the decompressor raises it (http raises DownloadError)
-                raise errors.HashMismatch("corrupt compressed stream (%s)" % e)
-            if got < want:
-                raise errors.SizeMismatch("image ends at %d of %d bytes" % (pos + got, size))
-            if blk == 0:
-                _check_header(mv, o.chip)  # early reject, before anything is written
-            if want < _BLOCK:
-                hr.update(last)
-                for i in range(want, _BLOCK):
-                    mv[i] = 0xFF
-            else:
-                hr.update(mv)
-            if blk % step == 0:
-                self._progress(o, pos, size)
-            part.writeblocks(blk, mv)
-            self._feed()
-            blk += 1
-            pos += want
+        while w.blk < nblk:
+            pos = w.pos
+            w.put(reader)
+            if (w.blk - 1) % step == 0:
+                self._progress(o, pos, o.size)
             if plain:
-                dl["offset"] = dl["transfer_offset"] = pos
-                if blk % every == 0 and blk < nblk:
+                dl["offset"] = dl["transfer_offset"] = w.pos
+                if w.blk % every == 0 and w.blk < nblk:
                     self.state.save()
-        if not plain:
+        w.end(reader)
+        if dp is not None:
             try:
-                more = _fill(reader, mv[:1], 1)
+                reader.finish()
             except OSError as e:
                 raise errors.HashMismatch("corrupt compressed stream (%s)" % e)
-            if more:
-                raise errors.SizeMismatch("image longer than the manifest declares")
-            if dp is not None:
-                try:
-                    reader.finish()
-                except OSError as e:
-                    raise errors.HashMismatch("corrupt compressed stream (%s)" % e)
 
     # Download progress at 0/25/50/75 %, each step reported once per update.
     def _progress(self, o, pos, size):
