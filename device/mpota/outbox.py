@@ -256,6 +256,17 @@ def reset_queues():
     st.forget()
 
 
+# A trial boot arms a watchdog that cannot be stopped: work that reports as it goes keeps it
+# fed. boot() leaves its BootResult (and that watchdog) on the shared state.
+def feed(state):
+    try:
+        b = state.booted
+        if b is not None and b.wdt is not None:
+            b.wdt.feed()
+    except Exception:
+        pass
+
+
 # Outbox(cfg, state, root): cfg is the config (dict-like: device_id, board, group,
 # report_url, token), state a mpota.state.State, root the config's folder.
 # event() never raises and never blocks for longer than its budget.
@@ -350,16 +361,7 @@ class Outbox:
     # that seq is not queued twice, and one already delivered comes back as 409 = delivered.
     # Returns the seq, or None when the report could not be queued. Never raises.
     def event(self, name, target=None, rollout=None, seq=None, flush_ms=_FLUSH_MS, **detail):
-        try:
-            # a trial boot arms a watchdog that cannot be stopped: work that reports as it
-            # goes keeps it fed (nothing to do when mpota.trial was never imported)
-            import sys
-
-            t = sys.modules.get("mpota.trial")
-            if t is not None:
-                t.feed()
-        except Exception:
-            pass
+        feed(self.state)
         try:
             q = self._q
             if seq is None:

@@ -9,6 +9,7 @@ from micropython import const
 
 from mpota.outbox import (  # noqa: F401  (re-exported: health.py and tests use them here)
     Outbox,
+    feed,
     join,
     reset_queues,
     running_slot,
@@ -93,6 +94,7 @@ class Reporter(Outbox):
             if st is not None and 400 <= st < 500 and st != 409:
                 return False  # refused: asking again will not change the answer
             left = timeout_ms - ticks_diff(ticks_ms(), start) - 250
+            feed(self.state)  # the trial's watchdog keeps running meanwhile
             _sleep_ms(min(pause, left))
             pause = min(pause * 2, 1000)
 
@@ -100,12 +102,8 @@ class Reporter(Outbox):
 def _sleep_ms(ms):
     if ms <= 0:
         return
-    import sys
     import time
 
-    t = sys.modules.get("mpota.trial")  # the trial's watchdog keeps running meanwhile
-    if t is not None:
-        t.feed()
     if hasattr(time, "sleep_ms"):
         time.sleep_ms(ms)
     else:
