@@ -205,7 +205,7 @@ def _unload(*names):
 # holds the process's shared report queue.)
 _TRANSFER = ("http", "tls", "inflate", "imagehdr", "delta", "slot")
 # The check's modules (mpota.check and what it loads), unloaded when a check is over.
-_CHECK = ("check", "dsse", "p256", "trust", "version", "imagehdr", "firmware", "slot")
+_CHECK = ("check", "dsse", "p256", "trust", "version", "imagehdr", "firmware")
 
 
 # mpota.delta.install, loaded only when the manifest offers patches.
