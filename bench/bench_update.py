@@ -91,7 +91,11 @@ def update(instrument=False):
     u.state["pending"] = None
     u.state.save()
     if instrument:
-        u._fetch = timed("fetch", u._fetch)
+        import mpota.check as C
+        import mpota.updater as U
+        unload = U._unload
+        U._unload = lambda *n: unload(*[m for m in n if m != "check"])  # keep the timed fetch
+        C._fetch = timed("fetch", C._fetch)
         u._report = timed("reports", u._report)
         u._send_progress = timed("reports", u._send_progress)  # its save counts in "saves" too
         u.state.save = timed("saves", u.state.save)
