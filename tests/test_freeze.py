@@ -160,10 +160,10 @@ def settime():
 ntp.settime = settime
 sys.modules["time"] = fake_time
 sys.modules["ntptime"] = ntp
-import mpota.updater as updater
+import mpota.check as check
 class Cfg:
     ntp = %(ntp)r
-now = updater._clock(Cfg)
+now = check._clock(Cfg)
 print("RESULT " + json.dumps({"now": now, "calls": state["calls"]}))
 """
 
