@@ -71,42 +71,42 @@ def _install(simdir):
     return fs
 
 
-# -> (phase, simdir, script argv): phase "--boot" (the bootloader only), "--app" (the app of a
-# boot already made) or None (both, in this process).
-def _args(argv):
+def main(argv):
+    global ROOT, SIMDIR, FS, CONFIG, BOARD_HEAP
     phase = None
     if len(argv) > 1 and argv[1] in ("--boot", "--app"):
         phase = argv.pop(1)
     if len(argv) < (2 if phase == "--boot" else 3):
         print("usage: simboot.py [--boot SIMDIR | [--app] SIMDIR SCRIPT [args...]]")
         raise SystemExit(2)
-    return phase, argv[1], argv[2:]
-
-
-# The app phase's Run, after the bootloader (here, or recorded by a --boot process); the boot's
-# code then leaves the heap, as a board's bootloader takes none of the app's.
-def _booted(simdir, phase):
+    simdir = argv[1]
+    import simflash
     import simstart
 
+    if phase == "--boot":
+        simstart.boot(simdir, record=True)
+        return
     run = simstart.app(simdir, None if phase == "--app" else simstart.boot(simdir))
+    # the boot's code leaves the heap (on a board it is the bootloader)
     sys.modules.pop("simstart", None)
-    return run
-
-
-def _read(path):
-    import simflash
-
-    f = simflash.hopen(path, "r")
+    simstart = None
+    import gc
+    gc.collect()
+    ROOT = _install(simdir)
+    FS = simdir + "/fs"
+    SIMDIR = simdir
+    CONFIG = ROOT + "/mpota.json"
+    script = argv[2]
+    f = simflash.hopen(script, "r")
     try:
-        return f.read()
+        code = f.read()
     finally:
         f.close()
-
-
-# Runs the script as __main__ and ends the run by how it ended (a reset or cut ended it already).
-def _run_script(run, script, code):
-    import simflash
-
+    sys.argv[:] = [script] + argv[3:]
+    gc.collect()  # the app starts on a heap without the boot's leftovers
+    if simflash.MP:
+        BOARD_HEAP = gc.mem_alloc()
+    code = compile(code, script, "exec")
     try:
         exec(code, {"__name__": "__main__", "__file__": script})
     except SystemExit:
@@ -120,34 +120,6 @@ def _run_script(run, script, code):
         sys.print_exception(e, sys.stderr)
         run.end(simflash.EXIT_CRASH, "%s: %s" % (type(e).__name__, e))
     run.end(simflash.EXIT_OK, "")
-
-
-def main(argv):
-    global ROOT, SIMDIR, FS, CONFIG, BOARD_HEAP
-    import gc
-
-    import simflash
-
-    phase, simdir, script_argv = _args(argv)
-    if phase == "--boot":
-        import simstart
-
-        simstart.boot(simdir, record=True)
-        return
-    run = _booted(simdir, phase)
-    gc.collect()
-    ROOT = _install(simdir)
-    FS = simdir + "/fs"
-    SIMDIR = simdir
-    CONFIG = ROOT + "/mpota.json"
-    script = script_argv[0]
-    code = _read(script)
-    sys.argv[:] = script_argv
-    gc.collect()  # the app starts on a heap without the boot's leftovers
-    if simflash.MP:
-        BOARD_HEAP = gc.mem_alloc()
-    code = compile(code, script, "exec")  # the text leaves the heap before the script runs
-    _run_script(run, script, code)
 
 
 if __name__ == "__main__":
