@@ -5,10 +5,15 @@ and held together here: the host's definition and the device's must agree.
 - device group names: host_tools.fleet.GROUP_NAME and mpota.config.group_ok;
 - where the device keeps its state (the NVS namespace, blob key and read buffer; the state file
   beside the config) as `mpota deploy`'s probe reads it, and the config's size cap;
-- the size caps on the signed documents (host_tools.manifest and mpota.config).
+- the size caps on the signed documents (host_tools.manifest and mpota.config);
+- the report events the device sends are the ones the server takes, and the `failed` reasons the
+  server excuses are reason codes the device sends.
 """
 
 from __future__ import annotations
+
+import re
+from pathlib import Path
 
 import mpota.config as device_config
 import mpota.state as device_state
@@ -16,7 +21,11 @@ import pytest
 
 from host_tools import deploy, manifest
 from host_tools.fleet import DEFAULT_GROUP, GROUP_NAME
+from host_tools.server.ingest import EVENTS
 from host_tools.server.plans import DEFAULT_GROUPS, default_stage_tables
+from host_tools.server.store import EXCUSED_REASONS
+
+DEVICE = Path(__file__).resolve().parent.parent / "device" / "mpota"
 
 GROUP_CASES = [
     "general", "canary", "a", "A9", "9a", "eu-west.1_b", "x" * 32,                   # names
@@ -50,3 +59,21 @@ def test_state_location_and_config_cap_match_the_device() -> None:
 def test_document_size_caps_match_the_device() -> None:
     assert manifest.MAX_CHANNEL_BYTES == device_config.CHANNEL_MAX
     assert manifest.MAX_MANIFEST_BYTES == device_config.MANIFEST_MAX
+
+
+def _device_sources() -> str:
+    return "\n".join(p.read_text(encoding="utf-8") for p in sorted(DEVICE.glob("*.py")))
+
+
+def test_the_server_takes_every_event_the_device_sends() -> None:
+    sent = set(re.findall(r'(?:\bevent|_report)\(\s*"([a-z_]+)"', _device_sources()))
+    assert {"checking", "downloading", "installed", "confirmed", "rolled_back", "heartbeat"} <= sent
+    assert sent <= EVENTS, sent - EVENTS
+
+
+def test_excused_reasons_are_reasons_the_device_sends() -> None:
+    src = _device_sources()
+    codes = set(re.findall(r'^\s+code = "([a-z_]+)"', src, re.M))  # the errors' report codes
+    codes |= set(re.findall(r'reason="([a-z_]+)"', src))
+    assert {"hash_mismatch", "pending", "interrupted"} <= codes
+    assert EXCUSED_REASONS <= codes, EXCUSED_REASONS - codes
