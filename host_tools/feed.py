@@ -254,7 +254,7 @@ def _same_release(a: bytes, b: bytes) -> bool:
     return da == db
 
 
-def _check_existing(feed: Path, board: str, version: str, image_name: str, mbytes: bytes,
+def _check_existing(feed: Path, board: str, version: str, image_name: str | None, mbytes: bytes,
                     wire: bytes) -> bytes | None:
     """The feed's manifest bytes when it already holds this release (perhaps with patches added by
     `feed add --deltas`), None when it has none; raise when it holds another release."""
@@ -271,16 +271,17 @@ def _check_existing(feed: Path, board: str, version: str, image_name: str, mbyte
     if have != mbytes and not _same_release(have, mbytes):
         raise FeedError(f"the feed already has a different release {board} {version} "
                         f"({dest / MANIFEST_NAME}); publish it under a new version")
-    if _same_file(dest / image_name, wire) is not True:
+    if image_name is not None and _same_file(dest / image_name, wire) is not True:
         raise FeedError(f"the feed's {rel_dir}/{image_name} does not match this release; "
                         "remove the broken release folder or publish a new version")
     return have
 
 
-def _write_release(dest: Path, image_name: str, mbytes: bytes, wire: bytes,
+def _write_release(dest: Path, image_name: str | None, mbytes: bytes, wire: bytes,
                    patches: Sequence[tuple[str, bytes]] = ()) -> None:
     # Image and patches first, manifest last: a manifest in the feed always has its files next to it.
-    atomic_write(dest / image_name, wire)
+    if image_name is not None:  # None: an app-only release
+        atomic_write(dest / image_name, wire)
     for name, data in patches:
         atomic_write(dest / name, data)
     atomic_write(dest / MANIFEST_NAME, mbytes)
@@ -304,21 +305,22 @@ def _add_deltas(feed: Path, board: str, m: FirmwareManifest, wire: bytes, n: int
 
     from host_tools.release import decode_stream, make_deltas
 
-    have = {d.base_hash for d in m.image.deltas}
+    img = m.firmware
+    have = {d.base_hash for d in img.deltas}
     bases = [b for b in feed_releases(feed, board)
              if parse_version(b.version) < parse_version(m.version) and b.chip == m.chip
-             and b.image.hash != m.image.hash and b.image.hash not in have][:n]
+             and b.image is not None and b.image.hash != img.hash and b.image.hash not in have][:n]
     if not bases:
         raise FeedError(f"the feed has no earlier {board} release to make a patch from")
-    if m.image.encoding == "zlib":
-        assert m.image.window_bits is not None
-        raw = decode_stream(wire, m.image.window_bits, m.image.size)
+    if img.encoding == "zlib":
+        assert img.window_bits is not None
+        raw = decode_stream(wire, img.window_bits, img.size)
     else:
         raw = wire
     patches = make_deltas([feed / release_dir_path(board, b.version) for b in bases], raw, m.version, m.chip,
                           window_bits)
     m2 = copy.deepcopy(m)
-    m2.image.deltas += [p.ref(name) for name, p in patches]
+    m2.firmware.deltas += [p.ref(name) for name, p in patches]
     try:
         m2.validate()
         mbytes = m2.sign([key])
@@ -367,13 +369,13 @@ def add_release(
     board = _release_board(m.target_hardware, board)
     rel_dir = release_dir_path(board, m.version)
     with feed_lock(feed):
-        if _check_existing(feed, board, m.version, result.image_path.name, mbytes, wire) is None:
-            patches = list(result.patches)
+        if _check_existing(feed, board, m.version, result.image_name, mbytes, wire) is None:
+            patches = result.extra_files
             if deltas:
                 assert release_key is not None
                 mbytes, more = _add_deltas(feed, board, m, wire, deltas, release_key, window_bits)
                 patches += more
-            _write_release(feed / rel_dir, result.image_path.name, mbytes, wire, patches)
+            _write_release(feed / rel_dir, result.image_name, mbytes, wire, patches)
         elif deltas:
             raise FeedError(f"the feed already holds {board} {m.version}; patches are made when it is added")
     return f"{rel_dir}/{MANIFEST_NAME}"
@@ -416,7 +418,7 @@ def publish_release(
 
     rel_dir = release_dir_path(board, m.version)
     with feed_lock(feed):
-        existing = _check_existing(feed, board, m.version, result.image_path.name, mbytes, wire)
+        existing = _check_existing(feed, board, m.version, result.image_name, mbytes, wire)
         prev = read_channel(feed, board, channel)
         if prev is not None:
             cur = _release_manifest_unverified(feed, prev.release.manifest)
@@ -432,7 +434,7 @@ def publish_release(
                 say(f"warning: {m.version} is not newer than the channel's current {prev.release.version}; "
                     "devices already on it will not install it (publish a new version to roll back)")
         if existing is None:
-            _write_release(feed / rel_dir, result.image_path.name, mbytes, wire, result.patches)
+            _write_release(feed / rel_dir, result.image_name, mbytes, wire, result.extra_files)
         doc = ChannelDoc(
             board=board, channel=channel, seq=(prev.seq + 1) if prev else 1,
             release=ChannelRelease(m.version, f"{rel_dir}/{MANIFEST_NAME}",
@@ -594,7 +596,9 @@ def verify_feed(
             rep.warnings.append(f"{rel}: expired at {m.expires} (no channel points at it)")
         rep.releases.append((board, version))
         rep.checked.append(f"{rel}: {m.chip} {m.version}, security_version {m.security_version}, "
-                           f"{m.image.encoding} {m.image.transfer_size} bytes")
+                           + (f"{m.image.encoding} {m.image.transfer_size} bytes" if m.image
+                              else "no firmware")
+                           + (f", app {len(m.app.files)} file(s) {m.app.size} bytes" if m.app else ""))
     for doc in rep.channels:
         rel_ver = doc.release.version
         if doc.release.manifest != f"{release_dir_path(doc.board, rel_ver)}/{MANIFEST_NAME}":

@@ -33,6 +33,13 @@ DEFAULT_WINDOW_BITS = 10
 MAX_MANIFEST_BYTES = 16 * 1024
 MAX_CHANNEL_BYTES = 8 * 1024
 MAX_RELEASE_NOTES = 4096
+# Application bundle (app{}): the files a board installs next to its firmware. The caps keep the
+# signed manifest under its 16 KiB cap and the bundle within a board's filesystem.
+MAX_APP_FILES = 64
+MAX_APP_FILE_BYTES = 256 * 1024
+MAX_APP_BYTES = 1024 * 1024
+MAX_APP_DEPTH = 4
+MAX_APP_PATH = 128
 
 # \Z, not $ ($ also matches before a final newline), and [0-9], not \d (\d takes any Unicode
 # digit): the device's rules, character for character.
@@ -42,6 +49,10 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}\Z")
 _TIME = re.compile(r"^([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})Z\Z")
 _DURATION = re.compile(r"^(\d+)\s*([smhdw])$")
 _BUILD_ID = re.compile(r"^[\x21-\x7e]{1,64}\Z")
+# An app root: "/" and one folder name (the board keeps <root>.a and <root>.b beside each other).
+_APP_ROOT = re.compile(r"^/[A-Za-z0-9_-]{1,32}\Z")
+# One segment of a file path inside the root: no "..", no ".", no hidden files, no separators.
+_APP_SEGMENT = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}\Z")
 _KNOWN_CHIPS = ("esp32", "esp32s2", "esp32s3", "esp32c2", "esp32c3", "esp32c5", "esp32c6", "esp32c61",
                 "esp32h2", "esp32p4")
 
@@ -297,6 +308,101 @@ class ImageRef:
         return out
 
 
+def check_app_path(v: Any, what: str = "app.files[].path") -> str:
+    """A file's path inside the app root: relative, '/'-separated segments of [A-Za-z0-9._-]
+    (none empty, none starting with '.', so no '..'), at most MAX_APP_DEPTH deep and MAX_APP_PATH
+    characters: it can never name anything outside the root."""
+    if not isinstance(v, str) or not 0 < len(v) <= MAX_APP_PATH:
+        raise ManifestError(f"{what} {v!r} must be a relative path of 1-{MAX_APP_PATH} characters")
+    parts = v.split("/")
+    if len(parts) > MAX_APP_DEPTH or not all(_APP_SEGMENT.match(p) for p in parts):
+        raise ManifestError(f"{what} {v!r} must be at most {MAX_APP_DEPTH} '/'-separated names of "
+                            "letters, digits, '.', '_' or '-' (no leading '.', no '..', not absolute)")
+    return v
+
+
+@dataclass
+class AppFile:
+    """One file of the bundle: its path inside the root, size and sha256."""
+
+    path: str
+    size: int
+    hash: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        check_app_path(self.path)
+        _int(self.size, "app.files[].size", 0, MAX_APP_FILE_BYTES)
+        check_hash(self.hash, "app.files[].hash")
+
+    @classmethod
+    def from_dict(cls, d: Any) -> AppFile:
+        if not isinstance(d, dict):
+            raise ManifestError("app.files[] must be an object")
+        return cls(_get(d, "path", "app.files[]"), _get(d, "size", "app.files[]"),
+                   _get(d, "hash", "app.files[]"), _extra(d, ("path", "size", "hash")))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "size": self.size, "hash": self.hash, **self.extra}
+
+
+@dataclass
+class AppBundle:
+    """The application files (app{}): installed under ``root`` (the board keeps two folders,
+    <root>.a and <root>.b, and a pointer in its state). The bundle is one file on the wire
+    (``url``), the files' bytes one after another in list order; ``size``/``hash`` are that
+    file's, and every file's own size and hash are checked as it is written."""
+
+    root: str
+    url: str
+    size: int
+    hash: str
+    files: list[AppFile]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        if not isinstance(self.root, str) or not _APP_ROOT.match(self.root):
+            raise ManifestError(f"app.root {self.root!r} must be '/' and a folder name of 1-32 letters, "
+                                "digits, '_' or '-'")
+        check_url(self.url, "app.url")
+        _int(self.size, "app.size", 0, MAX_APP_BYTES)
+        check_hash(self.hash, "app.hash")
+        if not isinstance(self.files, list) or not 0 < len(self.files) <= MAX_APP_FILES:
+            raise ManifestError(f"app.files must list 1-{MAX_APP_FILES} files")
+        seen: set[str] = set()
+        folders: set[str] = set()
+        for f in self.files:
+            if not isinstance(f, AppFile):
+                raise ManifestError("app.files[] must be an AppFile")
+            f.validate()
+            parts = f.path.split("/")
+            dirs = {"/".join(parts[:i]) for i in range(1, len(parts))}
+            if f.path in seen or f.path in folders or dirs & seen:
+                raise ManifestError(f"app.files: {f.path!r} is listed twice or is both a file and a folder")
+            seen.add(f.path)
+            folders |= dirs
+        if sum(f.size for f in self.files) != self.size:
+            raise ManifestError("app.size must be the sum of the files' sizes")
+
+    @classmethod
+    def from_dict(cls, d: Any) -> AppBundle:
+        if not isinstance(d, dict):
+            raise ManifestError("app must be an object")
+        files = _get(d, "files", "app")
+        if not isinstance(files, list):
+            raise ManifestError("app.files must be a list")
+        return cls(root=_get(d, "root", "app"), url=_get(d, "url", "app"), size=_get(d, "size", "app"),
+                   hash=_get(d, "hash", "app"), files=[AppFile.from_dict(f) for f in files],
+                   extra=_extra(d, ("root", "url", "size", "hash", "files")))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"root": self.root, "url": self.url, "size": self.size, "hash": self.hash,
+                "files": [f.to_dict() for f in self.files], **self.extra}
+
+
 @dataclass
 class Metadata:
     """``allow_downgrade`` (written only when true) lets a device install this release although it
@@ -336,15 +442,23 @@ class FirmwareManifest:
     security_version: int
     target_hardware: list[str]
     chip: str
-    image: ImageRef
+    image: ImageRef | None  # None: an app-only release (app is then required)
     min_bootloader_version: str | None = None
     metadata: Metadata = field(default_factory=Metadata)
     created: str = field(default_factory=lambda: format_time(utc_now()))
     expires: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    app: AppBundle | None = None
 
     def __post_init__(self) -> None:
         self.validate()
+
+    @property
+    def firmware(self) -> ImageRef:
+        """The firmware image (ManifestError for an app-only release)."""
+        if self.image is None:
+            raise ManifestError(f"release {self.version} carries no firmware image (app files only)")
+        return self.image
 
     def validate(self) -> None:
         check_version(self.version)
@@ -360,9 +474,16 @@ class FirmwareManifest:
             raise ManifestError(f"chip {self.chip!r} is not a known ESP32 chip")
         if self.min_bootloader_version is not None:
             _str(self.min_bootloader_version, "min_bootloader_version", 32)
-        if not isinstance(self.image, ImageRef):
+        if self.image is None and self.app is None:
+            raise ManifestError("a release carries a firmware image, an app bundle or both")
+        if self.image is not None and not isinstance(self.image, ImageRef):
             raise ManifestError("image must be an ImageRef")
-        self.image.validate()
+        if self.app is not None and not isinstance(self.app, AppBundle):
+            raise ManifestError("app must be an AppBundle")
+        if self.image is not None:
+            self.image.validate()
+        if self.app is not None:
+            self.app.validate()
         created = parse_time(self.created, "created")
         if self.expires is not None and parse_time(self.expires, "expires") <= created:
             raise ManifestError(f"expires {self.expires} is not after created {self.created}")
@@ -376,25 +497,33 @@ class FirmwareManifest:
         if d.get("spec") != SPEC:
             raise ManifestError(f"spec {d.get('spec')!r} is not supported (this tool reads spec {SPEC})")
         known = ("_type", "spec", "version", "build_id", "security_version", "target_hardware", "chip",
-                 "min_bootloader_version", "image", "metadata", "created", "expires")
+                 "min_bootloader_version", "image", "metadata", "created", "expires", "app")
+        image = d.get("image")
+        app = d.get("app")
         return cls(
             version=_get(d, "version", "manifest"), build_id=_get(d, "build_id", "manifest"),
             security_version=_get(d, "security_version", "manifest"),
             target_hardware=_get(d, "target_hardware", "manifest"), chip=_get(d, "chip", "manifest"),
             min_bootloader_version=d.get("min_bootloader_version"),
-            image=ImageRef.from_dict(_get(d, "image", "manifest")),
+            image=None if image is None and "app" in d else ImageRef.from_dict(_get(d, "image", "manifest")),
+            app=None if app is None else AppBundle.from_dict(app),
             metadata=Metadata.from_dict(d.get("metadata", {})),
             created=_get(d, "created", "manifest"), expires=d.get("expires"), extra=_extra(d, known),
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "_type": "release", "spec": SPEC, "version": self.version, "build_id": self.build_id,
             "security_version": self.security_version, "target_hardware": list(self.target_hardware),
             "chip": self.chip, "min_bootloader_version": self.min_bootloader_version,
-            "image": self.image.to_dict(), "metadata": self.metadata.to_dict(),
-            "created": self.created, "expires": self.expires, **self.extra,
         }
+        if self.image is not None:
+            out["image"] = self.image.to_dict()
+        if self.app is not None:
+            out["app"] = self.app.to_dict()
+        out.update({"metadata": self.metadata.to_dict(), "created": self.created, "expires": self.expires,
+                    **self.extra})
+        return out
 
     def to_payload(self) -> bytes:
         """The exact bytes that get signed (compact JSON, UTF-8)."""

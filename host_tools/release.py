@@ -5,7 +5,9 @@ A release folder holds:
   bounded window, ``window_bits`` recorded in the manifest),
 - ``manifest.json``: the DSSE envelope over the release manifest, ``image.url`` relative to it,
 - with ``--delta-from``, one ``delta-from-<version>.patch[.z]`` per base release
-  (host_tools/delta.py), listed in the manifest's ``image.deltas``.
+  (host_tools/delta.py), listed in the manifest's ``image.deltas``,
+- with ``--app DIR``, ``app.bin``: the application files (host_tools/appbundle.py), listed in the
+  manifest's ``app`` section. A release carries a firmware image, an app bundle or both.
 
 The folder is built under a temporary name next to RELEASE_DIR and renamed into place at the end,
 so a failed or interrupted sign leaves nothing behind.
@@ -21,7 +23,9 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from host_tools.appbundle import BUNDLE_NAME, AppBundleError, build_bundle, check_bundle
 from host_tools.delta import DeltaError, Patch, make_patch, patch_name
 from host_tools.errors import MpotaError
 from host_tools.esp_image import ImageError, load_app_image, parse_image
@@ -32,6 +36,7 @@ from host_tools.manifest import (
     MAX_MANIFEST_BYTES,
     MAX_WINDOW_BITS,
     MIN_WINDOW_BITS,
+    AppBundle,
     DeltaRef,
     FirmwareManifest,
     ImageRef,
@@ -42,6 +47,9 @@ from host_tools.manifest import (
     parse_time,
     utc_now,
 )
+
+if TYPE_CHECKING:
+    from host_tools.boards import Board
 
 MANIFEST_NAME = "manifest.json"
 RAW_NAME = "firmware.bin"
@@ -57,7 +65,7 @@ class ReleaseError(MpotaError):
 class ReleaseInfo:
     out_dir: Path
     manifest_path: Path
-    image_path: Path
+    image_path: Path | None  # None: an app-only release
     manifest: FirmwareManifest
     keyids: list[str]
     board: str
@@ -68,11 +76,23 @@ class ReleaseInfo:
 class VerifyResult:
     manifest: FirmwareManifest
     manifest_path: Path
-    image_path: Path
+    image_path: Path | None  # None: an app-only release
     manifest_sha256: str
     keyids: list[str]
     checks: list[str] = field(default_factory=list)  # what was checked, in plain words
     patches: list[tuple[str, bytes]] = field(default_factory=list)  # (file name, bytes) per delta
+    app_file: tuple[str, bytes] | None = None  # (file name, bytes) of the app bundle
+    app_files: list[tuple[str, bytes]] = field(default_factory=list)  # (path, bytes) in the bundle
+
+    @property
+    def image_name(self) -> str | None:
+        """The firmware image's file name in the release folder (None: an app-only release)."""
+        return None if self.image_path is None else self.image_path.name
+
+    @property
+    def extra_files(self) -> list[tuple[str, bytes]]:
+        """(file name, bytes) of the release's files beside manifest and image: patches, app bundle."""
+        return [*self.patches, *([self.app_file] if self.app_file else [])]
 
 
 def _version_core(v: str) -> str:
@@ -138,7 +158,7 @@ def _check_out_dir(out: Path) -> None:
 
 
 def sign_release(
-    image_path: str | os.PathLike[str],
+    image_path: str | os.PathLike[str] | None,
     key: PrivateKey | str | os.PathLike[str] | Sequence[PrivateKey],
     board: str,
     version: str | None,
@@ -157,6 +177,9 @@ def sign_release(
     extra_boards: Sequence[str] = (),
     allow_version_downgrade: bool = False,
     delta_from: Sequence[str | os.PathLike[str]] = (),
+    app_dir: str | os.PathLike[str] | None = None,
+    app_root: str = "/app",
+    mpy_cross: str | None = None,
 ) -> ReleaseInfo:
     """Check the image against the board, build + sign the manifest, write RELEASE_DIR atomically.
 
@@ -164,7 +187,11 @@ def sign_release(
     stock MicroPython build) needs it given.
 
     delta_from: earlier release folders; a patch from each one's image is written next to the
-    image and listed in image.deltas (boards running that image fetch the patch instead)."""
+    image and listed in image.deltas (boards running that image fetch the patch instead).
+
+    app_dir: a folder of application files installed under app_root with the firmware
+    (host_tools/appbundle.py; .py compiled with the mpy-cross program ``mpy_cross`` when given);
+    image_path None signs an app-only release (then ``version`` is required)."""
     from host_tools.boards import load_board
 
     out = Path(out_dir)
@@ -186,6 +213,22 @@ def sign_release(
     created = format_time(utc_now())
     if expires is not None and parse_time(expires, "expires") <= parse_time(created):
         raise ReleaseError(f"expires {expires} is not in the future")
+    bundle = None
+    if app_dir is not None:
+        try:
+            bundle = build_bundle(app_dir, app_root, mpy_cross=mpy_cross)
+        except (AppBundleError, ManifestError) as exc:
+            raise ReleaseError(str(exc)) from None
+    if image_path is None:
+        if bundle is None:
+            raise ReleaseError("nothing to sign: give a firmware image, --app DIR or both")
+        if delta_from:
+            raise ReleaseError("--delta-from needs a firmware image (an app-only release has none)")
+        if version is None:
+            raise ReleaseError("an app-only release needs --version")
+        return _write_app_only(out, keys, b, version, bundle.app, bundle.data, security_version or 0,
+                               build_id, notes, required, created, expires, min_bootloader_version,
+                               extra_boards, allow_version_downgrade)
 
     name = os.fspath(image_path)
     data, rep = load_app_image(name)
@@ -243,18 +286,41 @@ def sign_release(
         metadata=Metadata(notes, required, allow_version_downgrade),
         created=created,
         expires=expires,
+        app=None if bundle is None else bundle.app,
     )
-    envelope = manifest.sign(keys)
+    files = [(file_name, wire), *((n, p.wire) for n, p in patches)]
+    if bundle is not None:
+        files.append((BUNDLE_NAME, bundle.data))
+    return _write_release_dir(out, manifest, keys, files, b.name, warnings)
 
+
+def _write_app_only(out: Path, keys: list[PrivateKey], b: Board, version: str, app: AppBundle, data: bytes,
+                    security_version: int, build_id: str | None, notes: str, required: bool, created: str,
+                    expires: str | None, min_bootloader_version: str | None, extra_boards: Sequence[str],
+                    allow_version_downgrade: bool) -> ReleaseInfo:
+    manifest = FirmwareManifest(
+        version=version, build_id=build_id or utc_now().strftime("%Y%m%d-%H%M%S"),
+        security_version=security_version,
+        target_hardware=[b.name, *[e for e in extra_boards if e != b.name]], chip=b.chip,
+        min_bootloader_version=min_bootloader_version, image=None,
+        metadata=Metadata(notes, required, allow_version_downgrade), created=created, expires=expires,
+        app=app)
+    return _write_release_dir(out, manifest, keys, [(BUNDLE_NAME, data)], b.name, [])
+
+
+def _write_release_dir(out: Path, manifest: FirmwareManifest, keys: list[PrivateKey],
+                       files: list[tuple[str, bytes]], board: str, warnings: list[str]) -> ReleaseInfo:
+    """Sign the manifest and write the folder: the files, then manifest.json, under a temporary
+    name renamed into place."""
+    envelope = manifest.sign(keys)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ReleaseError(f"cannot create {out.parent}: {exc.strerror or exc}") from None
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
-        _write_synced(tmp / file_name, wire)
-        for n, p in patches:
-            _write_synced(tmp / n, p.wire)
+        for n, data in files:
+            _write_synced(tmp / n, data)
         _write_synced(tmp / MANIFEST_NAME, envelope)
         os.chmod(tmp, 0o755)
         if out.is_dir():
@@ -264,14 +330,14 @@ def sign_release(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     _fsync_dir(out.parent)
-    return ReleaseInfo(out, out / MANIFEST_NAME, out / file_name, manifest, [k.keyid for k in keys], b.name,
-                       warnings)
+    image = out / files[0][0] if manifest.image is not None else None
+    return ReleaseInfo(out, out / MANIFEST_NAME, image, manifest, [k.keyid for k in keys], board, warnings)
 
 
 def release_image(path: str | os.PathLike[str]) -> tuple[FirmwareManifest, bytes]:
     """A release folder's manifest (signature not checked) and its raw image, hashes checked."""
     res, _, wire = load_release(path, None, allow_expired=True)
-    img = res.manifest.image
+    img = res.manifest.firmware
     if img.encoding == "zlib":
         assert img.window_bits is not None
         return res.manifest, decode_stream(wire, img.window_bits, img.size)
@@ -293,13 +359,13 @@ def make_deltas(bases: Sequence[str | os.PathLike[str]], new: bytes, version: st
             raise ReleaseError(f"--delta-from {base_dir}: {exc}") from None
         if bm.chip != chip:
             raise ReleaseError(f"--delta-from {base_dir} is an {bm.chip} release, this one is for {chip}")
-        if bm.image.hash == new_hash:
+        if bm.firmware.hash == new_hash:
             raise ReleaseError(f"--delta-from {base_dir} has the very image being signed")
-        if bm.image.hash in seen:
-            raise ReleaseError(f"--delta-from {base_dir} has the same image as {seen[bm.image.hash]}")
+        if bm.firmware.hash in seen:
+            raise ReleaseError(f"--delta-from {base_dir} has the same image as {seen[bm.firmware.hash]}")
         if bm.version == version:
             raise ReleaseError(f"--delta-from {base_dir} is version {version} itself")
-        seen[bm.image.hash] = str(base_dir)
+        seen[bm.firmware.hash] = str(base_dir)
         try:
             patch = make_patch(base, new, window_bits)
         except DeltaError as exc:
@@ -400,6 +466,19 @@ def load_release(
     if board is not None and board not in m.target_hardware:
         raise ReleaseError(f"{mpath}: board {board} is not in target_hardware "
                            f"({', '.join(m.target_hardware)})")
+    app_file = None
+    app_files: list[tuple[str, bytes]] = []
+    if m.app is not None:
+        app_file = (m.app.url, _release_file(mpath, m.app.url, "app bundle"))
+        try:
+            app_files = check_bundle(m.app, app_file[1])
+        except AppBundleError as exc:
+            raise ReleaseError(str(exc)) from None
+        checks.append(f"app bundle: {len(m.app.files)} file(s) under {m.app.root}, {m.app.size} bytes, "
+                      "each size and hash")
+    if m.image is None:
+        return (VerifyResult(m, mpath, None, hashlib.sha256(raw).hexdigest(), signed_by, checks, [],
+                             app_file, app_files), raw, b"")
     url = m.image.url
     if "://" in url or url.startswith("/"):
         raise ReleaseError(f"{mpath}: image url {url!r} is absolute; "
@@ -444,20 +523,25 @@ def load_release(
         note = "" if _version_core(desc_v) == m.version else \
             f" (image says {desc_v})" if desc_v else " (the image carries no version of its own)"
         checks.append(f"valid {rep.chip} app image{note}")
-    return (VerifyResult(m, mpath, img, hashlib.sha256(raw).hexdigest(), signed_by, checks, patches),
-            raw, wire)
+    return (VerifyResult(m, mpath, img, hashlib.sha256(raw).hexdigest(), signed_by, checks, patches,
+                         app_file, app_files), raw, wire)
+
+
+def _release_file(mpath: Path, url: str, what: str) -> bytes:
+    """A file listed in the manifest: a plain name next to it."""
+    if "/" in url or url in ("", ".", ".."):
+        raise ReleaseError(f"{mpath}: {what} url {url!r} must be a file name next to the manifest")
+    try:
+        return (mpath.parent / url).read_bytes()
+    except OSError as exc:
+        raise ReleaseError(f"cannot read {what} {mpath.parent / url}: {exc.strerror or exc}") from None
 
 
 def _check_patch(mpath: Path, d: DeltaRef) -> bytes:
     """A patch file of the release: next to the manifest, size and hash as listed, decodable."""
     from host_tools.delta import ENC_ZLIB
 
-    if "/" in d.url or d.url in ("", ".", ".."):
-        raise ReleaseError(f"{mpath}: patch url {d.url!r} must be a file name next to the manifest")
-    try:
-        data = (mpath.parent / d.url).read_bytes()
-    except OSError as exc:
-        raise ReleaseError(f"cannot read patch {mpath.parent / d.url}: {exc.strerror or exc}") from None
+    data = _release_file(mpath, d.url, "patch")
     if len(data) != d.size or "sha256:" + hashlib.sha256(data).hexdigest() != d.hash:
         raise ReleaseError(f"{d.url}: size or SHA-256 does not match the manifest")
     if d.encoding == ENC_ZLIB:

@@ -171,6 +171,9 @@ def check_manifest(data: bytes, ch: ChannelDoc, dev: DeviceView) -> FirmwareMani
             and not m.metadata.allow_downgrade):
         raise NotNewer(f"{m.version} is not newer than the running {dev.running}")
     img = m.image
+    if img is None:  # an app-only release: its bundle's limits are the manifest's own
+        _expired(m.expires, dev, "release")
+        return m
     if img.size > dev.slot_size:
         raise TooBig(f"image of {img.size} bytes, slot holds {dev.slot_size}")
     assert img.transfer_size is not None

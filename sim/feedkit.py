@@ -99,17 +99,20 @@ class Feed:
     def add_release(self, version: str, data: bytes | None = None, *, compress: bool = False,
                     window_bits: int = 10, security_version: int | None = None,
                     key: str = "release", expires: str | None = None,
-                    delta_from: tuple[Path, ...] | list[Path] = (), **image_kw: Any) -> Path:
-        """Sign ``data`` (default: a fresh genuine image) as ``version`` into the feed."""
+                    delta_from: tuple[Path, ...] | list[Path] = (), app_dir: Path | None = None,
+                    firmware: bool = True, **image_kw: Any) -> Path:
+        """Sign ``data`` (default: a fresh genuine image) as ``version`` into the feed; with
+        ``app_dir`` the application files too (``firmware=False``: an app-only release)."""
         if data is None:
             data = image(version, **image_kw)
         src = self.root.parent / f"_src-{version}-{os.getpid()}.bin"
         src.write_bytes(data)
         out = self.release_dir(version)
         out.parent.mkdir(parents=True, exist_ok=True)
-        sign_release(src, self.keys.keys[key], self.board, version, out_dir=out,
+        sign_release(src if firmware else None, self.keys.keys[key], self.board, version, out_dir=out,
                      security_version=security_version, compress=compress, window_bits=window_bits,
-                     expires=expires, force_version=True, any_role=True, delta_from=delta_from)
+                     expires=expires, force_version=True, any_role=True, delta_from=delta_from,
+                     app_dir=app_dir)
         src.unlink()
         return out
 

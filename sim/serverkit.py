@@ -208,5 +208,6 @@ def publish_test_release(feed_dir: str | Path, work_dir: str | Path, key_path: s
         dest = Path(feed_dir) / "releases" / board / version
         dest.mkdir(parents=True, exist_ok=True)
         for f in (info.image_path, info.manifest_path):
+            assert f is not None
             (dest / f.name).write_bytes(f.read_bytes())
     return info.out_dir

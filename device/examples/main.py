@@ -1,14 +1,19 @@
 # main.py: the application template (installed by `mpota deploy` when the board has none).
 #
-# 1. mpota.boot() first: on the trial boot of a new firmware it runs the health checks and
-#    confirms the update or rolls back to the previous one (resetting; it does not return
-#    then). On any other boot it is cheap: no network, a few bytes written.
-# 2. Then the application loop, which feeds the watchdog armed during a trial, sends a
-#    heartbeat now and then and checks for updates (Updater.update() resets into the new
-#    firmware when it installs one).
+# 1. The active app folder (a release's application files, `mpota sign --app DIR`: /app.a or
+#    /app.b) goes first on sys.path, so the app's modules come from the release being tried
+#    or confirmed. A bundle may ship app_health.py with check() -> bool: the trial runs it.
+# 2. mpota.boot(): on the trial boot of a new firmware or app it runs the health checks and
+#    confirms the update or rolls back firmware and app together (resetting; it does not
+#    return then). On any other boot it is cheap: no network, a few bytes written.
+# 3. Then the application loop (the bundle's app_main.step() when it has one), which feeds
+#    the watchdog armed during a trial, sends a heartbeat now and then and checks for
+#    updates (Updater.update() resets into the new firmware or app when it installs one).
+import sys
 import time
 
 import mpota
+from mpota.trial import app_folder
 
 CONFIG = "/mpota.json"
 HEARTBEAT_S = 300       # heartbeat period
@@ -25,20 +30,37 @@ def app_ready():
     return gc.mem_free() > 16 * 1024
 
 
-result = mpota.boot(checks=[app_ready], timeout_ms=10000, config=CONFIG)
-print("mpota:", result)
+APP = app_folder(CONFIG)
+if APP:
+    sys.path.insert(0, APP)
+checks = [app_ready]
+try:
+    import app_health  # the bundle's own check, run against the new app during its trial
+
+    checks.append(("app", app_health.check))
+except ImportError:
+    pass
+result = mpota.boot(checks=checks, timeout_ms=10000, config=CONFIG)
+print("mpota:", result, "app:", APP)
+try:
+    import app_main  # the bundle's application
+except ImportError:
+    app_main = None
 
 
 def app_step():
     # your application's work goes here (keep each step shorter than the watchdog period)
-    time.sleep(1)
+    if app_main is not None:
+        app_main.step()
+    else:
+        time.sleep(1)
 
 
 def run():
     from mpota.health import HealthReporter
     from mpota.trial import feed
 
-    health = HealthReporter(config=CONFIG, checks=[app_ready])
+    health = HealthReporter(config=CONFIG, checks=checks)
     last_hb = last_check = None
     while True:
         feed()  # the watchdog armed by a trial boot cannot be stopped on ESP32

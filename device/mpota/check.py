@@ -148,6 +148,23 @@ def channel_offer(u, running=None):
     return ch
 
 
+# The running release's version: the firmware's, or the confirmed app bundle's when newer (an
+# app-only release leaves the firmware and its version as they were).
+def _with_app(st, running):
+    a = st["app"]
+    v = a.get("version") if a else None
+    if not isinstance(v, str) or v == running:
+        return running
+    if running is None:
+        return v
+    import mpota.version as version
+
+    try:
+        return v if version.compare(v, running) > 0 else running
+    except ValueError:
+        return running
+
+
 # The Offer this board should install now (its slot, the slot it leaves, its chip id filled
 # in), or None: up to date, not eligible, outside the window, paused.
 def offer(u):
@@ -158,7 +175,7 @@ def offer(u):
     st = u.state
     run = _running_part()
     fw = firmware.running_image()
-    running = firmware.version(st, cfg, fw)
+    running = _with_app(st, firmware.version(st, cfg, fw))
     u._version = running
     chip = fw[2] if fw else None
     chip_name = imagehdr.CHIPS.get(chip) if chip is not None else cfg.get("chip")
@@ -170,7 +187,7 @@ def offer(u):
     nxt = run.get_next_update()
     m, o = _manifest(u, ch, running, chip_name, nxt.info()[3], _now())
     _unload("dsse", "p256", "trust", "version")
-    if running is None:
+    if running is None and m.get("image"):
         import mpota.firmware as firmware
 
         same = firmware.runs(run, m["image"], u._block(), u._feed)
@@ -182,7 +199,7 @@ def offer(u):
             st.save()
             u._version = m["version"]
             return None
-    o.slot = nxt.info()[4]
     o.prev_slot = run.info()[4]
+    o.slot = nxt.info()[4] if o.size else o.prev_slot  # app files only: the firmware stays
     o.chip = chip
     return o

@@ -49,6 +49,7 @@ def _default():
         "boots": 0,       # boot counter (HealthReporter.boot_count)
         "wdt": 0,         # watchdog resets seen
         "fw": {},         # slot label -> [elf id, version]: firmware mpota confirmed there
+        "app": None,      # {root, slot, version, hash}: the confirmed app folder (mpota.appfiles)
     }
 
 

@@ -16,6 +16,11 @@
 #   "rollback"   trial failed: version recorded as failed, health_failed has a reserved seq,
 #                the previous slot is being made the boot slot
 #   "rolled_back" back on the previous slot, rolled_back has a reserved seq
+# An update that carries application files (pending["app"]: the new app folder, mpota.appfiles)
+# is tried, confirmed and rolled back with its firmware: app_folder() names the new folder only
+# while the trial runs on the new firmware; confirming makes it state["app"]; rolling back
+# leaves state["app"], the previous app, as it was. An app-only update (pending["fw"] False)
+# keeps the running slot: its trial is the next boot, its rollback a reset into the old app.
 # A decision report carries a seq reserved in pending before it is queued, so repeating
 # a step after a reset sends the same seq again (the server answers 409 = delivered):
 # each decision is reported exactly once as far as the server is concerned.
@@ -169,11 +174,14 @@ class Session:
         return _label(self.esp32.Partition(self.esp32.Partition.RUNNING))
 
     # "trial" when this boot runs a pending update that is not decided yet, "back" when
-    # a pending update exists but the board runs another slot, else None.
+    # a pending update exists but the board runs another slot (or an app-only update was
+    # rolled back), else None.
     def situation(self):
         p = self.state["pending"]
         if not p or self.esp32 is None:
             return None
+        if p.get("fw") is False:  # app files only: the firmware never changed
+            return "back" if p.get("phase") in ("rollback", "rolled_back") else "trial"
         return "trial" if self.running() == p.get("slot") else "back"
 
     def reserve(self, key):
@@ -203,7 +211,9 @@ class Session:
         self.reporter.flush(budget_ms)
         prev = p.get("prev_slot")
         part = _find(self.esp32, prev) if prev else None
-        if part is None:
+        if p.get("fw") is False:
+            pass  # app files only: the reset boots the confirmed app on the same firmware
+        elif part is None:
             # No known previous slot: let the bootloader decide (an unconfirmed image is
             # rolled back by the reset itself when rollback is enabled).
             _log("previous slot %r not found; resetting" % (prev,))
@@ -274,11 +284,14 @@ class Session:
             sv = p.get("security_version") or 0
             if sv > st["floor"]:
                 st["floor"] = sv
-            # a build without a version in its app description is known by this record
-            import mpota.firmware as firmware
+            if p.get("fw") is not False:
+                # a build without a version in its app description is known by this record
+                import mpota.firmware as firmware
 
-            firmware.record(st, firmware.running_image(), p.get("version"))
-            del firmware
+                firmware.record(st, firmware.running_image(), p.get("version"))
+                del firmware
+            if p.get("app"):
+                st["app"] = p["app"]  # the new app folder is the confirmed one from now on
             p["phase"] = "confirmed"
             self.reserve("cseq")
             st.save()
@@ -292,6 +305,21 @@ class Session:
         result.outcome = "confirmed"
         result.version = p.get("version")
         _log("confirmed %s" % (p.get("version"),))
+
+
+# The app folder this boot imports (put it on sys.path before the app's modules and before
+# boot() runs their health checks), or None when no app bundle was installed: the pending
+# update's new folder while its trial runs, else the confirmed one.
+def app_folder(config="/mpota.json"):
+    s = Session(config, cfg={})
+    a = s.state["app"]
+    p = s.state["pending"]
+    if p and p.get("app") and p.get("phase") not in ("installing", "rollback", "rolled_back"):
+        if s.situation() == "trial":
+            a = p["app"]
+    if not isinstance(a, dict) or a.get("slot") not in ("a", "b") or not isinstance(a.get("root"), str):
+        return None
+    return ("" if s.root == "/" else s.root) + a["root"] + "." + a["slot"]
 
 
 # Call early in main.py on every boot. Outside a trial it is cheap (no network): it marks

@@ -19,6 +19,7 @@ _SPEC = const(1)
 _GROWTH = const(64)  # a zlib transfer may exceed the raw size by size/64 + 1 KiB
 _U32 = const(0xFFFFFFFF)
 _ZLIB_MAX_WBITS = const(15)
+_NO_IMAGE = {"url": "", "size": 0, "hash": ""}  # type: dict
 _MAX_DELTAS = const(8)
 _CHIPS = ("esp32", "esp32s2", "esp32s3", "esp32c2", "esp32c3", "esp32c5", "esp32c6", "esp32c61",
           "esp32h2", "esp32p4")
@@ -229,27 +230,8 @@ def _url(u):
         _bad("url")
 
 
-# The release manifest `doc` (verified payload, parsed) that channel `ch` pins, for this
-# board and chip (None: unknown), running version `running` (None: unknown), security floor,
-# and an OTA slot of slot_size bytes. Returns doc.
-def manifest(doc, ch, board, chip, running, floor, slot_size, now):
-    _spec(doc, "release")
-    v = version(doc.get("version"))
-    b = doc.get("build_id")
-    if not isinstance(b, str) or not 0 < len(b) <= 64 or not all("!" <= c <= "~" for c in b):
-        _bad("build_id")
-    sv = _int(doc.get("security_version"), "security_version")
-    hw = doc.get("target_hardware")
-    if not isinstance(hw, list) or not hw:
-        _bad("target_hardware")
-    for h in hw:
-        _name(h, "target_hardware")
-    if doc.get("chip") not in _CHIPS:
-        _bad("chip")
-    mb = doc.get("min_bootloader_version")
-    if mb is not None and (not isinstance(mb, str) or len(mb) > 32):
-        _bad("min_bootloader_version")
-    img = doc.get("image")
+# The firmware image entry (image{}): (size, transfer size, deltas).
+def _image(img):
     if not isinstance(img, dict):
         _bad("image")
     _url(img.get("url"))
@@ -274,6 +256,39 @@ def manifest(doc, ch, board, chip, running, floor, slot_size, now):
     bases = [img["hash"]]
     for d in ds:
         _delta(d, bases)
+    return size, ts, ds
+
+
+# The release manifest `doc` (verified payload, parsed) that channel `ch` pins, for this
+# board and chip (None: unknown), running version `running` (None: unknown), security floor,
+# and an OTA slot of slot_size bytes. Returns doc.
+def manifest(doc, ch, board, chip, running, floor, slot_size, now):
+    _spec(doc, "release")
+    v = version(doc.get("version"))
+    b = doc.get("build_id")
+    if not isinstance(b, str) or not 0 < len(b) <= 64 or not all("!" <= c <= "~" for c in b):
+        _bad("build_id")
+    sv = _int(doc.get("security_version"), "security_version")
+    hw = doc.get("target_hardware")
+    if not isinstance(hw, list) or not hw:
+        _bad("target_hardware")
+    for h in hw:
+        _name(h, "target_hardware")
+    if doc.get("chip") not in _CHIPS:
+        _bad("chip")
+    mb = doc.get("min_bootloader_version")
+    if mb is not None and (not isinstance(mb, str) or len(mb) > 32):
+        _bad("min_bootloader_version")
+    img = doc.get("image")
+    app = doc.get("app")
+    if img is None and app is None:
+        _bad("image")  # a release carries a firmware image, an app bundle or both
+    if img is not None:
+        size, ts, ds = _image(img)
+    if app is not None:
+        import mpota.appspec as appspec  # only for a release with application files
+
+        appspec.check(app)
     md = doc.get("metadata", {})
     if not isinstance(md, dict):
         _bad("metadata")
@@ -298,13 +313,14 @@ def manifest(doc, ch, board, chip, running, floor, slot_size, now):
         raise errors.SecurityVersionError("security_version %d below the floor %d" % (sv, floor))
     if running is not None and _compare(v, running) <= 0 and md.get("allow_downgrade") is not True:
         raise errors.NotNewer("%s is not newer than the running %s" % (v, running))
-    if size > slot_size:
-        raise errors.TooBig("image of %d bytes, slot holds %d" % (size, slot_size))
-    if ts > size + size // _GROWTH + 1024:
-        raise errors.TooBig("transfer of %d bytes for an image of %d" % (ts, size))
-    for d in ds:
-        if d["size"] > size + size // _GROWTH + 1024:
-            raise errors.TooBig("patch of %d bytes for an image of %d" % (d["size"], size))
+    if img is not None:
+        if size > slot_size:
+            raise errors.TooBig("image of %d bytes, slot holds %d" % (size, slot_size))
+        if ts > size + size // _GROWTH + 1024:
+            raise errors.TooBig("transfer of %d bytes for an image of %d" % (ts, size))
+        for d in ds:
+            if d["size"] > size + size // _GROWTH + 1024:
+                raise errors.TooBig("patch of %d bytes for an image of %d" % (d["size"], size))
     _expired(exp, now, "release")
     return doc
 
@@ -328,6 +344,7 @@ class Offer:
     transfer_hash: str
     deltas: list
     how: dict
+    app: dict | None  # the release's application files (mpota.appfiles), or None
     slot: str | None
     prev_slot: str | None
     chip: int | None
@@ -338,7 +355,8 @@ class Offer:
 # and what it must hash to. The updater adds where it goes (slot, prev_slot, chip id).
 def offer(ch, m, manifest_url):
     o = Offer()
-    img = m["image"]
+    img = m.get("image") or _NO_IMAGE  # an app-only release: no firmware, size 0
+    o.app = m.get("app")
     ro = ch["rollout"]
     o.version = m["version"]
     o.seq = ch["seq"]

@@ -474,9 +474,15 @@ class Updater:
         st = self.state
         run = _running_part()
         part = run.get_next_update()
+        o.how = {}
+        app = self._install_app(o) if o.app is not None else None
+        if not o.size:  # app files only: recorded for the trial boot, no firmware to flash
+            st["pending"] = self._pending(o, app)
+            st["pending"]["fw"] = False
+            st.save()
+            return
         if part.info()[4] != o.slot:
             raise errors.FlashError("next slot changed")
-        o.how = {}
         try:
             if not o.deltas or not _delta_install(self, o, run, part):
                 self._transfer(o, part, None, run)
@@ -496,9 +502,8 @@ class Updater:
             raise errors.FlashError("slot read-back does not match the image hash")
         # phase "installing" until set_boot() returned (see trial.py): a board cut before
         # that never left the old slot and must not count the install as a failed update
-        st["pending"] = {"version": o.version, "slot": o.slot, "prev_slot": o.prev_slot,
-                         "security_version": o.security_version, "rollout": o.rollout,
-                         "manifest_sha256": o.manifest_sha256, "attempts": 0, "phase": "installing"}
+        st["pending"] = self._pending(o, app)
+        st["pending"]["phase"] = "installing"
         st.save()
         self._feed()
         try:
@@ -509,6 +514,31 @@ class Updater:
             raise errors.FlashError("set_boot refused the image (%s)" % e)
         del st["pending"]["phase"]
         st.save()
+
+    # The pending record of an installed update (mpota.trial); `app`: the new app folder's record.
+    def _pending(self, o, app):
+        p = {"version": o.version, "slot": o.slot, "prev_slot": o.prev_slot,
+             "security_version": o.security_version, "rollout": o.rollout,
+             "manifest_sha256": o.manifest_sha256, "attempts": 0}
+        if app is not None:
+            p["app"] = app
+        return p
+
+    # The release's application files into the inactive app folder (mpota.appfiles, in RAM for
+    # this only); returns the new folder's record.
+    def _install_app(self, o):
+        import mpota.appfiles as appfiles
+        import mpota.http as http
+
+        src = _Source(self, http.join(o.manifest_url, o.app["url"]), o.app["size"], 0, hashlib.sha256())
+        del http
+        try:
+            return appfiles.install(self, o, src)
+        except OSError as e:  # the filesystem refused (full, worn): the confirmed app is untouched
+            raise errors.FlashError("app files: %s" % (e,))
+        finally:
+            del appfiles
+            _unload("appfiles")
 
     # Stream the image into `part` (mpota.slot.Writer): the image itself (d None) or the
     # patch d rebuilt against the running slot `run`; raises unless the image hash matches.

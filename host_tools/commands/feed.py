@@ -174,12 +174,14 @@ def cmd_add(args: argparse.Namespace) -> int:
     from host_tools.release import load_release
 
     img = load_release(Path(args.feed) / Path(rel).parent, None)[0].manifest.image
+    deltas = img.deltas if img is not None else []
     if args.json:
         print(json.dumps({"added": f"{args.feed}/{rel}", "channel_changed": False,
-                          "deltas": [d.to_dict() for d in img.deltas]}, indent=2))
+                          "deltas": [d.to_dict() for d in deltas]}, indent=2))
         return 0
     print(f"added {args.feed}/{rel} (no channel changed)")
-    for d in img.deltas:
+    for d in deltas:
+        assert img is not None
         print(f"patch {d.url}: {d.size} bytes ({d.encoding}, {d.size / img.size:.3f} of the image)")
     return 0
 

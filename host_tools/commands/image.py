@@ -29,7 +29,9 @@ def register(sub: Any) -> None:
                     "in plain language. A combined flash image (bootloader + partition table + app, like "
                     "MicroPython's firmware.bin for `esptool write-flash 0x1000`) is recognised and the app "
                     "to sign is named. Exits 1 when the image has errors.")
-    info.add_argument("image", metavar="IMAGE")
+    info.add_argument("image", metavar="IMAGE|RELEASE_DIR",
+                      help="an image file, or a release folder: its firmware image and app bundle (hashes "
+                           "checked, signature not: see `mpota verify`)")
     info.add_argument("--json", action="store_true", help="print the report as JSON")
     info.set_defaults(func=cmd_info)
 
@@ -100,6 +102,8 @@ def format_report(name: str, rep: ImageReport) -> str:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    if Path(args.image).is_dir():
+        return _release_info(args)
     data = read_image_file(args.image)
     rep = inspect_image(data)
     if rep.kind == "invalid" and rep.segment_count is None and not args.json:
@@ -110,6 +114,29 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(format_report(args.image, rep))
     if rep.errors:
         raise ImageError(f"{args.image}: {rep.errors[0]}")
+    return 0
+
+
+def _release_info(args: argparse.Namespace) -> int:
+    from host_tools.appbundle import app_lines
+    from host_tools.release import load_release, release_image
+
+    res = load_release(args.image, None, allow_expired=True)[0]
+    m = res.manifest
+    rep = inspect_image(release_image(args.image)[1]) if m.image is not None else None
+    if args.json:
+        print(json.dumps({"release": args.image, "version": m.version, "checks": res.checks,
+                          "image": None if rep is None else rep.to_dict(),
+                          "app": None if m.app is None else m.app.to_dict()}, indent=2))
+        return 0
+    print(f"release {m.version} ({m.chip}, {', '.join(m.target_hardware)})")
+    if rep is None:
+        print("image: none (an app-only release)")
+    else:
+        assert res.image_path is not None
+        print(format_report(str(res.image_path), rep))
+    for line in app_lines(m.app):
+        print(line)
     return 0
 
 

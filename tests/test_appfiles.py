@@ -1,0 +1,215 @@
+"""Application files with the firmware, end to end on the simulated board (both interpreters):
+signed releases with an app bundle (host_tools.appbundle) served over loopback, installed by the
+device updater (mpota.appfiles) into the inactive app folder, tried, confirmed or rolled back
+together with the firmware (mpota.trial)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.feedkit import (
+    Board,
+    Feed,
+    FeedServer,
+    Keys,
+    device_config,
+    factory_config,
+    image,
+    serve,
+    update_script,
+)
+
+RUNNING = "1.0.0"
+INTERPRETERS = ["cpython", pytest.param("micropython", marks=pytest.mark.mpy)]
+
+# What main.py does first on every boot: the active app folder on sys.path, its own health
+# check (app_health.check) in the trial, then the app's version as the app itself reports it.
+BOOT = r'''
+import sys, json
+from mpota.trial import app_folder, boot
+app = app_folder(CONFIG)
+checks = []
+if app:
+    sys.path.insert(0, app)
+    try:
+        import app_health
+        checks.append(("app", app_health.check))
+    except ImportError:
+        pass
+r = boot(checks=checks, config=CONFIG, builtin=(), wdt_ms=0)
+ver = None
+if app:
+    import app_version
+    ver = app_version.VERSION
+import esp32
+print("RESULT " + json.dumps({"boot": r.outcome, "check": r.check, "app": app, "app_version": ver,
+                              "slot": esp32.Partition(esp32.Partition.RUNNING).info()[4]}))
+'''
+
+
+def app_dir(root: Path, version: str, healthy: bool = True, extra: dict[str, bytes] | None = None) -> Path:
+    d = root / f"app-{version}-{'ok' if healthy else 'bad'}"
+    (d / "lib").mkdir(parents=True, exist_ok=True)
+    (d / "app_health.py").write_text(f"def check():\n    return {healthy}\n")
+    (d / "app_version.py").write_text(f"VERSION = {version!r}\n")
+    (d / "lib" / "util.py").write_text("def twice(x):\n    return 2 * x\n" + "# pad\n" * 900)
+    for name, data in (extra or {}).items():
+        (d / name).write_bytes(data)
+    return d
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
+    return Keys(tmp_path_factory.mktemp("keys"))
+
+
+@pytest.fixture
+def rig(tmp_path: Path, keys: Keys, request: pytest.FixtureRequest) -> Iterator[Rig]:
+    with serve(tmp_path / "feed") as server:
+        yield Rig(tmp_path, keys, server, request.param)
+
+
+class Rig:
+    def __init__(self, tmp: Path, keys: Keys, server: FeedServer, interp: str) -> None:
+        self.tmp, self.keys, self.server, self.interp = tmp, keys, server, interp
+        self.feed = Feed(tmp / "feed", keys)
+        server.reset(self.feed.root)
+        running = image(RUNNING)
+        cfg = device_config(server, keys, **factory_config(running, RUNNING))
+        self.board = Board(tmp / "sim", running, cfg, "mpy" if interp == "micropython" else "copy")
+
+    def release(self, version: str, *, firmware: bool = True, healthy: bool = True, **kw: Any) -> Path:
+        out = self.feed.add_release(version, app_dir=app_dir(self.tmp, version, healthy),
+                                    firmware=firmware, **kw)
+        self.feed.set_channel(version)
+        return out
+
+    def update(self) -> dict[str, Any]:
+        out = self.board.run(update_script(), self.interp)
+        assert out.returncode == 0, out.stdout + out.stderr
+        return out.result()
+
+    def boot(self) -> list[dict[str, Any]]:
+        """Boot until the board settles (a rollback resets); every boot's RESULT."""
+        head = "import simboot\nCONFIG = simboot.CONFIG\n"
+        heap = "2m" if self.interp == "micropython" else None
+        runs = self.board.sim.boot_until_settled(head + BOOT, interpreter=self.interp, heapsize=heap)
+        out = []
+        for r in runs:
+            lines = [ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")]
+            out.append(json.loads(lines[-1][7:]) if lines else {"kind": r.kind, "output": r.output[-2000:]})
+        assert runs[-1].kind == "exit", runs[-1]
+        return out
+
+    def state(self) -> dict[str, Any]:
+        return self.board.state()
+
+    def fs(self) -> Path:
+        return self.board.sim.fs
+
+    def health_failed(self) -> list[str]:
+        return [d.get("check") for e, d in self.server.events() if e == "health_failed"]
+
+    def firmware_requests(self) -> list[str]:
+        return [r.path for r in self.server.requests if "/firmware.bin" in r.path]
+
+
+def rigs() -> Any:
+    return pytest.mark.parametrize("rig", INTERPRETERS, indirect=True)
+
+
+@rigs()
+def test_firmware_and_app_then_app_only(rig: Rig) -> None:
+    rig.release("1.1.0")
+    assert rig.update()["outcome"] == "ok"
+    p = rig.state()["pending"]
+    assert p["app"]["slot"] == "a" and p.get("fw") is not False
+    assert (rig.fs() / "app.a" / "lib" / "util.py").read_text().startswith("def twice")
+    runs = rig.boot()
+    assert runs[-1]["boot"] == "confirmed" and runs[-1]["app_version"] == "1.1.0"
+    assert runs[-1]["slot"] == "ota_1" and runs[-1]["app"].endswith("/app.a")
+    assert rig.state()["app"]["slot"] == "a" and rig.state()["pending"] is None
+
+    # an app-only release: no firmware fetched, no slot switched, the trial is the next boot
+    rig.server.requests.clear()
+    rig.release("1.2.0", firmware=False)
+    before = rig.board.boot_state()
+    assert rig.update()["outcome"] == "ok"
+    assert rig.firmware_requests() == []
+    assert rig.board.boot_state()["otadata"] == before["otadata"]
+    assert rig.state()["pending"]["fw"] is False
+    runs = rig.boot()
+    assert runs[-1]["boot"] == "confirmed" and runs[-1]["app_version"] == "1.2.0"
+    assert runs[-1]["slot"] == "ota_1" and runs[-1]["app"].endswith("/app.b")
+    assert rig.state()["app"]["version"] == "1.2.0"
+    # up to date: the app-only release's version counts as the running one
+    assert rig.update()["outcome"] == "none"
+
+
+@rigs()
+def test_app_health_failure_rolls_back_app_and_firmware(rig: Rig) -> None:
+    rig.release("1.1.0")
+    assert rig.update()["outcome"] == "ok"
+    assert rig.boot()[-1]["boot"] == "confirmed"
+    rig.release("1.2.0", healthy=False)
+    assert rig.update()["outcome"] == "ok"
+    runs = rig.boot()
+    assert runs[0]["kind"] == "reset"  # the trial of 1.2.0 failed its app check and reset
+    assert set(rig.health_failed()) == {"app"}
+    last = runs[-1]
+    assert last["boot"] == "rolled_back"
+    assert (last["slot"], last["app_version"]) == ("ota_1", "1.1.0") and last["app"].endswith("/app.a")
+    st = rig.state()
+    assert st["pending"] is None and st["app"]["version"] == "1.1.0"
+    assert ["1.2.0", "r-test-1"] in st["failed"]
+    events = [e for e, _ in rig.server.events()]
+    assert "health_failed" in events and "rolled_back" in events
+
+
+@rigs()
+def test_app_only_health_failure_keeps_firmware_and_app(rig: Rig) -> None:
+    rig.release("1.1.0", firmware=False)
+    assert rig.update()["outcome"] == "ok"
+    assert rig.boot()[-1]["app_version"] == "1.1.0"
+    rig.release("1.2.0", firmware=False, healthy=False)
+    assert rig.update()["outcome"] == "ok"
+    runs = rig.boot()
+    assert runs[0]["kind"] == "reset" and set(rig.health_failed()) == {"app"}
+    assert runs[-1]["boot"] == "rolled_back" and runs[-1]["app_version"] == "1.1.0"
+    assert runs[-1]["slot"] == "ota_0" and rig.board.boot_state()["next"] == "ota_0"
+    assert rig.firmware_requests() == []
+
+
+@rigs()
+def test_tampered_file_is_refused_and_nothing_switches(rig: Rig) -> None:
+    rel = rig.release("1.1.0")
+    blob = bytearray((rel / "app.bin").read_bytes())
+    blob[5] ^= 1
+    (rel / "app.bin").write_bytes(bytes(blob))
+    res = rig.update()
+    assert (res["outcome"], res["code"]) == ("error", "hash_mismatch")
+    st = rig.state()
+    assert st["pending"] is None and st["app"] is None
+    assert rig.board.boot_state()["next"] == "ota_0"
+    assert rig.boot()[-1]["app"] is None
+
+
+@rigs()
+@pytest.mark.parametrize("bad", ["../boot.py", "/boot.py", "lib/../../boot.py"])
+def test_path_escaping_the_root_is_refused_before_any_write(rig: Rig, bad: str) -> None:
+    rig.release("1.1.0", firmware=False)
+    doc = rig.feed.manifest_doc("1.1.0")
+    doc["app"]["files"][0]["path"] = bad
+    rig.feed.resign_manifest("1.1.0", doc)
+    rig.feed.set_channel("1.1.0")
+    (rig.fs() / "boot.py").write_text("# the board's own\n")
+    res = rig.update()
+    assert (res["outcome"], res["code"]) == ("error", "malformed")
+    assert (rig.fs() / "boot.py").read_text() == "# the board's own\n"
+    assert not (rig.fs() / "app.a").exists()
+    assert not [r for r in rig.server.requests if r.path.endswith("/app.bin")]
