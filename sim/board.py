@@ -135,12 +135,15 @@ class SimBoard:
                image: bytes | None = None, version: str = "1.0.0", project_name: str = "mpota-app",
                secure_version: int = 0, sim_flags: str = "", rollback_supported: bool = True,
                wifi: str = "up", unique_id: str | None = None, device: str | None = "copy",
-               config: dict[str, Any] | None = None, heap: int = 111000) -> SimBoard:
+               config: dict[str, Any] | None = None, heap: int = 111000, fs_model: bool = False,
+               fs_size: int | None = None) -> SimBoard:
         """Make a board in factory state: ``image`` (default: a genuine app image built for the
         board's chip with ``version``/``sim_flags``) in ota_0, blank otadata, partition table at
         its offset, the device package installed as /lib/mpota (``device``: "copy", "link",
         "mpy" — compiled with mpy-cross, as `mpota deploy` installs it — or None) and ``config``
-        written to /mpota.json.
+        written to /mpota.json. ``fs_model``: the filesystem behaves like a littlefs on the vfs
+        partition (sim/fakes/simfs.py: capacity ``fs_size`` or the partition's size, statvfs,
+        ENOSPC; file operations as power-cut points with ``run(fs_cuts=[...])``).
         """
         from host_tools.boards import load_board
         from host_tools.partitions import build_binary
@@ -156,7 +159,7 @@ class SimBoard:
             "name": b.name, "chip": b.chip, "chip_id": b.chip_id, "chip_rev": _CHIP_REV.get(b.chip, 0),
             "flash_size": b.flash_size, "partition_table_offset": b.partition_table_offset,
             "partitions": _partitions_of(b), "rollback_supported": rollback_supported,
-            "wifi": wifi, "unique_id": uid, "heap": heap,
+            "wifi": wifi, "unique_id": uid, "heap": heap, "fs_model": fs_model, "fs_size": fs_size,
         }
         with open(root / "flash.bin", "wb") as f:
             f.truncate(b.flash_size)  # sparse, all erased
@@ -206,7 +209,8 @@ class SimBoard:
     def run(self, script: str | Path, interpreter: str = "micropython", *, heapsize: int | str | None = None,
             cut: int | tuple[int, str] | dict[str, Any] | None = None, timeout: float = 60.0,
             args: tuple[str, ...] | list[str] = (), reset_cause: int | None = None,
-            wifi: str | None = None, env: dict[str, str] | None = None) -> RunResult:
+            wifi: str | None = None, env: dict[str, str] | None = None,
+            fs_cuts: list[str] | None = None) -> RunResult:
         """Boot the board once and run ``script`` (code text, or a Path to a file).
 
         ``cut``: power cut at flash operation N (1-based, counted over writes, sector erases and
@@ -219,7 +223,7 @@ class SimBoard:
             script_path = self.simdir / "script.py"
             script_path.write_text(script)
         cause = reset_cause if reset_cause is not None else self.next_reset_cause
-        runcfg: dict[str, Any] = {"reset_cause": cause, "cut": _cut_spec(cut)}
+        runcfg: dict[str, Any] = {"reset_cause": cause, "cut": _cut_spec(cut), "fs_cuts": fs_cuts}
         if wifi is not None:
             runcfg["wifi"] = wifi
         (self.simdir / "run.json").write_text(json.dumps(runcfg))
@@ -239,7 +243,8 @@ class SimBoard:
                 result.elapsed += booted
         elif interpreter == "cpython":
             cmd = [sys.executable, "-S", str(SIMBOOT), str(self.simdir), str(script_path), *args]
-            result = self._spawn(cmd, timeout, env, import_path=[self.fs / "lib"])
+            # "" (the current folder) first, as on a board: an app imports from the folder it is in
+            result = self._spawn(cmd, timeout, env, import_path=["", self.fs / "lib"])
         else:
             raise ValueError(f"unknown interpreter {interpreter!r} (micropython, cpython)")
         result.reset_cause = cause
@@ -541,7 +546,8 @@ def _wdt_deadline(path: Path) -> float | None:
     return float(mtime_mono + 1.25 * timeout_ms / 1000 + _WDT_SLACK)
 
 
-_FAKE_MODULES = ("simflash", "simota", "simstart", "simdown", "esp32", "machine", "network", "simboot")
+_FAKE_MODULES = ("simflash", "simota", "simstart", "simdown", "simfs", "esp32", "machine", "network",
+                 "simboot")
 
 
 def compiled_fakes() -> Path:

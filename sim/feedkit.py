@@ -456,10 +456,10 @@ class Board:
     /mpota.json. Scripts get ``CONFIG`` (the config path on the board) predefined."""
 
     def __init__(self, simdir: Path, running_image: bytes, config: dict[str, Any],
-                 device: str = "copy") -> None:
+                 device: str = "copy", **create: Any) -> None:
         from sim.board import SimBoard
 
-        self.sim = SimBoard.create(simdir, BOARD, image=running_image, config=config, device=device)
+        self.sim = SimBoard.create(simdir, BOARD, image=running_image, config=config, device=device, **create)
         self.dir = self.sim.simdir
 
     def write_slot(self, label: str, data: bytes) -> None:
@@ -477,11 +477,12 @@ class Board:
         return dict(json.loads(blob)) if isinstance(blob, bytes) else {}
 
     def run(self, body: str, interpreter: str, heapsize: str | None = None, timeout: float = 60,
-            cut: Any = None) -> RunOut:
+            cut: Any = None, fs_cuts: list[str] | None = None) -> RunOut:
         head = "import simboot\nCONFIG = simboot.CONFIG\n"
         if interpreter == "micropython" and heapsize is None:
             heapsize = "2m"
-        r = self.sim.run(head + body, interpreter, heapsize=heapsize, timeout=timeout, cut=cut)
+        r = self.sim.run(head + body, interpreter, heapsize=heapsize, timeout=timeout, cut=cut,
+                         fs_cuts=fs_cuts)
         return RunOut(r.kind, r.returncode, r.stdout, r.stderr, r.ops, r.log)
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.feedkit import (
+from sim.feedkit import (
     Board,
     Feed,
     FeedServer,
@@ -27,15 +27,16 @@ from tests.feedkit import (
 RUNNING = "1.0.0"
 INTERPRETERS = ["cpython", pytest.param("micropython", marks=pytest.mark.mpy)]
 
-# What main.py does first on every boot: the active app folder on sys.path, its own health
-# check (app_health.check) in the trial, then the app's version as the app itself reports it.
+# What main.py does first on every boot: into the active app folder (the current folder is
+# first on a board's import path), its own health check (app_health.check) in the trial, then
+# the app's version as the app itself reports it.
 BOOT = r'''
-import sys, json
+import os, json
 from mpota.trial import app_folder, boot
 app = app_folder(CONFIG)
 checks = []
 if app:
-    sys.path.insert(0, app)
+    os.chdir(app)
     try:
         import app_health
         checks.append(("app", app_health.check))
@@ -75,13 +76,15 @@ def rig(tmp_path: Path, keys: Keys, request: pytest.FixtureRequest) -> Iterator[
 
 
 class Rig:
-    def __init__(self, tmp: Path, keys: Keys, server: FeedServer, interp: str) -> None:
+    def __init__(self, tmp: Path, keys: Keys, server: FeedServer, interp: str, name: str = "sim",
+                 fs_size: int | None = None) -> None:
         self.tmp, self.keys, self.server, self.interp = tmp, keys, server, interp
         self.feed = Feed(tmp / "feed", keys)
         server.reset(self.feed.root)
         running = image(RUNNING)
         cfg = device_config(server, keys, **factory_config(running, RUNNING))
-        self.board = Board(tmp / "sim", running, cfg, "mpy" if interp == "micropython" else "copy")
+        self.board = Board(tmp / name, running, cfg, "mpy" if interp == "micropython" else "copy",
+                           fs_model=True, fs_size=fs_size)
 
     def release(self, version: str, *, firmware: bool = True, healthy: bool = True, **kw: Any) -> Path:
         out = self.feed.add_release(version, app_dir=app_dir(self.tmp, version, healthy),
@@ -89,8 +92,8 @@ class Rig:
         self.feed.set_channel(version)
         return out
 
-    def update(self) -> dict[str, Any]:
-        out = self.board.run(update_script(), self.interp)
+    def update(self, **kw: Any) -> dict[str, Any]:
+        out = self.board.run(update_script(), self.interp, **kw)
         assert out.returncode == 0, out.stdout + out.stderr
         return out.result()
 
@@ -213,3 +216,22 @@ def test_path_escaping_the_root_is_refused_before_any_write(rig: Rig, bad: str) 
     assert (rig.fs() / "boot.py").read_text() == "# the board's own\n"
     assert not (rig.fs() / "app.a").exists()
     assert not [r for r in rig.server.requests if r.path.endswith("/app.bin")]
+
+
+@rigs()
+def test_bundle_larger_than_free_space_is_refused_before_writing(rig: Rig, tmp_path: Path) -> None:
+    small = Rig(tmp_path, rig.keys, rig.server, rig.interp, name="small")
+    # a filesystem with 64 KiB left (what simfs counts: blocks per file + a metadata block each)
+    used = sum(1 + -(-f.stat().st_size // 4096) for f in small.fs().rglob("*"))
+    cfg = json.loads((small.board.dir / "board.json").read_text())
+    cfg["fs_size"] = (used + 16) * 4096
+    (small.board.dir / "board.json").write_text(json.dumps(cfg))
+    src = app_dir(tmp_path, "1.1.0", extra={"table.bin": bytes(range(256)) * 400})  # 100 KB
+    small.feed.add_release("1.1.0", app_dir=src, firmware=False)
+    small.feed.set_channel("1.1.0")
+    res = small.update()
+    assert (res["outcome"], res["code"]) == ("error", "too_big"), res
+    assert "filesystem has" in res["msg"]
+    assert small.state()["pending"] is None
+    assert not list((small.fs() / "app.a").iterdir())
+    assert not [r for r in small.server.requests if r.path.endswith("/app.bin")]

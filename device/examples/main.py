@@ -1,15 +1,16 @@
 # main.py: the application template (installed by `mpota deploy` when the board has none).
 #
-# 1. The active app folder (a release's application files, `mpota sign --app DIR`: /app.a or
-#    /app.b) goes first on sys.path, so the app's modules come from the release being tried
-#    or confirmed. A bundle may ship app_health.py with check() -> bool: the trial runs it.
+# 1. Into the active app folder (a release's application files, `mpota sign --app DIR`: /app.a
+#    or /app.b): the current folder comes first on a board's import path, so the app's modules
+#    come from the release being tried or confirmed (and /lib still holds mpota). A bundle may
+#    ship app_health.py with check() -> bool: the trial runs it.
 # 2. mpota.boot(): on the trial boot of a new firmware or app it runs the health checks and
 #    confirms the update or rolls back firmware and app together (resetting; it does not
 #    return then). On any other boot it is cheap: no network, a few bytes written.
 # 3. Then the application loop (the bundle's app_main.step() when it has one), which feeds
 #    the watchdog armed during a trial, sends a heartbeat now and then and checks for
 #    updates (Updater.update() resets into the new firmware or app when it installs one).
-import sys
+import os
 import time
 
 import mpota
@@ -32,7 +33,7 @@ def app_ready():
 
 APP = app_folder(CONFIG)
 if APP:
-    sys.path.insert(0, APP)
+    os.chdir(APP)
 checks = [app_ready]
 try:
     import app_health  # the bundle's own check, run against the new app during its trial

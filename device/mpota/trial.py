@@ -307,8 +307,9 @@ class Session:
         _log("confirmed %s" % (p.get("version"),))
 
 
-# The app folder this boot imports (put it on sys.path before the app's modules and before
-# boot() runs their health checks), or None when no app bundle was installed: the pending
+# The app folder this boot imports (os.chdir() into it before the app's modules are imported
+# and before boot() runs their health checks: the current folder is first on a board's import
+# path), or None when no app bundle was installed: the pending
 # update's new folder while its trial runs, else the confirmed one.
 def app_folder(config="/mpota.json"):
     s = Session(config, cfg={})

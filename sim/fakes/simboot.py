@@ -58,6 +58,12 @@ def _install(simdir):
         sys.modules.pop("simdown", None)
     fs = simdir + "/fs"
     import os
+    # the filesystem model (simfs: capacity, statvfs, ENOSPC, file operations as cut points) on
+    # a board created with fs_model=True
+    run = simflash.RUN
+    simfs = None
+    if run.cfg.get("fs_model"):
+        import simfs
     if simflash.MP:
         import vfs
         raw = vfs.VfsPosix()
@@ -66,8 +72,12 @@ def _install(simdir):
         vfs.mount(vfs.VfsPosix(fs), "/")
         os.chdir("/")
         sys.modules["os"] = _OS(os, raw, fs)
+        if simfs is not None:
+            simfs.install(sys.modules["os"], "/", "", run.cfg, run.fs_cuts)
         return ""
     os.chdir(fs)
+    if simfs is not None:
+        simfs.install(os, fs, fs, run.cfg, run.fs_cuts)
     return fs
 
 

@@ -34,7 +34,7 @@ KINDS = {
 }
 
 # operation kinds in ops.log
-OP_CODES = {"write": 1, "erase": 2, "commit": 3}
+OP_CODES = {"write": 1, "erase": 2, "commit": 3, "file": 4}  # file: simfs, with run.json fs_cuts
 
 # esp_err_t values. MicroPython's check_esp_err raises OSError(-err, esp_err_to_name(err)).
 ESP_FAIL = const(-1)
@@ -168,6 +168,7 @@ class Run:
         cut = run.get("cut") or None
         self.cut_op = cut["op"] if cut else -1
         self.cut_after = bool(cut) and cut.get("when", "before") == "after"
+        self.fs_cuts = run.get("fs_cuts")  # board paths whose file operations count (simfs)
         self.dead = None
         self.running = boot.get("slot")    # label of the slot the bootloader started
         self.firmware = boot.get("firmware")  # dict from firmware_info()
