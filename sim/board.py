@@ -242,9 +242,11 @@ class SimBoard:
                 result = self._spawn(cmd, timeout, env, append_log=True, import_path=BOARD_PATH)
                 result.elapsed += booted
         elif interpreter == "cpython":
-            cmd = [sys.executable, "-S", str(SIMBOOT), str(self.simdir), str(script_path), *args]
-            # "" (the current folder) first, as on a board: an app imports from the folder it is in
-            result = self._spawn(cmd, timeout, env, import_path=["", self.fs / "lib"])
+            # -c: the current folder comes first on the import path, as "" on a board (an app
+            # imports its modules from the folder it is in)
+            cmd = [sys.executable, "-S", "-c", "import sys, simboot; simboot.main(sys.argv)", str(self.simdir),
+                   str(script_path), *args]
+            result = self._spawn(cmd, timeout, env, import_path=[FAKES_DIR, self.fs / "lib"])
         else:
             raise ValueError(f"unknown interpreter {interpreter!r} (micropython, cpython)")
         result.reset_cause = cause

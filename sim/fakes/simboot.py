@@ -28,6 +28,7 @@ class _OS:
         self._os = real
         self._raw = raw
         self._fs = fs
+        self._mounted = []
 
     def __getattr__(self, name):
         return getattr(self._os, name)
@@ -40,6 +41,16 @@ class _OS:
 
     def rename(self, src, dst):
         self._raw.rename(self._host(src), self._host(dst))
+
+    # The same VfsPosix resolves a relative path (an import from "", the current folder) against
+    # its root, not the current folder; a board's LittleFS uses the current folder (an app in its
+    # own folder imports its modules from there): the folder is mounted onto itself first.
+    def chdir(self, path):
+        import vfs
+        if path.startswith("/") and path.rstrip("/") and path not in self._mounted:
+            vfs.mount(vfs.VfsPosix(self._fs + path), path.rstrip("/"))
+            self._mounted.append(path)
+        self._os.chdir(path)
 
 
 # The esp32/machine/network fakes and the board's filesystem as "/". Returns ROOT.
