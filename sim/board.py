@@ -244,8 +244,9 @@ class SimBoard:
         elif interpreter == "cpython":
             # -c: the current folder comes first on the import path, as "" on a board (an app
             # imports its modules from the folder it is in)
-            cmd = [sys.executable, "-S", "-c", "import sys, simboot; simboot.main(sys.argv)",
-                   str(self.simdir), str(script_path), *args]
+            # (bytecode caches go beside the board, not into its filesystem, which has none)
+            cmd = [sys.executable, "-S", "-X", f"pycache_prefix={self.simdir / 'pycache'}", "-c",
+                   "import sys, simboot; simboot.main(sys.argv)", str(self.simdir), str(script_path), *args]
             result = self._spawn(cmd, timeout, env, import_path=[FAKES_DIR, self.fs / "lib"])
         else:
             raise ValueError(f"unknown interpreter {interpreter!r} (micropython, cpython)")

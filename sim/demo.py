@@ -14,7 +14,11 @@
 7. roll v1.2.0 out: canary and internal (no sensor) pass, the pilot boards fail their health
    check and roll back by themselves, the pilot gate trips and the rollout pauses; a screenshot
    of the console's rollout page (headless Chromium, logged in as the operator) goes to build/
-8. check the outcome on every board's flash and in the server inventory; print the status table
+8. check the outcome on every board's flash and in the server inventory
+9. application files with the firmware, on 4 boards of their own (channel apps): an app-only
+   release (no firmware flashed, the trial is the next boot) is confirmed; then a firmware + app
+   release whose app fails its own health check: firmware and app roll back together
+10. print the status table
 
 Exit 0 only when every expectation held (a FAILED line says which did not). Every process it
 starts is stopped on the way out, also on Ctrl-C. Work files: demo-work/ (recreated each run).
@@ -46,6 +50,7 @@ LAB_GROUPS = ("canary", "internal")          # boards without the sensor v1.2.0 
 FIELD_GROUPS = ("pilot", "general")
 PLAN_FLAGS = ["--stages", "canary,internal,pilot,general", "--batch-size-percentage", "50",
               "--soak", "1s", "--min-finished", "2", "--timeout", "10m"]
+APP_CHANNEL = "apps"  # the application-files stage's own channel and boards
 CODE_BYTES = 160 * 1024  # machine code per image: a small app, so 50 boards update in seconds
 
 
@@ -118,6 +123,7 @@ class Demo:
         self.rollout_good()
         self.rollout_bad()
         self.console_screenshot()
+        self.app_bundles()
         self.final_status()
         took = time.monotonic() - self.t0
         if self.failures:
@@ -409,6 +415,84 @@ class Demo:
         self.expect(lab_vers == Counter({"1.2.0": len(lab)}),
                     f"the {len(lab)} lab boards (canary, internal; no sensor) passed and run v1.2.0",
                     str(lab_vers))
+
+    # ------------------------------------------------------------------ application files
+    def app_bundles(self, n: int = 4) -> None:
+        """A self-contained stage: boards of their own on channel `apps`, releases with app files."""
+        self.step(f"Application files with the firmware: {n} boards of their own (channel {APP_CHANNEL}) "
+                  "get an app-only release, then firmware + app whose app fails its own health check")
+        src = self.work / "apps"
+        for version, healthy in (("1.0.1", True), ("1.1.1", False)):
+            d = src / version
+            (d / "lib").mkdir(parents=True)
+            (d / "app_health.py").write_text(f"# the app's own trial check\ndef check():\n"
+                                             f"    return {healthy}\n")
+            (d / "app_main.py").write_text(f"VERSION = {version!r}\n\n\ndef step():\n    pass\n")
+            (d / "lib" / "sensor.py").write_text("def read():\n    return 21.5\n")
+        rel = self.work / "releases"
+        mpy = ["--mpy"] if self.interpreter == "micropython" else []  # .mpy for the boards' MicroPython
+        self.cli("sign", "--key", str(self.release_key), "--board", BOARD, "--version", "1.0.1",
+                 "--app", str(src / "1.0.1"), *mpy, "--out", str(rel / "app-1.0.1"), show=False)
+        self.cli("sign", "--key", str(self.release_key), "--board", BOARD, "--version", "1.1.1", "--compress",
+                 "--window-bits", "12", "--app", str(src / "1.1.1"), *mpy, "--out", str(rel / "app-1.1.1"),
+                 str(self.image_paths["1.1.0"]), show=False)
+        out = self.cli("verify", str(rel / "app-1.1.1"), "--pubkey", str(self.release_key) + ".pub",
+                       show=False)
+        self.say("`mpota sign --app` (v1.0.1: app only; v1.1.1: v1.1.0's firmware + an app whose check "
+                 "fails); `mpota verify` shows the bundle:")
+        for line in out.splitlines():
+            if line.startswith(("app:", "  ")):
+                self.say("  " + line.strip())
+        fleet = Fleet(self.work / "app-boards", self.server_url, self.server_url + "/", n, secret=self.secret,
+                      keys=self.device_keys, image=self.image_paths["1.0.0"].read_bytes(),
+                      factory_version="1.0.0", groups={}, interpreter=self.interpreter, workers=self.workers,
+                      channel=APP_CHANNEL, prefix="app-", fs_model=True, seed=11)
+        try:
+            fleet.name_image(self.image_paths["1.1.0"].read_bytes(), "1.1.1")
+            fleet.register()
+            self._app_only(fleet, rel / "app-1.0.1")
+            self._app_and_firmware_fail(fleet, rel / "app-1.1.1")
+        finally:
+            fleet.close()
+
+    def _publish_app(self, release: Path) -> None:
+        self.cli("feed", "publish", "--feed", str(self.feed), "--channel", APP_CHANNEL, "--key",
+                 str(self.rollout_key), str(release), show=False)
+
+    def _app_only(self, fleet: Fleet, release: Path) -> None:
+        self._publish_app(release)
+        s = fleet.poll_all()
+        self.say(f"v1.0.1 (app only) published on channel {APP_CHANNEL}; one poll: {s.line()}")
+        bad = []
+        for d in fleet.by_id:
+            st, f = fleet.device_state(d), fleet.flash_report(d)
+            app = st.get("app") or {}
+            files = fleet.by_id[d].board.fs / "app.a"
+            if not (app.get("version") == "1.0.1" and app.get("slot") == "a" and not st.get("pending")
+                    and f["version"] == "1.0.0" and f["slot"] == "ota_0" and (files / "lib").is_dir()):
+                bad.append(f"{d}: app {app.get('version')}, firmware {f['version']} in {f['slot']}")
+        self.expect(not bad, f"all {len(fleet.devices)} boards confirmed app v1.0.1 in /app.a and kept "
+                    "firmware v1.0.0 in ota_0 (no firmware flashed)", "; ".join(bad[:4]))
+
+    def _app_and_firmware_fail(self, fleet: Fleet, release: Path) -> None:
+        self._publish_app(release)
+        s = fleet.poll_all()
+        self.say(f"v1.1.1 (firmware + app) published; one poll: {s.line()}")
+        bad = []
+        for d in fleet.by_id:
+            st, f = fleet.device_state(d), fleet.flash_report(d)
+            app = st.get("app") or {}
+            b = fleet.by_id[d].board
+            tried = fleet.slot_version(b, "ota_1") == "1.1.1" and (b.fs / "app.b").is_dir()
+            failed = any(list(x)[:1] == ["1.1.1"] for x in st.get("failed") or [])
+            if not (tried and failed and app.get("version") == "1.0.1" and app.get("slot") == "a"
+                    and f["version"] == "1.0.0" and f["slot"] == "ota_0" and f["ota_state"] == "VALID"
+                    and not st.get("pending")):
+                bad.append(f"{d}: app {app.get('version')}, firmware {f['version']} in {f['slot']}, "
+                           f"tried {tried}, failed {failed}")
+        self.expect(not bad, f"all {len(fleet.devices)} boards flashed v1.1.1 and its app, failed the app's "
+                    "health check on trial and rolled back firmware (v1.0.0, ota_0) and app (v1.0.1, "
+                    "/app.a) together", "; ".join(bad[:4]))
 
     def final_status(self) -> None:
         self.step("Final status")

@@ -196,8 +196,21 @@ def sensor_ok():
         has_sensor = True
     return not (has_sensor and flags.get("health") == "fail")
 
-res = mpota.boot(checks=[("sensor", sensor_ok)], timeout_ms=5000, config=CONFIG, wdt_ms=30000)
-out = {"boot": res.outcome, "version": fw.get("version"), "slot": fw.get("slot")}
+# The release's application files (mpota sign --app): into the active app folder,
+# its own check (app_health.check) in the trial, as the main.py template does.
+import os
+from mpota.trial import app_folder
+app = app_folder(CONFIG)
+checks = [("sensor", sensor_ok)]
+if app:
+    os.chdir(app)  # the current folder is first on the board's import path
+    try:
+        import app_health
+        checks.append(("app", app_health.check))
+    except ImportError:
+        pass
+res = mpota.boot(checks=checks, timeout_ms=5000, config=CONFIG, wdt_ms=30000)
+out = {"boot": res.outcome, "version": fw.get("version"), "slot": fw.get("slot"), "app": app}
 try:
     from mpota.updater import Updater
     u = Updater.from_config(CONFIG)
@@ -325,7 +338,8 @@ class Fleet:
                  workers: int | None = None, device_mode: str | None = None,
                  report_url: str | None = None, heapsize: str | None = None,
                  timeout_ms: int = 3000, retries: int = 4, run_timeout: float = 120.0,
-                 on_board: Callable[[FleetDevice, CycleOutcome], None] | None = None) -> None:
+                 on_board: Callable[[FleetDevice, CycleOutcome], None] | None = None,
+                 fs_model: bool = False) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.server_url = server_url.rstrip("/")
@@ -378,7 +392,7 @@ class Fleet:
                 }
                 uid = hashlib.sha256(device_id.encode()).hexdigest()[:12]
                 sb = SimBoard.create(self.workdir / device_id, board, image=image, device=mode,
-                                     config=config, unique_id=uid)
+                                     config=config, unique_id=uid, fs_model=fs_model)
                 self.devices.append(FleetDevice(device_id, names[i], profile, sb, token, feed, report))
         except BaseException:
             self.close()

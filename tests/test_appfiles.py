@@ -235,3 +235,73 @@ def test_bundle_larger_than_free_space_is_refused_before_writing(rig: Rig, tmp_p
     assert small.state()["pending"] is None
     assert not list((small.fs() / "app.a").iterdir())
     assert not [r for r in small.server.requests if r.path.endswith("/app.bin")]
+
+
+def _app_files(feed: Feed, version: str) -> dict[str, bytes]:
+    """The files of a release's app bundle, by path, from the feed's bundle file."""
+    m = feed.manifest_doc(version)["app"]
+    blob = (feed.release_dir(version) / m["url"]).read_bytes()
+    out, pos = {}, 0
+    for f in m["files"]:
+        out[f["path"]] = blob[pos:pos + f["size"]]
+        pos += f["size"]
+    return out
+
+
+def _folder_files(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("interp", INTERPRETERS)
+def test_power_cut_at_every_file_operation_keeps_one_complete_app(tmp_path: Path, keys: Keys,
+                                                                  interp: str) -> None:
+    import shutil
+
+    from sim.board import SimBoard
+
+    with serve(tmp_path / "feed") as server:
+        rig = Rig(tmp_path, keys, server, interp, name="ref")
+        for v in ("1.1.0", "1.2.0"):  # 1.1.0 in app.a, then 1.2.0 in app.b, both confirmed
+            rig.release(v, firmware=False)
+            assert rig.update()["outcome"] == "ok"
+            assert rig.boot()[-1]["app_version"] == v
+        rig.release("1.3.0", firmware=False)  # goes into app.a: its old files are removed first
+        files = {v: _app_files(rig.feed, v) for v in ("1.2.0", "1.3.0")}
+        base = tmp_path / "base"
+        shutil.copytree(rig.board.dir, base)
+        # the operations of an uninterrupted update, then of its trial boot (file operations
+        # under /app count, with flash writes, erases and NVS commits)
+        ref = rig.update(fs_cuts=["/app"])
+        assert ref["outcome"] == "ok"
+        assert rig.board.sim.last is not None
+        upd_log = rig.board.sim.last.log
+        head = "import simboot\nCONFIG = simboot.CONFIG\n"
+        heap = "2m" if interp == "micropython" else None
+        trial = rig.board.sim.run(head + BOOT, interp, heapsize=heap, fs_cuts=["/app"])
+        assert trial.kind == "exit"
+        assert sum(1 for k, _, _ in upd_log if k == "file") >= 10
+        points = [("update", n) for n in range(rig.board.sim.last.boot_ops + 1, len(upd_log) + 1)]
+        points += [("trial", n) for n in range(trial.boot_ops + 1, len(trial.log) + 1)]
+        seen = set()
+        for phase, n in points:
+            d = tmp_path / f"cut-{phase}-{n}"
+            shutil.copytree(base, d)
+            b = SimBoard(d)
+            if phase == "trial":
+                assert b.run(head + update_script(), interp, heapsize=heap).kind == "exit"
+            cut = b.run(head + (update_script() if phase == "update" else BOOT), interp, heapsize=heap,
+                        cut=n, fs_cuts=["/app"])
+            assert cut.kind == "powercut", (phase, n, cut)
+            runs = b.boot_until_settled(head + BOOT, interpreter=interp, heapsize=heap)
+            assert runs[-1].kind == "exit", (phase, n, runs[-1])
+            res = json.loads([ln for ln in runs[-1].stdout.splitlines() if ln.startswith("RESULT ")][-1][7:])
+            ver = res["app_version"]
+            assert ver in files, (phase, n, res)
+            # the folder the board imports holds exactly one release's files, every byte
+            active = Path(res["app"]) if interp == "cpython" else d / "fs" / res["app"].lstrip("/")
+            assert _folder_files(active) == files[ver], (phase, n, ver)
+            st = json.loads(b.nvs()["mpota"]["state"])
+            assert st["pending"] is None and st["app"]["version"] == ver
+            seen.add(ver)
+            shutil.rmtree(d)
+        assert seen == {"1.2.0", "1.3.0"}  # cuts early keep the old app, late ones the new

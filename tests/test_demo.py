@@ -68,3 +68,23 @@ def test_demo_refuses_a_fleet_too_small_for_its_groups(capsys: pytest.CaptureFix
 @pytest.mark.slow
 def test_the_whole_story_with_a_small_cpython_fleet(tmp_path: Path) -> None:
     assert main(["--boards", "20", "--interpreter", "cpython", "--workdir", str(tmp_path / "w")]) == 0
+
+
+def test_demo_app_files_stage(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # the application-files stage on its own: an app-only release confirmed on every board, then a
+    # firmware + app release whose app fails its check, rolled back together (checked by the demo)
+    work = tmp_path / "demo-work"
+    work.mkdir()
+    demo = Demo(work, 12, "cpython", workers=4)
+    try:
+        demo.keys_and_secret()
+        demo.images()
+        demo.sign_and_publish()
+        demo.serve()
+        demo.app_bundles(n=3)
+    finally:
+        demo.stop()
+    out = capsys.readouterr().out
+    assert demo.failures == [], out[-3000:]
+    assert "ok: all 3 boards confirmed app v1.0.1" in out
+    assert "ok: all 3 boards flashed v1.1.1 and its app, failed the app's health check" in out
