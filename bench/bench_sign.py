@@ -51,7 +51,7 @@ def run() -> dict[str, object]:
                 best_sign, best_verify = min(best_sign, t1 - t0), min(best_verify, t2 - t1)
             out[f"{label}_sign_s"] = round(best_sign, 4)
             out[f"{label}_verify_s"] = round(best_verify, 4)
-            out[f"{label}_transfer_bytes"] = info.manifest.image.transfer_size
+            out[f"{label}_transfer_bytes"] = info.manifest.firmware.transfer_size
     return out
 
 
