@@ -18,7 +18,8 @@ import pytest
 from host_tools.fleet import device_token
 from host_tools.server.app import ServerConfig
 from host_tools.server.auth import TokenCache, operator_token
-from host_tools.server.store import IngestResult, Report, SQLiteStore, UnstorableError
+from host_tools.server.ingest_plan import IngestResult, Report
+from host_tools.server.store import SQLiteStore, UnstorableError
 from sim.serverkit import HttpClient, ReportingDevice, ServerThread
 
 SECRET = bytes(range(32))
@@ -156,22 +157,38 @@ def test_the_store_refusing_a_report_is_a_4xx_not_a_retry(srv: ServerThread,
     # device gets 422 (dropped), the other requests of the same group commit are stored.
     store = srv.server.store
     assert isinstance(store, SQLiteStore)
+    monkeypatch.setattr("host_tools.server.app.parse_reports", lambda data: [data])  # no validation
+    d = ReportingDevice(srv.url, SECRET, "dev-p")
+    bad = d.build("heartbeat")
+    bad["seq"] = 1 << 60  # beyond what the store takes
+    assert d.post(bad)[0] == 422
+    assert d.post(d.build("heartbeat"))[0] == 200
+    d.close()
+    assert [(e["device_id"], e["seq"]) for e in events(srv)] == [("dev-p", 2)]
+    with pytest.raises(UnstorableError):
+        store.ingest([("dev-p", [{"device_id": "dev-p", "seq": 99, "event": "heartbeat",
+                                  "version": "bad\x00"}])], time.time())
+
+
+def test_a_server_fault_while_storing_is_a_5xx_not_the_devices_fault(srv: ServerThread,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # a bug in the store (here a TypeError) must not be answered as the client's mistake: a 4xx
+    # would make the device drop a good report; a 503 keeps it queued until the server is fixed.
+    store = srv.server.store
+    assert isinstance(store, SQLiteStore)
     real = SQLiteStore._ingest
 
-    def picky(self: SQLiteStore, requests: list[tuple[str, list[Report]]], now: float) -> list[IngestResult]:
-        if any(r.get("version") == "poison" for _, rs in requests for r in rs):
-            raise OverflowError("Python int too large to convert to SQLite INTEGER")
+    def buggy(self: SQLiteStore, requests: list[tuple[str, list[Report]]], now: float) -> list[IngestResult]:
+        if any(r.get("version") == "trips-a-bug" for _, rs in requests for r in rs):
+            raise TypeError("'<' not supported between instances of 'NoneType' and 'int'")
         return real(self, requests, now)
 
-    monkeypatch.setattr(SQLiteStore, "_ingest", picky)
-    d = ReportingDevice(srv.url, SECRET, "dev-p", version="poison")
-    assert d.post(d.build("heartbeat"))[0] == 422
+    monkeypatch.setattr(SQLiteStore, "_ingest", buggy)
+    d = ReportingDevice(srv.url, SECRET, "dev-q", version="trips-a-bug")
+    assert d.post(d.build("heartbeat"))[0] == 503
     d.version = "1.0.0"
     assert d.post(d.build("heartbeat"))[0] == 200
     d.close()
-    with pytest.raises(UnstorableError):
-        store.ingest([("dev-p", [{"device_id": "dev-p", "seq": 99, "event": "heartbeat",
-                                  "version": "poison"}])], time.time())
 
 
 # ---------------------------------------------------------------- seen case 5: one size cap

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from collector import Collector
 
-from host_tools.server.store import EXCUSED_REASONS, advance_progress
+from host_tools.server.ingest_plan import EXCUSED_REASONS, advance_progress
 from sim.feedkit import (
     Board,
     Feed,

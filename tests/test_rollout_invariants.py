@@ -34,8 +34,8 @@ from host_tools.keys import PublicKey, generate_key, load_public_key
 from host_tools.server.app import ServerConfig, make_publisher
 from host_tools.server.auth import operator_token
 from host_tools.server.bucket import is_eligible
+from host_tools.server.ingest_plan import RETRIED_REASONS
 from host_tools.server.plans import RolloutPlan
-from host_tools.server.store import RETRIED_REASONS
 from sim.serverkit import HttpClient, ServerThread, publish_test_release
 
 BOARD = "esp32-generic-4mb"

@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 
 from host_tools.server.bucket import bucket, is_eligible
+from host_tools.server.ingest_plan import advance_progress
 from host_tools.server.orchestrator import Orchestrator, RolloutError, compute_stats, decide
 from host_tools.server.plans import PlanError, RolloutPlan, load_plan, parse_duration, plan_with_overrides
 from host_tools.server.publish import RecordingPublisher
-from host_tools.server.store import ConflictError, DeviceProgress, Rollout, SQLiteStore, advance_progress
+from host_tools.server.store import ConflictError, DeviceProgress, Rollout, SQLiteStore
 
 REPO = Path(__file__).resolve().parent.parent
 

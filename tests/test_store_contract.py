@@ -219,6 +219,37 @@ def test_migrations_are_versioned(db_url: str) -> None:
         s.close()
 
 
+def test_version_2_events_move_to_device_keys(db_url: str) -> None:
+    # a database from before device keys: events held the text device_id
+    s = open_store(db_url, migrate=False)
+    try:
+        dialect = s.dialect
+        with s._tx() as conn:
+            for _version, _name, text in migrations.MIGRATIONS[:2]:
+                for statement in migrations.ddl(text, dialect):
+                    conn.execute(statement)
+            conn.execute(migrations.ddl(migrations._VERSION_TABLE, dialect)[0])
+            for version, name, _ in migrations.MIGRATIONS[:2]:
+                conn.execute("INSERT INTO schema_version (version, name, applied_at) VALUES (?, ?, ?)",
+                             (version, name, 0.0))
+            conn.execute("INSERT INTO devices (device_id, board, grp, registered_at, last_seq) "
+                         "VALUES ('a', 'b', 'g', 1.0, 2)")
+            for device_id, seq, detail in (("a", 1, None), ("a", 2, '{"free":5}'), ("orphan", 7, None)):
+                conn.execute("INSERT INTO events (received, device_id, seq, event, version, detail) "
+                             "VALUES (?, ?, ?, 'heartbeat', '1.0', ?)", (float(seq), device_id, seq, detail))
+        assert s.schema_status().version == 2
+        assert s.migrate() == [(v, n) for v, n, _ in migrations.MIGRATIONS[2:]]
+        events = s.device_events(None)
+        assert [(e["device_id"], e["seq"], e["version"], e["detail"]) for e in events] == [
+            ("a", 1, "1.0", None), ("a", 2, "1.0", {"free": 5}), ("orphan", 7, "1.0", None)]
+        a = s.get_device("a")
+        assert a is not None and (a["group"], a["last_seq"]) == ("g", 2)
+        [replay, fresh] = s.ingest([("a", [_r("a", 2)]), ("orphan", [_r("orphan", 8)])], 9.0)
+        assert (replay.duplicates, fresh.accepted) == (1, 1)
+    finally:
+        s.close()
+
+
 def test_sqlite_database_from_before_versions_is_migrated(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     conn = sqlite3.connect(path)

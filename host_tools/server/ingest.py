@@ -20,7 +20,8 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 
 from host_tools.fleet import DEVICE_ID
-from host_tools.server.store import IngestResult, Report, Store
+from host_tools.server.ingest_plan import MAX_INT, IngestResult, Report
+from host_tools.server.store import Store
 
 MAX_BATCH = 50
 MAX_BODY = 64 * 1024
@@ -30,7 +31,7 @@ EVENTS = frozenset({"checking", "downloading", "downloaded", "installed", "confi
                     "rolled_back", "failed", "heartbeat"})
 _STR_FIELDS = ("board", "group", "version", "slot", "rollout", "target")
 _INT_FIELDS = ("uptime_ms", "time")
-_MAX_INT = 1 << 53
+_NUMBER = (int, float)  # exact types: a bool is an int subclass
 
 
 class ReportError(ValueError):
@@ -59,7 +60,7 @@ def validate_report(obj: object, where: str = "report", known_id: str | None = N
     if device_id != known_id and (type(device_id) is not str or not DEVICE_ID.fullmatch(device_id)):
         raise ReportError(f"{where}: device_id missing or invalid")
     seq = obj.get("seq")
-    if type(seq) is not int or seq < 0 or seq >= _MAX_INT:
+    if type(seq) is not int or seq < 0 or seq >= MAX_INT:
         raise ReportError(f"{where}: seq must be a whole number >= 0")
     event = obj.get("event")
     if type(event) is not str or event not in EVENTS:
@@ -70,7 +71,7 @@ def validate_report(obj: object, where: str = "report", known_id: str | None = N
             raise ReportError(f"{where}: {key} must be a string of at most {MAX_STR} characters")
     for key in _INT_FIELDS:
         v = obj.get(key)
-        if v is not None and (type(v) is not int or v < 0 or v >= _MAX_INT):
+        if v is not None and (type(v) is not int or v < 0 or v >= MAX_INT):
             raise ReportError(f"{where}: {key} must be a whole number >= 0")
     detail = obj.get("detail")
     if detail is not None:
@@ -78,8 +79,8 @@ def validate_report(obj: object, where: str = "report", known_id: str | None = N
             raise ReportError(f"{where}: detail must be an object with at most {MAX_DETAIL_KEYS} keys")
         for k, v in detail.items():
             t = type(v)
-            if len(k) > 32 or not (v is None or t is bool or (t is int and -_MAX_INT < v < _MAX_INT)
-                                   or (t is str and len(v) <= 256) or (t is float and v - v == 0)):
+            if len(k) > 32 or not (v is None or t is bool or (t in _NUMBER and -MAX_INT < v < MAX_INT)
+                                   or (t is str and len(v) <= 256)):
                 raise ReportError(f"{where}: detail.{k[:32]} must be a number (at most 2^53), boolean or "
                                   f"short string")
     return obj

@@ -60,6 +60,35 @@ CREATE TABLE IF NOT EXISTS channels (
 CREATE UNIQUE INDEX IF NOT EXISTS rollouts_open ON rollouts(board, channel)
     WHERE state IN ('active', 'paused');
 """),
+    (3, "devices get an integer key, which events rows and the replay index hold", """
+CREATE TABLE devices_v3 (
+    device_key {id}, device_id TEXT NOT NULL UNIQUE, board TEXT, grp TEXT, registered_at {real},
+    first_seen {real}, last_seen {real}, version TEXT, slot TEXT, last_event TEXT, last_event_at {real},
+    health TEXT, free_mem {bigint}, rollout TEXT, target TEXT, last_seq {bigint} NOT NULL DEFAULT -1,
+    claimed_grp TEXT, channel TEXT);
+INSERT INTO devices_v3 (device_id, board, grp, registered_at, first_seen, last_seen, version, slot,
+    last_event, last_event_at, health, free_mem, rollout, target, last_seq, claimed_grp, channel)
+SELECT device_id, board, grp, registered_at, first_seen, last_seen, version, slot, last_event,
+    last_event_at, health, free_mem, rollout, target, last_seq, claimed_grp, channel
+FROM devices ORDER BY device_id;
+INSERT INTO devices_v3 (device_id)
+SELECT DISTINCT device_id FROM events WHERE device_id NOT IN (SELECT device_id FROM devices);
+DROP TABLE devices;
+ALTER TABLE devices_v3 RENAME TO devices;
+CREATE INDEX devices_board ON devices(board);
+CREATE TABLE events_v3 (
+    id {id}, received {real} NOT NULL, device_key {bigint} NOT NULL, seq {bigint} NOT NULL,
+    event TEXT NOT NULL, device_time {bigint}, uptime_ms {bigint}, board TEXT, grp TEXT, version TEXT,
+    slot TEXT, rollout TEXT, target TEXT, detail TEXT);
+INSERT INTO events_v3 (received, device_key, seq, event, device_time, uptime_ms, board, grp, version, slot,
+    rollout, target, detail)
+SELECT e.received, d.device_key, e.seq, e.event, e.device_time, e.uptime_ms, e.board, e.grp, e.version,
+    e.slot, e.rollout, e.target, e.detail
+FROM events e JOIN devices d ON d.device_id = e.device_id ORDER BY e.id;
+DROP TABLE events;
+ALTER TABLE events_v3 RENAME TO events;
+CREATE UNIQUE INDEX events_device ON events(device_key, seq);
+"""),
 )
 LATEST = MIGRATIONS[-1][0]
 

@@ -3,18 +3,20 @@
 ``Store`` is what the app and the orchestrator use. ``SQLStore`` holds the SQL both backends
 share (one text per query, qmark parameters); ``SQLiteStore`` is the embedded default (WAL, one
 transaction per group commit) and store_pg.PostgresStore the one several replicas share.
-The schema and its versions live in migrations.py; ``plan_ingest`` works out what a batch of
-reports writes, the same way for both.
+The schema and its versions live in migrations.py; ingest_plan.plan_ingest works out what a
+batch of reports writes, the same way for both.
 
 SQLite threading: write methods are meant to run on one writer thread (the app's DB executor),
 reads on any thread (each thread gets its own connection; WAL lets readers run beside the writer).
-The writer keeps two caches that only it touches: last report seq per device and the rollout
-progress of recently seen devices, so the replay check and the progress update need no SELECT.
+The writer keeps two bounded caches that only it touches: each recently seen device's key and
+last report seq, and its rollout progress, so the replay check and the progress update need no
+SELECT.
 (PostgreSQL may have several writers, so it keeps no cache: see store_pg.)
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import sqlite3
@@ -23,30 +25,24 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from host_tools.errors import MpotaError
 from host_tools.server import migrations
+from host_tools.server.ingest_plan import (
+    INSERT_EVENT,
+    UPDATE_DEVICE,
+    UPSERT_PROGRESS,
+    IngestPlan,
+    IngestResult,
+    KnownDevice,
+    Progress,
+    Report,
+    plan_ingest,
+)
 
-# A validated report, as the app hands it over (see ingest.validate_report).
-Report = dict[str, Any]
-
-# Rollout progress of one device: status is None (targeted, nothing yet), "started", "confirmed",
-# "failed" or "rolled_back"; health_failed is sticky once a health_failed event arrived; accepted
-# is set by an operator resume (the failure so far no longer counts) and cleared by a new attempt.
-STARTED_EVENTS = frozenset({"downloading", "downloaded", "installed"})
-# `failed` reasons that say the board, not the release, stopped the install (a power cut
-# before set_boot() finished): the device retries, so the rollout still counts it as started,
-# with its in-progress clock restarted for the next attempt.
-RETRIED_REASONS = frozenset({"interrupted"})
-# `failed` reasons that change nothing: update() was called again while the installed update
-# waits for its trial boot; that install goes on (same attempt, same clock).
-WAITING_REASONS = frozenset({"pending"})
-# Every `failed` reason that does not count against a rollout (docs/ARCHITECTURE.md "Reports").
-EXCUSED_REASONS = RETRIED_REASONS | WAITING_REASONS
-PROGRESS_EVENTS = STARTED_EVENTS | {"confirmed", "failed", "health_failed", "rolled_back"}
 OPEN_STATES = ("active", "paused")
 
 
@@ -109,23 +105,6 @@ class DeviceProgress(NamedTuple):
     version: str | None = None
     channel: str | None = None
     on_board: bool = True
-
-
-@dataclass
-class IngestResult:
-    accepted: int = 0
-    duplicates: int = 0     # > 0: the request was refused whole (409), nothing stored
-    progress: bool = False  # some accepted report moved a rollout
-
-
-@dataclass
-class _Progress:
-    status: str | None
-    started_at: float | None
-    finished_at: float | None
-    health_failed: int
-    accepted: int = 0
-    dirty: bool = field(default=False, compare=False)
 
 
 class Store(ABC):
@@ -217,65 +196,6 @@ _DEVICE_COLS = ("device_id", "board", "grp", "registered_at", "first_seen", "las
                 "last_event", "last_event_at", "health", "free_mem", "rollout", "target", "last_seq",
                 "claimed_grp", "channel")
 
-# A report's group is only what the device claims (claimed_grp); its board counts until an
-# operator registered the device.
-_UPSERT_DEVICE = """
-INSERT INTO devices (device_id, board, claimed_grp, first_seen, last_seen, version, slot, last_event,
-                     last_event_at, health, free_mem, rollout, target, last_seq)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT(device_id) DO UPDATE SET
-    board = CASE WHEN devices.registered_at IS NULL THEN COALESCE(excluded.board, devices.board)
-            ELSE devices.board END,
-    claimed_grp = COALESCE(excluded.claimed_grp, devices.claimed_grp),
-    first_seen = COALESCE(devices.first_seen, excluded.first_seen), last_seen = excluded.last_seen,
-    version = COALESCE(excluded.version, devices.version), slot = COALESCE(excluded.slot, devices.slot),
-    last_event = COALESCE(excluded.last_event, devices.last_event),
-    last_event_at = COALESCE(excluded.last_event_at, devices.last_event_at),
-    health = COALESCE(excluded.health, devices.health),
-    free_mem = COALESCE(excluded.free_mem, devices.free_mem),
-    rollout = COALESCE(excluded.rollout, devices.rollout), target = COALESCE(excluded.target, devices.target),
-    last_seq = CASE WHEN excluded.last_seq > devices.last_seq THEN excluded.last_seq ELSE devices.last_seq END
-"""
-
-def _compact_encoder() -> Any:
-    """json.dumps(obj, separators=(",", ":"), allow_nan=False) for the flat detail dicts of every
-    report: the C encoder made once (json.dumps builds a new one per call, half the cost)."""
-    from json import encoder
-
-    make = getattr(encoder, "c_make_encoder", None)
-    plain = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
-    if make is None:
-        return plain
-
-    def refuse(o: object) -> None:
-        raise TypeError(f"{type(o).__name__} is not JSON")
-    enc = make(None, refuse, encoder.encode_basestring_ascii, None, ":", ",", False, False, False)
-    join = "".join
-    return lambda obj: join(enc(obj, 0))
-
-
-_dumps = _compact_encoder()
-# the report fields stored in an events row, in column order after `received` (detail last, encoded)
-_EVENT_FIELDS = ("device_id", "seq", "event", "time", "uptime_ms", "board", "group", "version", "slot",
-                 "rollout", "target")
-_LAST_SEQ = "SELECT last_seq FROM devices WHERE device_id = ?"
-_INVENTORY_FIELDS = ((1, "board"), (2, "group"), (5, "version"), (6, "slot"), (11, "rollout"), (12, "target"))
-
-_INSERT_EVENT = """
-INSERT INTO events (received, device_id, seq, event, device_time, uptime_ms, board, grp, version, slot,
-                    rollout, target, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-"""
-
-_UPSERT_PROGRESS = """
-INSERT INTO progress (rollout_id, device_id, status, started_at, finished_at, health_failed, updated_at,
-                      accepted)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT(rollout_id, device_id) DO UPDATE SET status = excluded.status,
-    started_at = excluded.started_at, finished_at = excluded.finished_at,
-    health_failed = excluded.health_failed, updated_at = excluded.updated_at, accepted = excluded.accepted
-"""
-
-
 def is_postgres_url(url: str) -> bool:
     return url.startswith(("postgres://", "postgresql://"))
 
@@ -302,138 +222,19 @@ def open_store(url: str, synchronous: str = "NORMAL", migrate: bool = True) -> S
     return SQLiteStore(parse_db_url(url), synchronous=synchronous, migrate=migrate)
 
 
-def advance_progress(p: _Progress | None, event: str, now: float, reason: object = None) -> _Progress:
-    """The progress of a device after one more event of the rollout (pure; table-tested);
-    `reason` is the report's detail.reason."""
-    if p is None:
-        p = _Progress(None, None, None, 0)
-    status, started, finished, health = p.status, p.started_at, p.finished_at, p.health_failed
-    accepted = p.accepted
-    if event == "failed" and reason in WAITING_REASONS:
-        return p
-    if event == "failed" and reason in RETRIED_REASONS:
-        if status in (None, "started", "failed"):  # the board retries: a new attempt, a new clock
-            status, started, finished, accepted = "started", now, None, 0
-    elif event in STARTED_EVENTS:
-        if status in (None, "failed"):  # a new attempt (a failed download is retried): a new clock
-            status, started, finished, accepted = "started", now, None, 0
-    elif event == "confirmed":
-        status, finished = "confirmed", now
-        started = started if started is not None else now
-    elif event in ("failed", "health_failed"):
-        if event == "health_failed":
-            health = 1
-        if status != "confirmed" or event == "health_failed":
-            if status != "rolled_back":
-                status, finished = "failed", now
-        started = started if started is not None else now
-    elif event == "rolled_back":
-        status, finished = "rolled_back", now
-        started = started if started is not None else now
-    return _Progress(status, started, finished, health, accepted, dirty=True)
-
-
 _PROGRESS_OF = ("SELECT status, started_at, finished_at, health_failed, accepted FROM progress "
                 "WHERE rollout_id = ? AND device_id = ?")
-_TEXT_FIELDS = ("event", "board", "group", "version", "slot", "rollout", "target")
+_KNOWN_DEVICE = "SELECT device_key, last_seq FROM devices WHERE device_id = ?"
+_NEW_DEVICE = "INSERT INTO devices (device_id, first_seen, last_seen) VALUES (?, ?, ?)"
+_SEEN = "SELECT 1 FROM events WHERE device_key = ? AND seq = ?"
+# a device's events by its id (the events rows hold its key)
+_OF_DEVICE = "device_key = (SELECT device_key FROM devices WHERE device_id = ?)"
 
 
-@dataclass
-class IngestPlan:
-    """What one group commit writes, worked out before the transaction (the same on both backends)."""
-
-    results: list[IngestResult]
-    events: list[tuple[Any, ...]]
-    devices: dict[str, list[Any]]
-    new_seq: dict[str, int]
-    progress: dict[tuple[str, str], _Progress]
-
-    def progress_rows(self, now: float) -> list[tuple[Any, ...]]:
-        return [(k[0], k[1], p.status, p.started_at, p.finished_at, p.health_failed, now, p.accepted)
-                for k, p in self.progress.items()]
-
-
-def plan_ingest(requests: Sequence[tuple[str, Sequence[Report]]], now: float,
-                last_seq: Callable[[str], int], seen: Callable[[str, int], bool],
-                progress_of: Callable[[tuple[str, str]], _Progress | None]) -> IngestPlan:
-    """The rows a batch of requests writes. last_seq: the device's highest stored seq (-1: none);
-    seen(device, seq): that seq is already stored (only asked for seq <= last_seq); progress_of:
-    the stored progress of (rollout, device). A request holding a seq seen before is refused whole."""
-    results: list[IngestResult] = []
-    events: list[tuple[Any, ...]] = []
-    devices: dict[str, list[Any]] = {}
-    new_seq: dict[str, int] = {}
-    pending: set[tuple[str, int]] = set()  # (device, seq) stored by earlier requests of this commit
-    new_progress: dict[tuple[str, str], _Progress] = {}
-    for device_id, reports in requests:
-        result = IngestResult()
-        results.append(result)
-        top = new_seq.get(device_id)
-        if top is None:
-            top = last_seq(device_id)
-        # all or nothing: one seq seen before (exact match) and the request changes nothing
-        for r in reports:
-            seq = r["seq"]
-            if seq <= top and ((device_id, seq) in pending or seen(device_id, seq)):
-                result.duplicates += 1
-            for name in _TEXT_FIELDS:  # PostgreSQL text cannot hold NUL: refused alike on both backends
-                v = r.get(name)
-                if v is not None and "\x00" in v:
-                    raise UnstorableError(f"{name} holds a NUL character")
-        if result.duplicates:
-            continue
-        dev = devices.get(device_id)
-        if dev is None:
-            dev = [device_id, None, None, now, now] + [None] * 8 + [top]
-            devices[device_id] = dev
-        newest = None
-        for r in reports:
-            seq = r["seq"]
-            pending.add((device_id, seq))
-            event = r["event"]
-            detail = r.get("detail")
-            rollout = r.get("rollout")
-            events.append((now, *map(r.get, _EVENT_FIELDS), None if detail is None else _dumps(detail)))
-            if seq > top:  # the newest report describes the device; a late older one only counts as seen
-                top = seq
-                newest = r
-            if event == "health_failed":
-                check = detail.get("check") if detail else None
-                dev[9] = f"failed:{check}" if isinstance(check, str) else "failed"
-            if rollout and event in PROGRESS_EVENTS:
-                pkey = (rollout, device_id)
-                cur = new_progress.get(pkey)
-                if cur is None:
-                    cur = progress_of(pkey)
-                new_progress[pkey] = advance_progress(cur, event, now,
-                                                      detail.get("reason") if detail else None)
-                result.progress = True
-        result.accepted = len(reports)
-        if newest is not None:
-            r = newest
-            dev[13] = top
-            for i, name in _INVENTORY_FIELDS:
-                v = r.get(name)
-                if v is not None:
-                    dev[i] = v
-            event = dev[7] = r["event"]
-            dev[8] = now
-            detail = r.get("detail")
-            if detail:
-                h = detail.get("health")
-                if type(h) is str:
-                    dev[9] = h[:32]
-                f = detail.get("free")
-                if type(f) is int:
-                    dev[10] = f
-            if event == "confirmed":
-                dev[9] = "ok"
-            elif event == "health_failed":
-                check = detail.get("check") if detail else None
-                dev[9] = f"failed:{check}" if isinstance(check, str) else "failed"
-        dev[4] = now
-        new_seq[device_id] = top
-    return IngestPlan(results, events, devices, new_seq, new_progress)
+# an events row as the API shows it: its device by id, the group under its name
+_EVENT_COLS = ("e.received", "d.device_id", "e.seq", "e.event", "e.device_time", "e.uptime_ms", "e.board",
+               "e.grp", "e.version", "e.slot", "e.rollout", "e.target", "e.detail")
+_EVENT_KEYS = tuple("group" if c == "e.grp" else c.split(".")[1] for c in _EVENT_COLS)
 
 
 class Leadership:
@@ -497,9 +298,9 @@ class SQLStore(Store):
             if reset_seq:
                 # The board starts counting again (flash erased). Earlier events stay, with their seq
                 # moved below every earlier one (negative: outside the replay check, seqs are >= 0).
-                low = min(0, conn.execute("SELECT coalesce(min(seq), 0) FROM events WHERE device_id = ?",
+                low = min(0, conn.execute(f"SELECT coalesce(min(seq), 0) FROM events WHERE {_OF_DEVICE}",
                                           (device_id,)).fetchone()[0])
-                conn.execute("UPDATE events SET seq = seq - ? + ? WHERE device_id = ? AND seq >= 0",
+                conn.execute(f"UPDATE events SET seq = seq - ? + ? WHERE {_OF_DEVICE} AND seq >= 0",
                              (1 << 53, low, device_id))
                 conn.execute("UPDATE devices SET last_seq = -1 WHERE device_id = ?", (device_id,))
                 self._forget(device_id=device_id)
@@ -529,17 +330,14 @@ class SQLStore(Store):
         return [self._device_dict(r) for r in self._conn().execute(sql + " ORDER BY device_id", args)]
 
     def device_events(self, device_id: str | None, limit: int = 50) -> list[dict[str, Any]]:
-        cols = ("received", "device_id", "seq", "event", "device_time", "uptime_ms", "board", "grp",
-                "version", "slot", "rollout", "target", "detail")
-        sql = f"SELECT {', '.join(cols)} FROM events"
+        sql = (f"SELECT {', '.join(_EVENT_COLS)} FROM events e JOIN devices d ON d.device_key = e.device_key")
         args: tuple[Any, ...] = (limit,)
         if device_id is not None:
-            sql += " WHERE device_id = ?"
+            sql += f" WHERE e.{_OF_DEVICE}"
             args = (device_id, limit)
         out = []
-        for row in self._conn().execute(sql + " ORDER BY id DESC LIMIT ?", args):
-            d = dict(zip(cols, row, strict=True))
-            d["group"] = d.pop("grp")
+        for row in self._conn().execute(sql + " ORDER BY e.id DESC LIMIT ?", args):
+            d = dict(zip(_EVENT_KEYS, row, strict=True))
             d["detail"] = json.loads(d["detail"]) if d["detail"] else None
             out.append(d)
         out.reverse()
@@ -729,6 +527,12 @@ class SQLStore(Store):
 
 
 
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+# entries in each of the SQLite writer's caches (device keys and seqs, rollout progress)
+_CACHE_LIMIT = 200_000
+
+
 class SQLiteStore(SQLStore):
     def __init__(self, path: str | os.PathLike[str], synchronous: str = "NORMAL",
                  migrate: bool = True) -> None:
@@ -736,8 +540,8 @@ class SQLiteStore(SQLStore):
         self.synchronous = synchronous
         self._local = threading.local()
         self._lock = threading.RLock()
-        self._seq: dict[str, int] = {}
-        self._progress: dict[tuple[str, str], _Progress] = {}
+        self._devices: dict[str, KnownDevice] = {}
+        self._progress: dict[tuple[str, str], Progress] = {}
         self._all: list[sqlite3.Connection] = []
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -750,7 +554,7 @@ class SQLiteStore(SQLStore):
 
     def _forget(self, device_id: str | None = None, rollout_id: str | None = None) -> None:
         if device_id is not None:
-            self._seq.pop(device_id, None)
+            self._devices.pop(device_id, None)
         if rollout_id is not None:
             for key in [k for k in self._progress if k[0] == rollout_id]:
                 del self._progress[key]
@@ -762,6 +566,10 @@ class SQLiteStore(SQLStore):
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={self.synchronous}")
             conn.execute("PRAGMA foreign_keys=OFF")
+            # A checkpoint copies the WAL into the database and syncs both. Every report touches
+            # its device's pages (row, replay index), so commits dirty many pages: checkpointing
+            # every 8192 pages (32 MB of WAL) instead of 1000 copies each hot page less often.
+            conn.execute("PRAGMA wal_autocheckpoint=8192")
             self._local.conn = conn
             with self._lock:
                 self._all.append(conn)
@@ -793,55 +601,78 @@ class SQLiteStore(SQLStore):
         with self._lock:
             try:
                 return self._ingest(requests, now)
-            except (sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.DataError, OverflowError,
-                    UnicodeError, ValueError, TypeError) as exc:  # what this request holds
-                raise UnstorableError(f"cannot store: {type(exc).__name__}: {str(exc)[:120]}") from None
+            except sqlite3.Error as exc:  # the database, not the request (full disk, locked, I/O)
+                raise StoreError(f"cannot store reports: {exc}") from None
 
     def _ingest(self, requests: Sequence[tuple[str, Sequence[Report]]], now: float) -> list[IngestResult]:
         conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            plan = plan_ingest(requests, now, self._known_device(conn, now), self._seen(conn),
+                               self._stored_progress(conn))
+            if plan.events:
+                conn.executemany(INSERT_EVENT, plan.events)
+                conn.executemany(UPDATE_DEVICE, plan.device_params())
+            if plan.progress:
+                conn.executemany(UPSERT_PROGRESS, plan.progress_params())
+            conn.execute("COMMIT")
+        except BaseException:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            raise
+        self._remember(plan)
+        return plan.results
 
-        def last_seq(device_id: str) -> int:
-            top = self._seq.get(device_id)
-            if top is None:
-                row = conn.execute(_LAST_SEQ, (device_id,)).fetchone()
-                top = -1 if row is None else int(row[0])
-            return top
+    def _known_device(self, conn: sqlite3.Connection, now: float) -> Callable[[str], KnownDevice]:
+        """A device's key and last seq: cached, else read, else its devices row is made now."""
+        cache = self._devices
 
-        def seen(device_id: str, seq: int) -> bool:
-            return conn.execute("SELECT 1 FROM events WHERE device_id = ? AND seq = ?",
-                                (device_id, seq)).fetchone() is not None
+        def known(device_id: str) -> KnownDevice:
+            device = cache.get(device_id)
+            if device is None:
+                row = conn.execute(_KNOWN_DEVICE, (device_id,)).fetchone()
+                if row is None:
+                    key = conn.execute(_NEW_DEVICE, (device_id, now, now)).lastrowid
+                    assert key is not None
+                    device = KnownDevice(key, -1)
+                else:
+                    device = KnownDevice(int(row[0]), int(row[1]))
+            return device
+        return known
 
-        def progress_of(key: tuple[str, str]) -> _Progress | None:
-            cur = self._progress.get(key)
-            if cur is None:
+    @staticmethod
+    def _seen(conn: sqlite3.Connection) -> Callable[[int, int], bool]:
+        def seen(device_key: int, seq: int) -> bool:
+            return conn.execute(_SEEN, (device_key, seq)).fetchone() is not None
+        return seen
+
+    def _stored_progress(self, conn: sqlite3.Connection) -> Callable[[tuple[str, str]], Progress | None]:
+        cache = self._progress
+
+        def progress_of(key: tuple[str, str]) -> Progress | None:
+            current = cache.get(key)
+            if current is None:
                 row = conn.execute(_PROGRESS_OF, key).fetchone()
                 if row is not None:
-                    cur = _Progress(row[0], row[1], row[2], int(row[3]), int(row[4]))
-            return cur
+                    current = Progress(row[0], row[1], row[2], int(row[3]), int(row[4]))
+            return current
+        return progress_of
 
-        plan = plan_ingest(requests, now, last_seq, seen, progress_of)
-        if plan.events:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                conn.executemany(_INSERT_EVENT, plan.events)
-                conn.executemany(_UPSERT_DEVICE, plan.devices.values())
-                if plan.progress:
-                    conn.executemany(_UPSERT_PROGRESS, plan.progress_rows(now))
-                conn.execute("COMMIT")
-            except BaseException:
-                try:
-                    conn.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
-                raise
-        # caches only move forward once the transaction is durable
-        if len(self._seq) > 500_000:
-            self._seq.clear()
-        self._seq.update(plan.new_seq)
-        if len(self._progress) > 200_000:
-            self._progress.clear()
-        self._progress.update(plan.progress)
-        return plan.results
+    def _remember(self, plan: IngestPlan) -> None:
+        """The writer's caches move forward once the transaction is durable (bounded: the oldest
+        entries go first)."""
+        _bounded_update(self._devices, plan.known())
+        _bounded_update(self._progress, plan.progress)
+
+
+def _bounded_update(cache: dict[_K, _V], update: Mapping[_K, _V]) -> None:
+    if len(cache) > _CACHE_LIMIT:
+        for key in list(itertools.islice(cache, _CACHE_LIMIT // 4)):
+            del cache[key]
+    cache.update(update)
+
 
 def now() -> float:
     return time.time()

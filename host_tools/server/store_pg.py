@@ -2,7 +2,7 @@
 
 Several `mpota serve` replicas may write at once, so nothing is cached between transactions and
 every rule that SQLite gets from its single writer is held by the database instead:
-- replay detection: events are inserted with ON CONFLICT (device_id, seq) DO NOTHING; a report
+- replay detection: events are inserted with ON CONFLICT (device_key, seq) DO NOTHING; a report
   the unique index refused marks its request a duplicate and the batch is redone without it;
 - one device's reports are applied one transaction at a time (its devices row is locked, in
   device-id order so two replicas never deadlock), so rollout progress is never lost to a race;
@@ -22,37 +22,34 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from host_tools.server.store import (
-    _INSERT_EVENT,
-    _UPSERT_DEVICE,
-    _UPSERT_PROGRESS,
+from host_tools.server.ingest_plan import (
+    EVENT_COLUMNS,
+    INSERT_EVENT,
     PROGRESS_EVENTS,
+    UPDATE_DEVICE,
+    UPSERT_PROGRESS,
     IngestResult,
-    Leadership,
+    KnownDevice,
+    Progress,
     Report,
-    SQLStore,
-    StoreError,
-    UnstorableError,
-    _Progress,
     plan_ingest,
 )
+from host_tools.server.store import Leadership, SQLStore, StoreError, UnstorableError
 
 # One statement for a whole batch of events; the rows the unique index let through come back.
 # The rows travel as one JSON parameter: encoded in C on both sides (arrays of a thousand values
 # cost psycopg's dumpers a Python call, and the text format a regex escape, per value).
-_EVENT_COLS = ("received", "device_id", "seq", "event", "device_time", "uptime_ms", "board", "grp", "version",
-               "slot", "rollout", "target", "detail")
 _INSERT_EVENTS_RETURNING = (
-    _INSERT_EVENT.split("VALUES")[0]
-    + f"SELECT {', '.join(_EVENT_COLS)} FROM json_populate_recordset(NULL::events, ?) "
-      "ON CONFLICT (device_id, seq) DO NOTHING RETURNING device_id, seq")
+    INSERT_EVENT.split("VALUES")[0]
+    + f"SELECT {', '.join(EVENT_COLUMNS)} FROM json_populate_recordset(NULL::events, ?) "
+      "ON CONFLICT (device_key, seq) DO NOTHING RETURNING device_key, seq")
 _json = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
 # One round trip: create the batch's missing devices rows and lock them all (DO UPDATE locks an
-# existing row as FOR UPDATE would), in device-id order, returning each one's last seq.
+# existing row as FOR UPDATE would), in device-id order, returning each one's key and last seq.
 _LOCK_DEVICES = ("INSERT INTO devices (device_id, first_seen, last_seen) "
                  "SELECT d, ?, ? FROM unnest(?::text[]) AS d ORDER BY d "
                  "ON CONFLICT (device_id) DO UPDATE SET last_seen = devices.last_seen "
-                 "RETURNING device_id, last_seq")
+                 "RETURNING device_id, device_key, last_seq")
 _PROGRESS_OF_MANY = ("SELECT rollout_id, device_id, status, started_at, finished_at, health_failed, accepted "
                      "FROM progress WHERE (rollout_id, device_id) IN "
                      "(SELECT * FROM unnest(?::text[], ?::text[]))")
@@ -151,7 +148,7 @@ class AdvisoryLeadership(Leadership):
 
 
 class _Replayed(Exception):
-    def __init__(self, pairs: set[tuple[str, int]]) -> None:
+    def __init__(self, pairs: set[tuple[int, int]]) -> None:
         self.pairs = pairs
 
 
@@ -227,7 +224,7 @@ class PostgresStore(SQLStore):
 
     # ---------------------------------------------------------------- ingest
     def ingest(self, requests: Sequence[tuple[str, Sequence[Report]]], now: float) -> list[IngestResult]:
-        replayed: set[tuple[str, int]] = set()
+        replayed: set[tuple[int, int]] = set()
         for _ in range(20):
             try:
                 return self._ingest(requests, now, replayed)
@@ -235,34 +232,33 @@ class PostgresStore(SQLStore):
                 replayed |= exc.pairs
             except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
                 continue
-            except (psycopg.DataError, psycopg.errors.IntegrityError, OverflowError, UnicodeError,
-                    ValueError, TypeError) as exc:  # what this request holds
-                raise UnstorableError(f"cannot store: {type(exc).__name__}: {str(exc)[:120]}") from None
+            except psycopg.DataError as exc:  # a value of this request the column types refuse
+                raise UnstorableError(f"cannot store: {str(exc).strip()[:120]}") from None
+            except psycopg.Error as exc:  # the database, not the request
+                raise StoreError(f"cannot store reports: {str(exc).strip()[:160]}") from None
         raise StoreError("reports kept colliding with other writers; retry later")
 
     def _ingest(self, requests: Sequence[tuple[str, Sequence[Report]]], now: float,
-                replayed: set[tuple[str, int]]) -> list[IngestResult]:
+                replayed: set[tuple[int, int]]) -> list[IngestResult]:
         ids = sorted({d for d, _ in requests})
         keys = sorted({(r["rollout"], d) for d, reports in requests for r in reports
                        if r.get("rollout") and r["event"] in PROGRESS_EVENTS})
-        results: list[IngestResult] = []
         with self._lock, self._tx() as conn:
-            last = {d: int(s) for d, s in conn.execute(_LOCK_DEVICES, (now, now, ids))}
-            stored: dict[tuple[str, str], _Progress] = {}
+            locked = conn.execute(_LOCK_DEVICES, (now, now, ids))
+            known = {d: KnownDevice(int(k), int(s)) for d, k, s in locked}
+            stored: dict[tuple[str, str], Progress] = {}
             if keys:
                 for row in conn.execute(_PROGRESS_OF_MANY, ([k[0] for k in keys], [k[1] for k in keys])):
-                    stored[(row[0], row[1])] = _Progress(row[2], row[3], row[4], int(row[5]), int(row[6]))
-            plan = plan_ingest(requests, now, lambda d: last.get(d, -1),
-                               lambda d, s: (d, s) in replayed, stored.get)
-            results = plan.results
+                    stored[(row[0], row[1])] = Progress(row[2], row[3], row[4], int(row[5]), int(row[6]))
+            plan = plan_ingest(requests, now, known.__getitem__, lambda k, s: (k, s) in replayed, stored.get)
             if not plan.events:
                 raise psycopg.Rollback()  # every request was a replay: nothing to keep
-            rows = _json([dict(zip(_EVENT_COLS, e, strict=True)) for e in plan.events])
-            inserted = {(d, int(s)) for d, s in conn.execute(_INSERT_EVENTS_RETURNING, (rows,))}
-            if len(inserted) != len(plan.events):
-                raise _Replayed({(e[1], e[2]) for e in plan.events} - inserted)
+            rows: list[dict[str, Any]] = [dict(zip(EVENT_COLUMNS, e, strict=True)) for e in plan.events]
+            inserted = {(int(k), int(s)) for k, s in conn.execute(_INSERT_EVENTS_RETURNING, (_json(rows),))}
+            if len(inserted) != len(rows):
+                raise _Replayed({(r["device_key"], r["seq"]) for r in rows} - inserted)
             with conn.cursor() as cur:
-                cur.executemany(_UPSERT_DEVICE, list(plan.devices.values()))
+                cur.executemany(UPDATE_DEVICE, plan.device_params())
                 if plan.progress:
-                    cur.executemany(_UPSERT_PROGRESS, plan.progress_rows(now))
-        return results
+                    cur.executemany(UPSERT_PROGRESS, plan.progress_params())
+        return plan.results
