@@ -24,12 +24,13 @@ from host_tools.server.app import MpotaServer, ServerConfig, start_site
 from host_tools.server.auth import operator_token
 from host_tools.server.client import ServerClient
 from host_tools.server.orchestrator import ChannelPublisher
+from host_tools.server.store import Store
 
 
 class ServerThread:
     def __init__(self, config: ServerConfig, publisher: ChannelPublisher | None = None,
-                 host: str = "127.0.0.1") -> None:
-        self.server = MpotaServer(config, publisher)
+                 host: str = "127.0.0.1", store: Store | None = None) -> None:
+        self.server = MpotaServer(config, publisher, store)
         self.host = host
         self.url = ""
         self._loop: asyncio.AbstractEventLoop | None = None

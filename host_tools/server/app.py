@@ -17,7 +17,8 @@ Routes (all JSON errors are {"error": "<one line>"}):
 Report answers: 200 {"accepted": n} once committed; 409 a seq already seen (nothing stored);
 400 malformed; 401 bad/missing token; 403 report for another device; 408 body too slow; 413 too
 large; 422 valid but the store cannot hold it (the device drops it, as every 4xx but 409);
-503 retry later (the database cannot write now). Input rules: docs/ARCHITECTURE.md "Reports".
+503 retry later, with Retry-After (the database cannot write now; every route answers 503 while
+the database is unreachable). Input rules: docs/ARCHITECTURE.md "Reports".
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import logging
 import os
 import re
 import socket
+import sqlite3
 import ssl
 import sys
 import time
@@ -67,6 +69,7 @@ from host_tools.server.publish import FeedPublisher
 from host_tools.server.store import (
     ConflictError,
     Store,
+    StoreError,
     UnstorableError,
     is_postgres_url,
     open_store,
@@ -142,6 +145,15 @@ def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
+RETRY_AFTER_S = 5  # what a 503 asks a client to wait: the database is down or cannot write now
+
+
+def _unavailable(message: str = "the database is unavailable, retry later") -> web.Response:
+    response = _error(503, message)
+    response.headers["Retry-After"] = str(RETRY_AFTER_S)
+    return response
+
+
 class MpotaServer:
     def __init__(self, config: ServerConfig, publisher: ChannelPublisher | None = None,
                  store: Store | None = None, clock: Callable[[], float] = time.time) -> None:
@@ -176,10 +188,12 @@ class MpotaServer:
         self._ticker: asyncio.Task[None] | None = None
         self._last_error = ""
         self._logged: dict[str, int] = {}  # rollout id -> history entries already in the log
+        self._db_trouble_logged = -1e9  # monotonic time of the last "database unavailable" line
+        self._db_trouble_quiet = 0
 
     # ----------------------------------------------------------------- lifecycle
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=1024 * 1024)
+        app = web.Application(client_max_size=1024 * 1024, middlewares=[self._database_trouble])
         r = app.router
         Console(self).register(r)  # /, /v1/status, /console/... (before the feed's catch-all)
         r.add_post("/v1/reports", self.post_reports)
@@ -223,6 +237,30 @@ class MpotaServer:
 
     def _log(self, message: str) -> None:
         print(f"mpota serve: {message}", file=sys.stderr, flush=True)
+
+    @web.middleware
+    async def _database_trouble(self, request: web.Request,
+                                handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                                ) -> web.StreamResponse:
+        """A request that needed the database while it is down or cannot write: 503 with
+        Retry-After (the outage passes), and one log line per outage, not a traceback each."""
+        try:
+            return await handler(request)
+        except (ConflictError, UnstorableError):
+            raise
+        except (StoreError, sqlite3.OperationalError) as exc:
+            self._database_down(f"{request.method} {request.path}: {exc}")
+            return _unavailable()
+
+    def _database_down(self, message: str) -> None:
+        """Log a database failure: the first at once, then at most one line every 30 s."""
+        now = time.monotonic()
+        if now - self._db_trouble_logged < 30.0:
+            self._db_trouble_quiet += 1
+            return
+        quiet = f" ({self._db_trouble_quiet} more since the last line)" if self._db_trouble_quiet else ""
+        self._log(f"database unavailable: {message.splitlines()[0][:200]}{quiet}")
+        self._db_trouble_logged, self._db_trouble_quiet = now, 0
 
     async def _ops(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.ops_exec, fn, *args)
@@ -336,9 +374,9 @@ class MpotaServer:
         except UnstorableError as exc:  # retrying cannot help: a 4xx, which the device drops
             self._log(f"report from {device_id} refused: {exc}")
             return _error(422, "report cannot be stored")
-        except Exception as exc:
-            self._log(f"storing reports failed: {exc}")
-            return _error(503, "cannot store reports now, retry later")
+        except Exception as exc:  # the database or the server, never the device: retried later
+            self._database_down(f"storing reports failed: {type(exc).__name__}: {exc}")
+            return _unavailable("cannot store reports now, retry later")
         if result.duplicates:
             return _error(409, f"{result.duplicates} report seq(s) already received; nothing stored")
         return web.Response(body=_ACCEPTED[result.accepted], content_type="application/json")
@@ -419,6 +457,9 @@ class MpotaServer:
             return _error(409, str(exc))
         except PlanError as exc:
             return _error(400, str(exc))
+        except StoreError as exc:
+            self._database_down(f"rollout call: {exc}")
+            return _unavailable()
         except MpotaError as exc:  # publishing failed (key, disk): state is kept, reconcile retries
             return _error(500, str(exc))
         return web.json_response(result)
