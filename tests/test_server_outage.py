@@ -12,7 +12,7 @@ import pytest
 
 from host_tools.server.app import ServerConfig
 from host_tools.server.auth import operator_token
-from host_tools.server.harness import HttpClient, ServerThread, SimDevice
+from sim.serverkit import HttpClient, ReportingDevice, ServerThread
 
 pytestmark = pytest.mark.postgres
 SECRET = b"\x42" * 32
@@ -44,7 +44,7 @@ def test_every_route_answers_503_while_the_database_is_down(cluster: Any, tmp_pa
                        store=store)
     try:
         client = HttpClient(srv.url)
-        device = SimDevice(srv.url, SECRET, "dev-1")
+        device = ReportingDevice(srv.url, SECRET, "dev-1")
         assert device.post(device.build("heartbeat"))[0] == 200
         assert client.request("GET", "/v1/devices", None, OP)[0] == 200
         cluster.stop()  # immediate shutdown: every connection of the pool breaks
