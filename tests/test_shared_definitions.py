@@ -22,8 +22,8 @@ import pytest
 from host_tools import deploy, manifest
 from host_tools.fleet import DEFAULT_GROUP, GROUP_NAME
 from host_tools.server.ingest import EVENTS
+from host_tools.server.ingest_plan import EXCUSED_REASONS
 from host_tools.server.plans import DEFAULT_GROUPS, default_stage_tables
-from host_tools.server.store import EXCUSED_REASONS
 
 DEVICE = Path(__file__).resolve().parent.parent / "device" / "mpota"
 
