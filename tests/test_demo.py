@@ -35,6 +35,10 @@ def test_demo_first_steps_and_cleanup(tmp_path: Path, capsys: pytest.CaptureFixt
         assert doc["release"]["version"] == "1.2.0" and doc["rollout"]["state"] == "paused"
         for v in ("1.0.0", "1.1.0", "1.2.0"):
             assert (work / "feed" / "releases" / BOARD / v / "manifest.json").is_file()
+        # v1.1.0 also goes out as a patch from v1.0.0, much smaller than its image
+        patch = next((work / "feed" / "releases" / BOARD / "1.1.0").glob("delta-from-1.0.0.patch*"))
+        image = next((work / "feed" / "releases" / BOARD / "1.1.0").glob("firmware.bin*"))
+        assert patch.stat().st_size < image.stat().st_size // 4
         demo.start_fleet()
         assert demo.failures == []
         assert demo.fleet is not None and len(demo.fleet.devices) == 15

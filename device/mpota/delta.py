@@ -206,25 +206,59 @@ class Patched:
             _bad("bytes follow its end")
 
 
+# The first patch in `deltas` whose base is the running image (slot `run`), or None. One pass
+# over the slot whatever the number of patches: a SHA-256 per distinct base size (at most
+# trust's limit on patches), each fed the slot's first base_size bytes. buf: 4096 bytes.
+def base_patch(run, deltas, buf, feed):
+    import binascii
+    import hashlib
+
+    room = run.info()[3]
+    sizes = []
+    for c in deltas:
+        n = c["base_size"]
+        if n <= room and n not in sizes:
+            sizes.append(n)
+    hs = [hashlib.sha256() for _ in sizes]
+    got = {}
+    mv = memoryview(buf)
+    end = max(sizes) if sizes else 0
+    b = 0
+    while b * _BLOCK < end:
+        run.readblocks(b, buf)
+        off = b * _BLOCK
+        for i in range(len(sizes)):
+            n = sizes[i] - off
+            if n > 0:
+                hs[i].update(mv if n >= _BLOCK else mv[:n])
+                if n <= _BLOCK:
+                    got[sizes[i]] = str(binascii.hexlify(hs[i].digest()), "ascii")
+        feed()
+        b += 1
+    for c in deltas:
+        if got.get(c["base_size"]) == c["base_hash"][7:]:
+            return c
+    return None
+
+
 # The updater's delta path: the first patch of offer `o` whose base is the running image
 # (slot `run`) is applied into `part` by u._transfer. True when it made the image; else
-# False, with o.how["delta"] = "fallback: <reason>" (no patch for this base, or the patch
-# failed: the caller streams the full image in the same update). Flash errors are not
-# the patch's fault: they propagate. o.how becomes the reports' detail.
+# False, with o.how["delta"] = "fallback: <reason>" (no patch for this base, a plain
+# download recorded further than the patch is long: the rest of it is cheaper, or the patch
+# failed: the caller streams the full image in the same update). Flash errors are not the
+# patch's fault: they propagate. o.how becomes the reports' detail.
 def install(u, o, run, part):
-    import mpota.firmware as firmware
-    from mpota.updater import _unload
-
-    d = None
-    for c in o.deltas:
-        if firmware.runs(run, {"size": c["base_size"], "hash": c["base_hash"]}, u._block(), u._feed):
-            d = c
-            break
-    del firmware
-    _unload("firmware")
+    d = base_patch(run, o.deltas, u._block(), u._feed)
     o.how = {"delta": "fallback: base", "full_bytes": o.transfer_size}
     if d is None:
         return False
+    done = u._resumes(o)
+    if done and o.size - done <= d["size"]:
+        o.how["delta"] = "fallback: resume"
+        return False
+    if done:  # the patch rewrites the slot that record vouches for
+        u.state["dl"] = None
+        u.state.save()
     try:
         u._transfer(o, part, d, run)
     except (errors.IntegrityError, errors.DownloadError) as e:
@@ -234,4 +268,3 @@ def install(u, o, run, part):
     o.how["delta"] = "applied"
     o.how["bytes"] = d["size"]
     return True
-

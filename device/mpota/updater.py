@@ -540,6 +540,14 @@ class Updater:
             del appfiles
             _unload("appfiles")
 
+    # The image bytes a plain download of offer o recorded as written (state["dl"]), 0 if none.
+    def _resumes(self, o):
+        dl = self.state["dl"]
+        if (o.encoding == "none" and dl and dl.get("version") == o.version and dl.get("hash") == o.hash
+                and dl.get("slot") == o.slot and 0 < dl.get("offset", 0) < o.size):
+            return dl["offset"]
+        return 0
+
     # Stream the image into `part` (mpota.slot.Writer): the image itself (d None) or the
     # patch d rebuilt against the running slot `run`; raises unless the image hash matches.
     def _transfer(self, o, part, d, run):
@@ -561,8 +569,7 @@ class Updater:
         del http
         # resume a plain transfer recorded by an earlier run
         dl = st["dl"]
-        if (plain and dl and dl.get("version") == o.version and dl.get("hash") == o.hash
-                and dl.get("slot") == o.slot and 0 < dl.get("offset", 0) < size):
+        if plain and self._resumes(o):
             w.start(dl["offset"])
         if not w.pos:
             dl = {"version": o.version, "slot": o.slot, "hash": o.hash,
