@@ -12,6 +12,13 @@ at it, under CPython and the MicroPython unix port. For every attack the board m
 
 A few faults are not attacks but weather (a dropped connection, a server that ignores Range):
 there the board must get through and install exactly the signed image.
+
+Patch attacks (the manifest offers a patch from the running image, ``image.deltas``): a patch that
+reads outside the base, overflows or lies about a length, was made for another base or another
+chip, is truncated, has bytes after its end, or rebuilds an image that hashes wrong. There the
+board must fall back to the full image in the same update: install exactly the signed image,
+the running slot only ever read, and say so (``detail.delta = "fallback: <reason>"`` on its
+``installed`` report). When the full image is bad too, it refuses as above.
 """
 
 from __future__ import annotations
@@ -25,7 +32,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from detools.common import pack_size
 
+from host_tools.delta import detools_patch
+from host_tools.imagebuild import build_app_image
+from host_tools.release import compress_image
 from sim import feedkit
 from sim.board import SimBoard
 
@@ -33,6 +44,10 @@ VERSION = "1.1.0"
 BOARD = feedkit.BOARD
 OTHER_BOARD = "esp32s3-generic-8mb"
 IMG = 72 * 1024
+# The board's factory image (SimBoard's default, given explicitly: the patch cases patch it) and,
+# for those cases, v1.1.0 as its next build: the same code with another version.
+RUNNING = build_app_image("esp32", "1.0.0", "mpota-app", 0)
+PATCHED = build_app_image("esp32", VERSION, "mpota-app", 0, build="1.0.0")
 
 UPDATE = r'''
 import simboot, json
@@ -69,6 +84,7 @@ class Ctx:
     feed: feedkit.Feed = field(init=False)
     config: dict[str, Any] = field(default_factory=dict)   # config overrides
     seed: dict[str, Any] | None = None                     # device state before the update
+    signed: bytes = b""                                    # the image an install must write
 
     def __post_init__(self) -> None:
         self.feed = feedkit.Feed(self.root / self.name, self.keys)
@@ -77,9 +93,24 @@ class Ctx:
     def prefix(self) -> str:
         return f"/{self.name}/"
 
-    def release(self, version: str = VERSION, **kw: Any) -> Path:
+    def release(self, version: str = VERSION, data: bytes | None = None, **kw: Any) -> Path:
         kw.setdefault("compress", True)
-        return self.feed.add_release(version, feedkit.image(version, size=IMG), **kw)
+        data = feedkit.image(version, size=IMG) if data is None else data
+        if version == VERSION:
+            self.signed = data
+        return self.feed.add_release(version, data, **kw)
+
+    def delta_release(self, **kw: Any) -> Path:
+        """v1.1.0 with a patch from the running v1.0.0 (a release of the board's own image) and
+        the channel offering it; returns the patch file."""
+        base = self.feed.add_release("1.0.0", RUNNING, compress=True)
+        self.release(data=PATCHED, delta_from=[base], **kw)
+        self.feed.set_channel(VERSION)
+        return self.feed.release_dir(VERSION) / self.feed.manifest_doc(VERSION)["image"]["deltas"][0]["url"]
+
+    def patch_url_path(self) -> str:
+        return self.prefix + str(self.feed.release_dir(VERSION).relative_to(self.feed.root)) + "/" + \
+            self.feed.manifest_doc(VERSION)["image"]["deltas"][0]["url"]
 
     def standard(self, **kw: Any) -> None:
         self.release(**kw)
@@ -288,6 +319,16 @@ def bit_flip_in_compressed_image(c: Ctx) -> None:
     _flip(c.image_file(), 30000)
 
 
+def compressed_stream_ends_early(c: Ctx) -> None:
+    # a signed transfer (size and hash its own) whose deflate data stops before the image does
+    c.standard()
+    path = c.image_file()
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    wire = path.read_bytes()
+    _manifest_edit(c, lambda d: d["image"].update(
+        transfer_size=len(wire), transfer_hash="sha256:" + hashlib.sha256(wire).hexdigest()))
+
+
 def bit_flip_in_last_byte(c: Ctx) -> None:
     c.standard(compress=False)
     _flip(c.image_file(), -1, 0x01)
@@ -383,6 +424,121 @@ def slow_retrieval(c: Ctx) -> None:
     c.fault("drip", c.image_url_path(), times=-1, chunk=32, delay=0.3)
 
 
+# ---------------------------------------------------------------------------- patch attacks
+def _ship_patch(c: Ctx, raw: bytes) -> None:
+    """Ship ``raw`` as the patch (in the encoding the manifest lists), listed and signed by the
+    release key as the real one was: only the applier stands between it and the slot."""
+    c.delta_release()
+    doc = c.feed.manifest_doc(VERSION)
+    d = doc["image"]["deltas"][0]
+    path = c.feed.release_dir(VERSION) / d["url"]
+    path.write_bytes(compress_image(raw, d["window_bits"]) if d["encoding"] == "detools-zlib" else raw)
+    d.update(size=path.stat().st_size, hash="sha256:" + hashlib.sha256(path.read_bytes()).hexdigest())
+    c.feed.resign_manifest(VERSION, doc)
+    c.repin()
+
+
+def _head(size: int = len(PATCHED)) -> bytes:
+    # a detools sequential patch, compression none: type byte, to_size, data-format size 0
+    return b"\0" + pack_size(size) + pack_size(0)
+
+
+def patch_reads_past_base(c: Ctx) -> None:
+    # one extra byte, the base offset moved to 10 bytes before the base's end, then a long diff
+    n = len(PATCHED)
+    _ship_patch(c, _head() + pack_size(0) + pack_size(1) + b"x" + pack_size(len(RUNNING) - 10)
+                + pack_size(n - 1) + b"\0" * (n - 1) + pack_size(0) + pack_size(0))
+
+
+def patch_reads_before_base(c: Ctx) -> None:
+    n = len(PATCHED)
+    _ship_patch(c, _head() + pack_size(0) + pack_size(1) + b"x" + pack_size(-4096)
+                + pack_size(n - 1) + b"\0" * (n - 1) + pack_size(0) + pack_size(0))
+
+
+def patch_overflowing_length(c: Ctx) -> None:
+    # a diff size of 8 varint bytes (over 2^40): no length the applier could hold in a small int
+    _ship_patch(c, _head() + b"\xbf" + b"\xff" * 6 + b"\x7f" + b"\0" * 64)
+
+
+def patch_run_past_image(c: Ctx) -> None:
+    n = len(PATCHED)
+    _ship_patch(c, _head() + pack_size(0) + pack_size(n + 4096) + b"\0" * (n + 4096))
+
+
+def patch_negative_length(c: Ctx) -> None:
+    _ship_patch(c, _head() + pack_size(-1) + b"\0" * 64)
+
+
+def patch_for_another_size(c: Ctx) -> None:
+    raw = detools_patch(RUNNING, PATCHED)
+    _ship_patch(c, _head(len(PATCHED) + 4096) + raw[len(_head()):])
+
+
+def patch_in_another_compression(c: Ctx) -> None:
+    # the patch as esp_delta_ota takes it (heatshrink): not what this manifest says it is
+    import io
+
+    import detools
+
+    out = io.BytesIO()
+    detools.create_patch(io.BytesIO(RUNNING), io.BytesIO(PATCHED), out, compression="heatshrink")
+    _ship_patch(c, out.getvalue())
+
+
+def patch_for_another_base(c: Ctx) -> None:
+    # a well-formed patch from another build, listed (and signed) for the running one
+    _ship_patch(c, detools_patch(build_app_image("esp32", "0.9.0", "mpota-app", 0), PATCHED))
+
+
+def patch_for_another_image(c: Ctx) -> None:
+    # well-formed, from the right base, but it rebuilds another image than the manifest's hash
+    other = bytearray(PATCHED)
+    other[len(other) // 2] ^= 0x01
+    _ship_patch(c, detools_patch(RUNNING, bytes(other)))
+
+
+def patch_for_another_chip(c: Ctx) -> None:
+    # it rebuilds an ESP32-S3 image: refused at the first block, before anything is written
+    s3 = build_app_image("esp32s3", VERSION, "mpota-app", 0, build="1.0.0")
+    _ship_patch(c, detools_patch(RUNNING, s3[:len(PATCHED)].ljust(len(PATCHED), b"\xff")))
+
+
+def patch_truncated(c: Ctx) -> None:
+    raw = detools_patch(RUNNING, PATCHED)
+    _ship_patch(c, raw[: len(raw) * 2 // 3])
+
+
+def patch_with_bytes_after_its_end(c: Ctx) -> None:
+    _ship_patch(c, detools_patch(RUNNING, PATCHED) + b"\0" * 16)
+
+
+def patch_bit_flip(c: Ctx) -> None:
+    # changed on the wire: the signed patch hash no longer matches
+    _flip(c.delta_release(), 40)
+
+
+def patch_404(c: Ctx) -> None:
+    c.delta_release().unlink()
+
+
+def patch_stalled(c: Ctx) -> None:
+    c.delta_release()
+    c.fault("stall", c.patch_url_path(), times=-1, at=100, delay=20)
+
+
+def patch_for_a_base_not_running(c: Ctx) -> None:
+    c.delta_release()
+    _manifest_edit(c, lambda d: d["image"]["deltas"][0].update(
+        base_hash="sha256:" + hashlib.sha256(b"another build").hexdigest()))
+
+
+def patch_and_image_both_bad(c: Ctx) -> None:
+    # the patch fails, the full image is bit-flipped too: nothing is installed
+    patch_truncated(c)
+    _flip(c.image_file(), 30000)
+
+
 # weather, not attacks: the board gets through and installs the signed image
 def connection_drop_once(c: Ctx) -> None:
     c.standard()
@@ -427,6 +583,7 @@ CASES: list[tuple[Callable[[Ctx], None], set[str]]] = [
     (image_hash_mismatch, {"hash_mismatch"}),
     (bit_flip_in_image, {"hash_mismatch"}),
     (bit_flip_in_compressed_image, {"hash_mismatch", "bad_image"}),
+    (compressed_stream_ends_early, {"hash_mismatch"}),
     (bit_flip_in_last_byte, {"hash_mismatch"}),
     (bad_header_first_block, {"bad_image"}),
     (truncated_transfer, {"size_mismatch"}),
@@ -446,6 +603,23 @@ CASES: list[tuple[Callable[[Ctx], None], set[str]]] = [
     (slow_retrieval, {"timeout"}),
     (connection_drop_once, {INSTALLED}),
     (range_ignored_after_drop, {INSTALLED}),
+    (patch_reads_past_base, {"fallback: bad_patch"}),
+    (patch_reads_before_base, {"fallback: bad_patch"}),
+    (patch_overflowing_length, {"fallback: bad_patch"}),
+    (patch_run_past_image, {"fallback: bad_patch"}),
+    (patch_negative_length, {"fallback: bad_patch"}),
+    (patch_for_another_size, {"fallback: bad_patch"}),
+    (patch_in_another_compression, {"fallback: bad_patch"}),
+    (patch_for_another_base, {"fallback: hash_mismatch", "fallback: bad_patch"}),
+    (patch_for_another_image, {"fallback: hash_mismatch"}),
+    (patch_for_another_chip, {"fallback: bad_image"}),
+    (patch_truncated, {"fallback: bad_patch"}),
+    (patch_with_bytes_after_its_end, {"fallback: bad_patch"}),
+    (patch_bit_flip, {"fallback: hash_mismatch", "fallback: bad_patch"}),
+    (patch_404, {"fallback: http_status"}),
+    (patch_stalled, {"fallback: timeout"}),
+    (patch_for_a_base_not_running, {"fallback: base"}),
+    (patch_and_image_both_bad, {"hash_mismatch", "bad_image"}),
 ]
 
 
@@ -474,6 +648,7 @@ def _result(stdout: str) -> dict[str, Any]:
 def test_corpus_is_big_enough() -> None:
     attacks = [c for c, codes in CASES if INSTALLED not in codes]
     assert len(attacks) >= 30
+    assert len([c for c in attacks if c.__name__.startswith("patch_")]) >= 15
     assert len({c.__name__ for c, _ in CASES}) == len(CASES)
 
 
@@ -488,7 +663,7 @@ def test_hostile_feed(case: Callable[[Ctx], None], codes: set[str], interp: str,
                                 timeout_ms=800, retries=1, backoff_ms=10, max_backoff_ms=20)
     cfg.update(c.config)
     b = SimBoard.create(root / "boards" / name, device="mpy" if interp == "micropython" else "link",
-                        config=cfg)
+                        config=cfg, image=RUNNING)
     # the factory first boot (the bootloader initialises otadata), and any state to start from
     first = b.run(SEED, interp, args=(json.dumps(c.seed or {}),))
     assert first.kind == "exit" and "SEEDED" in first.stdout, first
@@ -500,11 +675,19 @@ def test_hostile_feed(case: Callable[[Ctx], None], codes: set[str], interp: str,
     r = b.run(UPDATE, interp, timeout=30)
     res = _result(r.stdout)
 
-    if codes == {INSTALLED}:
+    fallback = {x for x in codes if x.startswith("fallback: ")}
+    if codes == {INSTALLED} or fallback:
         assert r.kind == "reset", r
         assert b.next_boot_slot() == "ota_1"
-        signed = feedkit.image(VERSION, size=IMG)
-        assert b.read_slot("ota_1", len(signed)) == signed
+        assert b.read_slot("ota_1", len(c.signed)) == c.signed
+        assert b.read_slot("ota_0", len(RUNNING)) == RUNNING  # only ever read
+        with server._lock:
+            done = [x["detail"] for x in server.reports if x.get("device_id") == name
+                    and x.get("event") == "installed"]
+        assert len(done) == 1, done
+        if fallback:  # the full image, in the same update, and the report says why
+            assert done[0].get("delta") in fallback, done
+            assert done[0].get("full_bytes") == c.image_file().stat().st_size
         return
     # refused with the right reason ...
     assert r.kind == "exit", f"the board did not refuse: {r}"

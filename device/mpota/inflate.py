@@ -1,8 +1,9 @@
 # Streaming zlib decompression of the transfer: `reader(src, window_bits)` returns an
 # object with readinto(buf) -> n (0 at the end): deflate.DeflateIO itself (a window of
 # 2**window_bits bytes).
-# A corrupt stream raises OSError (as DeflateIO does: EINVAL); the updater
-# reports it as HashMismatch. Errors of `src` (DownloadError) pass through unchanged.
+# A corrupt stream raises OSError (as DeflateIO does: EINVAL), one that stops early
+# EOFError (DeflateIO's too); the updater reports either as HashMismatch. Errors of `src`
+# (DownloadError) pass through unchanged.
 import io
 
 import deflate

@@ -11,9 +11,9 @@
 # whole-block writeblocks erasing its sector first. buf is the caller's 4 KiB buffer, reused
 # for every block; a whole block is read and written without allocating. first(block) checks
 # the image's first block before anything is written (it raises to refuse the image); feed()
-# runs after every block (watchdogs). Errors: a reader raising OSError (a corrupt zlib
-# stream) is HashMismatch, a stream ending early or going on past `size` SizeMismatch;
-# the partition's own errors pass through.
+# runs after every block (watchdogs). Errors: a reader raising OSError or EOFError (a
+# corrupt zlib stream, one that stops early: DeflateIO's errors) is HashMismatch, a stream
+# ending early or going on past `size` SizeMismatch; the partition's own errors pass through.
 import binascii
 import hashlib
 
@@ -42,7 +42,7 @@ def _fill(reader, mv, want):
 def _read(reader, mv, want):
     try:
         return _fill(reader, mv, want)
-    except OSError as e:  # only a decompressor raises it (http raises DownloadError)
+    except (OSError, EOFError) as e:  # only a decompressor raises them (http raises DownloadError)
         raise errors.HashMismatch("corrupt compressed stream (%s)" % e)
 
 

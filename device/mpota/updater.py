@@ -35,6 +35,9 @@ import mpota.errors as errors
 _BLOCK = const(4096)
 _SAVE_EVERY = const(32)   # blocks between download-progress saves (each one a flash write)
 _RATE_MS = const(10000)   # window of the slow-retrieval guard (Config.min_rate bytes/s)
+# What a corrupt compressed stream raises: OSError (EINVAL), or EOFError from DeflateIO when the
+# deflate data wants more than the transfer holds. The updater reports either as HashMismatch.
+_CORRUPT = (OSError, EOFError)
 
 
 def _hex(h):
@@ -620,7 +623,7 @@ class Updater:
 
             try:
                 reader = delta.Patched(reader, dp[1], dp[0], o.size)
-            except OSError as e:
+            except _CORRUPT as e:
                 raise errors.HashMismatch("corrupt compressed stream (%s)" % e)
         nblk = w.nblk
         step = (nblk + 3) // 4  # progress reports at 0/25/50/75 %
@@ -638,7 +641,7 @@ class Updater:
         if dp is not None:
             try:
                 reader.finish()
-            except OSError as e:
+            except _CORRUPT as e:
                 raise errors.HashMismatch("corrupt compressed stream (%s)" % e)
 
     # Download progress at 0/25/50/75 %, each step reported once per update.

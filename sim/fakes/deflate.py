@@ -1,7 +1,7 @@
 # Fake of MicroPython's deflate module for device code under CPython (the unix port and the
 # boards have the real one built in): DeflateIO(stream, ZLIB, wbits) decompresses with CPython's
-# zlib behind readinto(buf) -> n, and a corrupt or truncated stream raises OSError(EINVAL) as
-# DeflateIO does. Only the zlib format is modelled (the one mpota transfers use).
+# zlib behind readinto(buf) -> n; a corrupt stream raises OSError(EINVAL) and one that stops
+# early EOFError, as DeflateIO does. Only the zlib format is modelled (the one mpota transfers use).
 import zlib
 
 AUTO = 0
@@ -36,5 +36,5 @@ class DeflateIO:
                 return 0
             n = self._src.readinto(self._raw)
             if not n:
-                raise OSError(22, "compressed stream ends early")
+                raise EOFError("compressed stream ends early")
             self._in = bytes(self._raw[:n])
