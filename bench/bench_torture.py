@@ -94,6 +94,7 @@ class PointResult:
     problems: list[str] = field(default_factory=list)
     boots: int = 0
     resumed: bool = False        # the download after the cut rewrote fewer blocks than a whole one
+    restarted: bool = False      # cut in the middle of the slot writes, the next update rewrote them all
     diverged: bool = False       # the story went another way before reaching the cut
 
 
@@ -222,6 +223,8 @@ class Torture:
             whole = self.slot_writes(self.dry[0])
             redone = [self.slot_writes(x) for x in after if self.slot_writes(x)]
             res.resumed = point.boot == 0 and bool(redone) and 0 < redone[0] < whole
+            res.restarted = (point.boot == 0 and bool(redone) and redone[0] == whole
+                             and 0 < self.slot_writes(self.dry[0], point.op) < whole)
             res.problems += self.check(b, name, point, res)
             again = self.run(b)
             res.boots += 1
@@ -235,10 +238,10 @@ class Torture:
                 shutil.rmtree(b.simdir, ignore_errors=True)
         return res
 
-    def slot_writes(self, r: RunResult) -> int:
-        """Image blocks a boot wrote into the update slot (ota_1)."""
+    def slot_writes(self, r: RunResult, ops: int | None = None) -> int:
+        """Image blocks a boot wrote into the update slot (ota_1), in its first ``ops`` operations."""
         lo = self._ota1[0]
-        return sum(1 for kind, addr, _ in r.log if kind == "write" and lo <= addr < lo + self._ota1[1])
+        return sum(1 for kind, addr, _ in r.log[:ops] if kind == "write" and lo <= addr < lo + self._ota1[1])
 
     @property
     def _ota1(self) -> tuple[int, int]:
@@ -308,6 +311,10 @@ class Torture:
         got = Counter(e for e, _ in decisions)
         if got != Counter({want: 1}):
             problems.append(f"decision reports {dict(got)}, expected one {want}")
+        if self.sc.delta:  # a cut never makes the board give up on the patch for the full image
+            how = {str((r.get("detail") or {}).get("delta")) for r in mine if r.get("event") == "installed"}
+            if how - {"applied"}:
+                problems.append(f"installed from {sorted(how)}, not only from the patch")
         return problems
 
 
@@ -373,7 +380,8 @@ def torture(scenario: str, interpreter: str, root: Path, sample: bool = False,
         "points": len(points), "checked": len(results), "failed": len(failed),
         "failures": [f"{r.point.label()}: {'; '.join(r.problems)}" for r in failed[:20]],
         "outcomes": dict(Counter(r.outcome for r in results)),
-        "resumed": sum(r.resumed for r in results), "retried": t.retried,
+        "resumed": sum(r.resumed for r in results), "restarted": sum(r.restarted for r in results),
+        "retried": t.retried,
         "boots": sum(r.boots for r in results), "seconds": round(time.monotonic() - start, 1),
     }
 
@@ -387,7 +395,8 @@ def run() -> dict[str, Any]:
                 out["runs"].append(r)
                 print(f"  {scenario:<12} {interpreter:<11} {r['checked']} cut points ({r['ops']} ops x "
                       f"before/after), {r['failed']} failed, outcomes {r['outcomes']}, "
-                      f"resumed {r['resumed']}, retried {r['retried']}, {r['boots']} boots, {r['seconds']} s",
+                      f"resumed {r['resumed']}, restarted {r['restarted']}, retried {r['retried']}, "
+                      f"{r['boots']} boots, {r['seconds']} s",
                       file=sys.stderr, flush=True)
                 for f in r["failures"]:
                     print(f"    FAILED {f}", file=sys.stderr, flush=True)

@@ -52,6 +52,7 @@ def test_power_cut_subset(scenario: str, interp: str, tmp_path: Path) -> None:
         chosen = subset(points, stride=stride, later=later)
         assert len(chosen) < len(points)
         results = run_points(t, chosen, workers=2)
+        whole = t.slot_writes(t.dry[0])
     print(f"{scenario}/{interp}: {len(results)} of {len(points)} cut points checked")
     assert all(r.ok for r in results), _explain(results)
     outcomes = {r.outcome for r in results}
@@ -61,6 +62,9 @@ def test_power_cut_subset(scenario: str, interp: str, tmp_path: Path) -> None:
         assert "new" in outcomes
     if scenario == "confirm":  # a cut after a download-progress save resumes from there
         assert sum(r.resumed for r in results) >= 2
+    if scenario == "confirm-delta":  # a cut in the middle of the patch: it is applied again from byte 0
+        mid = [r for r in results if r.point.boot == 0 and 0 < t.slot_writes(t.dry[0], r.point.op) < whole]
+        assert mid and all(r.restarted for r in mid) and not any(r.resumed for r in results)
 
 
 def test_a_cut_point_is_the_operation_the_dry_run_saw(tmp_path: Path) -> None:
