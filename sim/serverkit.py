@@ -156,11 +156,14 @@ class ReportingDevice:
                **detail: Any) -> int:
         return self.post(self.build(event, rollout, target, **detail))[0]
 
-    def update(self, rollout: str, target: str, outcome: str = "confirmed") -> list[int]:
-        """The reports of one update attempt: downloading..installed, then the outcome."""
+    def update(self, rollout: str, target: str, outcome: str = "confirmed",
+               how: dict[str, Any] | None = None) -> list[int]:
+        """The reports of one update attempt: downloading..installed, then the outcome. ``how``:
+        the detail a delta install adds to downloaded and installed (delta, bytes, full_bytes)."""
+        how = how or {}
         codes = [self.report("downloading", rollout, target, progress=0),
-                 self.report("downloaded", rollout, target),
-                 self.report("installed", rollout, target)]
+                 self.report("downloaded", rollout, target, **how),
+                 self.report("installed", rollout, target, **how)]
         if outcome == "confirmed":
             self.version = target
             self.slot = "ota_1" if self.slot == "ota_0" else "ota_0"

@@ -37,6 +37,11 @@ PLAN = {"soak": 0, "min_finished": 1, "in_progress_timeout": "30m",
         "stages": [{"name": "canary"}, {"name": "internal"},
                    {"name": "pilot", "min_finished": 2, "failure_rate_threshold": 10},
                    {"name": "general", "batch_size_percentage": 50}]}
+# How the boards got the image, as their installed reports say: the canary board through a patch,
+# the internal one took the full image after its patch failed, the pilot boards had no patch.
+HOW = {"canary": {"delta": "applied", "bytes": 40_000, "full_bytes": 1_200_000},
+       "internal": {"delta": "fallback: hash_mismatch", "full_bytes": 1_200_000}}
+
 
 @dataclass
 class Fleet:
@@ -69,7 +74,7 @@ class Fleet:
                     if not getattr(d, "tried", False) and is_eligible(ro, d.device_id, d.group):
                         d.tried = True  # type: ignore[attr-defined]
                         outcome = "rolled_back" if d.group == "pilot" else "confirmed"
-                        assert all(code == 200 for code in d.update(rid, "1.1.0", outcome))
+                        assert all(code == 200 for code in d.update(rid, "1.1.0", outcome, HOW.get(d.group)))
             if self.state(rid) == until:
                 return
             time.sleep(0.05)
@@ -172,6 +177,12 @@ def test_console_live_rollout_actions_and_device_page(fleet: Fleet, browser: Any
     timeline = browser.find_element(By.CSS_SELECTOR, "table.timeline").text
     assert "pause" in timeline.lower() and "pilot" in timeline
     _shot(browser, "console-rollout-pilot-gate.png")
+    # full vs delta installs, as the server counts them from the boards' installed reports
+    _, st = fleet.op("GET", "/v1/rollouts/r-1.1.0")
+    inst = browser.find_element(By.CSS_SELECTOR, "p.installs")
+    assert {k: int(inst.get_attribute(f"data-{k}")) for k in ("delta", "full", "fallback")} == \
+        {"delta": 1, "full": st["installs"]["full"], "fallback": 1}
+    assert st["installs"]["full"] >= 2 and "1.2 MB on the wire" in inst.text  # 1_160_000 bytes saved
     seq_paused = fleet.channel().seq
     _click(browser, By.ID, "resume")
     _wait(browser, "#pause")

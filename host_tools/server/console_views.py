@@ -222,10 +222,28 @@ def _rollout_headline(st: Mapping[str, Any], now: float) -> str:
         extra = _numbers(r.get("numbers"))
         out.append(f'<p class="note"><strong>reason:</strong> <span class="reason">{e(r["reason"])}</span>'
                    f"{extra}</p>")
+    out.append(installs_line(st.get("installs")))
     nxt = st.get("next") or {}
     if nxt.get("waiting_for") and r.get("state") == "active":
         out.append(f"<p class=muted>waiting for: {e(nxt['waiting_for'])}</p>")
     return "".join(out)
+
+
+def installs_line(inst: Mapping[str, Any] | None) -> str:
+    """How the rollout's boards got the image (Store.install_kinds, from their installed reports):
+    rebuilt from a patch of the running image, the full image, or the full image after a patch
+    failed; and the bytes the patches saved on the wire. Empty before the first install."""
+    n = {k: int((inst or {}).get(k) or 0) for k in ("delta", "full", "fallback", "bytes_saved")}
+    if not n["delta"] + n["full"] + n["fallback"]:
+        return ""
+    saved = n["bytes_saved"]
+    size = f"{saved / 1e6:.1f} MB" if saved >= 1e6 else f"{saved / 1e3:.1f} KB" if saved >= 1e3 \
+        else f"{saved} B"
+    return (f'<p class="installs" data-delta="{n["delta"]}" data-full="{n["full"]}" '
+            f'data-fallback="{n["fallback"]}" data-saved="{saved}"><strong>installs:</strong> '
+            f'{n["delta"]} delta (patched from the running image), {n["full"]} full image, '
+            f'{n["fallback"]} full image after a patch failed &middot; the patches saved {size} on the '
+            "wire</p>")
 
 
 def _numbers(numbers: object) -> str:
