@@ -3,7 +3,10 @@ by the rollout role.
 
 ``{"_type": "channel", "spec": 1, "board", "channel", "seq", "expires",
    "release": {"version", "manifest", "manifest_sha256"},
-   "rollout": {"id", "state", "groups", "percentage", "window"}}``
+   "rollout": {"id", "state", "groups", "percentage", "window"}, "keys_version"}``
+
+``keys_version`` (optional) names the feed's newest keys document (keys/<N>.json): a board that
+trusts an older one walks the versions up to it before it trusts this document's signature.
 
 ``rollout.state`` is one of active, paused, halted (paused/halted: devices start nothing new).
 ``rollout.window`` is null or {"start": "HH:MM", "end": "HH:MM"} in UTC (a maintenance window).
@@ -32,6 +35,7 @@ from host_tools.manifest import (
 )
 
 ROLLOUT_STATES = ("active", "paused", "halted")
+MAX_KEYS_VERSION = 2**31 - 1
 _HHMM = re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9]\Z")
 _REL_PATH = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*\Z")
 
@@ -120,6 +124,7 @@ class ChannelDoc:
     rollout: Rollout
     expires: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    keys_version: int | None = None  # the feed's keys document version (None: the feed has none)
 
     def __post_init__(self) -> None:
         if isinstance(self.release, dict):
@@ -131,6 +136,8 @@ class ChannelDoc:
         _int(self.seq, "seq", 1, 2**53)
         if self.expires is not None:
             parse_time(self.expires, "expires")
+        if self.keys_version is not None:
+            _int(self.keys_version, "keys_version", 0, MAX_KEYS_VERSION)
 
     @property
     def path(self) -> str:
@@ -145,19 +152,22 @@ class ChannelDoc:
             raise ChannelError(f"_type is {d.get('_type')!r}, expected 'channel'")
         if d.get("spec") != SPEC:
             raise ChannelError(f"spec {d.get('spec')!r} is not supported (this tool reads spec {SPEC})")
-        known = ("_type", "spec", "board", "channel", "seq", "expires", "release", "rollout")
+        known = ("_type", "spec", "board", "channel", "seq", "expires", "release", "rollout", "keys_version")
         return cls(
             board=_get(d, "board", "channel document"), channel=_get(d, "channel", "channel document"),
             seq=_get(d, "seq", "channel document"),
             release=ChannelRelease.from_dict(_get(d, "release", "channel document")),
             rollout=Rollout.from_dict(_get(d, "rollout", "channel document")),
-            expires=d.get("expires"), extra=_extra(d, known),
+            expires=d.get("expires"), extra=_extra(d, known), keys_version=d.get("keys_version"),
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"_type": "channel", "spec": SPEC, "board": self.board, "channel": self.channel,
-                "seq": self.seq, "expires": self.expires, "release": self.release.to_dict(),
-                "rollout": self.rollout.to_dict(), **self.extra}
+        d = {"_type": "channel", "spec": SPEC, "board": self.board, "channel": self.channel,
+             "seq": self.seq, "expires": self.expires, "release": self.release.to_dict(),
+             "rollout": self.rollout.to_dict(), **self.extra}
+        if self.keys_version is not None:
+            d["keys_version"] = self.keys_version
+        return d
 
     def to_payload(self) -> bytes:
         return payload_bytes(self.to_dict())

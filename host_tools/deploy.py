@@ -183,6 +183,7 @@ class DeployRequest:
     tls_ca: str | None = None  # PEM file: the https server's CA (or its self-signed certificate)
     allow_http: bool = False   # let the report token cross plain http (a lab, the demo)
     device_root: Path | None = None  # the repo's device/ folder (package + examples)
+    keys_doc: str | None = None  # a keys document file seeding the board's trust (host_tools.keydoc)
 
 
 @dataclass
@@ -241,6 +242,26 @@ def _load_points(role: str, items: Sequence[str]) -> list[str]:
         if key.public_hex not in points:
             points.append(key.public_hex)
     return points
+
+
+def load_keys_doc(path: str) -> dict[str, Any]:
+    """A keys document file as /mpota.json carries it ("trust"): the checked document, signed by a
+    threshold of its own root keys (the board takes it on faith, as TUF's first root)."""
+    from host_tools.keydoc import MAX_KEYS_BYTES, KeysDoc
+    from host_tools.keyring import self_signed
+
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise UsageError(f"--keys-doc: cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        if len(data) > MAX_KEYS_BYTES:
+            raise DeployError(f"{len(data)} bytes (cap {MAX_KEYS_BYTES})")
+        doc = KeysDoc.from_envelope_unverified(data, path)
+        self_signed(data, doc)
+    except MpotaError as exc:
+        raise DeployError(f"--keys-doc {path}: {exc}") from None
+    return doc.to_dict()
 
 
 def load_tls_ca(path: str) -> str:
@@ -408,6 +429,7 @@ class _Inputs:
     rollout: list[str]
     secret: bytes | None
     tls_ca: str | None
+    trust: dict[str, Any] | None = None  # the keys document /mpota.json carries (--keys-doc)
 
 
 class Deployer:
@@ -487,6 +509,13 @@ class Deployer:
                 check_device_id(req.device_id)
             except FleetError as exc:
                 raise UsageError(str(exc)) from None
+        trust = None
+        if req.keys_doc is not None:
+            if req.release_keys or req.rollout_keys:
+                raise UsageError("--keys-doc gives the keys: drop --keys/--release-key/--rollout-key")
+            trust = load_keys_doc(req.keys_doc)
+            req.release_keys = list(trust["roles"]["release"]["keys"])
+            req.rollout_keys = list(trust["roles"]["rollout"]["keys"])
         if not req.release_keys or not req.rollout_keys:
             missing = [r for r, k in (("release", req.release_keys), ("rollout", req.rollout_keys)) if not k]
             raise UsageError(f"no {' or '.join(missing)} public key given (--keys release=PUB.pem,"
@@ -502,7 +531,7 @@ class Deployer:
                              "creates one)")
         tls_ca = load_tls_ca(req.tls_ca) if req.tls_ca is not None else None
         self._check_transport_security(report_url, tls_ca)
-        return _Inputs(report_url, release, rollout, secret, tls_ca)
+        return _Inputs(report_url, release, rollout, secret, tls_ca, trust)
 
     def _report_url(self) -> str | None:
         req = self.req
@@ -581,6 +610,8 @@ class Deployer:
                      else device_token(inputs.secret, device_id))
         config = build_config(self.req, device_id, inputs.release, inputs.rollout, token, inputs.report_url,
                               inputs.tls_ca)
+        if inputs.trust is not None:
+            config["trust"] = inputs.trust
         config.update(factory_version(self.req, info, self.result.notes))
         size = len(config_bytes(config))
         if size > CONFIG_MAX:

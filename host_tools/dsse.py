@@ -90,6 +90,25 @@ def sign_envelope(
     }
 
 
+def add_signatures(envelope: Mapping[str, Any], keys: Iterable[PrivateKey],
+                   source: str = "envelope") -> dict[str, Any]:
+    """The envelope with one more signature per key over the same payload (a second signer on
+    another machine: thresholds). A key that already signed it is an error, as is a 9th signature."""
+    check_envelope_shape(envelope, source)
+    payload = _b64(envelope["payload"], "payload", source)
+    message = pae(envelope["payloadType"], payload)
+    sigs = [dict(s) for s in envelope["signatures"]]
+    have = {s.get("keyid") for s in sigs}
+    for key in keys:
+        if key.keyid in have:
+            raise DsseError(f"{source} is already signed by {key.path or 'key'} ({key.keyid[:16]})")
+        have.add(key.keyid)
+        sigs.append({"keyid": key.keyid, "sig": base64.b64encode(key.sign(message)).decode("ascii")})
+    if len(sigs) > MAX_SIGNATURES:
+        raise DsseError(f"{source}: {len(sigs)} signatures: a device reads at most {MAX_SIGNATURES}")
+    return {**envelope, "signatures": sigs}
+
+
 def envelope_bytes(envelope: Mapping[str, Any]) -> bytes:
     """The file form of an envelope: indented JSON, one trailing newline."""
     return (json.dumps(envelope, indent=2) + "\n").encode("utf-8")

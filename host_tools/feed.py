@@ -149,7 +149,24 @@ class Superseded(FeedError):
 SeqClaim = Callable[[int, Callable[[int], bytes]], "tuple[int, bytes] | None"]
 
 
+def _stamp_keys(feed: Path, doc: ChannelDoc, key: PrivateKey) -> None:
+    """Name the feed's newest keys version in the document (boards walk up to it), refusing a
+    key that version does not list as a rollout key: every board would refuse the document."""
+    from host_tools import keyring
+
+    version = keyring.current_version(feed)
+    if not version:
+        return
+    doc.keys_version = version
+    listed = keyring.read_version(feed, version).doc.role("rollout").keys
+    if key.public_hex not in listed:
+        raise FeedError(f"{key.path or 'the rollout key'} ({key.keyid[:16]}) is not a rollout key of keys "
+                        f"v{version}: boards would refuse what it signs (mpota keys rotate --role rollout "
+                        "--add its .pub first)")
+
+
 def _sign_and_write_channel(feed: Path, doc: ChannelDoc, key: PrivateKey) -> None:
+    _stamp_keys(feed, doc, key)
     atomic_write(feed / doc.path, doc.sign(key))
 
 
@@ -199,6 +216,7 @@ def write_channel(
         if claim is None:
             _sign_and_write_channel(feed, doc, key)
             return doc
+        _stamp_keys(feed, doc, key)
 
         def sign(seq: int) -> bytes:
             doc.seq = seq
@@ -449,7 +467,7 @@ def publish_release(
 class Refreshed:
     path: str
     seq: int
-    expires: str
+    expires: str | None
     was: str | None  # the expiry it had (None: none)
 
 
@@ -462,15 +480,25 @@ def refresh_channels(
     add_expiry: bool = False,
     any_role: bool = False,
     now: datetime | None = None,
+    previous: Sequence[PublicKey] = (),
+    vouch: Callable[[bytes], bool] | None = None,
+    refused: list[str] | None = None,
 ) -> list[Refreshed]:
     """Re-sign every channel document of the feed that expires within ``within_s`` (default: half
     of ``valid_s``): the same content, seq + 1, expires = now + valid_s. A document without expiry
     was published so on purpose (--expires never) and is left alone unless ``add_expiry``.
 
-    A document is re-signed only when its signature verifies with ``key``'s own public key: the
-    refresher must never lend its signature to a file someone else put in the feed. Raises
-    FeedError naming the first document it refuses (after refreshing the others).
+    A document is re-signed only when its signature verifies with ``key``'s own public key, or
+    with one of the ``previous`` keys this signer used before a rotation: the refresher must never
+    lend its signature to a file someone else put in the feed. A document signed by a previous key
+    or naming an older keys version than the feed's newest is re-signed at once, whatever its
+    expiry (boards that took the new keys refuse it); with ``vouch``, a document signed by a
+    previous key only when vouch(its bytes) says the signer wrote it (a leaked previous key must
+    not get its documents re-signed with the new one). Raises FeedError naming the first document
+    it refuses (after refreshing the others), or with ``refused`` appends one line per refusal to it.
     """
+    from host_tools import keyring
+
     _check_key(key, any_role)
     if valid_s <= 0:
         raise FeedError("the validity of a refreshed channel document must be positive")
@@ -479,31 +507,42 @@ def refresh_channels(
         raise FeedError(f"{feed} holds no channels/ folder (is it a feed?)")
     margin = timedelta(seconds=valid_s / 2 if within_s is None else within_s)
     done: list[Refreshed] = []
-    refused: list[str] = []
+    raise_refused = refused is None
+    refused = [] if refused is None else refused
     with feed_lock(feed):
         t = (now or utc_now()).replace(microsecond=0)
+        keys_version = keyring.current_version(feed)
         for path in sorted((feed / "channels").glob("*/*.json")):
             board, channel = path.parent.name, path.stem
+            rotated = False
             try:
                 doc = read_channel(feed, board, channel, [key.public])
             except FeedError as exc:
-                refused.append(f"{exc} (not re-signed)")
-                continue
+                try:
+                    doc = read_channel(feed, board, channel, previous) if previous else None
+                    rotated = doc is not None and (vouch is None or vouch(path.read_bytes()))
+                except (FeedError, OSError):
+                    doc = None
+                if not rotated:
+                    refused.append(f"{exc} (not re-signed)")
+                    continue
             if doc is None:
                 continue
             if (doc.board, doc.channel) != (board, channel):
                 refused.append(f"{path}: says {doc.board}/{doc.channel} (not re-signed)")
                 continue
-            if doc.expires is None and not add_expiry:
+            stale = rotated or (keys_version > 0 and doc.keys_version != keys_version)
+            if doc.expires is None and not add_expiry and not stale:
                 continue
-            if doc.expires is not None and parse_time(doc.expires) - t > margin:
+            if not stale and doc.expires is not None and parse_time(doc.expires) - t > margin:
                 continue
             was = doc.expires
             doc.seq += 1
-            doc.expires = format_time(t + timedelta(seconds=valid_s))
+            if doc.expires is not None or add_expiry:
+                doc.expires = format_time(t + timedelta(seconds=valid_s))
             _sign_and_write_channel(feed, doc, key)
             done.append(Refreshed(doc.path, doc.seq, doc.expires, was))
-    if refused:
+    if refused and raise_refused:
         raise FeedError(refused[0] + (f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""))
     return done
 

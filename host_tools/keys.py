@@ -13,7 +13,8 @@ Files (written by ``generate_key``):
 - ``PATH.pub``: the public key, a plain SubjectPublicKeyInfo PEM (no role line, so every tool reads it).
 
 Roles: ``release`` signs release manifests (keep it offline), ``rollout`` signs channel documents
-(lives on the server), ``both`` is the demo's single-key mode and passes either check.
+(lives on the server), ``both`` is the demo's single-key mode and passes either check, ``root``
+signs the fleet's keys documents (`mpota keys`; offline, ideally one key per person).
 
 keyid = hex SHA-256 of the 65-byte uncompressed public point; signatures are written in ASN.1 DER
 (RFC 3279 ECDSA-Sig-Value, as every DSSE tool expects) and read in DER or raw r||s (64 bytes).
@@ -30,7 +31,7 @@ from pathlib import Path
 from host_tools.errors import MpotaError
 from host_tools.fsutil import atomic_write
 
-ROLES = ("release", "rollout", "both")
+ROLES = ("release", "rollout", "both", "root")
 ROLE_LINE_PREFIX = "# mpota-role:"
 _ROLE_LINE = re.compile(r"^#\s*mpota-role:\s*(\S+)\s*$", re.MULTILINE)
 _PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n(.*?)-----END \1-----", re.DOTALL)

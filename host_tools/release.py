@@ -554,3 +554,29 @@ __all__ = [
     "ImageError", "ReleaseError", "ReleaseInfo", "VerifyResult", "compress_image", "decode_stream",
     "sign_release", "verify_release", "load_release", "MANIFEST_NAME", "RAW_NAME", "ZLIB_NAME",
 ]
+
+
+def cosign_release(path: str | os.PathLike[str], key: PrivateKey | Sequence[PrivateKey],
+                   any_role: bool = False) -> tuple[Path, list[str]]:
+    """Add the signatures of ``key`` to a release folder's manifest (a second release engineer,
+    for a release threshold), before it is published: the channel pins the manifest's bytes.
+    Returns the manifest path and the keyids that have signed it now."""
+    from host_tools.dsse import RELEASE_PAYLOAD_TYPE, add_signatures, envelope_bytes, parse_envelope
+    from host_tools.fsutil import atomic_write
+
+    keys = _resolve_keys(key, any_role, "release")
+    mpath = _manifest_path(path)
+    load_release(path, None, allow_expired=True)  # a whole release: fields, image, hashes
+    raw = mpath.read_bytes()
+    env = parse_envelope(raw, str(mpath))
+    if env["payloadType"] != RELEASE_PAYLOAD_TYPE:
+        raise ReleaseError(f"{mpath} is not a release manifest")
+    try:
+        new = add_signatures(env, keys, str(mpath))
+    except MpotaError as exc:
+        raise ReleaseError(str(exc)) from None
+    data = envelope_bytes(new)
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise ReleaseError(f"{mpath} would be {len(data)} bytes, over the {MAX_MANIFEST_BYTES}-byte cap")
+    atomic_write(mpath, data)
+    return mpath, [s.get("keyid", "") for s in new["signatures"]]

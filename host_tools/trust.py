@@ -21,6 +21,7 @@ from host_tools.channel import ChannelDoc
 from host_tools.dsse import CHANNEL_PAYLOAD_TYPE, RELEASE_PAYLOAD_TYPE, parse_envelope, verify_envelope
 from host_tools.errors import MpotaError
 from host_tools.fleet import DEFAULT_GROUP
+from host_tools.keydoc import KEYS_PAYLOAD_TYPE, MAX_KEYS_BYTES, KeysDoc, KeysDocError
 from host_tools.keys import PublicKey
 from host_tools.manifest import MAX_CHANNEL_BYTES, MAX_MANIFEST_BYTES, FirmwareManifest, format_time
 from host_tools.server.bucket import bucket
@@ -78,6 +79,8 @@ class DeviceView:
     group: str = DEFAULT_GROUP
     rollout_keys: Sequence[PublicKey] = field(default_factory=list)
     release_keys: Sequence[PublicKey] = field(default_factory=list)
+    rollout_threshold: int = 1
+    release_threshold: int = 1
     seen_seq: int = 0
     floor: int = 0
     running: str | None = None
@@ -128,7 +131,8 @@ def check_channel(data: bytes, dev: DeviceView) -> ChannelDoc:
     if len(data) > MAX_CHANNEL_BYTES:
         raise TooLarge(f"channel document of {len(data)} bytes (cap {MAX_CHANNEL_BYTES})")
     env = parse_envelope(data, "channel document")
-    doc = ChannelDoc.from_payload(verify_envelope(env, CHANNEL_PAYLOAD_TYPE, dev.rollout_keys))
+    doc = ChannelDoc.from_payload(verify_envelope(env, CHANNEL_PAYLOAD_TYPE, dev.rollout_keys,
+                                                         dev.rollout_threshold))
     if doc.board != dev.board or doc.channel != dev.channel:
         raise WrongTarget(f"channel is for {doc.board}/{doc.channel}")
     if doc.seq < dev.seen_seq:
@@ -158,7 +162,8 @@ def check_manifest(data: bytes, ch: ChannelDoc, dev: DeviceView) -> FirmwareMani
     if hashlib.sha256(data).hexdigest() != ch.release.manifest_sha256:
         raise PinMismatch("manifest is not the one the channel pins")
     env = parse_envelope(data, "manifest")
-    m = FirmwareManifest.from_payload(verify_envelope(env, RELEASE_PAYLOAD_TYPE, dev.release_keys))
+    m = FirmwareManifest.from_payload(verify_envelope(env, RELEASE_PAYLOAD_TYPE, dev.release_keys,
+                                                                    dev.release_threshold))
     if m.version != ch.release.version:
         raise PinMismatch(f"manifest {m.version}, channel says {ch.release.version}")
     if dev.board not in m.target_hardware:
@@ -184,3 +189,24 @@ def check_manifest(data: bytes, ch: ChannelDoc, dev: DeviceView) -> FirmwareMani
             raise TooBig(f"patch of {d.size} bytes for an image of {img.size}")
     _expired(m.expires, dev, "release")
     return m
+
+
+def check_keys(data: bytes, trusted: KeysDoc) -> KeysDoc:
+    """The next keys document a board takes after ``trusted`` (TUF's root rule): signed by a
+    threshold of the trusted root keys and by a threshold of its own root keys, the same fleet,
+    exactly the next version. Returns it, or raises the error a device reports for it."""
+    if len(data) > MAX_KEYS_BYTES:
+        raise TooLarge(f"keys document of {len(data)} bytes (cap {MAX_KEYS_BYTES})")
+    env = parse_envelope(data, "keys document")
+    root = trusted.role("root")
+    new = KeysDoc.from_payload(verify_envelope(env, KEYS_PAYLOAD_TYPE, root.public_keys(), root.threshold,
+                                               "keys document"))
+    if trusted.fleet is not None and new.fleet != trusted.fleet:
+        raise WrongTarget(f"keys document for fleet {new.fleet}, this is {trusted.fleet}")
+    if new.version <= trusted.version:
+        raise Replayed(f"keys version {new.version}, {trusted.version} already trusted")
+    if new.version != trusted.version + 1:
+        raise KeysDocError(f"keys version {new.version}, expected {trusted.version + 1}")
+    root = new.role("root")
+    verify_envelope(env, KEYS_PAYLOAD_TYPE, root.public_keys(), root.threshold, "keys document (new root)")
+    return new

@@ -15,6 +15,9 @@
    v1.1.0 goes out as a patch from v1.0.0 (`mpota sign --delta-from`): the boards rebuild it from
    their running slot; the bytes the patches saved, from the boards' installed reports on the
    server, are printed and checked
+   then keys (sim/demo_keys.py): root keys sign keys document v1, every board takes it; the
+   rollout key leaks: v2 replaces it, the running server switches key files, every board follows
+   and refuses the leaked key's channel                     `mpota keys init|rotate`
 7. roll v1.2.0 out: canary and internal (no sensor) pass, the pilot boards fail their health
    check and roll back by themselves, the pilot gate trips and the rollout pauses; a screenshot
    of the console's rollout page (headless Chromium, logged in as the operator) goes to build/
@@ -141,6 +144,9 @@ class Demo:
         self.start_fleet()
         self.rollout_good()
         self.delta_savings("r-1.1.0")
+        from sim.demo_keys import rotate_rollout_key
+
+        rotate_rollout_key(self)
         self.rollout_bad()
         self.console_screenshot()
         self.app_bundles()

@@ -640,3 +640,33 @@ def test_probe_reads_the_running_image_on_the_simulated_board(tmp_path: Path, in
         info = board_info_from(doc)
         assert info.app_version == version and info.app_elf == app_elf_sha256(img).hex()
         assert info.running == "ota_0"
+
+
+@pytest.mark.mpy
+def test_deploy_seeds_a_keys_document(fleet: Fleet, tmp_path: Path) -> None:
+    from host_tools import keyring
+    from host_tools.keydoc import KeysDoc, RoleKeys
+    from host_tools.keys import load_private_key
+
+    generate_key(tmp_path / "root.pem", role="root")
+    root = load_private_key(tmp_path / "root.pem")
+    doc = KeysDoc("acme", 1, {"root": RoleKeys(1, [root.public_hex]),
+                              "release": RoleKeys(1, [_hex(fleet.release)]),
+                              "rollout": RoleKeys(1, [_hex(fleet.rollout)])})
+    signed = keyring.add(tmp_path / "feed", doc, [root])
+    path = tmp_path / "feed" / "keys" / "1.json"
+    res = deploy(_request(fleet, "/dev/ttyUSB3", dry_run=True, device_id="dev-1", release_keys=[],
+                          rollout_keys=[], keys_doc=str(path)),
+                 RecordingTransport(FakeBoard(), port_check=None), echo=lambda s: None)
+    assert res.config["trust"] == signed.doc.to_dict()
+    assert res.config["keys"] == {"release": [_hex(fleet.release)], "rollout": [_hex(fleet.rollout)]}
+    stage = Path([c for c in res.commands if c[-1] == ":mpota.json"][0][-2]).parent
+    shutil.rmtree(stage)
+    _refused(_request(fleet, "/dev/ttyUSB3", keys_doc=str(path)), match="--keys-doc gives the keys")
+    data = json.loads(path.read_bytes())
+    data["signatures"] = [{"keyid": "00" * 32, "sig": "AAAA"}]
+    (tmp_path / "forged.json").write_text(json.dumps(data))
+    _refused(_request(fleet, "/dev/ttyUSB3", release_keys=[], rollout_keys=[],
+                      keys_doc=str(tmp_path / "forged.json")), match="not signed by 1 of its own root keys")
+    _refused(_request(fleet, "/dev/ttyUSB3", release_keys=[], rollout_keys=[], keys_doc=str(tmp_path / "no")),
+             match="cannot read")

@@ -84,13 +84,14 @@ def _document(u, url, cap, role, pin=None):
     import mpota.dsse as dsse
 
     ptype = dsse.CHANNEL if rollout else dsse.RELEASE
-    payload, digest, pairs = dsse.open(data, ptype, u.cfg.keys["rollout" if rollout else "release"])
+    kr = "rollout" if rollout else "release"
+    payload, digest, pairs = dsse.open(data, ptype, u.cfg.keys[kr])
     data = None
     del dsse
     _unload("dsse")
     import mpota.p256 as p256
 
-    ok = p256.verify_any(pairs, digest, u._block())
+    ok = p256.verify_any(pairs, digest, u._block(), u.cfg.threshold[kr])
     del p256
     _unload("p256")
     if not ok:
@@ -104,15 +105,33 @@ def _document(u, url, cap, role, pin=None):
 def _channel(u, now):
     cfg = u.cfg
     url = "%schannels/%s/%s.json" % (cfg.feed_url, cfg.board, cfg.channel)
-    doc = _document(u, url, cfg.channel_max, "channel")
+    try:
+        doc = _document(u, url, cfg.channel_max, "channel")
+    except errors.SignatureError:  # or UnknownKey: perhaps by a rollout key rotated in since
+        if not _rekey(u, url):
+            raise
+        doc = _document(u, url, cfg.channel_max, "channel")
     seen = u.state["seq"].get(cfg.channel, 0)
     import mpota.trust as trust
 
     ch = trust.channel(doc, cfg.board, cfg.channel, seen, now)
+    if (ch.get("keys_version") or 0) > cfg.keys_version and _rekey(u, None, ch["keys_version"]):
+        return _channel(u, now)  # checked again with the keys trusted now
     if ch["seq"] > seen:
         u.state["seq"][cfg.channel] = ch["seq"]
         u.state.save()
     return ch
+
+
+# Newer keys the channel names, walked to (mpota.keydoc.rekey, in RAM for this only): True
+# when the board trusts them now.
+def _rekey(u, url, target=0):
+    import mpota.keydoc as keydoc
+
+    try:
+        return keydoc.rekey(u, url, target)
+    finally:
+        _unload("keydoc", "keystore", "dsse", "p256", "trust", "version", "config")
 
 
 # The manifest the channel pins, verified and checked (mpota.trust.manifest), and the

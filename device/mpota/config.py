@@ -56,25 +56,55 @@ def _hex(v):
     return True
 
 
-# -> [(keyid hex, 65-byte point), ...]
-def _keys(d, role):
+# hex points -> [(keyid hex, 65-byte point), ...], or None when one is not a point
+def _points(lst):
     import binascii
     import hashlib
 
-    ks = d.get("keys")
-    lst = _list(ks.get(role) if isinstance(ks, dict) else None)
-    if not lst:
-        _fail("keys.%s must list at least one public key" % role)
     out = []
     for h in lst:
         try:
             pt = binascii.unhexlify(h)
         except Exception:
-            pt = b""
+            return None
         if len(pt) != 65 or pt[0] != 4:
-            _fail("keys.%s: not a 65-byte uncompressed P-256 point in hex" % role)
+            return None
         out.append((str(binascii.hexlify(hashlib.sha256(pt).digest()), "ascii"), pt))
     return out
+
+
+def _keys(d, role):
+    ks = d.get("keys")
+    lst = _list(ks.get(role) if isinstance(ks, dict) else None)
+    if not lst:
+        _fail("keys.%s must list at least one public key" % role)
+    out = _points(lst)
+    if out is None:
+        _fail("keys.%s: not a 65-byte uncompressed P-256 point in hex" % role)
+    return out
+
+
+KEYS_FILE = "mpota_keys.json"  # the keys document the board took last (mpota.keystore)
+
+
+def _exists(root, name):
+    import os
+
+    try:
+        os.stat(root + name if root.endswith("/") else root + "/" + name)
+        return True
+    except OSError:
+        return False
+
+
+def _drop(name):
+    import sys
+
+    sys.modules.pop("mpota." + name, None)
+    try:
+        delattr(sys.modules["mpota"], name)
+    except Exception:  # AttributeError; KeyError on MicroPython
+        pass
 
 
 class Config:
@@ -112,6 +142,17 @@ class Config:
         self.keys = {}
         for role in _ROLES:
             self.keys[role] = _keys(data, role)
+        # the keys document trusted now (mpota.keystore) replaces the bare lists: version 0
+        self.threshold = {"release": 1, "rollout": 1}
+        self.keys_version = 0
+        seed = data.pop("trust", None)
+        if seed is not None or _exists(self.root, KEYS_FILE):
+            import mpota.keystore as keystore  # in RAM for this only
+
+            t = keystore.trusted(self.root, seed)
+            _drop("keystore")
+            if t is not None:
+                self.use(t)
         self.channel_max = CHANNEL_MAX
         self.manifest_max = MANIFEST_MAX
         # Tunables (defaults suit a board on Wi-Fi).
@@ -150,6 +191,14 @@ class Config:
         import mpota.http as http
 
         http.trust(data)
+
+    # Trust keys document `t` (checked): its release and rollout keys and thresholds.
+    def use(self, t):
+        for role in _ROLES:
+            r = t["roles"][role]
+            self.keys[role] = _points(r["keys"])
+            self.threshold[role] = r["threshold"]
+        self.keys_version = t["version"]
 
     def __getitem__(self, k):
         return self.data[k]

@@ -83,19 +83,21 @@ def open(data, payload_type, keys):
             if kid is None or k == kid:
                 pairs.append((pub, sig))
     if not pairs:
-        raise UnknownKey("no signature by a %s key" % ("release" if payload_type == RELEASE else "rollout"))
+        raise UnknownKey("no signature by a %s key" % (
+            "release" if payload_type == RELEASE else "rollout" if payload_type == CHANNEL else "root"))
     return payload, h.digest(), pairs
 
 
-# Verify envelope bytes `data` in one call (open() + mpota.p256.verify_any); scratch: an
-# optional buffer for P-256. Returns the payload bytes or raises a MetadataError subclass.
-def verify(data, payload_type, keys, scratch=None):
+# Verify envelope bytes `data` in one call (open() + mpota.p256.verify_any): signatures by at
+# least `threshold` distinct keys; scratch: an optional buffer for P-256. Returns the payload
+# bytes or raises a MetadataError subclass.
+def verify(data, payload_type, keys, scratch=None, threshold=1):
     from mpota.errors import SignatureError
 
     payload, digest, pairs = open(data, payload_type, keys)
     import mpota.p256 as p256
 
-    if not p256.verify_any(pairs, digest, scratch):
+    if not p256.verify_any(pairs, digest, scratch, threshold):
         raise SignatureError("bad signature")
     return payload
 

@@ -1,8 +1,8 @@
 # ECDSA P-256 (secp256r1) signature verification with SHA-256, in pure MicroPython.
 # verify(pubkey, message, signature) / verify_digest(pubkey, digest, signature) -> bool:
 # any malformed key or signature is simply "not valid" (False); only MemoryError propagates.
-# verify_any(pairs, digest) -> bool: one of several (pubkey, signature) pairs verifies
-# (signatures DER or raw r||s).
+# verify_any(pairs, digest, scratch, threshold=1) -> bool: pairs (pubkey, signature) verify
+# for at least `threshold` distinct public keys (signatures DER or raw r||s).
 # decode_der_signature(der) -> 64-byte r||s or None, for DER-encoded signatures.
 # Speed (big-int `%` dominates on MicroPython): Jacobian coordinates with lazy reduction
 # (one `%` per sum of products), interleaved wNAF of u1*G + u2*Q with a constant affine
@@ -297,15 +297,17 @@ def verify(pubkey, message, signature):
 # `digest` (a DSSE envelope needs one signature by a configured key). A signature is strict
 # DER (what securesystemslib, in-toto and sigstore write) or raw r||s (IEEE P1363, 64 bytes);
 # a 64-byte string that also parses as DER is tried both ways.
-def verify_any(pairs, digest, scratch=None):
+def verify_any(pairs, digest, scratch=None, threshold=1):
+    good = []  # keys that verified: each counts once toward the threshold
     for pub, sig in pairs:
-        if sig is None:
+        if sig is None or pub in good:
             continue
         raw = decode_der_signature(sig)
-        if raw is not None and verify_digest(pub, digest, raw, scratch):
-            return True
-        if len(sig) == 64 and verify_digest(pub, digest, sig, scratch):
-            return True
+        if ((raw is not None and verify_digest(pub, digest, raw, scratch))
+                or (len(sig) == 64 and verify_digest(pub, digest, sig, scratch))):
+            good.append(pub)
+            if len(good) >= threshold:
+                return True
     return False
 
 

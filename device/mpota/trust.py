@@ -127,6 +127,9 @@ def channel(doc, board, name, seen, now):
     _name(doc.get("channel"), "channel")
     seq = _int(doc.get("seq"), "seq", 1, 1 << 53)
     exp = _time(doc.get("expires"), "expires")
+    kv = doc.get("keys_version")  # the feed's keys document version (mpota.keydoc)
+    if kv is not None:
+        _int(kv, "keys_version", 0, 0x7FFFFFFF)
     rel = doc.get("release")
     if not isinstance(rel, dict):
         _bad("release")

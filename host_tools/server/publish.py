@@ -10,6 +10,7 @@ validity is left, so devices never see a served channel expire while a stale cop
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -21,6 +22,7 @@ from host_tools.errors import MpotaError
 
 if TYPE_CHECKING:
     from host_tools.feed import SeqClaim
+    from host_tools.keys import PrivateKey, PublicKey
 
 
 class PublishError(MpotaError):
@@ -41,7 +43,12 @@ class FeedPublisher:
         from host_tools.keys import load_private_key
 
         self.feed_dir = Path(feed_dir)
+        self.key_path = Path(key_path)
         self.key = load_private_key(key_path, expect_role=None if any_role else "rollout")
+        self._key_stamp = self._stamp()
+        self.previous: list[PublicKey] = []  # keys this publisher signed with before a rotation
+        self._wrote: set[str] = set()  # SHA-256 of the channel documents this publisher wrote
+        self._keys_version = -1
         self.expires_s = expires_s
         self.any_role = any_role
         self.clock = clock
@@ -50,27 +57,77 @@ class FeedPublisher:
         # feed gets them and the next seq is above them (set by MpotaServer)
         self.ledger: ChannelLedger | None = None
 
+    def _stamp(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(self.key_path)
+        except OSError:
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def current_key(self) -> tuple[PrivateKey, str | None]:
+        """The rollout key, read again when its file changed (a rotation without a restart: replace
+        the file, e.g. by mv); a file that does not load keeps the key in use. Returns the key and
+        a line to log when it changed or could not be read."""
+        from host_tools.keys import load_private_key
+
+        stamp = self._stamp()
+        if stamp == self._key_stamp:
+            return self.key, None
+        try:
+            new = load_private_key(self.key_path, expect_role=None if self.any_role else "rollout")
+        except MpotaError as exc:
+            return self.key, f"rollout key not reloaded, still signing with {self.key.keyid[:16]}: {exc}"
+        self._key_stamp = stamp
+        if new.keyid == self.key.keyid:
+            return self.key, None
+        if self.key.public.keyid not in {p.keyid for p in self.previous}:
+            self.previous.append(self.key.public)
+        old, self.key = self.key, new
+        self._next_check = 0.0  # re-sign the channels with it now
+        return new, f"rollout key changed: {old.keyid[:16]} -> {new.keyid[:16]} ({self.key_path})"
+
     def keep_fresh(self) -> list[str]:
         """Re-sign channels with less than half their validity left (at most every 1/8 of it, and
-        at most once a minute): returns one line per document re-signed."""
-        if self.expires_s is None:
-            return []
+        at most once a minute), and at once every channel when the rollout key file or the feed's
+        keys version changed: returns one line per document re-signed (and key changes)."""
+        from host_tools import keyring
+
+        _, note = self.current_key()
+        lines = [note] if note else []
+        version = keyring.current_version(self.feed_dir)
+        if version != self._keys_version:
+            self._keys_version = version
+            self._next_check = 0.0
+        if self.expires_s is None and not self.previous and not version:
+            return lines
         now = self.clock()
         if now < self._next_check:
-            return []
-        self._next_check = now + min(60.0, self.expires_s / 8)
+            return lines
+        valid = self.expires_s if self.expires_s is not None else DEFAULT_EXPIRES_S
+        self._next_check = now + min(60.0, valid / 8)
         from datetime import datetime, timezone
 
         from host_tools import feed
 
-        done = feed.refresh_channels(self.feed_dir, self.key, self.expires_s, any_role=self.any_role,
-                                     now=datetime.fromtimestamp(now, timezone.utc))
-        if self.ledger is not None:
-            for r in done:
-                path = Path(r.path)
-                data = (self.feed_dir / path).read_bytes()
+        refused: list[str] = []
+        done = feed.refresh_channels(self.feed_dir, self.key, valid, any_role=self.any_role,
+                                     now=datetime.fromtimestamp(now, timezone.utc),
+                                     previous=self.previous, vouch=self._vouch, refused=refused)
+        lines += refused
+        for r in done:
+            path = Path(r.path)
+            data = self._note(path)
+            if self.ledger is not None:
                 self.ledger.note_channel(path.parent.name, path.stem, r.seq, data)
-        return [f"re-signed {r.path}: seq {r.seq}, expires {r.expires}" for r in done]
+        return lines + [f"re-signed {r.path}: seq {r.seq}, expires {r.expires or 'never'}" for r in done]
+
+    def _note(self, rel: Path) -> bytes:
+        data = (self.feed_dir / rel).read_bytes()
+        self._wrote.add(hashlib.sha256(data).hexdigest())
+        return data
+
+    def _vouch(self, data: bytes) -> bool:
+        return hashlib.sha256(data).hexdigest() in self._wrote
 
     def _expires(self) -> str | None:
         if self.expires_s is None:
@@ -84,11 +141,13 @@ class FeedPublisher:
                 claim: SeqClaim | None = None) -> int | None:
         from host_tools import feed
 
+        key, _ = self.current_key()
         try:
-            doc = feed.write_channel(self.feed_dir, board, channel, version, dict(rollout), self.key,
+            doc = feed.write_channel(self.feed_dir, board, channel, version, dict(rollout), key,
                                      expires=self._expires(), any_role=self.any_role, claim=claim)
         except feed.Superseded:
             return None
+        self._note(Path(doc.path))
         return int(doc.seq)
 
     def current(self, board: str, channel: str) -> dict[str, Any] | None:

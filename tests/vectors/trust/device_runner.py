@@ -1,7 +1,8 @@
 # The device side of the trust corpus: runs under MicroPython (unix port) and CPython.
 #   micropython device_runner.py corpus.json   (device/ and sim/fakes on MICROPYPATH or PYTHONPATH)
 # For each case, the steps the updater takes on the bytes it fetched: size cap, DSSE verify
-# (mpota.dsse + mpota.p256), parse, mpota.trust up to the offer; prints "RESULT " + {name: verdict}.
+# (mpota.dsse + mpota.p256), parse, mpota.trust up to the offer; for each keys case,
+# mpota.keydoc.step along its chain; prints "RESULT " + {name: verdict}.
 import binascii
 import hashlib
 import json
@@ -31,7 +32,7 @@ def verdict(case, ks):
     data = case["channel"].encode()
     if len(data) > config.CHANNEL_MAX:
         raise errors.DocumentTooLarge("channel")
-    doc = dsse.parse(dsse.verify(data, dsse.CHANNEL, ks["rollout"]), "channel")
+    doc = dsse.parse(dsse.verify(data, dsse.CHANNEL, ks["rollout"], None, d["rollout_threshold"]), "channel")
     ch = trust.channel(doc, d["board"], d["channel"], d["seen_seq"], now)
     if not trust.wanted(ch, d["group"], d["device_id"], d["running"], now):
         return "none"
@@ -40,12 +41,23 @@ def verdict(case, ks):
         raise errors.DocumentTooLarge("manifest")
     if str(binascii.hexlify(hashlib.sha256(data).digest()), "ascii") != ch["release"]["manifest_sha256"]:
         raise errors.PinMismatch("pin")
-    m = dsse.parse(dsse.verify(data, dsse.RELEASE, ks["release"]), "release")
+    m = dsse.parse(dsse.verify(data, dsse.RELEASE, ks["release"], None, d["release_threshold"]), "release")
     trust.manifest(m, ch, d["board"], d["chip"], d["running"], d["floor"], d["slot_size"], now)
     o = trust.offer(ch, m, "https://feed.example/" + ch["release"]["manifest"])
     if o.version != m["version"] or o.manifest_sha256 != ch["release"]["manifest_sha256"]:
         return "offer of another release"
     return "offer"
+
+
+# A keys case: the chain of next keys documents, each checked against the one trusted before.
+def keys_verdict(case):
+    import mpota.keydoc as keydoc
+
+    t = case["trusted"]
+    trusted = keydoc.legacy(t["legacy"]["release"], t["legacy"]["rollout"]) if "legacy" in t else t
+    for text in case["chain"]:
+        trusted = keydoc.step(text.encode(), trusted)
+    return "v%d" % trusted["version"]
 
 
 def main():
@@ -56,6 +68,11 @@ def main():
     for case in corpus["cases"]:
         try:
             out[case["name"]] = verdict(case, ks)
+        except errors.OTAError as e:
+            out[case["name"]] = e.code
+    for case in corpus["keys_cases"]:
+        try:
+            out[case["name"]] = keys_verdict(case)
         except errors.OTAError as e:
             out[case["name"]] = e.code
     print("RESULT " + json.dumps(out))

@@ -8,6 +8,10 @@ committed corpus.json is exactly its output. Each case says how it was made ("ma
 
 Verdicts: "offer" (the device would install this release), "none" (nothing to do: not in the
 rollout, paused, outside the window, up to date) or the report reason code of the refusal.
+
+"keys_cases": a trusted keys document (or {"legacy": bare key lists}, the version-0 trust) and a chain
+of next keys documents the board checks one after the other (host_tools.trust.check_keys,
+device/mpota/keydoc.py step); verdict "v<N>" (all taken, N trusted now) or the refusal's code.
 """
 
 from __future__ import annotations
@@ -26,18 +30,21 @@ from ecdsa import NIST256p, SigningKey  # noqa: E402
 from ecdsa.util import sigdecode_der, sigencode_string  # noqa: E402
 
 from host_tools.dsse import CHANNEL_PAYLOAD_TYPE, RELEASE_PAYLOAD_TYPE, pae  # noqa: E402
+from host_tools.keydoc import KEYS_PAYLOAD_TYPE  # noqa: E402
 from host_tools.keys import PrivateKey  # noqa: E402
 from host_tools.manifest import payload_bytes  # noqa: E402
 from host_tools.server.bucket import bucket  # noqa: E402
 
-SECRETS = {"release": 0x5EED01, "rollout": 0x5EED02, "stranger": 0x5EED03}
+SECRETS = {"release": 0x5EED01, "rollout": 0x5EED02, "stranger": 0x5EED03, "release2": 0x5EED04,
+           "rollout2": 0x5EED05, "rootA": 0x5EED11, "rootB": 0x5EED12, "rootC": 0x5EED13,
+           "rootD": 0x5EED14, "rootE": 0x5EED15}
 KEYS = {n: PrivateKey(SigningKey.from_secret_exponent(e, curve=NIST256p), n) for n, e in SECRETS.items()}
 BOARD = "esp32-generic-4mb"
 NOW = "2026-12-01T12:00:00Z"
 RID = "r-2026-12"
 DEVICE = {"board": BOARD, "channel": "stable", "group": "general", "device_id": "dev-0001",
           "seen_seq": 5, "floor": 1, "running": "1.0.0", "chip": "esp32", "slot_size": 0x1F0000,
-          "now": NOW}
+          "now": NOW, "release_threshold": 1, "rollout_threshold": 1}
 IMG_HASH = "sha256:" + hashlib.sha256(b"image").hexdigest()
 ZIMG_HASH = "sha256:" + hashlib.sha256(b"zlib stream").hexdigest()
 
@@ -313,6 +320,13 @@ def cases() -> list[Case]:
           ch=setp("seq", 4)),
         C("seq_equal_seen", "seq 5, equal to the seen 5 (the same document again)", "offer",
           ch=setp("seq", 5)),
+        C("channel_keys_version_named", "keys_version 3 (the feed's keys document version)", "offer",
+          ch=setp("keys_version", 3)),
+        C("channel_keys_version_null", "keys_version null", "offer", ch=setp("keys_version", None)),
+        C("channel_keys_version_string", "keys_version '3'", "malformed", ch=setp("keys_version", "3")),
+        C("channel_keys_version_negative", "keys_version -1", "malformed", ch=setp("keys_version", -1)),
+        C("channel_keys_version_bool", "keys_version true", "malformed", ch=setp("keys_version", True)),
+        C("channel_keys_version_too_big", "keys_version 2**31", "malformed", ch=setp("keys_version", 2**31)),
         C("expires_past", "expired one second before now", "expired", ch=setp("expires", "2026-12-01T11:59:59Z")),
         C("expires_now", "expires exactly now", "expired", ch=setp("expires", NOW)),
         C("expires_next_second", "expires one second after now", "offer",
@@ -545,6 +559,157 @@ def cases() -> list[Case]:
           "payload_type", mptype=CHANNEL_PAYLOAD_TYPE),
         C("manifest_bad_signature", "manifest signature bit flipped (the pin covers the edited file)",
           "bad_signature", menv=der_edit(flip)),
+        # --- release thresholds (the keys document's release role: 2 of 2)
+        C("release_threshold_met", "release threshold 2, signed by both release keys", "offer",
+          msign=("release", "release2"), dev={"release_threshold": 2}),
+        C("release_threshold_one_short", "release threshold 2, signed by one release key", "bad_signature",
+          dev={"release_threshold": 2}),
+        C("release_threshold_same_key_twice", "release threshold 2, two signatures by the same key",
+          "bad_signature", msign=("release", "release"), dev={"release_threshold": 2}),
+        C("release_threshold_same_key_no_keyid", "release threshold 2, the same key's signature twice "
+          "without keyids (each tried with every key)", "bad_signature", msign=("release", "release"),
+          dev={"release_threshold": 2},
+          menv=lambda e: e.update(signatures=[{"sig": s["sig"]} for s in e["signatures"]])),
+        C("release_threshold_two_without_keyid", "release threshold 2, both release keys' signatures "
+          "without keyids", "offer", msign=("release", "release2"), dev={"release_threshold": 2},
+          menv=lambda e: e.update(signatures=[{"sig": s["sig"]} for s in e["signatures"]])),
+        C("release_threshold_with_stranger", "release threshold 2, a release key and a stranger",
+          "bad_signature", msign=("release", "stranger"), dev={"release_threshold": 2}),
+        C("rollout_threshold_two", "rollout threshold 2 and a channel signed by one rollout key",
+          "bad_signature", dev={"rollout_threshold": 2}),
+    ]
+
+
+# --- the keys document: a trusted version and a chain of next versions the board walks
+FLEET = "acme-prod"
+
+
+def hexkey(name: str) -> str:
+    return KEYS[name].public_hex
+
+
+def role(t: int, *names: str) -> dict[str, Any]:
+    return {"threshold": t, "keys": [hexkey(n) for n in names]}
+
+
+def keys_doc(version: int, **roles: dict[str, Any]) -> dict[str, Any]:
+    """Version `version` of the fleet's keys; roles not given: root A,B,C (2 of 3), release, rollout."""
+    r = {"root": role(2, "rootA", "rootB", "rootC"), "release": role(1, "release"),
+         "rollout": role(1, "rollout")}
+    r.update(roles)
+    return {"_type": "keys", "spec": 1, "fleet": FLEET, "version": version, "roles": r}
+
+
+def signed_keys(doc: dict[str, Any], *names: str, ptype: str = KEYS_PAYLOAD_TYPE,
+                env: Callable[[dict[str, Any]], Any] | None = None) -> str:
+    e = sign(ptype, payload_bytes(doc), names)
+    if env:
+        r = env(e)
+        e = e if r is None else r
+    return text(e)
+
+
+V1 = keys_doc(1)
+LEGACY = {"legacy": {"release": [hexkey("release")], "rollout": [hexkey("rollout")]}}
+NEW_ROOT = role(2, "rootD", "rootE")
+
+
+def keys_cases() -> list[dict[str, Any]]:
+    def k(name: str, made: str, expect: str, chain: list[str], trusted: dict[str, Any] | None = None
+          ) -> dict[str, Any]:
+        return {"name": name, "made": made, "expect": expect, "trusted": V1 if trusted is None else trusted,
+                "chain": chain}
+
+    ab = ("rootA", "rootB")
+    v2 = keys_doc(2, rollout=role(1, "rollout2"))
+    v2_root = keys_doc(2, root=NEW_ROOT)
+    return [
+        k("keys_next", "v2 (a new rollout key) signed by 2 of the 3 root keys", "v2", [signed_keys(v2, *ab)]),
+        k("keys_all_root_sign", "v2 signed by all three root keys", "v2",
+          [signed_keys(v2, "rootA", "rootB", "rootC")]),
+        k("keys_older_version", "v1 offered to a board that trusts v2", "replayed",
+          [signed_keys(V1, *ab)], trusted=v2),
+        k("keys_same_version", "v1 again to a board that trusts v1", "replayed", [signed_keys(V1, *ab)]),
+        k("keys_skips_a_version", "v3 where v2 is the next", "malformed",
+          [signed_keys(keys_doc(3), *ab)]),
+        k("keys_below_threshold", "v2 signed by one root key of the 2 needed", "bad_signature",
+          [signed_keys(v2, "rootA")]),
+        k("keys_same_key_twice", "v2 signed twice by the same root key", "bad_signature",
+          [signed_keys(v2, "rootA", "rootA")]),
+        k("keys_same_key_twice_no_keyid", "v2 signed twice by the same root key, keyids removed",
+          "bad_signature", [signed_keys(v2, "rootA", "rootA", env=lambda e: e.update(
+              signatures=[{"sig": s["sig"]} for s in e["signatures"]]))]),
+        k("keys_root_and_stranger", "v2 signed by a root key and a stranger", "bad_signature",
+          [signed_keys(v2, "rootA", "stranger")]),
+        k("keys_signed_by_rollout_key", "v2 signed by the rollout and release keys (not root)",
+          "unknown_key", [signed_keys(v2, "rollout", "release")]),
+        k("keys_new_root_only", "v2 replaces the root keys (D,E 2 of 2), signed by the new root only",
+          "unknown_key", [signed_keys(v2_root, "rootD", "rootE")]),
+        k("keys_old_root_only", "v2 replaces the root keys, signed by the old root only", "unknown_key",
+          [signed_keys(v2_root, *ab)]),
+        k("keys_new_root_below_threshold", "v2 replaces the root keys, signed by 2 old and 1 of 2 new",
+          "bad_signature", [signed_keys(v2_root, "rootA", "rootB", "rootD")]),
+        k("keys_root_change", "v2 replaces the root keys, signed by 2 old and both new", "v2",
+          [signed_keys(v2_root, "rootA", "rootB", "rootD", "rootE")]),
+        k("keys_root_threshold_lowered", "v2 lowers the root threshold to 1, signed by 2 old keys", "v2",
+          [signed_keys(keys_doc(2, root=role(1, "rootA", "rootB", "rootC")), *ab)]),
+        k("keys_other_fleet", "v2 of fleet acme-staging signed by this fleet's root keys", "wrong_target",
+          [signed_keys({**v2, "fleet": "acme-staging"}, *ab)]),
+        k("keys_oversize", "v2 padded over 8192 bytes (an extra field)", "too_large",
+          [signed_keys({**v2, "padding": "x" * 8000}, *ab)]),
+        k("keys_payload_type_channel", "v2 signed and labelled as a channel document", "payload_type",
+          [signed_keys(v2, *ab, ptype=CHANNEL_PAYLOAD_TYPE)]),
+        k("keys_payload_type_relabelled", "payloadType changed after signing", "payload_type",
+          [signed_keys(v2, *ab, env=lambda e: e.update(payloadType="application/json"))]),
+        k("keys_payload_tampered", "the rollout key in the payload swapped after signing", "bad_signature",
+          [signed_keys(v2, *ab, env=lambda e: e.update(payload=b64(payload_bytes(
+              keys_doc(2, rollout=role(1, "stranger"))))))]),
+        k("keys_not_json", "the keys file is not JSON", "malformed", ['{"payloadType": ']),
+        k("keys_nine_signatures", "nine signatures", "malformed",
+          [signed_keys(v2, *(("stranger",) * 7), *ab)]),
+        k("keys_threshold_over_keys", "v2 with a release threshold of 2 over one key", "malformed",
+          [signed_keys(keys_doc(2, release=role(2, "release")), *ab)]),
+        k("keys_threshold_zero", "v2 with a rollout threshold of 0", "malformed",
+          [signed_keys(keys_doc(2, rollout=role(0, "rollout")), *ab)]),
+        k("keys_duplicate_key", "v2 listing a release key twice (2 of [k, k])", "malformed",
+          [signed_keys(keys_doc(2, release=role(2, "release", "release")), *ab)]),
+        k("keys_upper_case_hex", "v2 with a key in upper-case hex", "malformed",
+          [signed_keys(keys_doc(2, rollout={"threshold": 1, "keys": [hexkey("rollout2").upper()]}), *ab)]),
+        k("keys_compressed_point", "v2 with a key as a compressed point (02...)", "malformed",
+          [signed_keys(keys_doc(2, rollout={"threshold": 1, "keys": ["02" + hexkey("rollout2")[2:66]]}),
+                       *ab)]),
+        k("keys_nine_keys", "v2 with nine rollout keys", "malformed",
+          [signed_keys(keys_doc(2, rollout={"threshold": 1, "keys": [
+              KEYS["rollout"].public_hex[:-2] + f"{i:02x}" for i in range(9)]}), *ab)]),
+        k("keys_role_missing", "v2 without the rollout role", "malformed",
+          [signed_keys({**v2, "roles": {r: v for r, v in v2["roles"].items() if r != "rollout"}}, *ab)]),
+        k("keys_version_bool", "version true", "malformed", [signed_keys({**v2, "version": True}, *ab)]),
+        k("keys_wrong_type", "_type 'root'", "malformed", [signed_keys({**v2, "_type": "root"}, *ab)]),
+        k("keys_no_fleet", "v2 without a fleet", "malformed",
+          [signed_keys({kk: v for kk, v in v2.items() if kk != "fleet"}, *ab)]),
+        k("keys_extra_field", "v2 with an unknown field (ignored)", "v2",
+          [signed_keys({**v2, "note": "rotated after the incident"}, *ab)]),
+        k("keys_chain_of_three", "v2 (new rollout key), v3 (root A,D,E 2 of 3, signed A,B,D), v4 (new "
+          "release key, signed D,E): a board that trusts v1 walks all three", "v4",
+          [signed_keys(v2, *ab),
+           signed_keys(keys_doc(3, rollout=role(1, "rollout2"), root=role(2, "rootA", "rootD", "rootE")),
+                       "rootA", "rootB", "rootD"),
+           signed_keys(keys_doc(4, rollout=role(1, "rollout2"), root=role(2, "rootA", "rootD", "rootE"),
+                                release=role(1, "release2")), "rootD", "rootE")]),
+        k("keys_chain_old_root_after_change", "v2 replaces the root keys; v3 signed by the old root",
+          "unknown_key", [signed_keys(v2_root, "rootA", "rootB", "rootD", "rootE"),
+                          signed_keys(keys_doc(3, root=NEW_ROOT), *ab)]),
+        k("keys_chain_gap", "v2, then v4", "malformed", [signed_keys(v2, *ab), signed_keys(keys_doc(4), *ab)]),
+        k("keys_from_legacy", "a board with bare key lists (version 0) takes v1 signed by its release key "
+          "and 2 of the new root keys", "v1", [signed_keys(V1, "release", *ab)], trusted=LEGACY),
+        k("keys_from_legacy_any_fleet", "the legacy trust has no fleet: v1 of any fleet", "v1",
+          [signed_keys({**V1, "fleet": "other"}, "release", *ab)], trusted=LEGACY),
+        k("keys_from_legacy_no_release_sig", "v1 signed by the new root keys only: the legacy board "
+          "cannot tell them from a stranger's", "unknown_key", [signed_keys(V1, *ab)], trusted=LEGACY),
+        k("keys_from_legacy_rollout_sig", "v1 signed by the legacy rollout key and the new root",
+          "unknown_key", [signed_keys(V1, "rollout", *ab)], trusted=LEGACY),
+        k("keys_from_legacy_v2", "v2 offered to a version-0 board", "malformed",
+          [signed_keys(v2, "release", *ab)], trusted=LEGACY),
     ]
 
 
@@ -552,8 +717,13 @@ def build() -> dict[str, Any]:
     out = [c.build() for c in cases()]
     names = [c["name"] for c in out]
     assert len(set(names)) == len(names), "duplicate case names"
-    keys = {"release": [KEYS["release"].public_hex], "rollout": [KEYS["rollout"].public_hex]}
-    return {"about": __doc__.split("\n\n")[0].replace("\n", " "), "keys": keys, "cases": out}
+    keys = {"release": [KEYS["release"].public_hex, KEYS["release2"].public_hex],
+            "rollout": [KEYS["rollout"].public_hex]}
+    kc = keys_cases()
+    names += [c["name"] for c in kc]
+    assert len(set(names)) == len(names), "duplicate case names"
+    return {"about": __doc__.split("\n\n")[0].replace("\n", " "), "keys": keys, "cases": out,
+            "keys_cases": kc}
 
 
 def render() -> str:

@@ -1,0 +1,193 @@
+# The keys document (docs/FORMATS.md "Keys document"): which release, rollout and root keys
+# a board trusts and how many of each must sign. Loaded only when the channel names a keys
+# version newer than the trusted one; a normal poll never imports this module.
+#
+#   new = step(data, trusted)   # the next version, checked against the trusted one (TUF's rule)
+#   walk(updater, target)       # fetch, check, store and use versions up to target, one at a time
+#   rekey(updater, url, target) # walk when the channel (at url, or its target) names newer keys
+#   hint(channel_bytes)         # the keys version a channel names, read without its signature
+#
+# trusted / new: the document as a dict ({"fleet", "version", "roles": {role: {"threshold",
+# "keys": [hex point, ...]}}}); legacy(release, rollout) is the version-0 trust of a board
+# configured with bare key lists (its release keys act as root keys). The host applies the
+# same rule (host_tools/trust.py check_keys); tests/vectors/trust holds both to one verdict.
+from micropython import const
+
+import mpota.errors as errors
+
+KEYS = "application/vnd.mpota.keys+json"
+MAX = const(8192)  # envelope bytes, read whole like a channel document
+_MAX_KEYS = const(8)
+_MAX_VERSION = const(0x7FFFFFFF)
+_ROLES = ("root", "release", "rollout")
+
+
+def _bad(what):
+    raise errors.BadDocument("bad keys " + what)
+
+
+# 1-64 of [A-Za-z0-9._-] starting with a letter or digit (mpota.trust's name rule; kept here so
+# the walk does not need that module in RAM)
+def _name(v):
+    if not isinstance(v, str) or not 0 < len(v) <= 64 or not v[0].isalpha() and not v[0].isdigit():
+        _bad("fleet")
+    for c in v:
+        if not ("0" <= c <= "9" or "a" <= c <= "z" or "A" <= c <= "Z" or c in "._-"):
+            _bad("fleet")
+
+
+def _int(v, lo, hi, what):
+    if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+        _bad(what)
+    return v
+
+
+def _hexpoint(k):
+    return (isinstance(k, str) and len(k) == 130 and k[:2] == "04"
+            and all("0" <= c <= "9" or "a" <= c <= "f" for c in k))
+
+
+# [(keyid hex, 65-byte point), ...] of one role, as mpota.dsse.open pairs them
+def points(role):
+    import binascii
+    import hashlib
+
+    out = []
+    for h in role["keys"]:
+        pt = binascii.unhexlify(h)
+        out.append((str(binascii.hexlify(hashlib.sha256(pt).digest()), "ascii"), pt))
+    return out
+
+
+def legacy(release, rollout):
+    rel = {"threshold": 1, "keys": [k.lower() for k in release]}
+    ro = {"threshold": 1, "keys": [k.lower() for k in rollout]}
+    return {"fleet": None, "version": 0, "roles": {"root": rel, "release": rel, "rollout": ro}}
+
+
+# Every field of a parsed keys document valid: else BadDocument.
+def check(doc):
+    if not isinstance(doc, dict) or doc.get("_type") != "keys" or doc.get("spec") != 1:
+        _bad("document")
+    _name(doc.get("fleet"))
+    _int(doc.get("version"), 1, _MAX_VERSION, "version")
+    roles = doc.get("roles")
+    if not isinstance(roles, dict):
+        _bad("roles")
+    for r in _ROLES:
+        role = roles.get(r)
+        if not isinstance(role, dict):
+            _bad(r)
+        ks = role.get("keys")
+        if not isinstance(ks, list) or not 0 < len(ks) <= _MAX_KEYS:
+            _bad(r)
+        for i, k in enumerate(ks):
+            if not _hexpoint(k) or k in ks[:i]:
+                _bad(r)
+        _int(role.get("threshold"), 1, len(ks), "threshold")
+    return doc
+
+
+# Envelope bytes `data` of the next keys version after `trusted`: signed by a threshold of the
+# trusted root keys, of the same fleet (any fleet after the legacy trust), exactly version + 1,
+# and signed by a threshold of its own root keys. Returns the new document or raises.
+def step(data, trusted, scratch=None):
+    if len(data) > MAX:
+        raise errors.DocumentTooLarge("keys document of %d bytes" % len(data))
+    payload = _verify(data, trusted["roles"]["root"], scratch)
+    import mpota.dsse as dsse
+
+    doc = check(dsse.parse(payload, "keys"))
+    payload = None
+    _drop("dsse")
+    fleet = trusted["fleet"]
+    if fleet is not None and doc["fleet"] != fleet:
+        raise errors.NotForThisBoard("keys for fleet %s, this is %s" % (doc["fleet"], fleet))
+    v = trusted["version"]
+    if doc["version"] <= v:
+        raise errors.ReplayError("keys version %d, %d already trusted" % (doc["version"], v))
+    if doc["version"] != v + 1:
+        raise errors.BadDocument("keys version %d, expected %d" % (doc["version"], v + 1))
+    _verify(data, doc["roles"]["root"], scratch)
+    return doc
+
+
+# The payload of envelope `data` once a threshold of `role`'s keys signed it. mpota.dsse and
+# mpota.p256 take turns in RAM (as in the updater's checks): the walk fits the heap of a poll.
+def _verify(data, role, scratch):
+    import mpota.dsse as dsse
+
+    payload, digest, pairs = dsse.open(data, KEYS, points(role))
+    del dsse
+    _drop("dsse")
+    import mpota.p256 as p256
+
+    ok = p256.verify_any(pairs, digest, scratch, role["threshold"])
+    del p256
+    _drop("p256")
+    if not ok:
+        raise errors.SignatureError("keys: bad signature")
+    return payload
+
+
+def _drop(name):
+    import sys
+
+    if sys.implementation.name == "micropython":
+        from mpota.updater import _unload
+
+        _unload(name)
+
+
+# The keys_version a channel document names, read without checking its signature (the channel
+# may be signed by a rollout key the board does not trust yet): it only says how far to walk;
+# every version is checked by step(). 0 when there is none.
+def hint(data):
+    import json
+
+    import mpota.dsse as dsse
+
+    try:
+        v = json.loads(dsse._b64(json.loads(data)["payload"])).get("keys_version")
+    except Exception:  # not an envelope, not base64, not JSON: nothing to walk to
+        return 0
+    return v if isinstance(v, int) and not isinstance(v, bool) and 0 < v <= _MAX_VERSION else 0
+
+
+# Walk the trusted keys up to version `target`, or with `url` up to the keys_version the channel
+# there names, read without its signature (u: the Updater). True when newer keys are trusted now.
+def rekey(u, url, target):
+    if url is not None:
+        from mpota.check import _fetch
+
+        target = hint(_fetch(u, url, u.cfg.channel_max))
+    if target <= u.cfg.keys_version:
+        return False
+    walk(u, target)
+    return True
+
+
+# Walk the feed's keys/<N>.json from the trusted version up to `target`, one version at a time
+# (u: the Updater: its fetch with retries, its block buffer, its config). Each version taken is
+# stored and put to use before the next is fetched; a refused one raises its error, the
+# versions before it kept.
+def walk(u, target):
+    import mpota.keystore as keystore
+    from mpota.check import _fetch
+
+    cfg = u.cfg
+    t = keystore.trusted_of(cfg)
+    del keystore
+    _drop("keystore")  # back for each save: out of RAM while the walk fetches and verifies
+    if t is None:
+        t = legacy(cfg["keys"]["release"], cfg["keys"]["rollout"])
+    while t["version"] < target:
+        url = "%skeys/%d.json" % (cfg.feed_url, t["version"] + 1)
+        t = step(_fetch(u, url, MAX), t, u._block())
+        import mpota.keystore as keystore
+
+        keystore.save(cfg, t)
+        del keystore
+        _drop("keystore")
+        cfg.use(t)
+        print("mpota: keys v%d of %s trusted" % (t["version"], t["fleet"]))

@@ -1,0 +1,181 @@
+"""`mpota keys init|rotate|revoke|show` through the real entry point: each version written only when
+boards would take it (host_tools.trust.check_keys), one-line errors and non-zero exits otherwise."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from host_tools.cli import main
+from host_tools.keydoc import KeysDoc
+from host_tools.keys import load_public_key
+from host_tools.trust import check_keys
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def fails(capsys: pytest.CaptureFixture[str], pattern: str, *argv: str) -> None:
+    code, out, err = run(capsys, *argv)
+    assert code != 0, (argv, out)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mpota: error: "), err
+    assert re.search(pattern, lines[0]), (pattern, lines[0])
+
+
+@pytest.fixture
+def work(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    for name, role in (("ra", "root"), ("rb", "root"), ("rc", "root"), ("rel", "release"), ("ro", "rollout"),
+                       ("ro2", "rollout"), ("rel2", "release")):
+        assert run(capsys, "keygen", name, "--role", role)[0] == 0
+    return tmp_path
+
+
+def init(capsys: pytest.CaptureFixture[str], *signers: str) -> tuple[int, str, str]:
+    args = ["keys", "init", "--feed", "feed", "--fleet", "acme", "--root", "ra.pub", "--root", "rb.pub",
+            "--root", "rc.pub", "--root-threshold", "2", "--release", "rel.pub", "--rollout", "ro.pub"]
+    for s in signers:
+        args += ["--key", s]
+    return run(capsys, *args)
+
+
+def hexof(path: str) -> str:
+    return load_public_key(path).public_hex
+
+
+def test_init_rotate_revoke_show(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    fails(capsys,
+          "not signed by 2 of its own root keys", *["keys", "init", "--feed", "feed", "--fleet", "acme",
+          "--root", "ra.pub", "--root", "rb.pub", "--root-threshold", "2", "--release", "rel.pub",
+          "--rollout", "ro.pub", "--key", "ra"])
+    assert not (work / "feed" / "keys" / "1.json").exists()
+    code, out, _ = init(capsys, "ra", "rb")
+    assert code == 0 and "keys version 1 of fleet acme" in out
+    v1 = KeysDoc.from_envelope_unverified((work / "feed/keys/1.json").read_bytes())
+    assert v1.role("root").threshold == 2 and v1.role("rollout").keys == [hexof("ro.pub")]
+    fails(capsys,
+          "next keys version is 2", *["keys", "init", "--feed", "feed", "--fleet", "acme", "--root",
+          "ra.pub", "--release", "rel.pub", "--rollout", "ro.pub", "--key", "ra"])
+
+    # rotate the rollout key: one root signature is below the threshold, two pass
+    fails(capsys,
+          r"boards would refuse keys v2: .*1 valid of 2", "keys", "rotate", "--feed", "feed", "--role",
+          "rollout", "--add", "ro2.pub", "--remove", "ro.pub", "--key", "ra")
+    fails(capsys,
+          r"1 valid of 2", "keys", "rotate", "--feed", "feed", "--role",
+          "rollout", "--add", "ro2.pub", "--remove", "ro.pub", "--key", "ra", "--key", "ra")
+    assert not (work / "feed/keys/2.json").exists()
+    assert run(capsys, "keys", "rotate", "--feed", "feed", "--role", "rollout", "--add", "ro2.pub",
+               "--remove", "ro.pub", "--key", "ra", "--key", "rc")[0] == 0
+    v2 = check_keys((work / "feed/keys/2.json").read_bytes(), v1)
+    assert v2.role("rollout").keys == [hexof("ro2.pub")]
+
+    # a release key and its 2-of-2 threshold, then revoke one (the threshold must come down first)
+    assert run(capsys, "keys", "rotate", "--feed", "feed", "--role", "release", "--add", "rel2.pub",
+               "--threshold", "2", "--key", "ra", "--key", "rb")[0] == 0
+    fails(capsys,
+          "threshold 2 over the role's 1 keys", "keys", "revoke", "--feed", "feed", "rel.pub",
+          "--key", "ra", "--key", "rb")
+    assert run(capsys, "keys", "rotate", "--feed", "feed", "--role", "release", "--threshold", "1",
+               "--key", "ra", "--key", "rb")[0] == 0
+    assert run(capsys, "keys", "revoke", "--feed", "feed", "rel.pub", "--key", "ra", "--key", "rb")[0] == 0
+    fails(capsys,
+          "is in no role", "keys", "revoke", "--feed", "feed", "rel.pub", "--key", "ra", "--key", "rb")
+
+    # revoke a root key: the new root (2 of 2) must sign too, so the revoked key's signature cannot help
+    fails(capsys,
+          r"boards would refuse keys v6: .*new root", "keys", "revoke", "--feed", "feed", "rc.pub",
+          "--key", "ra", "--key", "rc")
+    assert run(capsys, "keys", "revoke", "--feed", "feed", "rc.pub", "--key", "ra", "--key", "rb")[0] == 0
+
+    code, out, _ = run(capsys, "keys", "show", "--feed", "feed", "--json")
+    shown = json.loads(out)
+    assert code == 0 and shown["version"] == 6 and shown["roles"]["root"]["threshold"] == 2
+    assert shown["roles"]["root"]["keys"] == [hexof("ra.pub"), hexof("rb.pub")]
+    assert shown["roles"]["release"]["keys"] == [hexof("rel2.pub")]
+    # every version follows from the one before, as a board walks them
+    trusted = v1
+    for v in range(2, 7):
+        trusted = check_keys((work / f"feed/keys/{v}.json").read_bytes(), trusted)
+    assert trusted.version == 6
+
+
+def test_legacy_boards_need_a_release_signature(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["keys", "init", "--feed", "feed", "--fleet", "acme", "--root", "ra.pub", "--release", "rel.pub",
+            "--rollout", "ro.pub", "--legacy-release", "rel.pub", "--key", "ra"]
+    fails(capsys,
+          "bare key lists would refuse keys v1 .sign it with one of their release", *base)
+    assert run(capsys, *base, "--key", "rel")[0] == 0
+    legacy = KeysDoc.legacy([hexof("rel.pub")], [hexof("ro.pub")])
+    assert check_keys((work / "feed/keys/1.json").read_bytes(), legacy).version == 1
+
+
+def test_bad_inputs(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    fails(capsys,
+          "no keys document yet", "keys", "rotate", "--feed", "feed", "--role", "rollout", "--add",
+          "ro2.pub", "--key", "ra")
+    fails(capsys,
+          "has no keys document", "keys", "show", "--feed", "feed")
+    fails(capsys,
+          "threshold must be an integer in 1..1", *["keys", "init", "--feed", "feed", "--fleet", "acme",
+          "--root", "ra.pub", "--root-threshold", "2", "--release", "rel.pub", "--rollout", "ro.pub",
+          "--key", "ra"])
+    fails(capsys,
+          "fleet", *["keys", "init", "--feed", "feed", "--fleet", "no spaces", "--root", "ra.pub",
+          "--release", "rel.pub", "--rollout", "ro.pub", "--key", "ra"])
+    fails(capsys,
+          "same key twice", *["keys", "init", "--feed", "feed", "--fleet", "acme", "--root", "ra.pub",
+          "--root", "ra.pub", "--release", "rel.pub", "--rollout", "ro.pub", "--key", "ra"])
+    assert init(capsys, "ra", "rb")[0] == 0
+    fails(capsys,
+          "nothing to change", "keys", "rotate", "--feed", "feed", "--role", "rollout", "--key", "ra")
+    fails(capsys,
+          "already listed", "keys", "rotate", "--feed", "feed", "--role", "rollout", "--add", "ro.pub",
+          "--key", "ra", "--key", "rb")
+    fails(capsys,
+          "at least one key", "keys", "rotate", "--feed", "feed", "--role", "rollout", "--remove",
+          "ro.pub", "--key", "ra", "--key", "rb")
+    fails(capsys,
+          "only a public key", "keys", "rotate", "--feed", "feed", "--role", "rollout", "--add",
+          "ro2.pub", "--key", "ra.pub")
+    # a tampered file in the feed: the chain check refuses to build on it
+    (work / "feed/keys/2.json").write_text("{}")
+    fails(capsys,
+          "keys/2.json", "keys", "show", "--feed", "feed")
+    (work / "feed/keys/2.json").unlink()
+    (work / "feed/keys/3.json").write_text("{}")
+    fails(capsys,
+          r"versions \[1, 3\]", "keys", "show", "--feed", "feed")
+    fails(capsys,
+          "give a keys document FILE or --feed", "keys", "show")
+
+
+def test_sign_with_two_keys_and_cosign(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from host_tools.imagebuild import build_app_image
+
+    Path("app.bin").write_bytes(build_app_image("esp32", "1.0.0", "app", 0, code=bytes(20000)))
+    sign = ["sign", "app.bin", "--board", "esp32-generic-4mb", "--version", "1.0.0"]
+    code, out, err = run(capsys, *sign, "--key", "rel", "--key", "rel2", "--out", "r1")
+    assert code == 0, err
+    assert "keys " in out
+    verify = ["verify", "--pubkey", "rel.pub", "--pubkey", "rel2.pub", "--threshold", "2"]
+    assert run(capsys, *verify, "r1")[0] == 0
+    assert run(capsys, *sign, "--key", "rel", "--out", "r2")[0] == 0
+    fails(capsys, r"1 valid of 2", *verify, "r2")
+    code, out, _ = run(capsys, "cosign", "r2", "--key", "rel2")
+    assert code == 0 and "cosigned" in out
+    assert run(capsys, *verify, "r2")[0] == 0
+    sigs = json.loads((work / "r2" / "manifest.json").read_text())["signatures"]
+    assert [s["keyid"] for s in sigs] == [load_public_key("rel.pub").keyid, load_public_key("rel2.pub").keyid]
+    fails(capsys, "already signed by", "cosign", "r2", "--key", "rel2")
+    fails(capsys, "needs a release key", "cosign", "r2", "--key", "ro")
+    fails(capsys, "release nowhere not found", "cosign", "nowhere", "--key", "rel2")
+    (work / "r2" / "firmware.bin").write_bytes(b"x")  # a release that no longer holds together
+    fails(capsys, "firmware.bin is 1 bytes", "cosign", "r2", "--key", "ra", "--any-role")
