@@ -290,8 +290,8 @@ def test_serve_switches_to_a_new_rollout_key_without_restart(tmp_path: Path, key
 
     from host_tools.feed import read_channel
     from host_tools.server.app import ServerConfig
-    from host_tools.server.harness import ServerThread
     from host_tools.server.publish import FeedPublisher
+    from sim.serverkit import ServerThread
 
     feed = Feed(tmp_path / "feed", keys)
     feed.add_release(NEW, image(NEW))

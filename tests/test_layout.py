@@ -93,7 +93,6 @@ def test_sim_and_bench_import_by_name_from_the_repository_root() -> None:
 LIBRARY_ONLY = {
     "host_tools.imagebuild": "genuine app images for testing a firmware pipeline "
                              "(examples/firmware_manifest_example.py)",
-    "host_tools.trust": "the device's trust verdicts on the host, held to the device by tests/vectors/trust",
 }
 
 
