@@ -22,6 +22,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -182,8 +185,45 @@ def measure(port: int | list[int], batch: int, duration: float = DURATION, poiso
     return good / duration, (good + refused) / duration
 
 
-def _measure(port: int | list[int], batch: int, duration: float = DURATION) -> float:
-    return measure(port, batch, duration)[0]
+@dataclass(frozen=True)
+class Case:
+    """One kind of load: reports per request, and every Nth request poison (0: none)."""
+
+    label: str
+    batch: int = 1
+    poison_every: int = 0
+
+
+# what a measurement talks to: its port (several: replicas) and the CA to verify https against
+Target = tuple["int | list[int]", "str | None"]
+
+
+def best_of(targets: Mapping[str, Target], cases: Sequence[Case], rounds: int = 2,
+            duration: float = DURATION) -> dict[str, float]:
+    """Every case on every target, alternating between them, best of `rounds`: load from other
+    processes on the machine skews all of them alike. Keys: "{target}_{case}" reports answered
+    200 per second, "{target}_{case}_answered" requests answered per second (poison included)."""
+    results: dict[str, float] = {}
+    for port, ca in targets.values():
+        measure(port, 1, 0.5, ca=ca)  # warm up: caches, connections, first devices
+    for _ in range(rounds):
+        for case in cases:
+            for name, (port, ca) in targets.items():
+                good, answered = measure(port, case.batch, duration, case.poison_every, ca)
+                for key, value in ((f"{name}_{case.label}", good * case.batch),
+                                   (f"{name}_{case.label}_answered", answered)):
+                    results[key] = max(results.get(key, 0.0), value)
+    return results
+
+
+@contextmanager
+def bench_root() -> Iterator[Path]:
+    """A temporary folder with an empty feed/ and fleet.secret (SECRET), for serve_cmd."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        (root / "feed").mkdir()
+        (root / "fleet.secret").write_text(SECRET.hex())
+        yield root
 
 
 def serve_cmd(root: Path, db: str, *extra: str) -> list[str]:
@@ -192,45 +232,44 @@ def serve_cmd(root: Path, db: str, *extra: str) -> list[str]:
             "--db", f"sqlite:///{root / db}", "--fleet-secret", str(root / "fleet.secret"), *extra]
 
 
-def start_server(cmd: list[str]) -> tuple[subprocess.Popen[str], int]:
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=REPO)
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if not line.startswith("serving on"):
-        proc.kill()
-        raise RuntimeError(f"server did not start: {line!r}")
-    return proc, int(line.rsplit(":", 1)[1])
+@contextmanager
+def started(cmds: Mapping[str, list[str]]) -> Iterator[dict[str, int]]:
+    """Each command started (it prints "serving on ...:PORT" first), its port by name; all killed
+    on the way out."""
+    procs: list[subprocess.Popen[str]] = []
+    ports: dict[str, int] = {}
+    try:
+        for name, cmd in cmds.items():
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                                    cwd=REPO)
+            procs.append(proc)
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            if not line.startswith("serving on"):
+                raise RuntimeError(f"{name} did not start: {line!r}")
+            ports[name] = int(line.rsplit(":", 1)[1])
+        yield ports
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+
+
+SINGLE_AND_BATCHED = (Case("single", 1), Case("batch50", 50))
 
 
 def run(rounds: int = 2, duration: float = DURATION) -> dict[str, float]:
-    """Both servers run side by side (idle one costs nothing); measurements alternate between them and
-    the best of `rounds` counts, so load from other processes on the machine skews both alike."""
-    results: dict[str, float] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        (root / "feed").mkdir()
-        (root / "fleet.secret").write_text(SECRET.hex())
-        servers = {
-            "baseline": start_server([sys.executable, "-m", "bench.bench_ingest", "--baseline-server",
-                                str(root / "b.db")]),
-            "server": start_server(serve_cmd(root, "s.db")),
-        }
-        try:
-            for _, port in servers.values():
-                _measure(port, 1, 0.5)  # warm up: caches, connections, first devices
-            for _ in range(rounds):
-                for batch, label in ((1, "single_rps"), (50, "batch50_reports_s")):
-                    for name, (_, port) in servers.items():
-                        value = _measure(port, batch, duration) * batch
-                        key = f"{name}_{label}"
-                        results[key] = max(results.get(key, 0.0), value)
-        finally:
-            for proc, _ in servers.values():
-                proc.kill()
-                proc.wait()
-    results["ratio_single"] = results["server_single_rps"] / results["baseline_single_rps"]
-    results["ratio_batch50"] = results["server_batch50_reports_s"] / results["baseline_batch50_reports_s"]
-    return results
+    """The server and the baseline side by side (the idle one costs nothing), measured in turn."""
+    with bench_root() as root:
+        cmds = {"baseline": [sys.executable, "-m", "bench.bench_ingest", "--baseline-server",
+                             str(root / "b.db")],
+                "server": serve_cmd(root, "s.db")}
+        with started(cmds) as ports:
+            r = best_of({name: (port, None) for name, port in ports.items()}, SINGLE_AND_BATCHED, rounds,
+                        duration)
+    r["ratio_single"] = r["server_single"] / r["baseline_single"]
+    r["ratio_batch50"] = r["server_batch50"] / r["baseline_batch50"]
+    return r
 
 
 if __name__ == "__main__":
@@ -239,7 +278,7 @@ if __name__ == "__main__":
         sys.exit(0)
     r = run()
     print(f"ingest (SQLite, {CLIENT_PROCS} client processes x {CONNS} connections, loopback, "
-          f"{os.cpu_count()} cores): single {r['server_single_rps']:.0f} req/s "
-          f"(baseline {r['baseline_single_rps']:.0f}, ratio {r['ratio_single']:.2f}); "
-          f"batches of 50 {r['server_batch50_reports_s']:.0f} reports/s "
-          f"(baseline {r['baseline_batch50_reports_s']:.0f}, ratio {r['ratio_batch50']:.2f})")
+          f"{os.cpu_count()} cores): single {r['server_single']:.0f} req/s "
+          f"(baseline {r['baseline_single']:.0f}, ratio {r['ratio_single']:.2f}); "
+          f"batches of 50 {r['server_batch50']:.0f} reports/s "
+          f"(baseline {r['baseline_batch50']:.0f}, ratio {r['ratio_batch50']:.2f})")

@@ -11,10 +11,18 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
-import tempfile
 from pathlib import Path
 
-from bench.bench_ingest import CLIENT_PROCS, CONNS, DURATION, SECRET, measure, serve_cmd, start_server
+from bench.bench_ingest import (
+    CLIENT_PROCS,
+    CONNS,
+    DURATION,
+    SINGLE_AND_BATCHED,
+    bench_root,
+    best_of,
+    serve_cmd,
+    started,
+)
 
 
 def make_certs(folder: Path) -> tuple[Path, Path, Path]:
@@ -50,36 +58,21 @@ def make_certs(folder: Path) -> tuple[Path, Path, Path]:
 
 
 def run(rounds: int = 2, duration: float = DURATION) -> dict[str, float]:
-    results: dict[str, float] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        (root / "feed").mkdir()
-        (root / "fleet.secret").write_text(SECRET.hex())
+    with bench_root() as root:
         ca, cert, key = make_certs(root)
         tls = ("--tls-cert", str(cert), "--tls-key", str(key))
-        servers = {"http": (start_server(serve_cmd(root, "h.db")), None),
-                   "https": (start_server(serve_cmd(root, "s.db", *tls)), str(ca))}
-        try:
-            for (_, port), cafile in servers.values():
-                measure(port, 1, 0.5, ca=cafile)  # warm up
-            for _ in range(rounds):
-                for batch, label in ((1, "single_rps"), (50, "batch50_reports_s")):
-                    for name, ((_, port), cafile) in servers.items():
-                        value = measure(port, batch, duration, ca=cafile)[0] * batch
-                        results[f"{name}_{label}"] = max(results.get(f"{name}_{label}", 0.0), value)
-        finally:
-            for (proc, _), _ca in servers.values():
-                proc.kill()
-                proc.wait()
-    results["ratio_single"] = results["https_single_rps"] / results["http_single_rps"]
-    results["ratio_batch50"] = results["https_batch50_reports_s"] / results["http_batch50_reports_s"]
-    return results
+        with started({"http": serve_cmd(root, "h.db"), "https": serve_cmd(root, "s.db", *tls)}) as ports:
+            r = best_of({"http": (ports["http"], None), "https": (ports["https"], str(ca))},
+                        SINGLE_AND_BATCHED, rounds, duration)
+    r["ratio_single"] = r["https_single"] / r["http_single"]
+    r["ratio_batch50"] = r["https_batch50"] / r["http_batch50"]
+    return r
 
 
 if __name__ == "__main__":
     r = run()
     print(f"ingest over https (TLS 1.3, P-256, {CLIENT_PROCS}x{CONNS} keep-alive connections, "
-          f"{os.cpu_count()} cores): single {r['https_single_rps']:.0f} req/s "
-          f"(http {r['http_single_rps']:.0f}, ratio {r['ratio_single']:.2f}); "
-          f"batches of 50 {r['https_batch50_reports_s']:.0f} reports/s "
-          f"(http {r['http_batch50_reports_s']:.0f}, ratio {r['ratio_batch50']:.2f})")
+          f"{os.cpu_count()} cores): single {r['https_single']:.0f} req/s "
+          f"(http {r['http_single']:.0f}, ratio {r['ratio_single']:.2f}); "
+          f"batches of 50 {r['https_batch50']:.0f} reports/s "
+          f"(http {r['http_batch50']:.0f}, ratio {r['ratio_batch50']:.2f})")

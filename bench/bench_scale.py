@@ -39,20 +39,12 @@ def _ingest(cluster: PgCluster, root: Path, rounds: int = 2) -> dict[str, float]
     pg = [ServeProcess(root / "feed", url, secret, op, tick=1.0) for _ in range(2)]
     setups = {"sqlite": [sqlite], "pg1": pg[:1], "pg2": pg}
     ports = {name: [int(p.url.rsplit(":", 1)[1]) for p in procs] for name, procs in setups.items()}
-    out: dict[str, float] = {}
     try:
-        for name in setups:
-            bench_ingest._measure(ports[name], 1, 0.5)  # warm up
-        for _ in range(rounds):  # alternate, best of rounds: other load skews all alike
-            for batch, label in ((1, "single"), (50, "batch50")):
-                for name in setups:
-                    value = bench_ingest._measure(ports[name], batch, DURATION) * batch
-                    key = f"{name}_{label}"
-                    out[key] = max(out.get(key, 0.0), value)
+        return bench_ingest.best_of({name: (port, None) for name, port in ports.items()},
+                                    bench_ingest.SINGLE_AND_BATCHED, rounds, DURATION)
     finally:
         for p in (sqlite, *pg):
             p.stop()
-    return out
 
 
 def _decision(cluster: PgCluster) -> dict[str, float]:

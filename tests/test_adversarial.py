@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from host_tools.fleet import device_token
+from host_tools.fleet import DEVICE_ID, GROUP_NAME, device_token
 from host_tools.server.app import ServerConfig
 from host_tools.server.auth import TokenCache, operator_token
 from host_tools.server.ingest_plan import IngestResult, Report
@@ -236,6 +236,21 @@ def test_identifiers_are_matched_whole(srv: ServerThread) -> None:
         hdrs = {"Authorization": f"Bearer {device_token(SECRET, 'dev-c')}", "X-Mpota-Device": claimed}
         answer = raw(srv, post("/v1/reports", body, hdrs))
         assert statuses(answer) in ([400], [401]), claimed
+
+
+def test_registered_group_follows_the_group_name_rule(srv: ServerThread) -> None:
+    # a group is what a plan's stages name (fleet.GROUP_NAME), not a device id: a ':' or more than
+    # 32 characters would be registered and then match no stage
+    for bad in ("can:ary", "g" * 33):
+        assert GROUP_NAME.fullmatch(bad) is None and DEVICE_ID.fullmatch(bad) is not None
+        for headers in (OP, dev_headers("dev-g")):
+            reg = json.dumps({"device_id": "dev-g", "board": "b", "group": bad}).encode()
+            assert call(srv, "POST", "/v1/devices", reg, headers)[0] == 400, (bad, headers)
+    assert call(srv, "GET", "/v1/devices", None, OP)[1]["devices"] == []
+    good = "g" * 32
+    reg = json.dumps({"device_id": "dev-g", "board": "b", "group": good}).encode()
+    status, device = call(srv, "POST", "/v1/devices", reg, OP)
+    assert (status, device["group"]) == (200, good)
 
 
 def test_slow_clients_are_cut_off(srv: ServerThread) -> None:

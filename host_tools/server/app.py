@@ -45,7 +45,8 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from host_tools.errors import MpotaError
 from host_tools.feed import install_channels
-from host_tools.fleet import DEVICE_ID
+from host_tools.fleet import DEVICE_ID, GROUP_NAME
+from host_tools.server.aio import cancel
 from host_tools.server.auth import TokenCache, bearer
 from host_tools.server.body import BodyError, parse_json, read_body
 from host_tools.server.console import Console
@@ -223,12 +224,7 @@ class MpotaServer:
         self._ticker = asyncio.get_running_loop().create_task(self._tick_loop())
 
     async def _cleanup(self, app: web.Application) -> None:
-        if self._ticker is not None:
-            self._ticker.cancel()
-            try:
-                await self._ticker
-            except asyncio.CancelledError:
-                pass
+        await cancel(self._ticker)
         await self.writer.stop()
         self.ops_exec.submit(self.leadership.close)
         self.ops_exec.shutdown(wait=True)
@@ -327,6 +323,23 @@ class MpotaServer:
             return _error(401, "operator token required (Authorization: Bearer <operator token>)")
         return None
 
+    def _caller(self, request: web.Request, refused: str, operator_ok: bool = False
+                ) -> tuple[TokenCache, str, bool, str | None] | web.Response:
+        """Who calls, from the headers alone (before any body is read): (tokens, bearer token,
+        operator, the device X-Mpota-Device names, its token checked), or the refusal. With
+        operator_ok the operator token passes too (and names no device)."""
+        tokens = self.tokens
+        if tokens is None:
+            return _error(503, "no fleet secret configured")
+        token = bearer(request.headers.get("Authorization"))
+        if token is None:
+            return _error(401, "missing token (Authorization: Bearer <token>)")
+        operator = operator_ok and tokens.operator_ok(token)
+        claimed = None if operator else request.headers.get("X-Mpota-Device")
+        if claimed is not None and not tokens.device_ok(claimed, token):
+            return _error(401, refused)
+        return tokens, token, operator, claimed
+
     # ----------------------------------------------------------------- bodies
     def _bad_body(self, request: web.Request, exc: BodyError) -> web.Response:
         if exc.status is None:  # nobody to answer: one line, no traceback
@@ -341,18 +354,13 @@ class MpotaServer:
     async def post_reports(self, request: web.Request) -> web.Response:
         # Order: everything the headers allow (size, token, claimed device) before reading the
         # body; then the body's device id and its token before validating the rest.
-        tokens = self.tokens
-        if tokens is None:
-            return _error(503, "no fleet secret configured")
-        token = bearer(request.headers.get("Authorization"))
-        if token is None:
-            return _error(401, "missing device token (Authorization: Bearer <token>)")
+        caller = self._caller(request, "bad device token")
+        if isinstance(caller, web.Response):
+            return caller
+        tokens, token, _, claimed = caller
         length = request.content_length
         if length is not None and length > MAX_BODY:
             return _error(413, f"report body larger than {MAX_BODY} bytes")
-        claimed = request.headers.get("X-Mpota-Device")
-        if claimed is not None and not (DEVICE_ID.fullmatch(claimed) and tokens.device_ok(claimed, token)):
-            return _error(401, "bad device token")
         try:
             data = parse_json(await read_body(request, MAX_BODY, self.config.body_timeout))
         except BodyError as exc:
@@ -383,17 +391,10 @@ class MpotaServer:
 
     # ----------------------------------------------------------------- devices
     async def post_device(self, request: web.Request) -> web.Response:
-        tokens = self.tokens
-        if tokens is None:
-            return _error(503, "no fleet secret configured")
-        token = bearer(request.headers.get("Authorization"))
-        if token is None:
-            return _error(401, "operator token or the device's own token required")
-        operator = tokens.operator_ok(token)
-        claimed = request.headers.get("X-Mpota-Device")
-        if not operator and claimed is not None and not (
-                DEVICE_ID.fullmatch(claimed) and tokens.device_ok(claimed, token)):
-            return _error(401, "operator token or the device's own token required")
+        caller = self._caller(request, "operator token or the device's own token required", operator_ok=True)
+        if isinstance(caller, web.Response):
+            return caller
+        tokens, token, operator, _ = caller
         try:
             data = await self._json(request, DEVICE_BODY)
         except BodyError as exc:
@@ -406,9 +407,11 @@ class MpotaServer:
         if not operator and not tokens.device_ok(device_id, token):
             return _error(401, "operator token or the device's own token required")
         board, group, channel = data.get("board"), data.get("group"), data.get("channel")
-        for name, value in (("board", board), ("group", group), ("channel", channel)):
-            if value is not None and (not isinstance(value, str) or not DEVICE_ID.fullmatch(value)):
-                return _error(400, f"{name} must be a short name")
+        # each by the rule of what it must match later: a rollout's board and channel, a plan's groups
+        for name, value, rule in (("board", board, _ROLLOUT_NAME), ("group", group, GROUP_NAME),
+                                  ("channel", channel, _ROLLOUT_NAME)):
+            if value is not None and (not isinstance(value, str) or not rule.fullmatch(value)):
+                return _error(400, f"{name} must be a short name ({rule.pattern})")
         reset = data.get("reset_seq", False)
         if reset is not False and (reset is not True or not operator):
             return _error(403 if reset is True else 400, "reset_seq needs the operator token")

@@ -15,6 +15,8 @@ import hashlib
 import hmac
 from collections import OrderedDict
 
+from host_tools.fleet import DEVICE_ID
+
 OPERATOR_LABEL = b"mpota operator"
 
 
@@ -47,10 +49,13 @@ class TokenCache:
         return len(self._tokens)
 
     def device_ok(self, device_id: str, token: str) -> bool:
+        """device_id is a device id (matched whole) and token is its token."""
         given = token.encode("utf-8", "replace")
         expected = self._tokens.get(device_id)
-        if expected is not None:
+        if expected is not None:  # only ids that matched are cached
             return hmac.compare_digest(expected, given)
+        if not DEVICE_ID.fullmatch(device_id):
+            return False
         expected = hmac.new(self._secret, device_id.encode(), hashlib.sha256).hexdigest().encode()
         if not hmac.compare_digest(expected, given):
             return False

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 
 from host_tools.fleet import DEVICE_ID
+from host_tools.server.aio import cancel
 from host_tools.server.ingest_plan import MAX_INT, IngestResult, Report
 from host_tools.server.store import Store
 
@@ -125,13 +126,8 @@ class GroupCommitWriter:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel(self._task)
+        self._task = None
 
     async def submit(self, device_id: str, reports: list[Report]) -> IngestResult:
         assert self._queue is not None, "writer not started"
