@@ -69,7 +69,9 @@ def run(d, name):
         if total != size:
             return "short"
         return str(binascii.hexlify(h.digest()), "ascii")
-    except errors.BadPatch:
+    except errors.IntegrityError as e:
+        if e.code != "bad_patch":
+            raise
         return "BadPatch"
 
 

@@ -160,7 +160,8 @@ def test_running_slot_only_read_and_mutations_agree_with_detools() -> None:
             n = r.readinto(buf)
             r.finish()
             got: bytes | None = bytes(buf[:n])
-        except errors.BadPatch:
+        except errors.IntegrityError as e:
+            assert e.code == "bad_patch"
             got = None
         if got is None:
             outcomes["bad"] += 1

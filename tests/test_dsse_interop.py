@@ -77,7 +77,8 @@ def test_mpota_verifies_securesystemslib_envelopes(key: PrivateKey, keyid: str) 
     bad = dict(doc, payload=Envelope(b"{}", "x", {}).to_dict()["payload"])
     with pytest.raises(dsse.SignatureError):
         dsse.verify_envelope(bad, dsse.RELEASE_PAYLOAD_TYPE, key.public)
-    from mpota.errors import SignatureError as DeviceSignatureError
+    from mpota.errors import MetadataError
 
-    with pytest.raises(DeviceSignatureError):
+    with pytest.raises(MetadataError) as e:
         _device_verify(json.dumps(bad).encode(), key)
+    assert e.value.code == "bad_signature"

@@ -191,8 +191,8 @@ def test_device_config_ntp_must_be_boolean(tmp_path: Path) -> None:
             "        'keys': {'release': k, 'rollout': k}}\n"
             "print(c.Config(dict(base), '/m.json').ntp, c.Config(dict(base, ntp=False), '/m.json').ntp)\n"
             "try:\n    c.Config(dict(base, ntp='yes'), '/m.json')\n"
-            "except e.ConfigError as x:\n    print(x)\n")
+            "except e.OTAError as x:\n    print(x.code, x)\n")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                        env=import_path_env("cpython"))
     assert p.returncode == 0, p.stderr
-    assert p.stdout.splitlines() == ["True False", "config: ntp must be true or false"]
+    assert p.stdout.splitlines() == ["True False", "config config: ntp must be true or false"]

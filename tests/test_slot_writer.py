@@ -43,7 +43,7 @@ feeds = [0]
 def first(block):
     firsts.append(bytes(block[:2]))
     if block[0] != data[0]:
-        raise E.BadImage("magic")
+        raise E.IntegrityError("bad_image", "magic")
 def feed():
     feeds[0] += 1
 
@@ -60,7 +60,7 @@ def err(f):
     try:
         f()
     except Exception as e:
-        return type(e).__name__
+        return getattr(e, "code", type(e).__name__)
     return None
 
 out = {}
@@ -107,7 +107,7 @@ def test_writer(tmp_path: Path, interp: str) -> None:
     # resumed at a block boundary (8292 rounds down to 8192), the prefix re-hashed from the slot
     # with its first block checked again, the rest written: the same image hash
     assert res["resume_at"] == 8192 and res["resume_hash"] == digest and res["resume_firsts"] == 2
-    assert res["short"] == "SizeMismatch" and res["long"] == "SizeMismatch"
-    assert res["corrupt"] == "HashMismatch"
-    assert res["bad_first"] == "BadImage" and res["bad_first_wrote_nothing"]
+    assert res["short"] == "size_mismatch" and res["long"] == "size_mismatch"
+    assert res["corrupt"] == "hash_mismatch"
+    assert res["bad_first"] == "bad_image" and res["bad_first_wrote_nothing"]
     assert res["verify_damaged"] is False

@@ -79,8 +79,8 @@ def _hex(h):
 
 
 # Stream offer o's bundle into the inactive folder; returns the record the pending update keeps
-# ({root, slot, version, hash}). Raises TooBig when the filesystem cannot hold it, HashMismatch
-# or SizeMismatch when the bytes are not the signed ones. u: the Updater (state, block buffer,
+# ({root, slot, version, hash}). Raises too_big when the filesystem cannot hold it, hash_mismatch
+# or size_mismatch when the bytes are not the signed ones. u: the Updater (state, block buffer,
 # watchdog); src: its resuming HTTP stream of the bundle file, hashing into src.h (opened at the
 # first read).
 def install(u, o, src):
@@ -93,7 +93,8 @@ def install(u, o, src):
     bs, free = _free(top)
     need = _need(app["files"], bs)
     if need > free:
-        raise errors.TooBig("app bundle needs %d bytes, the filesystem has %d free" % (need, free))
+        raise errors.MetadataError("too_big",
+                                   "app bundle needs %d bytes, the filesystem has %d free" % (need, free))
     buf = u._block()
     mv = memoryview(buf)
     try:
@@ -103,7 +104,7 @@ def install(u, o, src):
     finally:
         src.close()
     if _hex(src.h) != app["hash"][7:]:
-        raise errors.HashMismatch("app bundle hash mismatch")
+        raise errors.IntegrityError("hash_mismatch", "app bundle hash mismatch")
     for f in app["files"]:  # read back: what the next boot will import
         h = hashlib.sha256()
         with open(top + "/" + f["path"], "rb") as fh:
@@ -114,7 +115,7 @@ def install(u, o, src):
                 h.update(mv if n == _BLOCK else mv[:n])
                 u._feed()
         if _hex(h) != f["hash"][7:]:
-            raise errors.FlashError("app file %s reads back wrong" % f["path"])
+            raise errors.FlashError("flash", "app file %s reads back wrong" % f["path"])
     if hasattr(os, "sync"):
         os.sync()
     return rec
@@ -145,10 +146,10 @@ def _write(u, src, top, f, mv):
             v = mv if n == _BLOCK else mv[:n]
             got = _fill(src, v, n)
             if got < n:
-                raise errors.SizeMismatch("app bundle ends inside %s" % p)
+                raise errors.IntegrityError("size_mismatch", "app bundle ends inside %s" % p)
             h.update(v)
             out.write(v)
             u._feed()
             left -= n
     if _hex(h) != f["hash"][7:]:
-        raise errors.HashMismatch("app file %s hash mismatch" % p)
+        raise errors.IntegrityError("hash_mismatch", "app file %s hash mismatch" % p)

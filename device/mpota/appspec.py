@@ -16,7 +16,7 @@ _PATH = const(128)
 
 
 def _bad(what):
-    raise errors.BadDocument("bad app " + what)
+    raise errors.MetadataError("malformed", "bad app " + what)
 
 
 def _ok(c, dot):

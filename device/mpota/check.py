@@ -71,7 +71,7 @@ def _fetch(u, url, cap, pin=None):
     del http, r  # the response's class would keep the module alive
     _unload("http", "tls")
     if pin and _hex(h) != pin:
-        raise errors.PinMismatch("manifest is not the one the channel pins")
+        raise errors.MetadataError("manifest_mismatch", "manifest is not the one the channel pins")
     return data
 
 
@@ -95,7 +95,7 @@ def _document(u, url, cap, role, pin=None):
     del p256
     _unload("p256")
     if not ok:
-        raise errors.SignatureError("bad signature")
+        raise errors.MetadataError("bad_signature", "bad signature")
     import mpota.dsse as dsse
 
     return dsse.parse(payload, role)
@@ -107,8 +107,8 @@ def _channel(u, now):
     url = "%schannels/%s/%s.json" % (cfg.feed_url, cfg.board, cfg.channel)
     try:
         doc = _document(u, url, cfg.channel_max, "channel")
-    except errors.SignatureError:  # or UnknownKey: perhaps by a rollout key rotated in since
-        if not _rekey(u, url):
+    except errors.MetadataError as e:  # bad_signature or unknown_key: perhaps by a rollout key
+        if e.code not in ("bad_signature", "unknown_key") or not _rekey(u, url):  # rotated in since
             raise
         doc = _document(u, url, cfg.channel_max, "channel")
     seen = u.state["seq"].get(cfg.channel, 0)

@@ -24,9 +24,9 @@ def group_ok(name):
 
 
 def _fail(msg):
-    from mpota.errors import ConfigError
+    from mpota.errors import OTAError
 
-    raise ConfigError("config: " + msg)
+    raise OTAError("config", "config: " + msg)
 
 
 def _list(v):
@@ -161,7 +161,7 @@ class Config:
         self.backoff_ms = _int(data, "backoff_ms", 1000, 0, 600000)
         self.max_backoff_ms = _int(data, "max_backoff_ms", 60000, 0, 3600000)
         # Slow-retrieval guard: an image transfer that brings fewer than min_rate bytes/s over
-        # a 10 s window is cut (DownloadTimeout, retried with Range like a drop); 0: off.
+        # a 10 s window is cut (a timeout, retried with Range like a drop); 0: off.
         self.min_rate = _int(data, "min_rate", 1024, 0, 100000000)
         # Freeze protection: set the clock by NTP (ntptime) before a check when it is not set,
         # so an expired channel document is recognised; false where NTP is unwanted.

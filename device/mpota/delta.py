@@ -61,7 +61,7 @@ def _adder():
 
 
 def _bad(why):
-    raise errors.BadPatch("bad patch: " + why)
+    raise errors.IntegrityError("bad_patch", "bad patch: " + why)
 
 
 class Patched:

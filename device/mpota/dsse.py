@@ -35,38 +35,38 @@ def _b64(s):
 # (keys = [(keyid hex, 65-byte point), ...] of the role): the key its keyid names, or every
 # key when it has no keyid (DSSE makes keyid optional; sigstore leaves it empty). A keyid
 # naming no configured key is ignored. Signatures stay as decoded (DER or raw r||s; None
-# when not base64). Returns (payload, digest, pairs) or raises a MetadataError subclass:
-# BadDocument for a bad shape (checked before the payloadType), UnknownKey when no signature
+# when not base64). Returns (payload, digest, pairs) or raises a MetadataError:
+# malformed for a bad shape (checked before the payloadType), unknown_key when no signature
 # may be by a configured key. The signature check is mpota.p256.verify_any(pairs, digest):
 # the updater runs it after unloading this module, so only one of the two is in RAM at a time.
 def open(data, payload_type, keys):
     import hashlib
     import json
 
-    from mpota.errors import BadDocument, PayloadTypeError, UnknownKey
+    from mpota.errors import MetadataError
 
     try:
         env = json.loads(data)
     except ValueError:
-        raise BadDocument("envelope is not JSON")
+        raise MetadataError("malformed", "envelope is not JSON")
     if not isinstance(env, dict):
-        raise BadDocument("envelope is not an object")
+        raise MetadataError("malformed", "envelope is not an object")
     pt = env.get("payloadType")
     sigs = env.get("signatures")
     if not isinstance(pt, str) or not isinstance(sigs, list):
-        raise BadDocument("envelope lacks payloadType/signatures")
+        raise MetadataError("malformed", "envelope lacks payloadType/signatures")
     try:
         payload = _b64(env.get("payload"))
     except ValueError:  # binascii.Error is a ValueError
-        raise BadDocument("payload is not base64")
+        raise MetadataError("malformed", "payload is not base64")
     if not sigs or len(sigs) > _MAX_SIGS:
-        raise BadDocument("%d signatures" % len(sigs))
+        raise MetadataError("malformed", "%d signatures" % len(sigs))
     for s in sigs:
         if (not isinstance(s, dict) or not isinstance(s.get("sig"), str)
                 or not isinstance(s.get("keyid", ""), str)):
-            raise BadDocument("bad signature entry")
+            raise MetadataError("malformed", "bad signature entry")
     if pt != payload_type:
-        raise PayloadTypeError("payloadType %s, expected %s" % (pt[:60], payload_type))
+        raise MetadataError("payload_type", "payloadType %s, expected %s" % (pt[:60], payload_type))
     env = data = None
     h = hashlib.sha256(("DSSEv1 %d %s %d " % (len(pt), pt, len(payload))).encode())
     h.update(payload)
@@ -83,22 +83,22 @@ def open(data, payload_type, keys):
             if kid is None or k == kid:
                 pairs.append((pub, sig))
     if not pairs:
-        raise UnknownKey("no signature by a %s key" % (
+        raise MetadataError("unknown_key", "no signature by a %s key" % (
             "release" if payload_type == RELEASE else "rollout" if payload_type == CHANNEL else "root"))
     return payload, h.digest(), pairs
 
 
 # Verify envelope bytes `data` in one call (open() + mpota.p256.verify_any): signatures by at
 # least `threshold` distinct keys; scratch: an optional buffer for P-256. Returns the payload
-# bytes or raises a MetadataError subclass.
+# bytes or raises a MetadataError.
 def verify(data, payload_type, keys, scratch=None, threshold=1):
-    from mpota.errors import SignatureError
+    from mpota.errors import MetadataError
 
     payload, digest, pairs = open(data, payload_type, keys)
     import mpota.p256 as p256
 
     if not p256.verify_any(pairs, digest, scratch, threshold):
-        raise SignatureError("bad signature")
+        raise MetadataError("bad_signature", "bad signature")
     return payload
 
 
@@ -106,12 +106,12 @@ def verify(data, payload_type, keys, scratch=None, threshold=1):
 def parse(payload, type_):
     import json
 
-    from mpota.errors import BadDocument
+    from mpota.errors import MetadataError
 
     try:
         doc = json.loads(payload)
     except ValueError:
-        raise BadDocument("payload is not JSON")
+        raise MetadataError("malformed", "payload is not JSON")
     if not isinstance(doc, dict) or doc.get("_type") != type_:
-        raise BadDocument("not a %s document" % type_)
+        raise MetadataError("malformed", "not a %s document" % type_)
     return doc

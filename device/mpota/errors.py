@@ -1,124 +1,48 @@
-# Typed errors (after python-tuf's exceptions): one root for "the feed or its metadata is
-# bad", one for "the transfer failed", one for "the flash refused". Each carries `code`,
-# the reason code that goes into the `failed` report.
+# Typed errors (after python-tuf's exceptions): one root, one class per kind of failure
+# ("the feed or its metadata is bad", "the bytes are not the signed ones", "the transfer
+# failed", "the flash refused"). The precise verdict is the instance's `code`, the reason
+# that goes into the `failed` report (docs/FORMATS.md lists them); a class per code would
+# cost a type object each in RAM (~7 KB for two dozen on the unix port).
+#
+#   raise MetadataError("bad_signature", "bad signature")
+#   except MetadataError as e: e.code == "bad_signature"
+#
+# Codes raised as OTAError itself: "config" (/mpota.json missing or invalid), "pending" (an
+# installed update awaits its trial boot), "error" (anything unexpected, wrapped).
 
 
 class OTAError(Exception):
-    code = "error"
+    def __init__(self, code, msg=""):
+        super().__init__(msg)
+        self.code = code
 
 
+# The feed or a document is bad: too_large, malformed, payload_type, unknown_key (no
+# signature by a configured key of the role), bad_signature, replayed, expired,
+# manifest_mismatch, wrong_target, security_version, not_newer, too_big.
 class MetadataError(OTAError):
-    code = "metadata"
+    pass
 
 
-class DocumentTooLarge(MetadataError):
-    code = "too_large"
-
-
-class BadDocument(MetadataError):
-    code = "malformed"
-
-
-class SignatureError(MetadataError):
-    code = "bad_signature"
-
-
-class ReplayError(MetadataError):
-    code = "replayed"
-
-
-class ExpiredError(MetadataError):
-    code = "expired"
-
-
-class PinMismatch(MetadataError):
-    code = "manifest_mismatch"
-
-
-class NotForThisBoard(MetadataError):
-    code = "wrong_target"
-
-
-class SecurityVersionError(MetadataError):
-    code = "security_version"
-
-
-class NotNewer(MetadataError):
-    code = "not_newer"
-
-
-class TooBig(MetadataError):
-    code = "too_big"
-
-
+# The bytes arrived but are not the signed ones: hash_mismatch, size_mismatch (truncated, or
+# longer than declared), bad_image (the first block is not an app image for this chip),
+# bad_patch (a delta patch that does not rebuild the image: the update takes the full one).
 class IntegrityError(OTAError):
-    # The bytes arrived but are not the signed ones (hash/size mismatch, bad header).
-    code = "integrity"
+    pass
 
 
+# The transfer failed: download, timeout, tls (certificate refused, or the report token would
+# cross plain http), http_status (with `status`, the HTTP status).
 class DownloadError(OTAError):
-    code = "download"
+    status = None
 
 
-class TLSError(DownloadError):
-    # The server's certificate was refused (wrong CA, wrong name, no tls_ca to check it
-    # against), or the report token would have crossed plain http.
-    code = "tls"
-
-
-class HTTPStatusError(DownloadError):
-    code = "http_status"
-
-    def __init__(self, status, msg=""):
-        super().__init__("HTTP %d %s" % (status, msg))
-        self.status = status
-
-
-class DownloadTimeout(DownloadError):
-    code = "timeout"
-
-
+# The flash or the filesystem refused, or the slot reads back wrong: flash.
 class FlashError(OTAError):
-    code = "flash"
+    pass
 
 
-# Codes are the `detail.reason` of `failed` reports.
-
-
-class ConfigError(OTAError):
-    # /mpota.json missing or invalid: nothing can be checked or installed.
-    code = "config"
-
-
-class UnknownKey(SignatureError):
-    # No signature carries the keyid of a configured key of the required role
-    # (also what a document signed with the other role's key looks like).
-    code = "unknown_key"
-
-
-class PayloadTypeError(MetadataError):
-    code = "payload_type"
-
-
-class UpdatePending(OTAError):
-    # An installed update awaits its trial boot; the other slot is the rollback target.
-    code = "pending"
-
-
-class HashMismatch(IntegrityError):
-    code = "hash_mismatch"
-
-
-class SizeMismatch(IntegrityError):
-    # Truncated, or longer than the signed manifest declares.
-    code = "size_mismatch"
-
-
-class BadImage(IntegrityError):
-    # The first block is not an ESP app image for this chip (early reject).
-    code = "bad_image"
-
-
-class BadPatch(IntegrityError):
-    # a delta patch that does not rebuild the image (mpota.delta): the update falls back to the full image
-    code = "bad_patch"
+def http_status(status, msg=""):
+    e = DownloadError("http_status", "HTTP %d %s" % (status, msg))
+    e.status = status
+    return e

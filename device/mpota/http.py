@@ -2,13 +2,13 @@
 # One request per connection (Connection: close), Content-Length or chunked bodies,
 # bounded redirects, capped status/header lines, connect and read timeouts via
 # settimeout. https imports ssl lazily and always verifies the server's certificate.
-# Errors are mpota.errors.DownloadError subclasses.
+# Errors are mpota.errors.DownloadError (codes download, timeout, tls, http_status).
 import socket
 import sys
 
 from micropython import const
 
-from mpota.errors import DownloadError, DownloadTimeout, HTTPStatusError, TLSError
+from mpota.errors import DownloadError, http_status
 
 _LINE_MAX = const(256)      # one status line or header line kept (longer headers are skipped)
 _HEAD_MAX = const(8192)     # all header lines together
@@ -40,7 +40,7 @@ def split(url):
     elif url.startswith("https://"):
         tls, rest, port = True, url[8:], 443
     else:
-        raise DownloadError("unsupported URL " + url[:40])
+        raise DownloadError("download", "unsupported URL " + url[:40])
     i = rest.find("/")
     host, path = (rest, "/") if i < 0 else (rest[:i], rest[i:])
     i = host.rfind(":")
@@ -48,7 +48,7 @@ def split(url):
         port = int(host[i + 1 :])
         host = host[:i]
     if not host:
-        raise DownloadError("URL without host")
+        raise DownloadError("download", "URL without host")
     return tls, host, port, path
 
 
@@ -72,8 +72,8 @@ def _neterr(e):
         return e
     code = e.args[0] if e.args else 0
     if code in (11, 110, 116) or "timed out" in str(e):
-        return DownloadTimeout("timed out")
-    return DownloadError("network error %s" % (code or e))
+        return DownloadError("timeout", "timed out")
+    return DownloadError("download", "network error %s" % (code or e))
 
 
 class Response:
@@ -104,20 +104,20 @@ class Response:
         except OSError as e:
             raise _neterr(e)
         if not ln:
-            raise DownloadError("connection closed in headers")
+            raise DownloadError("download", "connection closed in headers")
         self._total += len(ln)
         if self._total > _HEAD_MAX:
-            raise DownloadError("headers too large")
+            raise DownloadError("download", "headers too large")
         return ln
 
     def _head(self, method):
         self._total = 0
         ln = self._line()
         if ln is None:
-            raise DownloadError("status line too long")
+            raise DownloadError("download", "status line too long")
         parts = ln.split(None, 2)
         if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
-            raise DownloadError("not an HTTP response")
+            raise DownloadError("download", "not an HTTP response")
         self.status = int(parts[1])
         while True:
             ln = self._line()
@@ -127,25 +127,25 @@ class Response:
                 break
             i = ln.find(b":")
             if i <= 0:
-                raise DownloadError("bad header line")
+                raise DownloadError("download", "bad header line")
             try:
                 self.headers[str(ln[:i].strip(), "utf-8").lower()] = str(ln[i + 1 :].strip(), "utf-8")
             except ValueError:  # UnicodeError
-                raise DownloadError("bad header line")
+                raise DownloadError("download", "bad header line")
         te = self.headers.get("transfer-encoding", "").lower()
         if method == "HEAD" or self.status in (204, 304) or 100 <= self.status < 200:
             self._left = 0
             return
         if te and te != "identity":
             if te != "chunked":
-                raise DownloadError("unsupported transfer-encoding")
+                raise DownloadError("download", "unsupported transfer-encoding")
             self._chunked = True
             self._left = 0
             return
         cl = self.headers.get("content-length")
         if cl is not None:
             if not cl.isdigit():
-                raise DownloadError("bad content-length")
+                raise DownloadError("download", "bad content-length")
             self.length = self._left = int(cl)
 
     def _chunk(self):
@@ -157,11 +157,11 @@ class Response:
         if ln in (b"\r\n", b"\n"):
             ln = self._line()
         if ln is None:
-            raise DownloadError("bad chunk size")
+            raise DownloadError("download", "bad chunk size")
         try:
             n = int(ln.split(b";", 1)[0].strip(), 16)
         except ValueError:
-            raise DownloadError("bad chunk size")
+            raise DownloadError("download", "bad chunk size")
         if n == 0:
             self._done = True  # trailers are not read; the connection closes
         self._left = n
@@ -185,16 +185,16 @@ class Response:
         if not n:
             if left is None:
                 return 0
-            raise DownloadError("connection closed early")
+            raise DownloadError("download", "connection closed early")
         if left is not None:
             self._left = left - n
         return n
 
-    # Raise HTTPStatusError unless the status is one of `ok` (closes the connection).
+    # Raise DownloadError http_status unless the status is one of `ok` (closes the connection).
     def expect(self, *ok):
         if self.status not in ok:
             self.close()
-            raise HTTPStatusError(self.status)
+            raise http_status(self.status)
         return self
 
     def close(self):
@@ -219,7 +219,7 @@ def _connect(tls, host, port, timeout_ms):
     try:
         ai = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0]
     except OSError as e:
-        raise DownloadError("cannot resolve %s (%s)" % (host, e))
+        raise DownloadError("download", "cannot resolve %s (%s)" % (host, e))
     s = socket.socket(ai[0], socket.SOCK_STREAM)
     try:
         s.settimeout(timeout_ms / 1000)
@@ -233,12 +233,12 @@ def _connect(tls, host, port, timeout_ms):
         s.close()
         why = getattr(e, "verify_message", None)  # CPython's SSLCertVerificationError
         if why:
-            raise TLSError("server certificate refused: %s" % why)
+            raise DownloadError("tls", "server certificate refused: %s" % why)
         raise _neterr(e)
     except ValueError as e:  # mbedtls: bad certificate, wrong name
         s.close()
-        raise TLSError("server certificate refused: %s" % str(e).strip())
-    except TLSError:
+        raise DownloadError("tls", "server certificate refused: %s" % str(e).strip())
+    except DownloadError:  # tls.wrap refused
         s.close()
         raise
 
@@ -246,8 +246,8 @@ def _connect(tls, host, port, timeout_ms):
 def _request(method, url, headers, body, timeout_ms):
     tls, host, port, path = split(url)
     if not tls and headers and "Authorization" in headers and not _policy()[1]:
-        raise TLSError("refusing to send the report token over plain http (use an https "
-                       "report_url, or allow_http in the config for a lab)")
+        raise DownloadError("tls", "refusing to send the report token over plain http (use an "
+                            "https report_url, or allow_http in the config for a lab)")
     s = _connect(tls, host, port, timeout_ms)
     try:
         if (tls and port != 443) or (not tls and port != 80):
@@ -293,9 +293,9 @@ def open(url, method="GET", headers=None, body=None, timeout_ms=10000, max_redir
         loc = r.headers.get("location")
         r.close()
         if not loc:
-            raise DownloadError("redirect without location")
+            raise DownloadError("download", "redirect without location")
         if max_redirects <= 0:
-            raise DownloadError("too many redirects")
+            raise DownloadError("download", "too many redirects")
         max_redirects -= 1
         new = join(url, loc)
         if headers and "Authorization" in headers and split(new)[:3] != split(url)[:3]:
@@ -310,13 +310,13 @@ def open(url, method="GET", headers=None, body=None, timeout_ms=10000, max_redir
 # object) sees every byte. Here rather than in mpota.dsse, so that dsse is not in RAM while a
 # document downloads.
 def read_capped(resp, cap, h=None):
-    from mpota.errors import DocumentTooLarge
+    from mpota.errors import MetadataError
 
     n = resp.length
     if n is not None:
         # known length: read straight into a buffer of that size (no copies, no regrowth)
         if n > cap:
-            raise DocumentTooLarge("document of %d bytes (cap %d)" % (n, cap))
+            raise MetadataError("too_large", "document of %d bytes (cap %d)" % (n, cap))
         out = bytearray(n)
         mv = memoryview(out)
         got = 0
@@ -339,4 +339,4 @@ def read_capped(resp, cap, h=None):
         if h is not None:
             h.update(mv[:k])
         if len(out) > cap:
-            raise DocumentTooLarge("document larger than %d bytes" % cap)
+            raise MetadataError("too_large", "document larger than %d bytes" % cap)

@@ -21,17 +21,17 @@ def chip_id(block):
     return block[12] | block[13] << 8
 
 
-# Early reject: raises BadImage unless `block` (the image's first block) starts an app
+# Early reject: raises bad_image unless `block` (the image's first block) starts an app
 # image for `want_chip` (an esp_chip_id_t) carrying an app_desc.
 def check(block, want_chip):
-    from mpota.errors import BadImage
+    from mpota.errors import IntegrityError
 
     if len(block) < _DESC + 256 or block[0] != _MAGIC:
-        raise BadImage("not an ESP app image (magic)")
+        raise IntegrityError("bad_image", "not an ESP app image (magic)")
     if not 1 <= block[1] <= _MAX_SEGMENTS:
-        raise BadImage("bad segment count %d" % block[1])
+        raise IntegrityError("bad_image", "bad segment count %d" % block[1])
     cid = chip_id(block)
     if want_chip is not None and cid != want_chip:
-        raise BadImage("image is for chip id %d, this board is %d" % (cid, want_chip))
+        raise IntegrityError("bad_image", "image is for chip id %d, this board is %d" % (cid, want_chip))
     if _u32(block, _DESC) != _DESC_MAGIC:
-        raise BadImage("no app description")
+        raise IntegrityError("bad_image", "no app description")

@@ -2,7 +2,7 @@
 # object with readinto(buf) -> n (0 at the end): deflate.DeflateIO itself (a window of
 # 2**window_bits bytes).
 # A corrupt stream raises OSError (as DeflateIO does: EINVAL), one that stops early
-# EOFError (DeflateIO's too); the updater reports either as HashMismatch. Errors of `src`
+# EOFError (DeflateIO's too); the updater reports either as hash_mismatch. Errors of `src`
 # (DownloadError) pass through unchanged.
 import io
 

@@ -23,7 +23,7 @@ _ROLES = ("root", "release", "rollout")
 
 
 def _bad(what):
-    raise errors.BadDocument("bad keys " + what)
+    raise errors.MetadataError("malformed", "bad keys " + what)
 
 
 # 1-64 of [A-Za-z0-9._-] starting with a letter or digit (mpota.trust's name rule; kept here so
@@ -93,7 +93,7 @@ def check(doc):
 # and signed by a threshold of its own root keys. Returns the new document or raises.
 def step(data, trusted, scratch=None):
     if len(data) > MAX:
-        raise errors.DocumentTooLarge("keys document of %d bytes" % len(data))
+        raise errors.MetadataError("too_large", "keys document of %d bytes" % len(data))
     payload = _verify(data, trusted["roles"]["root"], scratch)
     import mpota.dsse as dsse
 
@@ -102,12 +102,12 @@ def step(data, trusted, scratch=None):
     _drop("dsse")
     fleet = trusted["fleet"]
     if fleet is not None and doc["fleet"] != fleet:
-        raise errors.NotForThisBoard("keys for fleet %s, this is %s" % (doc["fleet"], fleet))
+        raise errors.MetadataError("wrong_target", "keys for fleet %s, this is %s" % (doc["fleet"], fleet))
     v = trusted["version"]
     if doc["version"] <= v:
-        raise errors.ReplayError("keys version %d, %d already trusted" % (doc["version"], v))
+        raise errors.MetadataError("replayed", "keys version %d, %d already trusted" % (doc["version"], v))
     if doc["version"] != v + 1:
-        raise errors.BadDocument("keys version %d, expected %d" % (doc["version"], v + 1))
+        raise errors.MetadataError("malformed", "keys version %d, expected %d" % (doc["version"], v + 1))
     _verify(data, doc["roles"]["root"], scratch)
     return doc
 
@@ -126,7 +126,7 @@ def _verify(data, role, scratch):
     del p256
     _drop("p256")
     if not ok:
-        raise errors.SignatureError("keys: bad signature")
+        raise errors.MetadataError("bad_signature", "keys: bad signature")
     return payload
 
 

@@ -43,7 +43,7 @@ def _read(reader, mv, want):
     try:
         return _fill(reader, mv, want)
     except (OSError, EOFError) as e:  # only a decompressor raises them (http raises DownloadError)
-        raise errors.HashMismatch("corrupt compressed stream (%s)" % e)
+        raise errors.IntegrityError("hash_mismatch", "corrupt compressed stream (%s)" % e)
 
 
 class Writer:
@@ -89,7 +89,8 @@ class Writer:
         want = len(mv)
         got = _read(reader, mv, want)
         if got < want:
-            raise errors.SizeMismatch("image ends at %d of %d bytes" % (self.pos + got, self.size))
+            raise errors.IntegrityError("size_mismatch",
+                                        "image ends at %d of %d bytes" % (self.pos + got, self.size))
         if blk == 0:
             self.first(self.mv)  # early reject, before anything is written
         self.h.update(mv)
@@ -106,7 +107,7 @@ class Writer:
     # After the last block: the reader must be at its end.
     def end(self, reader):
         if _read(reader, self.one, 1):
-            raise errors.SizeMismatch("image longer than the manifest declares")
+            raise errors.IntegrityError("size_mismatch", "image longer than the manifest declares")
 
     def hex(self):
         return str(binascii.hexlify(self.h.digest()), "ascii")

@@ -28,7 +28,7 @@ _STATES = ("active", "paused", "halted")
 
 # `what` is the field's own name (already interned: no new qstr per message).
 def _bad(what):
-    raise errors.BadDocument("bad " + what)
+    raise errors.MetadataError("malformed", "bad " + what)
 
 
 def _an(c):
@@ -102,7 +102,7 @@ def _time(v, what):
 
 def _expired(exp, now, what):
     if exp is not None and now is not None and exp <= now[0]:
-        raise errors.ExpiredError(what + " expired " + exp)
+        raise errors.MetadataError("expired", what + " expired " + exp)
 
 
 def _hhmm(s):
@@ -165,9 +165,9 @@ def channel(doc, board, name, seen, now):
         _hhmm(w.get("start"))
         _hhmm(w.get("end"))
     if doc["board"] != board or doc["channel"] != name:
-        raise errors.NotForThisBoard("channel is for %s/%s" % (doc["board"], doc["channel"]))
+        raise errors.MetadataError("wrong_target", "channel is for %s/%s" % (doc["board"], doc["channel"]))
     if seq < seen:
-        raise errors.ReplayError("channel seq %d < %d already seen" % (seq, seen))
+        raise errors.MetadataError("replayed", "channel seq %d < %d already seen" % (seq, seen))
     _expired(exp, now, "channel")
     return doc
 
@@ -198,7 +198,7 @@ def wanted(ch, group, device_id, running, now):
     return running is None or _compare(ch["release"]["version"], running) != 0
 
 
-# compare(a, b) of mpota.version; a running version that is no version is BadDocument.
+# compare(a, b) of mpota.version; a running version that is no version is malformed.
 def _compare(a, b):
     import mpota.version as v
 
@@ -307,23 +307,25 @@ def manifest(doc, ch, board, chip, running, floor, slot_size, now):
         _bad("expires")
     # the decisions
     if v != ch["release"]["version"]:
-        raise errors.PinMismatch("manifest %s, channel says %s" % (v, ch["release"]["version"]))
+        raise errors.MetadataError("manifest_mismatch",
+                                   "manifest %s, channel says %s" % (v, ch["release"]["version"]))
     if board not in hw:
-        raise errors.NotForThisBoard("release is not for board %s" % board)
+        raise errors.MetadataError("wrong_target", "release is not for board %s" % board)
     if chip is not None and doc["chip"] != chip:
-        raise errors.NotForThisBoard("release is for chip %s, this is %s" % (doc["chip"], chip))
+        raise errors.MetadataError("wrong_target", "release is for chip %s, this is %s" % (doc["chip"], chip))
     if sv < floor:
-        raise errors.SecurityVersionError("security_version %d below the floor %d" % (sv, floor))
+        raise errors.MetadataError("security_version", "security_version %d below the floor %d" % (sv, floor))
     if running is not None and _compare(v, running) <= 0 and md.get("allow_downgrade") is not True:
-        raise errors.NotNewer("%s is not newer than the running %s" % (v, running))
+        raise errors.MetadataError("not_newer", "%s is not newer than the running %s" % (v, running))
     if img is not None:
         if size > slot_size:
-            raise errors.TooBig("image of %d bytes, slot holds %d" % (size, slot_size))
+            raise errors.MetadataError("too_big", "image of %d bytes, slot holds %d" % (size, slot_size))
         if ts > size + size // _GROWTH + 1024:
-            raise errors.TooBig("transfer of %d bytes for an image of %d" % (ts, size))
+            raise errors.MetadataError("too_big", "transfer of %d bytes for an image of %d" % (ts, size))
         for d in ds:
             if d["size"] > size + size // _GROWTH + 1024:
-                raise errors.TooBig("patch of %d bytes for an image of %d" % (d["size"], size))
+                raise errors.MetadataError("too_big",
+                                           "patch of %d bytes for an image of %d" % (d["size"], size))
     _expired(exp, now, "release")
     return doc
 

@@ -9,7 +9,7 @@
 # (mpota.check: fetch the documents, verify their signatures, apply the trust rules of
 # mpota.trust, which make the Offer) runs first; the transfer streams the image from
 # mpota.http (through mpota.inflate or mpota.delta) into the next slot with mpota.slot.Writer,
-# which also reads it back. Every failure raises an mpota.errors.OTAError subclass and is reported
+# which also reads it back. Every failure raises an mpota.errors.OTAError and is reported
 # (`failed`, detail.reason = error.code); the running slot and the boot slot are never
 # touched before the new image is complete and verified.
 #
@@ -36,7 +36,7 @@ _BLOCK = const(4096)
 _SAVE_EVERY = const(32)   # blocks between download-progress saves (each one a flash write)
 _RATE_MS = const(10000)   # window of the slow-retrieval guard (Config.min_rate bytes/s)
 # What a corrupt compressed stream raises: OSError (EINVAL), or EOFError from DeflateIO when the
-# deflate data wants more than the transfer holds. The updater reports either as HashMismatch.
+# deflate data wants more than the transfer holds. The updater reports either as hash_mismatch.
 _CORRUPT = (OSError, EOFError)
 
 
@@ -47,9 +47,9 @@ def _hex(h):
 
 
 def _retryable(e):
-    if isinstance(e, errors.HTTPStatusError):
+    if e.status is not None:
         return e.status >= 500 or e.status in (408, 429)
-    return isinstance(e, errors.DownloadError)
+    return True
 
 
 class _Restart(Exception):
@@ -78,7 +78,7 @@ class _Source:
             self.r.close()
             self.r = None
 
-    # DownloadTimeout when the connection brought fewer than min_rate bytes/s over the last
+    # A timeout when the connection brought fewer than min_rate bytes/s over the last
     # _RATE_MS, counted from the request (called before the `n` bytes just read are counted).
     # It runs between reads: on MicroPython a socket readinto() returns only once the buffer
     # is full, so a drip just under the read timeout delays the cut by up to one block.
@@ -97,7 +97,7 @@ class _Source:
             self.t0, self.p0 = now, self.pos
             if got * 1000 < rate * ms:
                 self.slow += 1
-                raise errors.DownloadTimeout("slow retrieval: %d bytes in %d ms" % (got, ms))
+                raise errors.DownloadError("timeout", "slow retrieval: %d bytes in %d ms" % (got, ms))
             self.slow = 0
 
     def _open(self):
@@ -115,20 +115,22 @@ class _Source:
             want = "bytes %d-%d/" % (pos, self.total - 1)
             if not cr.startswith(want) or cr[len(want) :] not in (str(self.total), "*"):
                 r.close()
-                raise errors.SizeMismatch("Content-Range %s, expected %s%d" % (cr[:40], want, self.total))
+                raise errors.IntegrityError("size_mismatch",
+                                            "Content-Range %s, expected %s%d" % (cr[:40], want, self.total))
         elif st == 200:
             if pos:
                 # Range ignored: this response is the whole file; start over on it
                 self.restarts += 1
                 if self.restarts > self.u.cfg.retries + 1:
                     r.close()
-                    raise errors.HTTPStatusError(200, "again: the server ignores Range")
+                    raise errors.http_status(200, "again: the server ignores Range")
                 pos = self.pos = 0
         else:
             r.expect(200, 206)
         if r.length is not None and r.length != self.total - pos:
             r.close()
-            raise errors.SizeMismatch("server sends %d bytes, expected %d" % (r.length, self.total - pos))
+            raise errors.IntegrityError("size_mismatch",
+                                        "server sends %d bytes, expected %d" % (r.length, self.total - pos))
         r.headers.clear()  # checked: the body needs none of them (room for the download)
         self.r = r
         self.t0 = None  # the rate window starts with the connection
@@ -153,7 +155,7 @@ class _Source:
                 if n:
                     self._pace(n)
                     break
-                raise errors.DownloadError("connection closed early")
+                raise errors.DownloadError("download", "connection closed early")
             except errors.DownloadError as e:
                 self.close()
                 self.t0 = None  # each connection is paced over its own windows
@@ -178,7 +180,7 @@ class _Source:
                 extra = 0
             if extra:
                 self.close()
-                raise errors.SizeMismatch("transfer longer than the manifest declares")
+                raise errors.IntegrityError("size_mismatch", "transfer longer than the manifest declares")
         self.close()
 
 
@@ -360,7 +362,7 @@ class Updater:
             pe = getattr(sys, "print_exception", None)
             if pe is not None:
                 pe(e)  # unexpected (MemoryError, a bug): keep the traceback in the log
-            e = errors.OTAError("%s: %s" % (type(e).__name__, e))
+            e = errors.OTAError("error", "%s: %s" % (type(e).__name__, e))
         self._report("failed", offer, reason=e.code, error=str(e))
         return e
 
@@ -432,7 +434,7 @@ class Updater:
             self.state["pending"] = None
             self.state.save()
         elif p:
-            e = errors.UpdatePending("an installed update awaits its trial boot")
+            e = errors.OTAError("pending", "an installed update awaits its trial boot")
             raise self._fail(e, None)
         try:
             offer = self.check() if offer is None else self._recheck(offer)
@@ -485,7 +487,7 @@ class Updater:
             st.save()
             return
         if part.info()[4] != o.slot:
-            raise errors.FlashError("next slot changed")
+            raise errors.FlashError("flash", "next slot changed")
         try:
             if not o.deltas or not _delta_install(self, o, run, part):
                 self._transfer(o, part, None, run)
@@ -502,7 +504,7 @@ class Updater:
         st["dl"] = None
         if not ok:
             st.save()
-            raise errors.FlashError("slot read-back does not match the image hash")
+            raise errors.FlashError("flash", "slot read-back does not match the image hash")
         # phase "installing" until set_boot() returned (see trial.py): a board cut before
         # that never left the old slot and must not count the install as a failed update
         st["pending"] = self._pending(o, app)
@@ -514,7 +516,7 @@ class Updater:
         except OSError as e:
             st["pending"] = None
             st.save()
-            raise errors.FlashError("set_boot refused the image (%s)" % e)
+            raise errors.FlashError("flash", "set_boot refused the image (%s)" % e)
         del st["pending"]["phase"]
         st.save()
 
@@ -538,7 +540,7 @@ class Updater:
         try:
             return appfiles.install(self, o, src)
         except OSError as e:  # the filesystem refused (full, worn): the confirmed app is untouched
-            raise errors.FlashError("app files: %s" % (e,))
+            raise errors.FlashError("flash", "app files: %s" % (e,))
         finally:
             del appfiles
             _unload("appfiles")
@@ -593,11 +595,12 @@ class Updater:
                     dl["offset"] = dl["transfer_offset"] = 0
             src.finish(w.one)
             if not plain and src.pos != tsize:
-                raise errors.SizeMismatch("compressed stream ends before the transfer does")
+                raise errors.IntegrityError("size_mismatch",
+                                            "compressed stream ends before the transfer does")
             if not plain and _hex(src.h) != thash:
-                raise errors.HashMismatch("transfer hash mismatch")
+                raise errors.IntegrityError("hash_mismatch", "transfer hash mismatch")
             if w.hex() != o.hash:
-                raise errors.HashMismatch("image hash mismatch")
+                raise errors.IntegrityError("hash_mismatch", "image hash mismatch")
         except errors.DownloadError:
             if plain:
                 st.save()  # keep the progress: the next update() resumes
@@ -624,7 +627,7 @@ class Updater:
             try:
                 reader = delta.Patched(reader, dp[1], dp[0], o.size)
             except _CORRUPT as e:
-                raise errors.HashMismatch("corrupt compressed stream (%s)" % e)
+                raise errors.IntegrityError("hash_mismatch", "corrupt compressed stream (%s)" % e)
         nblk = w.nblk
         step = (nblk + 3) // 4  # progress reports at 0/25/50/75 %
         every = max(_SAVE_EVERY, nblk // 8)  # progress saves: each a flash write, at most ~8
@@ -642,7 +645,7 @@ class Updater:
             try:
                 reader.finish()
             except _CORRUPT as e:
-                raise errors.HashMismatch("corrupt compressed stream (%s)" % e)
+                raise errors.IntegrityError("hash_mismatch", "corrupt compressed stream (%s)" % e)
 
     # Download progress at 0/25/50/75 %, each step reported once per update.
     def _progress(self, o, pos, size):

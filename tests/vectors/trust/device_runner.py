@@ -31,16 +31,16 @@ def verdict(case, ks):
     now = now_of(d["now"])
     data = case["channel"].encode()
     if len(data) > config.CHANNEL_MAX:
-        raise errors.DocumentTooLarge("channel")
+        raise errors.MetadataError("too_large", "channel")
     doc = dsse.parse(dsse.verify(data, dsse.CHANNEL, ks["rollout"], None, d["rollout_threshold"]), "channel")
     ch = trust.channel(doc, d["board"], d["channel"], d["seen_seq"], now)
     if not trust.wanted(ch, d["group"], d["device_id"], d["running"], now):
         return "none"
     data = case["manifest"].encode()
     if len(data) > config.MANIFEST_MAX:
-        raise errors.DocumentTooLarge("manifest")
+        raise errors.MetadataError("too_large", "manifest")
     if str(binascii.hexlify(hashlib.sha256(data).digest()), "ascii") != ch["release"]["manifest_sha256"]:
-        raise errors.PinMismatch("pin")
+        raise errors.MetadataError("manifest_mismatch", "pin")
     m = dsse.parse(dsse.verify(data, dsse.RELEASE, ks["release"], None, d["release_threshold"]), "release")
     trust.manifest(m, ch, d["board"], d["chip"], d["running"], d["floor"], d["slot_size"], now)
     o = trust.offer(ch, m, "https://feed.example/" + ch["release"]["manifest"])
