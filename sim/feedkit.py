@@ -441,6 +441,7 @@ class RunOut:
     stderr: str
     ops: int = -1
     log: list[tuple[str, int, int]] = field(default_factory=list)
+    slot: str | None = None  # the slot the bootloader started
 
     def result(self) -> dict[str, Any]:
         for line in reversed(self.stdout.splitlines()):
@@ -478,12 +479,65 @@ class Board:
 
     def run(self, body: str, interpreter: str, heapsize: str | None = None, timeout: float = 60,
             cut: Any = None, fs_cuts: list[str] | None = None) -> RunOut:
-        head = "import simboot\nCONFIG = simboot.CONFIG\n"
-        if interpreter == "micropython" and heapsize is None:
-            heapsize = "2m"
-        r = self.sim.run(head + body, interpreter, heapsize=heapsize, timeout=timeout, cut=cut,
-                         fs_cuts=fs_cuts)
-        return RunOut(r.kind, r.returncode, r.stdout, r.stderr, r.ops, r.log)
+        r = self.sim.run(_HEAD + body, interpreter, heapsize=_heap(interpreter, heapsize), timeout=timeout,
+                         cut=cut, fs_cuts=fs_cuts)
+        return RunOut(r.kind, r.returncode, r.stdout, r.stderr, r.ops, r.log, r.slot)
+
+    def boot_until_settled(self, body: str, interpreter: str, timeout: float = 60) -> list[RunOut]:
+        """Boot ``body`` until the board stops resetting itself (a trial that rolls back resets)."""
+        runs = self.sim.boot_until_settled(_HEAD + body, interpreter=interpreter, timeout=timeout,
+                                           heapsize=_heap(interpreter, None))
+        return [RunOut(r.kind, r.returncode, r.stdout, r.stderr, r.ops, r.log, r.slot) for r in runs]
+
+
+_HEAD = "import simboot\nCONFIG = simboot.CONFIG\n"
+
+
+def _heap(interpreter: str, heapsize: str | None) -> str | None:
+    return "2m" if interpreter == "micropython" and heapsize is None else heapsize
+
+
+def device_kind(interpreter: str) -> str:
+    """How the device package goes on a board: compiled .mpy under MicroPython (as deployed), the
+    source under CPython."""
+    return "mpy" if interpreter == "micropython" else "copy"
+
+
+class FeedEnv:
+    """One test's feed on the module's shared ``FeedServer`` and the simulated board polling it.
+    ``running`` is the factory image the board boots. Tests subclass it for their own checks."""
+
+    def __init__(self, feed: Feed, server: FeedServer, keys: Keys, tmp: Path, interp: str,
+                 running: bytes) -> None:
+        self.feed, self.server, self.keys, self.tmp, self.interp = feed, server, keys, tmp, interp
+        self.running = running
+        self.board: Board | None = None
+        self.last: RunOut | None = None
+        server.reset(feed.root)  # the shared server serves this feed now, with no faults
+
+    def make_board(self, version: str | None = "1.0.0", running: bytes | None = None, name: str = "sim",
+                   create: dict[str, Any] | None = None, **cfg: Any) -> Board:
+        """A board in factory state, its config as `mpota deploy` writes it (``version`` None: as an
+        older deploy did, without the factory version)."""
+        running = self.running if running is None else running
+        if version is not None:
+            cfg = {**factory_config(running, version), **cfg}
+        doc = device_config(self.server, self.keys, **cfg)
+        self.board = Board(self.tmp / name, running, doc, device_kind(self.interp), **(create or {}))
+        return self.board
+
+    def update(self, call: str = "update(reset=False)", **run: Any) -> dict[str, Any]:
+        """One Updater call on the board (``update_script``); its RESULT."""
+        assert self.board is not None
+        out = self.last = self.board.run(update_script(call), self.interp, **run)
+        assert out.returncode == 0, out.stdout + out.stderr
+        return out.result()
+
+    def failed_reasons(self) -> list[str]:
+        return [d.get("reason", "") for e, d in self.server.events() if e == "failed"]
+
+    def image_requests(self) -> list[Request]:
+        return [r for r in self.server.requests if "/firmware.bin" in r.path]
 
 
 # The device script every updater test runs: one update(), the outcome as one JSON line.

@@ -6,6 +6,8 @@ Helpers that are not fixtures: tests/helpers.py (run_cli, free_port), tests/coll
 - ``sim_board``: a fresh simulated esp32-generic-4mb board (factory state, v1.0.0 in ota_0,
   device package copied to /lib/mpota) in the test's tmp dir.
 - ``make_board(name="esp32-generic-4mb", **kwargs)``: more boards (see ``SimBoard.create``).
+- ``keys`` / ``server``: per test module, a release + rollout key set (``sim.feedkit.Keys``) and a
+  loopback ``FeedServer``; a test points the server at its own feed (``sim.feedkit.FeedEnv``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 import pytest
 
 from sim.board import SimBoard
+from sim.feedkit import FeedServer, Keys, serve
 
 
 @pytest.fixture(params=[
@@ -42,6 +45,17 @@ def make_board(tmp_path: Path) -> Callable[..., SimBoard]:
 @pytest.fixture
 def sim_board(make_board: Callable[..., SimBoard]) -> SimBoard:
     return make_board()
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
+    return Keys(tmp_path_factory.mktemp("keys"))
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FeedServer]:
+    with serve(tmp_path_factory.mktemp("empty")) as s:
+        yield s
 
 
 @pytest.fixture

@@ -6,26 +6,21 @@ together with the firmware (mpota.trial)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from sim.feedkit import (
-    Board,
     Feed,
+    FeedEnv,
     FeedServer,
     Keys,
-    device_config,
-    factory_config,
     image,
-    serve,
     update_script,
 )
 
 RUNNING = "1.0.0"
-INTERPRETERS = ["cpython", pytest.param("micropython", marks=pytest.mark.mpy)]
 
 # What main.py does first on every boot: into the active app folder (the current folder is
 # first on a board's import path), its own health check (app_health.check) in the trial, then
@@ -64,27 +59,18 @@ def app_dir(root: Path, version: str, healthy: bool = True, extra: dict[str, byt
     return d
 
 
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
-    return Keys(tmp_path_factory.mktemp("keys"))
-
-
 @pytest.fixture
-def rig(tmp_path: Path, keys: Keys, request: pytest.FixtureRequest) -> Iterator[Rig]:
-    with serve(tmp_path / "feed") as server:
-        yield Rig(tmp_path, keys, server, request.param)
+def rig(interp: str, keys: Keys, server: FeedServer, tmp_path: Path) -> Rig:
+    return Rig(tmp_path, keys, server, interp)
 
 
-class Rig:
+class Rig(FeedEnv):
+    """A board running RUNNING from the factory, with a filesystem model (free space counted)."""
+
     def __init__(self, tmp: Path, keys: Keys, server: FeedServer, interp: str, name: str = "sim",
                  fs_size: int | None = None) -> None:
-        self.tmp, self.keys, self.server, self.interp = tmp, keys, server, interp
-        self.feed = Feed(tmp / "feed", keys)
-        server.reset(self.feed.root)
-        running = image(RUNNING)
-        cfg = device_config(server, keys, **factory_config(running, RUNNING))
-        self.board = Board(tmp / name, running, cfg, "mpy" if interp == "micropython" else "copy",
-                           fs_model=True, fs_size=fs_size)
+        super().__init__(Feed(tmp / "feed", keys), server, keys, tmp, interp, image(RUNNING))
+        self.make_board(version=RUNNING, name=name, create={"fs_model": True, "fs_size": fs_size})
 
     def release(self, version: str, *, firmware: bool = True, healthy: bool = True, **kw: Any) -> Path:
         out = self.feed.add_release(version, app_dir=app_dir(self.tmp, version, healthy),
@@ -92,20 +78,13 @@ class Rig:
         self.feed.set_channel(version)
         return out
 
-    def update(self, **kw: Any) -> dict[str, Any]:
-        out = self.board.run(update_script(), self.interp, **kw)
-        assert out.returncode == 0, out.stdout + out.stderr
-        return out.result()
-
     def boot(self) -> list[dict[str, Any]]:
         """Boot until the board settles (a rollback resets); every boot's RESULT."""
-        head = "import simboot\nCONFIG = simboot.CONFIG\n"
-        heap = "2m" if self.interp == "micropython" else None
-        runs = self.board.sim.boot_until_settled(head + BOOT, interpreter=self.interp, heapsize=heap)
+        runs = self.board.boot_until_settled(BOOT, self.interp)
         out = []
         for r in runs:
             lines = [ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")]
-            out.append(json.loads(lines[-1][7:]) if lines else {"kind": r.kind, "output": r.output[-2000:]})
+            out.append(json.loads(lines[-1][7:]) if lines else {"kind": r.kind, "output": r.stderr[-2000:]})
         assert runs[-1].kind == "exit", runs[-1]
         return out
 
@@ -118,15 +97,8 @@ class Rig:
     def health_failed(self) -> list[str]:
         return [d.get("check") for e, d in self.server.events() if e == "health_failed"]
 
-    def firmware_requests(self) -> list[str]:
-        return [r.path for r in self.server.requests if "/firmware.bin" in r.path]
 
 
-def rigs() -> Any:
-    return pytest.mark.parametrize("rig", INTERPRETERS, indirect=True)
-
-
-@rigs()
 def test_firmware_and_app_then_app_only(rig: Rig) -> None:
     rig.release("1.1.0")
     assert rig.update()["outcome"] == "ok"
@@ -143,7 +115,7 @@ def test_firmware_and_app_then_app_only(rig: Rig) -> None:
     rig.release("1.2.0", firmware=False)
     before = rig.board.boot_state()
     assert rig.update()["outcome"] == "ok"
-    assert rig.firmware_requests() == []
+    assert rig.image_requests() == []
     assert rig.board.boot_state()["otadata"] == before["otadata"]
     assert rig.state()["pending"]["fw"] is False
     runs = rig.boot()
@@ -154,7 +126,6 @@ def test_firmware_and_app_then_app_only(rig: Rig) -> None:
     assert rig.update()["outcome"] == "none"
 
 
-@rigs()
 def test_app_health_failure_rolls_back_app_and_firmware(rig: Rig) -> None:
     rig.release("1.1.0")
     assert rig.update()["outcome"] == "ok"
@@ -174,7 +145,6 @@ def test_app_health_failure_rolls_back_app_and_firmware(rig: Rig) -> None:
     assert "health_failed" in events and "rolled_back" in events
 
 
-@rigs()
 def test_app_only_health_failure_keeps_firmware_and_app(rig: Rig) -> None:
     rig.release("1.1.0", firmware=False)
     assert rig.update()["outcome"] == "ok"
@@ -185,10 +155,9 @@ def test_app_only_health_failure_keeps_firmware_and_app(rig: Rig) -> None:
     assert runs[0]["kind"] == "reset" and set(rig.health_failed()) == {"app"}
     assert runs[-1]["boot"] == "rolled_back" and runs[-1]["app_version"] == "1.1.0"
     assert runs[-1]["slot"] == "ota_0" and rig.board.boot_state()["next"] == "ota_0"
-    assert rig.firmware_requests() == []
+    assert rig.image_requests() == []
 
 
-@rigs()
 def test_tampered_file_is_refused_and_nothing_switches(rig: Rig) -> None:
     rel = rig.release("1.1.0")
     blob = bytearray((rel / "app.bin").read_bytes())
@@ -202,7 +171,6 @@ def test_tampered_file_is_refused_and_nothing_switches(rig: Rig) -> None:
     assert rig.boot()[-1]["app"] is None
 
 
-@rigs()
 @pytest.mark.parametrize("bad", ["../boot.py", "/boot.py", "lib/../../boot.py"])
 def test_path_escaping_the_root_is_refused_before_any_write(rig: Rig, bad: str) -> None:
     rig.release("1.1.0", firmware=False)
@@ -218,7 +186,6 @@ def test_path_escaping_the_root_is_refused_before_any_write(rig: Rig, bad: str) 
     assert not [r for r in rig.server.requests if r.path.endswith("/app.bin")]
 
 
-@rigs()
 def test_bundle_larger_than_free_space_is_refused_before_writing(rig: Rig, tmp_path: Path) -> None:
     small = Rig(tmp_path, rig.keys, rig.server, rig.interp, name="small")
     # a filesystem with 64 KiB left (what simfs counts: blocks per file + a metadata block each)
@@ -252,56 +219,54 @@ def _folder_files(folder: Path) -> dict[str, bytes]:
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
 
 
-@pytest.mark.parametrize("interp", INTERPRETERS)
 def test_power_cut_at_every_file_operation_keeps_one_complete_app(tmp_path: Path, keys: Keys,
-                                                                  interp: str) -> None:
+                                                                  server: FeedServer, interp: str) -> None:
     import shutil
 
     from sim.board import SimBoard
 
-    with serve(tmp_path / "feed") as server:
-        rig = Rig(tmp_path, keys, server, interp, name="ref")
-        for v in ("1.1.0", "1.2.0"):  # 1.1.0 in app.a, then 1.2.0 in app.b, both confirmed
-            rig.release(v, firmware=False)
-            assert rig.update()["outcome"] == "ok"
-            assert rig.boot()[-1]["app_version"] == v
-        rig.release("1.3.0", firmware=False)  # goes into app.a: its old files are removed first
-        files = {v: _app_files(rig.feed, v) for v in ("1.2.0", "1.3.0")}
-        base = tmp_path / "base"
-        shutil.copytree(rig.board.dir, base)
-        # the operations of an uninterrupted update, then of its trial boot (file operations
-        # under /app count, with flash writes, erases and NVS commits)
-        ref = rig.update(fs_cuts=["/app"])
-        assert ref["outcome"] == "ok"
-        assert rig.board.sim.last is not None
-        upd_log = rig.board.sim.last.log
-        head = "import simboot\nCONFIG = simboot.CONFIG\n"
-        heap = "2m" if interp == "micropython" else None
-        trial = rig.board.sim.run(head + BOOT, interp, heapsize=heap, fs_cuts=["/app"])
-        assert trial.kind == "exit"
-        assert sum(1 for k, _, _ in upd_log if k == "file") >= 10
-        points = [("update", n) for n in range(rig.board.sim.last.boot_ops + 1, len(upd_log) + 1)]
-        points += [("trial", n) for n in range(trial.boot_ops + 1, len(trial.log) + 1)]
-        seen = set()
-        for phase, n in points:
-            d = tmp_path / f"cut-{phase}-{n}"
-            shutil.copytree(base, d)
-            b = SimBoard(d)
-            if phase == "trial":
-                assert b.run(head + update_script(), interp, heapsize=heap).kind == "exit"
-            cut = b.run(head + (update_script() if phase == "update" else BOOT), interp, heapsize=heap,
-                        cut=n, fs_cuts=["/app"])
-            assert cut.kind == "powercut", (phase, n, cut)
-            runs = b.boot_until_settled(head + BOOT, interpreter=interp, heapsize=heap)
-            assert runs[-1].kind == "exit", (phase, n, runs[-1])
-            res = json.loads([ln for ln in runs[-1].stdout.splitlines() if ln.startswith("RESULT ")][-1][7:])
-            ver = res["app_version"]
-            assert ver in files, (phase, n, res)
-            # the folder the board imports holds exactly one release's files, every byte
-            active = Path(res["app"]) if interp == "cpython" else d / "fs" / res["app"].lstrip("/")
-            assert _folder_files(active) == files[ver], (phase, n, ver)
-            st = json.loads(b.nvs()["mpota"]["state"])
-            assert st["pending"] is None and st["app"]["version"] == ver
-            seen.add(ver)
-            shutil.rmtree(d)
-        assert seen == {"1.2.0", "1.3.0"}  # cuts early keep the old app, late ones the new
+    rig = Rig(tmp_path, keys, server, interp, name="ref")
+    for v in ("1.1.0", "1.2.0"):  # 1.1.0 in app.a, then 1.2.0 in app.b, both confirmed
+        rig.release(v, firmware=False)
+        assert rig.update()["outcome"] == "ok"
+        assert rig.boot()[-1]["app_version"] == v
+    rig.release("1.3.0", firmware=False)  # goes into app.a: its old files are removed first
+    files = {v: _app_files(rig.feed, v) for v in ("1.2.0", "1.3.0")}
+    base = tmp_path / "base"
+    shutil.copytree(rig.board.dir, base)
+    # the operations of an uninterrupted update, then of its trial boot (file operations
+    # under /app count, with flash writes, erases and NVS commits)
+    ref = rig.update(fs_cuts=["/app"])
+    assert ref["outcome"] == "ok"
+    assert rig.board.sim.last is not None
+    upd_log = rig.board.sim.last.log
+    head = "import simboot\nCONFIG = simboot.CONFIG\n"
+    heap = "2m" if interp == "micropython" else None
+    trial = rig.board.sim.run(head + BOOT, interp, heapsize=heap, fs_cuts=["/app"])
+    assert trial.kind == "exit"
+    assert sum(1 for k, _, _ in upd_log if k == "file") >= 10
+    points = [("update", n) for n in range(rig.board.sim.last.boot_ops + 1, len(upd_log) + 1)]
+    points += [("trial", n) for n in range(trial.boot_ops + 1, len(trial.log) + 1)]
+    seen = set()
+    for phase, n in points:
+        d = tmp_path / f"cut-{phase}-{n}"
+        shutil.copytree(base, d)
+        b = SimBoard(d)
+        if phase == "trial":
+            assert b.run(head + update_script(), interp, heapsize=heap).kind == "exit"
+        cut = b.run(head + (update_script() if phase == "update" else BOOT), interp, heapsize=heap,
+                    cut=n, fs_cuts=["/app"])
+        assert cut.kind == "powercut", (phase, n, cut)
+        runs = b.boot_until_settled(head + BOOT, interpreter=interp, heapsize=heap)
+        assert runs[-1].kind == "exit", (phase, n, runs[-1])
+        res = json.loads([ln for ln in runs[-1].stdout.splitlines() if ln.startswith("RESULT ")][-1][7:])
+        ver = res["app_version"]
+        assert ver in files, (phase, n, res)
+        # the folder the board imports holds exactly one release's files, every byte
+        active = Path(res["app"]) if interp == "cpython" else d / "fs" / res["app"].lstrip("/")
+        assert _folder_files(active) == files[ver], (phase, n, ver)
+        st = json.loads(b.nvs()["mpota"]["state"])
+        assert st["pending"] is None and st["app"]["version"] == ver
+        seen.add(ver)
+        shutil.rmtree(d)
+    assert seen == {"1.2.0", "1.3.0"}  # cuts early keep the old app, late ones the new

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +18,10 @@ from host_tools.imagebuild import build_app_image
 from host_tools.release import compress_image, sign_release
 from sim.feedkit import (
     BOARD,
-    Board,
     Feed,
+    FeedEnv,
     FeedServer,
     Keys,
-    device_config,
-    factory_config,
-    serve,
     update_script,
 )
 
@@ -47,23 +43,10 @@ def build(version: str, release: int) -> bytes:
     return build_app_image("esp32", "", "", 0, code=code(release), build=version)
 
 
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
-    return Keys(tmp_path_factory.mktemp("keys"))
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FeedServer]:
-    with serve(tmp_path_factory.mktemp("empty")) as s:
-        yield s
-
-
-class Rig:
+class Rig(FeedEnv):
     def __init__(self, keys: Keys, server: FeedServer, tmp: Path, interp: str, compress: bool = True) -> None:
-        self.keys, self.server, self.tmp, self.interp = keys, server, tmp, interp
-        self.feed = Feed(tmp / "feed", keys)
-        server.reset(self.feed.root)
-        self.running, self.new = build(RUNNING, 1), build(NEW, 2)
+        super().__init__(Feed(tmp / "feed", keys), server, keys, tmp, interp, build(RUNNING, 1))
+        self.new = build(NEW, 2)
         self.sign(RUNNING, self.running, compress)
         self.sign(NEW, self.new, compress, [self.feed.release_dir(RUNNING)])
         self.feed.set_channel(NEW)
@@ -75,12 +58,8 @@ class Rig:
                      compress=compress, force_version=True, any_role=True, delta_from=bases or [])
 
     def run(self, running: bytes | None = None) -> dict[str, Any]:
-        running = self.running if running is None else running
-        cfg = device_config(self.server, self.keys, **factory_config(running, RUNNING))
-        self.board = Board(self.tmp / "sim", running, cfg, "mpy" if self.interp == "micropython" else "copy")
-        out = self.board.run(update_script(), self.interp)
-        assert out.returncode == 0, out.stdout + out.stderr
-        return out.result()  # type: ignore[no-any-return]
+        self.make_board(version=RUNNING, running=running)
+        return self.update()
 
     def requests(self, part: str) -> int:
         return len([r for r in self.server.requests if part in r.path])
@@ -109,9 +88,9 @@ class Rig:
         self.feed.set_channel(NEW)
 
 
-@pytest.fixture(params=["cpython", "micropython"])
-def rig(request: pytest.FixtureRequest, keys: Keys, server: FeedServer, tmp_path: Path) -> Rig:
-    return Rig(keys, server, tmp_path, request.param)
+@pytest.fixture
+def rig(interp: str, keys: Keys, server: FeedServer, tmp_path: Path) -> Rig:
+    return Rig(keys, server, tmp_path, interp)
 
 
 def test_patch_applied(rig: Rig) -> None:
@@ -206,8 +185,7 @@ def test_a_half_done_plain_download_against_a_patch(keys: Keys, server: FeedServ
     size = len(rig.new)
     done = (size // 4096) * 4096 if left == "one block" else 4096
     assert (size - done <= patch.stat().st_size) == (left == "one block")
-    cfg = device_config(rig.server, rig.keys, **factory_config(rig.running, RUNNING))
-    rig.board = Board(rig.tmp / "sim", rig.running, cfg, "mpy" if interp == "micropython" else "copy")
+    rig.make_board(version=RUNNING)
     rig.board.write_slot("ota_1", rig.new[:done])
     h = hashlib.sha256(rig.new).hexdigest()
     rec = {"version": NEW, "slot": "ota_1", "hash": h, "transfer_hash": h, "offset": done,
@@ -254,8 +232,7 @@ def test_the_running_slot_is_hashed_once_for_several_patches(keys: Keys, server:
     shutil.rmtree(rig.feed.release_dir(NEW))
     rig.sign(NEW, rig.new, True, [rig.feed.release_dir(v) for v in ("0.0.0", "0.1.0", RUNNING)])
     rig.feed.set_channel(NEW)
-    cfg = device_config(rig.server, rig.keys, **factory_config(rig.running, RUNNING))
-    rig.board = Board(rig.tmp / "sim", rig.running, cfg, "mpy" if interp == "micropython" else "copy")
+    rig.make_board(version=RUNNING)
     out = rig.board.run(COUNT_READS + update_script() + 'print("READ", READ[0])\n', interp)
     assert out.result()["outcome"] == "ok", out.stdout + out.stderr
     rig.assert_installed()

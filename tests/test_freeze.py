@@ -29,11 +29,6 @@ from sim.serverkit import ServerThread
 ROLLOUT = {"id": "r-freeze", "state": "active", "groups": [], "percentage": 100.0, "window": None}
 
 
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
-    return Keys(tmp_path_factory.mktemp("keys"))
-
-
 def _feed(tmp: Path, keys: Keys) -> Feed:
     feed = Feed(tmp / "feed", keys)
     feed.add_release("1.1.0", image("1.1.0", size=64 * 1024))

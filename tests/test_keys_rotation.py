@@ -6,8 +6,6 @@ took, and from then on trusts only its keys; a normal poll fetches no keys docum
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +19,11 @@ from host_tools.release import cosign_release
 from sim.feedkit import (
     Board,
     Feed,
+    FeedEnv,
     FeedServer,
     Keys,
     device_config,
-    factory_config,
     image,
-    serve,
     sign_channel_bytes,
     update_script,
 )
@@ -37,8 +34,9 @@ EXTRA = ("rollout2", "release2", "rootA", "rootB", "rootC", "rootD", "rootE", "r
 
 
 @pytest.fixture(scope="module")
-def keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
-    k = Keys(tmp_path_factory.mktemp("keys"))
+def keys(keys: Keys) -> Keys:
+    # conftest's key set, with more roots, a second release and rollout key
+    k = keys
     folder = k.paths["release"].parent
     for name in EXTRA:
         path = folder / f"{name}.key"
@@ -48,21 +46,7 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
     return k
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FeedServer]:
-    with serve(tmp_path_factory.mktemp("empty")) as s:
-        yield s
-
-
-@dataclass
-class Env:
-    feed: Feed
-    server: FeedServer
-    keys: Keys
-    tmp: Path
-    interp: str
-    board: Board | None = None
-
+class Env(FeedEnv):
     def k(self, *names: str) -> list[PrivateKey]:
         return [self.keys.keys[n] for n in names]
 
@@ -91,20 +75,11 @@ class Env:
         path.write_bytes(sign_channel_bytes(doc, self.keys.keys[key]))
         self.feed.seq = doc["seq"]
 
-    def make_board(self, **cfg: Any) -> Board:
-        running = image(RUNNING)
-        cfg = {**factory_config(running, RUNNING), **cfg}
-        device = "mpy" if self.interp == "micropython" else "copy"
-        self.board = Board(self.tmp / "sim", running, device_config(self.server, self.keys, **cfg), device)
-        return self.board
-
     def poll(self, call: str = "check()") -> dict[str, Any]:
         assert self.board is not None
         self.server.requests.clear()
         self.server.reports.clear()
-        out = self.board.run(update_script(call), self.interp)
-        assert out.returncode == 0, out.stdout + out.stderr
-        return out.result()
+        return self.update(call)
 
     def fetched(self) -> list[str]:
         return [r.path for r in self.server.requests if r.method == "GET"]
@@ -114,16 +89,13 @@ class Env:
         p = self.board.sim.fs / "mpota_keys.json"
         return json.loads(p.read_text()) if p.exists() else None
 
-    def failed(self) -> list[str]:
-        return [d.get("reason", "") for e, d in self.server.events() if e == "failed"]
 
 
-@pytest.fixture(params=["cpython", "micropython"])
-def env(request: pytest.FixtureRequest, keys: Keys, server: FeedServer, tmp_path: Path) -> Env:
-    feed = Feed(tmp_path / "feed", keys)
-    server.reset(feed.root)
-    feed.add_release(NEW, image(NEW))
-    return Env(feed, server, keys, tmp_path, request.param)
+@pytest.fixture
+def env(interp: str, keys: Keys, server: FeedServer, tmp_path: Path) -> Env:
+    e = Env(Feed(tmp_path / "feed", keys), server, keys, tmp_path, interp, image(RUNNING))
+    e.feed.add_release(NEW, image(NEW))
+    return e
 
 
 def offered(res: dict[str, Any]) -> bool:
@@ -150,13 +122,13 @@ def test_rollout_key_rotation_from_bare_key_lists(env: Env) -> None:
     assert offered(env.poll())
     assert env.stored()["version"] == 2  # type: ignore[index]
     assert [p for p in env.fetched() if "keys" in p] == ["/keys/2.json"]
-    assert env.failed() == []  # the unknown key on the way is not a failure
+    assert env.failed_reasons() == []  # the unknown key on the way is not a failure
 
     # the attacker holding the old key: refused by a board that has polled once since
     env.channel("rollout", seq=env.feed.seq + 1)
     res = env.poll()
     assert res["outcome"] == "error" and res["code"] == "unknown_key", res
-    assert env.failed() == ["unknown_key"]
+    assert env.failed_reasons() == ["unknown_key"]
     assert env.stored()["version"] == 2  # type: ignore[index]
 
 
@@ -174,7 +146,7 @@ def test_revoked_release_key(env: Env) -> None:
     env.channel("rollout")
     res = env.poll()
     assert res["outcome"] == "error" and res["code"] == "unknown_key", res
-    assert env.stored()["version"] == 2 and env.failed() == ["unknown_key"]  # type: ignore[index]
+    assert env.stored()["version"] == 2 and env.failed_reasons() == ["unknown_key"]  # type: ignore[index]
 
     # the same release signed by the new key installs
     env.feed.add_release("1.2.0", image("1.2.0"), key="release2")
@@ -224,7 +196,7 @@ def test_hostile_keys_document_refused(env: Env, case: str) -> None:
     env.channel("rollout", keys_version=2)
     res = env.poll()
     assert res["outcome"] == "error" and res["code"] == code, res
-    assert env.failed() == [code]
+    assert env.failed_reasons() == [code]
     assert env.stored() is None  # still the seeded v1
 
 

@@ -11,7 +11,6 @@ import json
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +21,12 @@ from host_tools.server.ingest_plan import EXCUSED_REASONS, advance_progress
 from sim.feedkit import (
     Board,
     Feed,
+    FeedEnv,
     FeedServer,
     Keys,
     RunOut,
-    device_config,
     factory_config,
     image,
-    serve,
-    update_script,
 )
 
 # mpota.boot() on the board; the result as one JSON line.
@@ -42,59 +39,30 @@ print("RESULT " + json.dumps({"outcome": res.outcome, "check": res.check,
 '''
 
 
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
-    return Keys(tmp_path_factory.mktemp("keys"))
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FeedServer]:
-    with serve(tmp_path_factory.mktemp("empty")) as s:
-        yield s
-
-
 @pytest.fixture
 def collector() -> Iterator[Collector]:
     with Collector() as c:
         yield c
 
 
-@dataclass
-class Rig:
-    feed: Feed
-    server: FeedServer
+class Rig(FeedEnv):
     collector: Collector
-    keys: Keys
-    tmp: Path
-    interp: str
-    factory: bytes
-    board: Board | None = None
 
-    def make_board(self, **cfg: Any) -> Board:
-        doc = device_config(self.server, self.keys, report_url=self.collector.url, **cfg)
-        device = "mpy" if self.interp == "micropython" else "copy"
-        self.board = Board(self.tmp / "sim", self.factory, doc, device)
-        return self.board
+    def make_board(self, version: str | None = None, **cfg: Any) -> Board:  # type: ignore[override]
+        # by default the config as an older `mpota deploy` wrote it: no factory version
+        return super().make_board(version=version, report_url=self.collector.url, **cfg)
 
     def run(self, body: str, **kw: Any) -> RunOut:
         assert self.board is not None
         return self.board.run(body, self.interp, **kw)
 
-    def update(self, call: str = "update(reset=False)") -> dict[str, Any]:
-        out = self.run(update_script(call))
-        assert out.kind == "exit", out.stdout + out.stderr
-        return out.result()
-
     def boot(self, timeout: int = 5000) -> dict[str, Any]:
         """Boot until the board settles (a trial that rolls back resets); the last result."""
         assert self.board is not None
-        runs = self.board.sim.boot_until_settled(
-            "import simboot\nCONFIG = simboot.CONFIG\n" + BOOT % {"timeout": timeout},
-            interpreter=self.interp, timeout=60, heapsize="2m" if self.interp == "micropython" else None)
+        runs = self.board.boot_until_settled(BOOT % {"timeout": timeout}, self.interp)
         last = runs[-1]
         assert last.kind == "exit", str(last)
-        return dict(RunOut(last.kind, last.returncode, last.stdout, last.stderr).result(),
-                    boots=[r.kind for r in runs], slot=last.slot)
+        return dict(last.result(), boots=[r.kind for r in runs], slot=last.slot)
 
     def publish(self, version: str, **kw: Any) -> bytes:
         data = image(version)
@@ -118,13 +86,9 @@ class Rig:
 @pytest.fixture
 def rig(interp: str, keys: Keys, server: FeedServer, collector: Collector,
         tmp_path: Path) -> Rig:
-    feed = Feed(tmp_path / "feed", keys)
-    server.reset(feed.root)
-    return Rig(feed, server, collector, keys, tmp_path, interp, image("1.0.0"))
-
-
-def image_requests(rig: Rig) -> list[Any]:
-    return [r for r in rig.server.requests if "/firmware.bin" in r.path]
+    rig = Rig(Feed(tmp_path / "feed", keys), server, keys, tmp_path, interp, image("1.0.0"))
+    rig.collector = collector
+    return rig
 
 
 # 1. Stock firmware (empty app_desc version) takes its first and every later update ----------
@@ -158,17 +122,17 @@ def test_stock_firmware_takes_its_first_and_later_updates(rig: Rig) -> None:
 
 def test_factory_image_that_is_a_release_is_up_to_date_by_its_hash(rig: Rig) -> None:
     rig.make_board()
-    rig.feed.add_release("1.0.0", rig.factory)
+    rig.feed.add_release("1.0.0", rig.running)
     rig.feed.set_channel("1.0.0")
     assert rig.update() == {"outcome": "none"}
-    assert image_requests(rig) == []
+    assert rig.image_requests() == []
     assert rig.state()["fw"]["ota_0"][1] == "1.0.0"  # recorded: the next check needs no hashing
     assert rig.reports("failed") == []
 
 
 def test_factory_version_from_deploy_applies_to_that_build_only(rig: Rig) -> None:
     # `mpota deploy` recorded 1.0.0 for the factory build; the channel offers an older release
-    rig.make_board(**factory_config(rig.factory, "1.0.0"))
+    rig.make_board(version="1.0.0")
     rig.publish("0.9.0")
     res = rig.update()
     assert res["outcome"] == "error" and res["code"] == "not_newer", res
@@ -177,7 +141,7 @@ def test_factory_version_from_deploy_applies_to_that_build_only(rig: Rig) -> Non
     import shutil
 
     shutil.rmtree(rig.tmp / "sim")
-    rig.factory = image("0.8.0")
+    rig.running = image("0.8.0")
     rig.make_board(**factory_config(image("1.0.0"), "1.0.0"))
     res = rig.update()
     assert res == {"outcome": "ok", "version": "0.9.0", "slot": "ota_1"}, res
@@ -448,14 +412,14 @@ def test_offer_is_rechecked_before_install(rig: Rig, operator: str) -> None:
         assert rig.state()["pending"]["version"] == "1.1.0"
     else:
         assert res == {"offer": "1.1.0", "installed": None}
-        assert image_requests(rig) == [] and rig.state()["pending"] is None
+        assert rig.image_requests() == [] and rig.state()["pending"] is None
         assert rig.board.sim.next_boot_slot() == "ota_0"
         assert rig.reports("failed") == []
 
 
 def test_run_output_carries_a_version_for_stock_images(rig: Rig) -> None:
     # reports name the version the board runs even though its image carries none
-    rig.make_board(**factory_config(rig.factory, "1.0.0"))
+    rig.make_board(version="1.0.0")
     out = rig.run(HEARTBEATS)
     assert out.kind == "exit", out.stdout + out.stderr
     assert {r["version"] for r in rig.reports("heartbeat")} == {"1.0.0"}
@@ -479,10 +443,10 @@ def test_image_through_redirects_and_chunked_answers(rig: Rig, fault: str) -> No
     res = rig.update()
     assert res == {"outcome": "ok", "version": "1.1.0", "slot": "ota_1"}, res
     assert rig.board is not None and rig.board.slot("ota_1", len(data)) == data
-    kinds = [r.fault for r in image_requests(rig)]
+    kinds = [r.fault for r in rig.image_requests()]
     assert fault.split("_")[0] in kinds, kinds
     if fault.endswith("_resume"):  # resumed from the byte where it broke, not from 0
-        assert [r.range for r in image_requests(rig)][:2] == [None, "bytes=50001-"], image_requests(rig)
+        assert [r.range for r in rig.image_requests()][:2] == [None, "bytes=50001-"], rig.image_requests()
     assert rig.reports("failed") == []
 
 

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +17,11 @@ from sim.feedkit import (
     BOARD,
     Board,
     Feed,
+    FeedEnv,
     FeedServer,
     Keys,
-    RunOut,
     device_config,
-    factory_config,
     image,
-    serve,
     update_script,
 )
 
@@ -33,47 +29,13 @@ RUNNING = "1.0.0"
 NEW = "1.1.0"
 
 
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
-    return Keys(tmp_path_factory.mktemp("keys"))
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FeedServer]:
-    with serve(tmp_path_factory.mktemp("empty")) as s:
-        yield s
-
-
-@dataclass
-class Env:
-    feed: Feed
-    server: FeedServer
-    keys: Keys
-    tmp: Path
-    interp: str
-    running_image: bytes
-    board: Board | None = None
-
-    def make_board(self, **cfg: Any) -> Board:
-        # a stock-style factory image, its version recorded as `mpota deploy` does
-        cfg = {**factory_config(self.running_image, RUNNING), **cfg}
-        cfg_doc = device_config(self.server, self.keys, **cfg)
-        device = "mpy" if self.interp == "micropython" else "copy"
-        self.board = Board(self.tmp / "sim", self.running_image, cfg_doc, device)
-        return self.board
+class Env(FeedEnv):
+    raw_image = b""
 
     def run(self, call: str = "update(reset=False)", **cfg: Any) -> dict[str, Any]:
-        b = self.board or self.make_board(**cfg)
-        out = b.run(update_script(call), self.interp)
-        self.last = out
-        assert out.returncode == 0, out.stdout + out.stderr
-        return out.result()
-
-    def image_requests(self) -> list[Any]:
-        return [r for r in self.server.requests if "/firmware.bin" in r.path]
-
-    def failed_reasons(self) -> list[str]:
-        return [d.get("reason", "") for e, d in self.server.events() if e == "failed"]
+        if self.board is None:
+            self.make_board(version=RUNNING, **cfg)
+        return self.update(call)
 
     def assert_untouched(self, pending_ok: bool = False) -> None:
         b = self.board
@@ -81,7 +43,7 @@ class Env:
         # the boot slot: still ota_0, and no otadata entry selects ota_1
         assert b.boot_state()["next"] == "ota_0"
         assert b.sim.ota_state("ota_1") is None
-        assert b.slot("ota_0", len(self.running_image)) == self.running_image
+        assert b.slot("ota_0", len(self.running)) == self.running
         st = b.state()
         assert pending_ok or st.get("pending") is None
 
@@ -94,7 +56,7 @@ class Env:
         assert b.boot_state()["next"] == "ota_1"
         assert b.sim.ota_state("ota_1") == "NEW"
         assert b.sim.verify_slot("ota_1") is None
-        assert b.slot("ota_0", len(self.running_image)) == self.running_image
+        assert b.slot("ota_0", len(self.running)) == self.running
         st = b.state()
         p = st["pending"]
         assert p["version"] == version and p["slot"] == "ota_1" and p["prev_slot"] == "ota_0"
@@ -106,14 +68,10 @@ class Env:
         assert events[0] == "checking" and events[-2:] == ["downloaded", "installed"]
         assert "failed" not in events
 
-    raw_image: bytes = b""
-
 
 @pytest.fixture
 def env(interp: str, keys: Keys, server: FeedServer, tmp_path: Path) -> Env:
-    feed = Feed(tmp_path / "feed", keys)
-    server.reset(feed.root)
-    return Env(feed, server, keys, tmp_path, interp, image(RUNNING))
+    return Env(Feed(tmp_path / "feed", keys), server, keys, tmp_path, interp, image(RUNNING))
 
 
 def publish(env: Env, version: str = NEW, compress: bool = False, size: int = 128 * 1024, **kw: Any) -> bytes:
@@ -175,7 +133,7 @@ print("RESULT " + json.dumps({"version": o.version, "size": o.size, "rollout": o
 
 
 def test_up_to_date_is_quiet(env: Env) -> None:
-    env.feed.add_release(RUNNING, env.running_image)
+    env.feed.add_release(RUNNING, env.running)
     env.feed.set_channel(RUNNING)
     res = env.run()
     assert res["outcome"] == "none"
@@ -641,8 +599,8 @@ def test_resume_refuses_a_corrupted_prefix(env: Env) -> None:
 def test_run_output_is_clean(env: Env) -> None:
     publish(env)
     env.run()
-    out: RunOut = env.last
-    assert "Traceback" not in out.stdout + out.stderr
+    out = env.last
+    assert out is not None and "Traceback" not in out.stdout + out.stderr
 
 
 # --- power cuts on the simulated board ----------------------------------------------------------
@@ -674,7 +632,7 @@ def _cut_points(log: list[tuple[str, int, int]]) -> dict[str, tuple[int, str]]:
 def test_power_cut_during_update(env: Env, point: str) -> None:
     publish(env, size=200 * 1024)
     if env.interp not in _CUTS:  # the op sequence of an uninterrupted update, once per interpreter
-        ref = Board(env.tmp / "ref", env.running_image, device_config(env.server, env.keys),
+        ref = Board(env.tmp / "ref", env.running, device_config(env.server, env.keys),
                     "mpy" if env.interp == "micropython" else "copy")
         out = ref.run(update_script(), env.interp)
         assert out.result()["outcome"] == "ok"
@@ -685,7 +643,7 @@ def test_power_cut_during_update(env: Env, point: str) -> None:
     out = b.run(update_script(), env.interp, cut=cut)
     assert out.kind == "powercut", out
     st = b.state()
-    assert b.slot("ota_0", len(env.running_image)) == env.running_image
+    assert b.slot("ota_0", len(env.running)) == env.running
     if point != "otadata_written":
         if point in ("after_pending", "otadata_erased"):
             assert st["pending"]["version"] == NEW and st["pending"]["phase"] == "installing"
@@ -716,9 +674,7 @@ def test_update_in_a_capped_heap(keys: Keys, server: FeedServer, tmp_path: Path,
     # MicroPython with -X heapsize and the package as .mpy, as deployed. The simulator's own
     # modules take ~52 KB of this heap (a board does not load them); bench/bench_heap.py
     # measured an update's floor at ~122 KB (plain and zlib), 1.5 MB image.
-    feed = Feed(tmp_path / "feed", keys)
-    server.reset(feed.root)
-    env = Env(feed, server, keys, tmp_path, "micropython", image(RUNNING))
+    env = Env(Feed(tmp_path / "feed", keys), server, keys, tmp_path, "micropython", image(RUNNING))
     publish(env, compress=compress, size=512 * 1024)
     b = env.make_board()
     out = b.run(update_script(), "micropython", heapsize="160k")
@@ -840,9 +796,7 @@ print("RESULT " + json.dumps({"write_us": w, "read_us": r}))
 # MicroPython, plain transfer (whole-block reads); tests/test_hostile_feed.py has the zlib
 # case on both interpreters.
 def test_slow_retrieval_is_cut(keys: Keys, server: FeedServer, tmp_path: Path) -> None:
-    feed = Feed(tmp_path / "feed", keys)
-    server.reset(feed.root)
-    env = Env(feed, server, keys, tmp_path, "micropython", image(RUNNING))
+    env = Env(Feed(tmp_path / "feed", keys), server, keys, tmp_path, "micropython", image(RUNNING))
     publish(env, size=64 * 1024)
     env.server.fault("drip", "firmware.bin", chunk=256, delay=0.3, times=-1)  # ~850 B/s
     b = env.make_board(timeout_ms=800, retries=1, backoff_ms=10, max_backoff_ms=20)
