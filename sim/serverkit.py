@@ -5,7 +5,9 @@ it as devices and operators do.
 OS; ``.url`` is its base URL; ``.stop()`` (or leaving the ``with`` block) shuts it down cleanly.
 ``ReportingDevice`` is a device reduced to its reports: it posts them over real HTTP
 (http.client, keep-alive) with the device token, and runs no device code (for that, sim.board).
-``publish_test_release`` puts a signed release of a built image into a feed.
+``publish_test_release`` puts a signed release of a built image into a feed; ``rollout_feed``
+makes the feed most server tests start from and ``rollout_server`` serves it; ``register`` brings
+``ReportingDevice``s into the fleet.
 """
 
 from __future__ import annotations
@@ -14,13 +16,17 @@ import asyncio
 import http.client
 import json
 import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
+from host_tools.channel import ChannelDoc
 from host_tools.fleet import device_token
-from host_tools.server.app import MpotaServer, ServerConfig, start_site
+from host_tools.keys import PublicKey
+from host_tools.server.app import MpotaServer, ServerConfig, make_publisher, start_site
 from host_tools.server.auth import operator_token
 from host_tools.server.client import ServerClient
 from host_tools.server.orchestrator import ChannelPublisher
@@ -215,3 +221,52 @@ def publish_test_release(feed_dir: str | Path, work_dir: str | Path, key_path: s
             assert f is not None
             (dest / f.name).write_bytes(f.read_bytes())
     return info.out_dir
+
+
+def rollout_feed(root: Path, board: str = "esp32-generic-4mb", old: dict[str, Any] | None = None,
+                 new: dict[str, Any] | None = None) -> tuple[Path, Path]:
+    """A rollout key (role both) at ``root/rollout.pem`` and a feed at ``root/feed``: 1.0.0 on the
+    stable channel, 1.1.0 in the feed ready to roll out (``old``/``new``: more arguments for
+    ``publish_test_release``). Returns (feed, key)."""
+    from host_tools.keys import generate_key
+
+    key, feed = root / "rollout.pem", root / "feed"
+    generate_key(key, "both")
+    publish_test_release(feed, root / "work", key, "1.0.0", board, channel="stable", **(old or {}))
+    publish_test_release(feed, root / "work", key, "1.1.0", board, **(new or {}))
+    return feed, key
+
+
+@contextmanager
+def rollout_server(root: Path, secret: bytes, tick_s: float = 0.1, **config: Any) -> Iterator[ServerThread]:
+    """The rollout server over a fresh ``rollout_feed(root)``, on SQLite in ``root``, publishing
+    channel documents with its key."""
+    feed, key = rollout_feed(root)
+    cfg = ServerConfig(feed_dir=feed, db_url=f"sqlite:///{root / 'db.sqlite'}", fleet_secret=secret,
+                       tick_s=tick_s, **config)
+    with ServerThread(cfg, make_publisher(feed, str(key))) as srv:
+        yield srv
+
+
+def register(url: str, secret: bytes, devices: Iterable[tuple[str, str]],
+             heartbeat: bool = False) -> list[ReportingDevice]:
+    """``ReportingDevice``s for (device id, group) pairs, registered by the operator as
+    `mpota deploy` does; with ``heartbeat`` each then reports healthy once."""
+    out = []
+    for name, group in devices:
+        d = ReportingDevice(url, secret, name, group)
+        assert d.register(secret) == 200
+        if heartbeat:
+            assert d.report("heartbeat", health="OK") == 200
+        out.append(d)
+    return out
+
+
+def fetch_channel(url: str, pub: PublicKey, board: str = "esp32-generic-4mb",
+                  channel: str = "stable") -> ChannelDoc:
+    """The channel document as a device gets it: over HTTP, its signature checked with ``pub``."""
+    c = HttpClient(url)
+    status, _, data = c.request("GET", f"/channels/{board}/{channel}.json")
+    c.close()
+    assert status == 200, status
+    return ChannelDoc.from_envelope_bytes(data, [pub])

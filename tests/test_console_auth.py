@@ -20,11 +20,9 @@ import pytest
 
 from host_tools.cli import main
 from host_tools.fleet import device_token
-from host_tools.keys import generate_key
-from host_tools.server.app import ServerConfig, make_publisher
 from host_tools.server.auth import operator_token
 from host_tools.server.console import COOKIE, SESSION_S, Sessions
-from sim.serverkit import HttpClient, ReportingDevice, ServerThread, publish_test_release
+from sim.serverkit import HttpClient, ReportingDevice, ServerThread, operator_call, register, rollout_server
 
 BOARD = "esp32-generic-4mb"
 SECRET = b"\x31" * 32
@@ -54,24 +52,12 @@ class Web:
 
 
 def _serve(tmp_path: Path, **config: Any) -> Iterator[tuple[ServerThread, str]]:
-    key = tmp_path / "rollout.pem"
-    generate_key(key, "both")
-    feed = tmp_path / "feed"
-    publish_test_release(feed, tmp_path / "work", key, "1.0.0", BOARD, channel="stable")
-    publish_test_release(feed, tmp_path / "work", key, "1.1.0", BOARD)
-    cfg = ServerConfig(feed_dir=feed, db_url=f"sqlite:///{tmp_path / 'db.sqlite'}", fleet_secret=SECRET,
-                       tick_s=0.1, **config)
-    with ServerThread(cfg, make_publisher(feed, str(key))) as srv:
-        d = ReportingDevice(srv.url, SECRET, "canary-1", "canary")
-        assert d.register(SECRET) == 200
-        d.close()
-        c = HttpClient(srv.url)
+    with rollout_server(tmp_path, SECRET, **config) as srv:
+        register(srv.url, SECRET, [("canary-1", "canary")])[0].close()
         plan = {"soak": "1h",
                 "stages": [{"name": "canary"}, {"name": "general", "batch_size_percentage": 50}]}
-        status, _, data = c.request("POST", "/v1/rollouts", json.dumps(
-            {"board": BOARD, "channel": "stable", "version": "1.1.0", "plan": plan, "id": "r-1"}).encode(),
-            {"Authorization": f"Bearer {OP}"})
-        c.close()
+        status, data = operator_call(srv.url, SECRET, "POST", "/v1/rollouts", {
+            "board": BOARD, "channel": "stable", "version": "1.1.0", "plan": plan, "id": "r-1"})
         assert status == 201, data
         yield srv, "r-1"
 

@@ -21,12 +21,18 @@ import pytest
 
 from host_tools.channel import ChannelDoc
 from host_tools.fleet import device_token
-from host_tools.keys import PublicKey, generate_key, load_public_key
-from host_tools.server.app import ServerConfig, make_publisher
+from host_tools.keys import PublicKey, load_public_key
 from host_tools.server.auth import operator_token
 from host_tools.server.bucket import is_eligible
 from sim.browser import chromium, missing, wait_for
-from sim.serverkit import HttpClient, ReportingDevice, ServerThread, operator_call, publish_test_release
+from sim.serverkit import (
+    ReportingDevice,
+    ServerThread,
+    fetch_channel,
+    operator_call,
+    register,
+    rollout_server,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 SHOTS = REPO / "build"
@@ -53,11 +59,7 @@ class Fleet:
         return operator_call(self.srv.url, SECRET, method, path, body)
 
     def channel(self) -> ChannelDoc:
-        c = HttpClient(self.srv.url)
-        status, _, data = c.request("GET", f"/channels/{BOARD}/stable.json")
-        c.close()
-        assert status == 200
-        return ChannelDoc.from_envelope_bytes(data, [self.pub])
+        return fetch_channel(self.srv.url, self.pub, BOARD)
 
     def state(self, rid: str) -> str:
         code, st = self.op("GET", f"/v1/rollouts/{rid}")
@@ -83,19 +85,9 @@ class Fleet:
 
 @pytest.fixture()
 def fleet(tmp_path: Path) -> Iterator[Fleet]:
-    key = tmp_path / "rollout.pem"
-    generate_key(key, "both")
-    feed = tmp_path / "feed"
-    publish_test_release(feed, tmp_path / "work", key, "1.0.0", BOARD, channel="stable")
-    publish_test_release(feed, tmp_path / "work", key, "1.1.0", BOARD)
-    config = ServerConfig(feed_dir=feed, db_url=f"sqlite:///{tmp_path / 'db.sqlite'}", fleet_secret=SECRET,
-                          tick_s=0.1)
-    with ServerThread(config, make_publisher(feed, str(key))) as srv:
-        devices = [ReportingDevice(srv.url, SECRET, f"{g}-{i + 1}", g) for g, n in FLEET for i in range(n)]
-        for d in devices:
-            assert d.register(SECRET) == 200
-            assert d.report("heartbeat", health="OK") == 200
-        yield Fleet(srv, load_public_key(str(key) + ".pub"), devices)
+    with rollout_server(tmp_path, SECRET) as srv:
+        devices = register(srv.url, SECRET, [(f"{g}-{i + 1}", g) for g, n in FLEET for i in range(n)], True)
+        yield Fleet(srv, load_public_key(str(tmp_path / "rollout.pem.pub")), devices)
         for d in devices:
             d.close()
 

@@ -22,7 +22,7 @@ from host_tools.server.auth import operator_token
 from host_tools.server.bucket import is_eligible
 from host_tools.server.store import open_store
 from sim.replicas import ServeProcess
-from sim.serverkit import publish_test_release
+from sim.serverkit import publish_test_release, rollout_feed
 
 pytestmark = pytest.mark.postgres
 
@@ -84,12 +84,8 @@ class Device:
 
 
 def test_replicas_survive_the_leader_being_killed(tmp_path: Path, pg_url: str) -> None:
-    key = tmp_path / "rollout.pem"
-    generate_key(key, "both")
+    feed, key = rollout_feed(tmp_path, BOARD)
     pub = load_public_key(str(key) + ".pub")
-    feed = tmp_path / "feed"
-    publish_test_release(feed, tmp_path / "work", key, "1.0.0", BOARD, channel="stable")
-    publish_test_release(feed, tmp_path / "work", key, "1.1.0", BOARD)
     secret_path = tmp_path / "fleet.secret"
     create_secret(secret_path)
     secret = load_secret(secret_path)

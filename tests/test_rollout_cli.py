@@ -16,10 +16,10 @@ from host_tools.channel import ChannelDoc
 from host_tools.cli import main
 from host_tools.esp_image import parse_image
 from host_tools.fleet import create_secret, device_token, load_secret
-from host_tools.keys import generate_key, load_public_key
+from host_tools.keys import load_public_key
 from host_tools.server.app import ServerConfig, make_publisher
 from host_tools.server.auth import operator_token
-from sim.serverkit import ReportingDevice, ServerThread, publish_test_release
+from sim.serverkit import ReportingDevice, ServerThread, rollout_feed
 
 REPO = Path(__file__).resolve().parent.parent
 BOARD = "esp32-generic-4mb"
@@ -27,12 +27,8 @@ BOARD = "esp32-generic-4mb"
 
 @pytest.fixture()
 def env(tmp_path: Path) -> Iterator[tuple[Path, ServerThread, list[str]]]:
-    key = tmp_path / "k.pem"
-    generate_key(key, "both")
+    feed, key = rollout_feed(tmp_path, BOARD, {"security_version": 2}, {"security_version": 3})
     create_secret(tmp_path / "fleet.secret")
-    feed = tmp_path / "feed"
-    publish_test_release(feed, tmp_path / "work", key, "1.0.0", BOARD, channel="stable", security_version=2)
-    publish_test_release(feed, tmp_path / "work", key, "1.1.0", BOARD, security_version=3)
     config = ServerConfig(
         feed_dir=feed,
         db_url=f"sqlite:///{tmp_path / 'db.sqlite'}",
@@ -203,7 +199,7 @@ def test_fleet_rollback(
         "--version",
         "1.1.1",
         "--release-key",
-        str(root / "k.pem"),
+        str(root / "rollout.pem"),
         "--any-role",
         *conn,
     )
@@ -212,14 +208,14 @@ def test_fleet_rollback(
     assert "aborted rollout" in out and "step 1/1: rollback" in out, out
     doc = ChannelDoc.from_envelope_bytes(
         (feed / "channels" / BOARD / "stable.json").read_bytes(),
-        [load_public_key(str(root / "k.pem") + ".pub")],
+        [load_public_key(str(root / "rollout.pem") + ".pub")],
     )
     assert (
         doc.release.version == "1.1.1" and doc.rollout.percentage == 100.0 and doc.rollout.state == "active"
     )
     # the new release carries the old firmware with the new version stamped in, and it verifies
     assert (
-        main(["verify", str(feed / "releases" / BOARD / "1.1.1"), "--pubkey", str(root / "k.pem") + ".pub"])
+        main(["verify", str(feed / "releases" / BOARD / "1.1.1"), "--pubkey", f"{root / 'rollout.pem'}.pub"])
         == 0
     )
     rel = feed / "releases" / BOARD
@@ -255,7 +251,7 @@ def test_fleet_rollback(
         "--version",
         "1.1.1",
         "--release-key",
-        str(root / "k.pem"),
+        str(root / "rollout.pem"),
         "--any-role",
         *conn,
     )
@@ -275,7 +271,7 @@ def test_rollback_keeps_the_plan_flags_without_staged(
         d.close()
     code, out, err = _run(
         capsys, "rollout", "rollback", "--feed", str(root / "feed"), "--board", BOARD, "--to", "1.0.0",
-        "--version", "1.1.1", "--release-key", str(root / "k.pem"), "--any-role",
+        "--version", "1.1.1", "--release-key", str(root / "rollout.pem"), "--any-role",
         "--window", "01:00-05:00", "--failure-rate", "5", "--min-finished", "2", "--timeout", "10m", *conn,
     )
     assert code == 0, err
@@ -289,7 +285,7 @@ def test_rollback_keeps_the_plan_flags_without_staged(
     assert st["plan"]["in_progress_timeout"] == 600.0 and stage["soak"] == 0.0
     doc = ChannelDoc.from_envelope_bytes(
         (root / "feed" / "channels" / BOARD / "stable.json").read_bytes(),
-        [load_public_key(str(root / "k.pem") + ".pub")],
+        [load_public_key(str(root / "rollout.pem") + ".pub")],
     )
     assert doc.rollout.window == {"start": "01:00", "end": "05:00"}
 

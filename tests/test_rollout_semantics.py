@@ -17,9 +17,7 @@ from typing import Any
 
 import pytest
 
-from host_tools.keys import generate_key
-from host_tools.server.app import ServerConfig, make_publisher
-from sim.serverkit import HttpClient, ReportingDevice, ServerThread, operator_call, publish_test_release
+from sim.serverkit import HttpClient, ReportingDevice, ServerThread, operator_call, rollout_server
 
 BOARD = "esp32-generic-4mb"
 SECRET = b"\x17" * 32
@@ -76,14 +74,7 @@ class Env:
 
 @pytest.fixture()
 def env(tmp_path: Path) -> Iterator[Env]:
-    key = tmp_path / "rollout.pem"
-    generate_key(key, "both")
-    feed = tmp_path / "feed"
-    publish_test_release(feed, tmp_path / "work", key, "1.0.0", BOARD, channel="stable")
-    publish_test_release(feed, tmp_path / "work", key, "1.1.0", BOARD)
-    config = ServerConfig(feed_dir=feed, db_url=f"sqlite:///{tmp_path / 'db.sqlite'}", fleet_secret=SECRET,
-                          tick_s=0.05)
-    with ServerThread(config, make_publisher(feed, str(key))) as srv:
+    with rollout_server(tmp_path, SECRET, tick_s=0.05) as srv:
         e = Env(srv, [])
         yield e
         for d in e.devices:

@@ -15,11 +15,18 @@ from typing import Any
 import pytest
 
 from host_tools.channel import ChannelDoc
-from host_tools.keys import PublicKey, generate_key, load_public_key
-from host_tools.server.app import ServerConfig, make_publisher
+from host_tools.keys import PublicKey, load_public_key
 from host_tools.server.auth import operator_token
 from host_tools.server.bucket import is_eligible
-from sim.serverkit import HttpClient, ReportingDevice, ServerThread, operator_call, publish_test_release
+from sim.serverkit import (
+    HttpClient,
+    ReportingDevice,
+    ServerThread,
+    fetch_channel,
+    operator_call,
+    register,
+    rollout_server,
+)
 
 BOARD = "esp32-generic-4mb"
 SECRET = b"\x42" * 32
@@ -41,11 +48,7 @@ class Env:
 
     def channel(self) -> ChannelDoc:
         """The channel document as a device gets it: over HTTP, signature checked with the real key."""
-        c = HttpClient(self.srv.url)
-        status, _, data = c.request("GET", f"/channels/{BOARD}/stable.json")
-        c.close()
-        assert status == 200
-        doc = ChannelDoc.from_envelope_bytes(data, [self.pub])
+        doc = fetch_channel(self.srv.url, self.pub, BOARD)
         if not self.docs or self.docs[-1].seq != doc.seq:
             assert not self.docs or doc.seq > self.docs[-1].seq  # seq only grows
             self.docs.append(doc)
@@ -78,19 +81,10 @@ class Env:
 
 @pytest.fixture()
 def env(tmp_path: Path) -> Iterator[Env]:
-    key = tmp_path / "rollout.pem"
-    generate_key(key, "both")
-    feed = tmp_path / "feed"
-    publish_test_release(feed, tmp_path / "work", key, "1.0.0", BOARD, channel="stable")
-    publish_test_release(feed, tmp_path / "work", key, "1.1.0", BOARD)
-    config = ServerConfig(feed_dir=feed, db_url=f"sqlite:///{tmp_path / 'db.sqlite'}", fleet_secret=SECRET,
-                          tick_s=0.05)
-    with ServerThread(config, make_publisher(feed, str(key))) as srv:
-        devices = [ReportingDevice(srv.url, SECRET, f"{g}-{i:02d}", g) for g, n in FLEET for i in range(n)]
-        for d in devices:  # registered by the operator (mpota deploy does it), then a heartbeat
-            assert d.register(SECRET) == 200
-            assert d.report("heartbeat", health="OK") == 200
-        e = Env(tmp_path, feed, key, load_public_key(str(key) + ".pub"), srv, devices, [])
+    with rollout_server(tmp_path, SECRET, tick_s=0.05) as srv:
+        devices = register(srv.url, SECRET, [(f"{g}-{i:02d}", g) for g, n in FLEET for i in range(n)], True)
+        key = tmp_path / "rollout.pem"
+        e = Env(tmp_path, tmp_path / "feed", key, load_public_key(str(key) + ".pub"), srv, devices, [])
         yield e
         for d in devices:
             d.close()

@@ -14,10 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from host_tools.keys import generate_key
-from host_tools.server.app import ServerConfig, make_publisher
 from host_tools.server.auth import operator_token
-from sim.serverkit import HttpClient, ReportingDevice, ServerThread, publish_test_release
+from sim.serverkit import HttpClient, ReportingDevice, ServerThread, operator_call, register, rollout_server
 
 BOARD = "esp32-generic-4mb"
 SECRET = b"\x57" * 32
@@ -29,23 +27,11 @@ PLAN = {"soak": 0, "stages": [{"name": "canary"}, {"name": "pilot", "min_finishe
 
 @pytest.fixture()
 def served(tmp_path: Path) -> Iterator[tuple[ServerThread, list[ReportingDevice]]]:
-    key = tmp_path / "rollout.pem"
-    generate_key(key, "both")
-    feed = tmp_path / "feed"
-    publish_test_release(feed, tmp_path / "work", key, "1.0.0", BOARD, channel="stable")
-    publish_test_release(feed, tmp_path / "work", key, "1.1.0", BOARD)
-    config = ServerConfig(feed_dir=feed, db_url=f"sqlite:///{tmp_path / 'db.sqlite'}", fleet_secret=SECRET,
-                          tick_s=0.1)
-    with ServerThread(config, make_publisher(feed, str(key))) as srv:
-        devices = [ReportingDevice(srv.url, SECRET, name, group)
-                   for name, group in (("c1", "canary"), ("p1", "pilot"), ("p2", "pilot"), ("g1", "general"))]
-        for d in devices:
-            assert d.register(SECRET) == 200
-        c = HttpClient(srv.url)
-        status, _, data = c.request("POST", "/v1/rollouts", json.dumps(
-            {"board": BOARD, "channel": "stable", "version": "1.1.0", "plan": PLAN, "id": "r-w"}).encode(),
-            {"Authorization": f"Bearer {OP}"})
-        c.close()
+    with rollout_server(tmp_path, SECRET) as srv:
+        devices = register(srv.url, SECRET,
+                           [("c1", "canary"), ("p1", "pilot"), ("p2", "pilot"), ("g1", "general")])
+        status, data = operator_call(srv.url, SECRET, "POST", "/v1/rollouts", {
+            "board": BOARD, "channel": "stable", "version": "1.1.0", "plan": PLAN, "id": "r-w"})
         assert status == 201, data
         yield srv, devices
         for d in devices:

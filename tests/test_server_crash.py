@@ -16,9 +16,9 @@ import pytest
 
 from host_tools.channel import ChannelDoc
 from host_tools.fleet import create_secret
-from host_tools.keys import generate_key, load_public_key
+from host_tools.keys import load_public_key
 from host_tools.server.bucket import is_eligible
-from sim.serverkit import ReportingDevice, operator_call, publish_test_release
+from sim.serverkit import ReportingDevice, operator_call, rollout_feed
 
 BOARD = "esp32-generic-4mb"
 
@@ -50,11 +50,8 @@ class Served:
 
 @pytest.fixture()
 def root(tmp_path: Path) -> Path:
-    generate_key(tmp_path / "rollout.pem", "both")
+    rollout_feed(tmp_path, BOARD)
     create_secret(tmp_path / "fleet.secret")
-    feed = tmp_path / "feed"
-    publish_test_release(feed, tmp_path / "work", tmp_path / "rollout.pem", "1.0.0", BOARD, channel="stable")
-    publish_test_release(feed, tmp_path / "work", tmp_path / "rollout.pem", "1.1.0", BOARD)
     return tmp_path
 
 
