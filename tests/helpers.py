@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -17,6 +20,31 @@ def run_cli(*args: str, timeout: float = 60, **kwargs: Any) -> subprocess.Comple
     kwargs.setdefault("cwd", REPO)
     return subprocess.run([sys.executable, "-m", "host_tools.cli", *args], capture_output=True, text=True,
                           timeout=timeout, **kwargs)
+
+
+def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """`mpota ARGV...` in this process (host_tools.cli.main; an argparse exit taken as the exit
+    code): (exit code, stdout, stderr)."""
+    from host_tools.cli import main
+
+    try:
+        code = main(list(argv))
+    except SystemExit as e:
+        code = int(e.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def fails(capsys: pytest.CaptureFixture[str], pattern: str, *argv: str) -> str:
+    """`mpota ARGV...` must fail with one `mpota: error: ` line matching ``pattern``, no traceback;
+    returns that line."""
+    code, out, err = cli(capsys, *argv)
+    assert code != 0, (argv, out)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mpota: error: "), err
+    assert "Traceback" not in err
+    assert re.search(pattern, lines[0]), (pattern, lines[0])
+    return lines[0]
 
 
 def free_port() -> int:

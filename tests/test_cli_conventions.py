@@ -8,6 +8,7 @@ import stat
 from pathlib import Path
 
 import pytest
+from helpers import cli
 
 from host_tools import bundled
 from host_tools.cli import main
@@ -16,14 +17,10 @@ from host_tools.imagebuild import build_app_image
 B32 = "esp32-generic-4mb"
 
 
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def as_json(capsys: pytest.CaptureFixture[str], *argv: str) -> dict[str, object]:
-    code, out, err = run(capsys, *argv, "--json")
+    code, out, err = cli(capsys, *argv, "--json")
     assert code == 0, err
     doc = json.loads(out)
     assert isinstance(doc, dict)
@@ -38,18 +35,18 @@ def work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_commands_create_the_folders_they_write(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert run(capsys, "keygen", "keys/deep/release.pem", "--role", "release")[0] == 0
+    assert cli(capsys, "keygen", "keys/deep/release.pem", "--role", "release")[0] == 0
     assert stat.S_IMODE((work / "keys" / "deep").stat().st_mode) == 0o700  # a new key folder is private
-    code, _, err = run(capsys, "sign", "app.bin", "--key", "keys/deep/release.pem", "--board", B32,
+    code, _, err = cli(capsys, "sign", "app.bin", "--key", "keys/deep/release.pem", "--board", B32,
                        "--version", "2.0.0", "--out", "out/releases/2.0.0")
     assert code == 0, err
     assert (work / "out" / "releases" / "2.0.0" / "manifest.json").is_file()
     # a file where a folder must go is still one clear line
     Path("blocker").write_text("x")
-    code, _, err = run(capsys, "sign", "app.bin", "--key", "keys/deep/release.pem", "--board", B32,
+    code, _, err = cli(capsys, "sign", "app.bin", "--key", "keys/deep/release.pem", "--board", B32,
                        "--version", "2.0.0", "--out", "blocker/2.0.0")
     assert code != 0 and err.count("\n") == 1 and "is not a folder" in err
-    code, _, err = run(capsys, "keygen", "blocker/k.pem")
+    code, _, err = cli(capsys, "keygen", "blocker/k.pem")
     assert code != 0 and err.startswith("mpota: error: cannot create the folder for key")
 
 
@@ -65,7 +62,7 @@ def test_json_on_reporting_commands(work: Path, capsys: pytest.CaptureFixture[st
     assert signed["manifest"]["version"] == "2.0.0"  # type: ignore[index]
     verified = as_json(capsys, "verify", "rel", "--pubkey", "rel.pem.pub")
     assert verified["verified"] is True and verified["checks"]
-    code, _, err = run(capsys, "feed", "publish", "rel", "--feed", "feed", "--channel", "stable",
+    code, _, err = cli(capsys, "feed", "publish", "rel", "--feed", "feed", "--channel", "stable",
                        "--key", "ro.pem")
     assert code == 0, err
     rep = as_json(capsys, "feed", "verify", "feed", "--release-pubkey", "rel.pem.pub",
@@ -79,7 +76,7 @@ def test_json_on_reporting_commands(work: Path, capsys: pytest.CaptureFixture[st
     table = as_json(capsys, "partitions", "show", B32)
     assert table["ota_slots"] == ["ota_0", "ota_1"] and table["slot_size"] > 0  # type: ignore[operator]
     # a failing feed verify still prints JSON, and exits non-zero
-    code, out, _ = run(capsys, "feed", "verify", "feed", "--pubkey", "rel.pem.pub", "--json")
+    code, out, _ = cli(capsys, "feed", "verify", "feed", "--pubkey", "rel.pem.pub", "--json")
     assert code == 1 and json.loads(out)["problems"]
 
 
@@ -104,34 +101,34 @@ def test_help_has_no_doubled_percent(capsys: pytest.CaptureFixture[str]) -> None
 
 
 def test_key_options_do_not_swallow_the_release_dir(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    run(capsys, "keygen", "rel.pem", "--role", "release")
-    run(capsys, "keygen", "rel2.pem", "--role", "release")
-    assert run(capsys, "sign", "app.bin", "--key", "rel.pem", "--board", B32, "--version", "2.0.0",
+    cli(capsys, "keygen", "rel.pem", "--role", "release")
+    cli(capsys, "keygen", "rel2.pem", "--role", "release")
+    assert cli(capsys, "sign", "app.bin", "--key", "rel.pem", "--board", B32, "--version", "2.0.0",
                "--out", "rel")[0] == 0
-    code, out, err = run(capsys, "feed", "add", "--release-pubkey", "rel2.pem.pub", "--release-pubkey",
+    code, out, err = cli(capsys, "feed", "add", "--release-pubkey", "rel2.pem.pub", "--release-pubkey",
                          "rel.pem.pub", "rel", "--feed", "feed")
     assert code == 0, err
     assert (work / "feed" / "releases" / B32 / "2.0.0" / "manifest.json").is_file()
 
 
 def test_inspect_decodes_and_checks_signatures(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    run(capsys, "keygen", "rel.pem", "--role", "release")
-    run(capsys, "keygen", "ro.pem", "--role", "rollout")
-    run(capsys, "sign", "app.bin", "--key", "rel.pem", "--board", B32, "--version", "2.0.0", "--out", "rel")
-    run(capsys, "feed", "publish", "rel", "--feed", "feed", "--channel", "stable", "--key", "ro.pem")
-    code, out, _ = run(capsys, "inspect", "rel")
+    cli(capsys, "keygen", "rel.pem", "--role", "release")
+    cli(capsys, "keygen", "ro.pem", "--role", "rollout")
+    cli(capsys, "sign", "app.bin", "--key", "rel.pem", "--board", B32, "--version", "2.0.0", "--out", "rel")
+    cli(capsys, "feed", "publish", "rel", "--feed", "feed", "--channel", "stable", "--key", "ro.pem")
+    code, out, _ = cli(capsys, "inspect", "rel")
     assert code == 0 and "release manifest" in out and "not checked" in out and "version 2.0.0" in out
-    code, out, _ = run(capsys, "inspect", "rel", "--pubkey", "rel.pem.pub")
+    code, out, _ = cli(capsys, "inspect", "rel", "--pubkey", "rel.pem.pub")
     assert code == 0 and ": valid by rel.pem.pub" in out
-    code, out, _ = run(capsys, "inspect", "rel/manifest.json", "--pubkey", "ro.pem.pub")
+    code, out, _ = cli(capsys, "inspect", "rel/manifest.json", "--pubkey", "ro.pem.pub")
     assert code == 1 and "does not verify" in out
     doc = as_json(capsys, "inspect", f"feed/channels/{B32}/stable.json", "--pubkey", "ro.pem.pub")
     assert doc["kind"] == "channel document" and doc["verified"] is True
     assert doc["payload"]["seq"] == 1  # type: ignore[index]
-    code, _, err = run(capsys, "inspect", "app.bin")
+    code, _, err = cli(capsys, "inspect", "app.bin")
     assert code != 0 and "mpota image info" in err
     Path("junk.json").write_text("{not json")
-    code, _, err = run(capsys, "inspect", "junk.json")
+    code, _, err = cli(capsys, "inspect", "junk.json")
     assert code != 0 and err.startswith("mpota: error: ") and err.count("\n") == 1
 
 

@@ -8,8 +8,8 @@ import random
 from pathlib import Path
 
 import pytest
+from helpers import cli
 
-from host_tools.cli import main
 from host_tools.delta import apply_detools, make_patch
 from host_tools.imagebuild import build_app_image
 from host_tools.release import decode_stream
@@ -17,13 +17,6 @@ from host_tools.release import decode_stream
 B32 = "esp32-generic-4mb"
 
 
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def code_of(release: int, size: int = 200_000) -> bytes:
@@ -41,12 +34,12 @@ def code_of(release: int, size: int = 200_000) -> bytes:
 @pytest.fixture
 def work(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.chdir(tmp_path)
-    assert run(capsys, "keygen", "rel.pem", "--role", "release")[0] == 0
-    assert run(capsys, "keygen", "ro.pem", "--role", "rollout")[0] == 0
+    assert cli(capsys, "keygen", "rel.pem", "--role", "release")[0] == 0
+    assert cli(capsys, "keygen", "ro.pem", "--role", "rollout")[0] == 0
     for i, v in enumerate(("1.0.0", "1.0.1", "1.1.0")):
         Path(f"app-{v}.bin").write_bytes(build_app_image("esp32", v, "micropython", 0, code=code_of(i)))
         argv = ("sign", f"app-{v}.bin", "-k", "rel.pem", "-b", B32, "-V", v, "-o", f"r-{v}")
-        assert run(capsys, *argv)[0] == 0
+        assert cli(capsys, *argv)[0] == 0
     return tmp_path
 
 
@@ -65,7 +58,7 @@ def test_make_patch_rebuilds_and_is_small() -> None:
 
 
 def test_sign_delta_from(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run(capsys, "sign", "app-1.1.0.bin", "-k", "rel.pem", "-b", B32, "-V", "1.1.0",
+    code, out, err = cli(capsys, "sign", "app-1.1.0.bin", "-k", "rel.pem", "-b", B32, "-V", "1.1.0",
                          "--delta-from", "r-1.0.0", "--delta-from", "r-1.0.1", "--compress", "-o", "d")
     assert code == 0, err
     assert "patch delta-from-1.0.0.patch" in out
@@ -80,12 +73,12 @@ def test_sign_delta_from(work: Path, capsys: pytest.CaptureFixture[str]) -> None
         # (the image builder pads each release with fresh bytes: not a tenth here)
         assert len(wire) == d["size"] and d["size"] < doc["image"]["size"] // 3
         assert apply_detools(base, decode_stream(wire, 10, 1 << 24)) == new
-    code, out, _ = run(capsys, "verify", "d", "--pubkey", "rel.pem.pub")
+    code, out, _ = cli(capsys, "verify", "d", "--pubkey", "rel.pem.pub")
     assert code == 0 and "2 patch(es)" in out
     # a patch file changed after signing: verify names it
     p = work / "d" / deltas[0]["url"]
     p.write_bytes(p.read_bytes()[:-1] + b"\0")
-    code, _, err = run(capsys, "verify", "d", "--pubkey", "rel.pem.pub")
+    code, _, err = cli(capsys, "verify", "d", "--pubkey", "rel.pem.pub")
     assert code != 0 and "delta-from-1.0.0.patch.z: size or SHA-256" in err
 
 
@@ -95,24 +88,24 @@ def test_sign_delta_from(work: Path, capsys: pytest.CaptureFixture[str]) -> None
 ])
 def test_sign_delta_from_refusals(work: Path, capsys: pytest.CaptureFixture[str], argv: list[str],
                                   message: str) -> None:
-    code, _, err = run(capsys, "sign", "app-1.1.0.bin", "-k", "rel.pem", "-b", B32, "-V", "1.1.0", *argv,
+    code, _, err = cli(capsys, "sign", "app-1.1.0.bin", "-k", "rel.pem", "-b", B32, "-V", "1.1.0", *argv,
                        "-o", "d")
     assert code != 0 and message in err and err.count("\n") == 1, err
     assert not (work / "d").exists()
 
 
 def test_sign_delta_from_itself(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = run(capsys, "sign", "app-1.1.0.bin", "-k", "rel.pem", "-b", B32, "-V", "1.1.0",
+    code, _, err = cli(capsys, "sign", "app-1.1.0.bin", "-k", "rel.pem", "-b", B32, "-V", "1.1.0",
                        "--delta-from", "r-1.1.0", "-o", "d")
     assert code != 0 and "has the very image being signed" in err
 
 
 def test_feed_add_deltas(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
     for v in ("1.0.0", "1.0.1"):
-        assert run(capsys, "feed", "add", f"r-{v}", "--feed", "feed")[0] == 0
-    code, _, err = run(capsys, "feed", "add", "r-1.1.0", "--feed", "feed", "--deltas", "2")
+        assert cli(capsys, "feed", "add", f"r-{v}", "--feed", "feed")[0] == 0
+    code, _, err = cli(capsys, "feed", "add", "r-1.1.0", "--feed", "feed", "--deltas", "2")
     assert code != 0 and "--key" in err
-    code, out, err = run(capsys, "feed", "add", "r-1.1.0", "--feed", "feed", "--deltas", "1",
+    code, out, err = cli(capsys, "feed", "add", "r-1.1.0", "--feed", "feed", "--deltas", "1",
                          "--key", "rel.pem")
     assert code == 0, err
     rel = work / "feed" / "releases" / B32 / "1.1.0"
@@ -122,9 +115,9 @@ def test_feed_add_deltas(work: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert "patch delta-from-1.0.1.patch.z" in out
     # the release folder is untouched; publishing it points the channel at the feed's copy with patches
     assert "deltas" not in manifest(work / "r-1.1.0" / "manifest.json")["image"]
-    code, _, err = run(capsys, "feed", "publish", "r-1.1.0", "--feed", "feed", "-c", "stable", "-k", "ro.pem")
+    code, _, err = cli(capsys, "feed", "publish", "r-1.1.0", "--feed", "feed", "-c", "stable", "-k", "ro.pem")
     assert code == 0, err
-    code, out, err = run(capsys, "feed", "verify", "feed", "--release-pubkey", "rel.pem.pub",
+    code, out, err = cli(capsys, "feed", "verify", "feed", "--release-pubkey", "rel.pem.pub",
                          "--rollout-pubkey", "ro.pem.pub")
     assert code == 0, out + err
     # a channel doc pins the manifest with the patches
@@ -138,7 +131,7 @@ def test_feed_add_deltas(work: Path, capsys: pytest.CaptureFixture[str]) -> None
 
 def test_feed_add_deltas_needs_an_earlier_release(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
     add = ("feed", "add", "r-1.0.0", "--feed", "feed", "--deltas", "3", "--key")
-    code, _, err = run(capsys, *add, "rel.pem")
+    code, _, err = cli(capsys, *add, "rel.pem")
     assert code != 0 and "no earlier" in err
-    code, _, err = run(capsys, *add, "ro.pem")
+    code, _, err = cli(capsys, *add, "ro.pem")
     assert code != 0 and "rollout" in err

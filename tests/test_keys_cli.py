@@ -4,29 +4,14 @@ boards would take it (host_tools.trust.check_keys), one-line errors and non-zero
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import pytest
+from helpers import cli, fails
 
-from host_tools.cli import main
 from host_tools.keydoc import KeysDoc
 from host_tools.keys import load_public_key
 from host_tools.trust import check_keys
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def fails(capsys: pytest.CaptureFixture[str], pattern: str, *argv: str) -> None:
-    code, out, err = run(capsys, *argv)
-    assert code != 0, (argv, out)
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("mpota: error: "), err
-    assert re.search(pattern, lines[0]), (pattern, lines[0])
 
 
 @pytest.fixture
@@ -34,7 +19,7 @@ def work(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest
     monkeypatch.chdir(tmp_path)
     for name, role in (("ra", "root"), ("rb", "root"), ("rc", "root"), ("rel", "release"), ("ro", "rollout"),
                        ("ro2", "rollout"), ("rel2", "release")):
-        assert run(capsys, "keygen", name, "--role", role)[0] == 0
+        assert cli(capsys, "keygen", name, "--role", role)[0] == 0
     return tmp_path
 
 
@@ -43,7 +28,7 @@ def init(capsys: pytest.CaptureFixture[str], *signers: str) -> tuple[int, str, s
             "--root", "rc.pub", "--root-threshold", "2", "--release", "rel.pub", "--rollout", "ro.pub"]
     for s in signers:
         args += ["--key", s]
-    return run(capsys, *args)
+    return cli(capsys, *args)
 
 
 def hexof(path: str) -> str:
@@ -72,20 +57,20 @@ def test_init_rotate_revoke_show(work: Path, capsys: pytest.CaptureFixture[str])
           r"1 valid of 2", "keys", "rotate", "--feed", "feed", "--role",
           "rollout", "--add", "ro2.pub", "--remove", "ro.pub", "--key", "ra", "--key", "ra")
     assert not (work / "feed/keys/2.json").exists()
-    assert run(capsys, "keys", "rotate", "--feed", "feed", "--role", "rollout", "--add", "ro2.pub",
+    assert cli(capsys, "keys", "rotate", "--feed", "feed", "--role", "rollout", "--add", "ro2.pub",
                "--remove", "ro.pub", "--key", "ra", "--key", "rc")[0] == 0
     v2 = check_keys((work / "feed/keys/2.json").read_bytes(), v1)
     assert v2.role("rollout").keys == [hexof("ro2.pub")]
 
     # a release key and its 2-of-2 threshold, then revoke one (the threshold must come down first)
-    assert run(capsys, "keys", "rotate", "--feed", "feed", "--role", "release", "--add", "rel2.pub",
+    assert cli(capsys, "keys", "rotate", "--feed", "feed", "--role", "release", "--add", "rel2.pub",
                "--threshold", "2", "--key", "ra", "--key", "rb")[0] == 0
     fails(capsys,
           "threshold 2 over the role's 1 keys", "keys", "revoke", "--feed", "feed", "rel.pub",
           "--key", "ra", "--key", "rb")
-    assert run(capsys, "keys", "rotate", "--feed", "feed", "--role", "release", "--threshold", "1",
+    assert cli(capsys, "keys", "rotate", "--feed", "feed", "--role", "release", "--threshold", "1",
                "--key", "ra", "--key", "rb")[0] == 0
-    assert run(capsys, "keys", "revoke", "--feed", "feed", "rel.pub", "--key", "ra", "--key", "rb")[0] == 0
+    assert cli(capsys, "keys", "revoke", "--feed", "feed", "rel.pub", "--key", "ra", "--key", "rb")[0] == 0
     fails(capsys,
           "is in no role", "keys", "revoke", "--feed", "feed", "rel.pub", "--key", "ra", "--key", "rb")
 
@@ -93,9 +78,9 @@ def test_init_rotate_revoke_show(work: Path, capsys: pytest.CaptureFixture[str])
     fails(capsys,
           r"boards would refuse keys v6: .*new root", "keys", "revoke", "--feed", "feed", "rc.pub",
           "--key", "ra", "--key", "rc")
-    assert run(capsys, "keys", "revoke", "--feed", "feed", "rc.pub", "--key", "ra", "--key", "rb")[0] == 0
+    assert cli(capsys, "keys", "revoke", "--feed", "feed", "rc.pub", "--key", "ra", "--key", "rb")[0] == 0
 
-    code, out, _ = run(capsys, "keys", "show", "--feed", "feed", "--json")
+    code, out, _ = cli(capsys, "keys", "show", "--feed", "feed", "--json")
     shown = json.loads(out)
     assert code == 0 and shown["version"] == 6 and shown["roles"]["root"]["threshold"] == 2
     assert shown["roles"]["root"]["keys"] == [hexof("ra.pub"), hexof("rb.pub")]
@@ -112,7 +97,7 @@ def test_legacy_boards_need_a_release_signature(work: Path, capsys: pytest.Captu
             "--rollout", "ro.pub", "--legacy-release", "rel.pub", "--key", "ra"]
     fails(capsys,
           "bare key lists would refuse keys v1 .sign it with one of their release", *base)
-    assert run(capsys, *base, "--key", "rel")[0] == 0
+    assert cli(capsys, *base, "--key", "rel")[0] == 0
     legacy = KeysDoc.legacy([hexof("rel.pub")], [hexof("ro.pub")])
     assert check_keys((work / "feed/keys/1.json").read_bytes(), legacy).version == 1
 
@@ -162,16 +147,16 @@ def test_sign_with_two_keys_and_cosign(work: Path, capsys: pytest.CaptureFixture
 
     Path("app.bin").write_bytes(build_app_image("esp32", "1.0.0", "app", 0, code=bytes(20000)))
     sign = ["sign", "app.bin", "--board", "esp32-generic-4mb", "--version", "1.0.0"]
-    code, out, err = run(capsys, *sign, "--key", "rel", "--key", "rel2", "--out", "r1")
+    code, out, err = cli(capsys, *sign, "--key", "rel", "--key", "rel2", "--out", "r1")
     assert code == 0, err
     assert "keys " in out
     verify = ["verify", "--pubkey", "rel.pub", "--pubkey", "rel2.pub", "--threshold", "2"]
-    assert run(capsys, *verify, "r1")[0] == 0
-    assert run(capsys, *sign, "--key", "rel", "--out", "r2")[0] == 0
+    assert cli(capsys, *verify, "r1")[0] == 0
+    assert cli(capsys, *sign, "--key", "rel", "--out", "r2")[0] == 0
     fails(capsys, r"1 valid of 2", *verify, "r2")
-    code, out, _ = run(capsys, "cosign", "r2", "--key", "rel2")
+    code, out, _ = cli(capsys, "cosign", "r2", "--key", "rel2")
     assert code == 0 and "cosigned" in out
-    assert run(capsys, *verify, "r2")[0] == 0
+    assert cli(capsys, *verify, "r2")[0] == 0
     sigs = json.loads((work / "r2" / "manifest.json").read_text())["signatures"]
     assert [s["keyid"] for s in sigs] == [load_public_key("rel.pub").keyid, load_public_key("rel2.pub").keyid]
     fails(capsys, "already signed by", "cosign", "r2", "--key", "rel2")

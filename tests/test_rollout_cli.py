@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import cli
 
 from host_tools.channel import ChannelDoc
 from host_tools.cli import main
@@ -39,26 +40,22 @@ def env(tmp_path: Path) -> Iterator[tuple[Path, ServerThread, list[str]]]:
         yield tmp_path, srv, ["--server", srv.url, "--fleet-secret", str(tmp_path / "fleet.secret")]
 
 
-def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_fleet_secret_and_tokens(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "s"
-    code, out, _ = _run(capsys, "fleet", "secret", str(path))
+    code, out, _ = cli(capsys, "fleet", "secret", str(path))
     assert code == 0 and "wrote fleet secret" in out
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    code, _, err = _run(capsys, "fleet", "secret", str(path))
+    code, _, err = cli(capsys, "fleet", "secret", str(path))
     assert code == 1 and err.startswith("mpota: error: ") and "already exists" in err and err.count("\n") == 1
-    code, out, _ = _run(capsys, "fleet", "token", "dev-1", "--secret", str(path))
+    code, out, _ = cli(capsys, "fleet", "token", "dev-1", "--secret", str(path))
     assert code == 0 and out.strip() == device_token(load_secret(path), "dev-1")
-    code, out, _ = _run(capsys, "fleet", "token", "--operator", "--secret", str(path))
+    code, out, _ = cli(capsys, "fleet", "token", "--operator", "--secret", str(path))
     assert out.strip() == operator_token(load_secret(path))
-    assert _run(capsys, "fleet", "token", "bad id!", "--secret", str(path))[0] == 1
-    assert _run(capsys, "fleet", "token", "--secret", str(path))[0] == 2
-    assert _run(capsys, "fleet", "token", "dev-1", "--secret", str(tmp_path / "missing"))[0] == 1
+    assert cli(capsys, "fleet", "token", "bad id!", "--secret", str(path))[0] == 1
+    assert cli(capsys, "fleet", "token", "--secret", str(path))[0] == 2
+    assert cli(capsys, "fleet", "token", "dev-1", "--secret", str(tmp_path / "missing"))[0] == 1
 
 
 def test_rollout_commands(
@@ -70,59 +67,45 @@ def test_rollout_commands(
     for d in devs:
         assert d.register(secret) == 200
         assert d.report("heartbeat", health="OK") == 200
-    code, _, err = _run(capsys, "rollout", "status", *conn)
+    code, _, err = cli(capsys, "rollout", "status", *conn)
     assert code == 2 and "no rollouts" in err
-    code, out, err = _run(
-        capsys,
-        "rollout",
-        "start",
-        "--board",
-        BOARD,
-        "--version",
-        "1.1.0",
-        "--id",
-        "r-cli",
-        "--plan",
-        str(REPO / "examples" / "rollout.toml"),
-        "--soak",
-        "1h",
-        *conn,
-    )
+    code, out, err = cli(capsys, "rollout", "start", "--board", BOARD, "--version", "1.1.0", "--id", "r-cli",
+                         "--plan", str(REPO / "examples" / "rollout.toml"), "--soak", "1h", *conn)
     assert code == 0, err
     assert "rollout r-cli: 1.1.0 on esp32-generic-4mb/stable: ACTIVE" in out
     assert "step 1/7: canary" in out and "waiting for: canary: 0 of 1 devices finished" in out
     header = next(line for line in out.splitlines() if line.startswith("stage"))
     assert header.split()[:3] == ["stage", "targeted", "started"] and header.endswith("gate")
     devs[0].update("r-cli", "1.1.0", "rolled_back")
-    code, out, _ = _run(capsys, "rollout", "status", "--json", *conn)
+    code, out, _ = cli(capsys, "rollout", "status", "--json", *conn)
     st = json.loads(out)
     assert st["rollout"]["id"] == "r-cli" and st["stages"][0]["counts"]["rolled_back"] == 1
     import time
 
     for _ in range(100):
-        code, out, _ = _run(capsys, "rollout", "status", "r-cli", "--history", *conn)
+        code, out, _ = cli(capsys, "rollout", "status", "r-cli", "--history", *conn)
         if "PAUSED" in out:
             break
         time.sleep(0.05)
     assert "reason: canary: failure rate 100.0% > 20%" in out and "auto-pause" in out
     canary = next(line for line in out.splitlines() if line.startswith("canary"))
     assert canary.split()[1:8] == ["1", "1", "0", "0", "0", "1", "0"] and canary.endswith("fail")
-    code, out, _ = _run(capsys, "rollout", "resume", *conn)
+    code, out, _ = cli(capsys, "rollout", "resume", *conn)
     assert code == 0 and "ACTIVE" in out
-    code, out, _ = _run(capsys, "rollout", "pause", "r-cli", "--reason", "lunch", *conn)
+    code, out, _ = cli(capsys, "rollout", "pause", "r-cli", "--reason", "lunch", *conn)
     assert code == 0 and "reason: lunch" in out
-    code, out, _ = _run(capsys, "rollout", "list", *conn)
+    code, out, _ = cli(capsys, "rollout", "list", *conn)
     assert "r-cli" in out and "paused" in out
-    code, out, _ = _run(capsys, "rollout", "abort", "--json", *conn)
+    code, out, _ = cli(capsys, "rollout", "abort", "--json", *conn)
     assert json.loads(out)["rollout"]["state"] == "aborted"
-    code, _, err = _run(capsys, "rollout", "abort", "r-cli", *conn)
+    code, _, err = cli(capsys, "rollout", "abort", "r-cli", *conn)
     assert code == 1 and "already aborted" in err
     # inventory
-    code, out, _ = _run(capsys, "devices", *conn)
+    code, out, _ = cli(capsys, "devices", *conn)
     assert code == 0 and "4 device(s)" in out and "canary-1" in out and "rolled_back" in out
-    code, out, _ = _run(capsys, "devices", "--json", *conn)
+    code, out, _ = cli(capsys, "devices", "--json", *conn)
     assert {d["device_id"] for d in json.loads(out)} == {"canary-1", "internal-1", "pilot-1", "general-1"}
-    code, out, _ = _run(capsys, "devices", "canary-1", *conn)
+    code, out, _ = cli(capsys, "devices", "canary-1", *conn)
     assert "health: failed:wifi" in out and "health_failed" in out
     for d in devs:
         d.close()
@@ -141,17 +124,8 @@ def test_cli_errors_are_one_line(
             "not a duration",
         ),
         (
-            [
-                "rollout",
-                "start",
-                "--board",
-                BOARD,
-                "--version",
-                "1.1.0",
-                "--plan",
-                str(tmp_path / "none.toml"),
-                *conn,
-            ],
+            ["rollout", "start", "--board", BOARD, "--version", "1.1.0", "--plan",
+             str(tmp_path / "none.toml"), *conn],
             "cannot read plan",
         ),
         (["rollout", "start", "--board", BOARD, "--version", "7.7.7", *conn], "not in the feed"),
@@ -167,7 +141,7 @@ def test_cli_errors_are_one_line(
         (["serve", "--feed", str(root / "feed"), "--rollout-key", str(root / "fleet.secret")], "PEM"),
     ]
     for argv, message in cases:
-        code, out, err = _run(capsys, *argv)
+        code, out, err = cli(capsys, *argv)
         assert code != 0, argv
         assert err.startswith("mpota: error: ") and message in err and err.count("\n") == 1, (argv, err)
         assert "Traceback" not in err
@@ -182,27 +156,13 @@ def test_fleet_rollback(
     assert canary.register(load_secret(root / "fleet.secret")) == 200
     assert canary.report("heartbeat") == 200  # holds the rollout at its first stage
     canary.close()
-    code, _, err = _run(
+    code, _, err = cli(
         capsys, "rollout", "start", "--board", BOARD, "--version", "1.1.0", "--soak", "1h", *conn
     )
     assert code == 0, err
-    code, out, err = _run(
-        capsys,
-        "rollout",
-        "rollback",
-        "--feed",
-        str(feed),
-        "--board",
-        BOARD,
-        "--to",
-        "1.0.0",
-        "--version",
-        "1.1.1",
-        "--release-key",
-        str(root / "rollout.pem"),
-        "--any-role",
-        *conn,
-    )
+    code, out, err = cli(capsys, "rollout", "rollback", "--feed", str(feed), "--board", BOARD, "--to",
+                         "1.0.0", "--version", "1.1.1", "--release-key", str(root / "rollout.pem"),
+                         "--any-role", *conn)
     assert code == 0, err
     assert "signed rollback release 1.1.1 (image of 1.0.0, security_version 3)" in out
     assert "aborted rollout" in out and "step 1/1: rollback" in out, out
@@ -238,23 +198,8 @@ def test_fleet_rollback(
     )
     assert proc.returncode == 0 and "1.1.1" in proc.stdout, proc.stdout + proc.stderr
     # the same version twice is refused, nothing changes
-    code, _, err = _run(
-        capsys,
-        "rollout",
-        "rollback",
-        "--feed",
-        str(feed),
-        "--board",
-        BOARD,
-        "--to",
-        "1.0.0",
-        "--version",
-        "1.1.1",
-        "--release-key",
-        str(root / "rollout.pem"),
-        "--any-role",
-        *conn,
-    )
+    code, _, err = cli(capsys, "rollout", "rollback", "--feed", str(feed), "--board", BOARD, "--to", "1.0.0",
+                       "--version", "1.1.1", "--release-key", str(root / "rollout.pem"), "--any-role", *conn)
     assert code == 1 and "already has a release 1.1.1" in err
 
 
@@ -269,13 +214,13 @@ def test_rollback_keeps_the_plan_flags_without_staged(
         d = ReportingDevice(srv.url, secret, f"general-{i}", "general")
         assert d.register(secret) == 200 and d.report("heartbeat") == 200
         d.close()
-    code, out, err = _run(
+    code, out, err = cli(
         capsys, "rollout", "rollback", "--feed", str(root / "feed"), "--board", BOARD, "--to", "1.0.0",
         "--version", "1.1.1", "--release-key", str(root / "rollout.pem"), "--any-role",
         "--window", "01:00-05:00", "--failure-rate", "5", "--min-finished", "2", "--timeout", "10m", *conn,
     )
     assert code == 0, err
-    code, out, _ = _run(capsys, "rollout", "status", "--json", *conn)
+    code, out, _ = cli(capsys, "rollout", "status", "--json", *conn)
     st = json.loads(out)
     assert st["rollout"]["version"] == "1.1.1"
     assert st["channel_rollout"]["window"] == {"start": "01:00", "end": "05:00"}
@@ -303,16 +248,16 @@ def test_actions_without_an_id_never_guess_between_open_rollouts(
         srv_op = ReportingDevice(srv.url, secret, f"canary-{channel}", "canary")
         assert srv_op.register(secret, channel=channel) == 200
         srv_op.close()
-        code, _, err = _run(capsys, "rollout", "start", "--board", BOARD, "--version", "1.1.0", "--channel",
+        code, _, err = cli(capsys, "rollout", "start", "--board", BOARD, "--version", "1.1.0", "--channel",
                             channel, "--id", f"r-{channel}", *conn)
         assert code == 0, err
     for action in ("abort", "pause"):
-        code, _, err = _run(capsys, "rollout", action, *conn)
+        code, _, err = cli(capsys, "rollout", action, *conn)
         assert code == 2 and "2 rollouts are open: r-stable (" in err and "r-beta (" in err, err
         assert err.count("\n") == 1
-    code, out, _ = _run(capsys, "rollout", "list", *conn)
+    code, out, _ = cli(capsys, "rollout", "list", *conn)
     assert out.count(" active ") == 2
-    code, out, _ = _run(capsys, "rollout", "abort", "r-beta", *conn)
+    code, out, _ = cli(capsys, "rollout", "abort", "r-beta", *conn)
     assert code == 0 and "ABORTED" in out
-    code, out, _ = _run(capsys, "rollout", "pause", *conn)  # one open rollout left: no doubt
+    code, out, _ = cli(capsys, "rollout", "pause", *conn)  # one open rollout left: no doubt
     assert code == 0 and "r-stable" in out and "PAUSED" in out
