@@ -18,7 +18,7 @@ from host_tools.channel import ChannelDoc
 from host_tools.fleet import create_secret
 from host_tools.keys import load_public_key
 from host_tools.server.bucket import is_eligible
-from sim.serverkit import ReportingDevice, operator_call, rollout_feed
+from sim.serverkit import ReportingDevice, operator_call, register, rollout_feed
 
 BOARD = "esp32-generic-4mb"
 
@@ -60,6 +60,34 @@ def _channel(root: Path) -> ChannelDoc:
     return ChannelDoc.from_envelope_bytes(data, [load_public_key(str(root / "rollout.pem") + ".pub")])
 
 
+def start_rollout(srv: Served, secret: bytes, groups: list[str]) -> None:
+    """The operator registers the fleet (mpota deploy --server) and starts rollout r-crash of 1.1.0."""
+    register(srv.url, secret, [(f"{g}-{i:02d}", g) for i, g in enumerate(groups)])
+    plan = {"soak": 0, "stages": [{"name": "canary"}, {"name": "internal"}, {"name": "pilot"},
+                                  {"name": "general", "batch_size_percentage": 20}]}
+    code, st = srv.op("POST", "/v1/rollouts",
+                      {"board": BOARD, "version": "1.1.0", "plan": plan, "id": "r-crash"})
+    assert code == 201, st
+
+
+def board_step(d: ReportingDevice, root: Path, group: str, acked: set[int]) -> dict[str, Any] | None:
+    """What a board does next: take 1.1.0 when the published document lets it in (its four reports
+    in one POST), else a heartbeat (returned). Sequence numbers the server acknowledged go in ``acked``."""
+    if d.version != "1.1.0":
+        doc = _channel(root).rollout.to_dict()
+        if doc["id"] == "r-crash" and doc["state"] == "active" and is_eligible(doc, d.device_id, group):
+            reports = [d.build(e, "r-crash", "1.1.0")
+                       for e in ("downloading", "downloaded", "installed", "confirmed")]
+            if d.post({"reports": reports})[0] == 200:
+                acked.update(r["seq"] for r in reports)
+                d.version = "1.1.0"
+            return None
+    r = d.build("heartbeat", health="OK")
+    if d.post(r)[0] == 200:
+        acked.add(r["seq"])
+    return r
+
+
 def test_kill_9_mid_ingest_and_mid_rollout(root: Path) -> None:
     secret = bytes.fromhex((root / "fleet.secret").read_text().strip())
     groups = ["canary"] * 2 + ["internal"] * 2 + ["pilot"] * 2 + ["general"] * 10
@@ -68,15 +96,7 @@ def test_kill_9_mid_ingest_and_mid_rollout(root: Path) -> None:
     for round_no, kill_after in enumerate((0.6, 0.3)):
         srv = Served(root)
         if round_no == 0:
-            for i, g in enumerate(groups):  # the operator registers the fleet (mpota deploy --server)
-                reg = ReportingDevice(srv.url, secret, f"{g}-{i:02d}", g)
-                assert reg.register(secret) == 200
-                reg.close()
-            plan = {"soak": 0, "stages": [{"name": "canary"}, {"name": "internal"}, {"name": "pilot"},
-                                          {"name": "general", "batch_size_percentage": 20}]}
-            code, st = srv.op("POST", "/v1/rollouts", {"board": BOARD, "version": "1.1.0", "plan": plan,
-                                                       "id": "r-crash"})
-            assert code == 201, st
+            start_rollout(srv, secret, groups)
         stop = threading.Event()
 
         def device_loop(i: int, group: str, url: str = srv.url, stop: threading.Event = stop) -> None:
@@ -85,19 +105,7 @@ def test_kill_9_mid_ingest_and_mid_rollout(root: Path) -> None:
             mine = acked.setdefault(d.device_id, set())
             try:
                 while not stop.is_set():
-                    if d.version != "1.1.0":  # act on the published document, like a board
-                        doc = _channel(root).rollout.to_dict()
-                        if doc["id"] == "r-crash" and doc["state"] == "active" \
-                                and is_eligible(doc, d.device_id, group):
-                            reports = [d.build(e, "r-crash", "1.1.0") for e in
-                                       ("downloading", "downloaded", "installed", "confirmed")]
-                            if d.post({"reports": reports})[0] == 200:
-                                mine.update(r["seq"] for r in reports)
-                                d.version = "1.1.0"
-                            continue
-                    r = d.build("heartbeat", health="OK")
-                    if d.post(r)[0] == 200:
-                        mine.add(r["seq"])
+                    board_step(d, root, group, mine)
             except OSError:
                 pass  # the server died under us: whatever was not acked may be lost
             finally:

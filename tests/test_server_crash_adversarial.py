@@ -10,10 +10,9 @@ import threading
 import time
 from pathlib import Path
 
-from test_server_crash import BOARD, Served, _channel, root  # noqa: F401  (root is a fixture)
+from test_server_crash import BOARD, Served, _channel, board_step, root, start_rollout  # noqa: F401
 
 from host_tools.fleet import device_token
-from host_tools.server.bucket import is_eligible
 from sim.serverkit import HttpClient, ReportingDevice
 
 
@@ -39,15 +38,7 @@ def test_kill_9_mid_burst_of_hostile_and_good_reports(root: Path) -> None:  # no
     refused: list[tuple[str, int]] = []
     wrong: list[tuple[str, int]] = []  # hostile requests answered other than 4xx
     srv = Served(root)
-    for i, g in enumerate(groups):  # the operator registers the fleet (mpota deploy --server)
-        reg = ReportingDevice(srv.url, secret, f"{g}-{i:02d}", g)
-        assert reg.register(secret) == 200
-        reg.close()
-    plan = {"soak": 0, "stages": [{"name": "canary"}, {"name": "internal"}, {"name": "pilot"},
-                                  {"name": "general", "batch_size_percentage": 20}]}
-    code, st = srv.op("POST", "/v1/rollouts",
-                      {"board": BOARD, "version": "1.1.0", "plan": plan, "id": "r-crash"})
-    assert code == 201, st
+    start_rollout(srv, secret, groups)
     stop = threading.Event()
     lock = threading.Lock()
 
@@ -56,19 +47,9 @@ def test_kill_9_mid_burst_of_hostile_and_good_reports(root: Path) -> None:  # no
         mine = acked.setdefault(d.device_id, set())
         try:
             while not stop.is_set():
-                if d.version != "1.1.0":
-                    doc = _channel(root).rollout.to_dict()
-                    if doc["state"] == "active" and is_eligible(doc, d.device_id, group):
-                        reports = [d.build(e, "r-crash", "1.1.0") for e in
-                                   ("downloading", "downloaded", "installed", "confirmed")]
-                        if d.post({"reports": reports})[0] == 200:
-                            mine.update(r["seq"] for r in reports)
-                            d.version = "1.1.0"
-                        continue
-                r = d.build("heartbeat", health="OK")
-                if d.post(r)[0] == 200:
-                    mine.add(r["seq"])
-                d.post(r)  # and its own replay: 409, nothing stored twice
+                r = board_step(d, root, group, mine)
+                if r is not None:
+                    d.post(r)  # and its own replay: 409, nothing stored twice
         except OSError:
             pass
         finally:
