@@ -69,9 +69,7 @@ def port() -> Iterator[str]:
         os.close(slave)
 
 
-@pytest.fixture(scope="session")
-def pg_cluster() -> Iterator[Any]:
-    """One throwaway PostgreSQL server per test session (worker), started on first use."""
+def _throwaway_pg() -> Iterator[Any]:
     from sim.pgcluster import PgCluster, why_unavailable
 
     reason = why_unavailable()
@@ -82,6 +80,18 @@ def pg_cluster() -> Iterator[Any]:
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Any]:
+    """One throwaway PostgreSQL server per test session (worker), started on first use."""
+    yield from _throwaway_pg()
+
+
+@pytest.fixture
+def own_pg_cluster() -> Iterator[Any]:
+    """A PostgreSQL server of the test's own, one it may stop."""
+    yield from _throwaway_pg()
 
 
 @pytest.fixture

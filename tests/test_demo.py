@@ -8,6 +8,8 @@ from __future__ import annotations
 import base64
 import json
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -15,15 +17,24 @@ import pytest
 from sim.demo import BOARD, Demo, main
 
 
-def test_demo_first_steps_and_cleanup(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    work = tmp_path / "demo-work"
+@contextmanager
+def served_demo(work: Path, boards: int) -> Iterator[Demo]:
+    """A CPython demo through its first steps (keys, images, signed feed, server), stopped after."""
     work.mkdir()
-    demo = Demo(work, 15, "cpython", workers=4)
+    demo = Demo(work, boards, "cpython", workers=4)
     try:
         demo.keys_and_secret()
         demo.images()
         demo.sign_and_publish()
         demo.serve()
+        yield demo
+    finally:
+        demo.stop()
+
+
+def test_demo_first_steps_and_cleanup(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    work = tmp_path / "demo-work"
+    with served_demo(work, 15) as demo:
         server = demo.procs[0]
         assert server.poll() is None
         # the server serves the feed the demo published: v1.2.0 staged behind a paused channel
@@ -43,8 +54,6 @@ def test_demo_first_steps_and_cleanup(tmp_path: Path, capsys: pytest.CaptureFixt
         assert demo.failures == []
         assert demo.fleet is not None and len(demo.fleet.devices) == 15
         assert set(demo.fleet.inventory()) == set(demo.fleet.by_id)
-    finally:
-        demo.stop()
     assert server.poll() is not None, "the demo left its server running"
     with pytest.raises(OSError):
         urllib.request.urlopen(demo.server_url + "/", timeout=2)
@@ -77,17 +86,8 @@ def test_the_whole_story_with_a_small_cpython_fleet(tmp_path: Path) -> None:
 def test_demo_app_files_stage(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # the application-files stage on its own: an app-only release confirmed on every board, then a
     # firmware + app release whose app fails its check, rolled back together (checked by the demo)
-    work = tmp_path / "demo-work"
-    work.mkdir()
-    demo = Demo(work, 12, "cpython", workers=4)
-    try:
-        demo.keys_and_secret()
-        demo.images()
-        demo.sign_and_publish()
-        demo.serve()
+    with served_demo(tmp_path / "demo-work", 12) as demo:
         demo.app_bundles(n=3)
-    finally:
-        demo.stop()
     out = capsys.readouterr().out
     assert demo.failures == [], out[-3000:]
     assert "ok: all 3 boards confirmed app v1.0.1" in out

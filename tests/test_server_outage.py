@@ -4,7 +4,6 @@ so in a line or two instead of a traceback per request."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,23 +18,9 @@ SECRET = b"\x42" * 32
 OP = {"Authorization": f"Bearer {operator_token(SECRET)}"}
 
 
-@pytest.fixture
-def cluster() -> Iterator[Any]:
-    """A PostgreSQL server of this test's own: it is stopped under the mpota server."""
-    from sim.pgcluster import PgCluster, why_unavailable
-
-    reason = why_unavailable()
-    if reason is not None:
-        pytest.skip(f"PostgreSQL tests: {reason}")
-    c = PgCluster()
-    try:
-        yield c
-    finally:
-        c.stop()
-
-
-def test_every_route_answers_503_while_the_database_is_down(cluster: Any, tmp_path: Path,
+def test_every_route_answers_503_while_the_database_is_down(own_pg_cluster: Any, tmp_path: Path,
                                                             capfd: pytest.CaptureFixture[str]) -> None:
+    cluster = own_pg_cluster  # stopped under the mpota server
     from host_tools.server.store_pg import PostgresStore
 
     (tmp_path / "feed").mkdir()
