@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import cli, fails
 
 from host_tools.imagebuild import build_app_image
 from host_tools.manifest import MAX_APP_FILE_BYTES
-from tests.test_cli_release import fails, run
 
 B32 = "esp32-generic-4mb"
 
@@ -21,8 +21,8 @@ B32 = "esp32-generic-4mb"
 @pytest.fixture
 def work(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.chdir(tmp_path)
-    assert run(capsys, "keygen", "rel.pem", "--role", "release")[0] == 0
-    assert run(capsys, "keygen", "ro.pem", "--role", "rollout")[0] == 0
+    assert cli(capsys, "keygen", "rel.pem", "--role", "release")[0] == 0
+    assert cli(capsys, "keygen", "ro.pem", "--role", "rollout")[0] == 0
     Path("fw.bin").write_bytes(build_app_image("esp32", "2.0.0", "micropython", 0, code=bytes(20000)))
     app = tmp_path / "app"
     (app / "lib").mkdir(parents=True)
@@ -42,7 +42,7 @@ def manifest_of(release: Path) -> dict:  # type: ignore[type-arg]
 
 
 def test_sign_firmware_and_app_verify_and_info(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run(capsys, "sign", "fw.bin", "--app", "app", "-k", "rel.pem", "-b", B32, "-V", "2.0.0",
+    code, out, err = cli(capsys, "sign", "fw.bin", "--app", "app", "-k", "rel.pem", "-b", B32, "-V", "2.0.0",
                          "-o", "rel")
     assert code == 0, err
     assert "app: 3 file(s)" in out and "lib/util.py" in out
@@ -50,13 +50,13 @@ def test_sign_firmware_and_app_verify_and_info(work: Path, capsys: pytest.Captur
     assert m["image"]["url"] == "firmware.bin"
     assert [f["path"] for f in m["app"]["files"]] == ["data.json", "main_app.py", "lib/util.py"]
     assert m["app"]["root"] == "/app" and (work / "rel" / "app.bin").stat().st_size == m["app"]["size"]
-    code, out, err = run(capsys, "verify", "rel", "-p", "rel.pem")
+    code, out, err = cli(capsys, "verify", "rel", "-p", "rel.pem")
     assert code == 0, err
     assert "ok: app bundle: 3 file(s) under /app" in out and "main_app.py" in out
-    code, out, err = run(capsys, "image", "info", "rel")
+    code, out, err = cli(capsys, "image", "info", "rel")
     assert code == 0, err
     assert "release 2.0.0" in out and "app: 3 file(s)" in out and "esp32" in out
-    code, out, _ = run(capsys, "image", "info", "rel", "--json")
+    code, out, _ = cli(capsys, "image", "info", "rel", "--json")
     assert json.loads(out)["app"]["files"][2]["path"] == "lib/util.py"
 
 
@@ -64,26 +64,26 @@ def test_app_only_release_and_publish(work: Path, capsys: pytest.CaptureFixture[
     fails(capsys, "app-only release needs --version", "sign", "--app", "app", "-k", "rel.pem", "-b", B32,
           "-o", "r1")
     fails(capsys, "IMAGE, --app DIR or both", "sign", "-k", "rel.pem", "-b", B32, "-V", "1.0.0", "-o", "r1")
-    code, out, err = run(capsys, "sign", "--app", "app", "--app-root", "/myapp", "-k", "rel.pem", "-b", B32,
+    code, out, err = cli(capsys, "sign", "--app", "app", "--app-root", "/myapp", "-k", "rel.pem", "-b", B32,
                          "-V", "2.1.0", "-o", "r1")
     assert code == 0, err
     assert "image: none" in out
     m = manifest_of(work / "r1")
     assert "image" not in m and m["app"]["root"] == "/myapp"
     assert sorted(os.listdir(work / "r1")) == ["app.bin", "manifest.json"]
-    assert run(capsys, "verify", "r1", "-p", "rel.pem")[0] == 0
-    code, out, err = run(capsys, "feed", "publish", "r1", "--feed", "feed", "--channel", "stable",
+    assert cli(capsys, "verify", "r1", "-p", "rel.pem")[0] == 0
+    code, out, err = cli(capsys, "feed", "publish", "r1", "--feed", "feed", "--channel", "stable",
                          "--key", "ro.pem")
     assert code == 0, err
     rel = work / "feed" / "releases" / B32 / "2.1.0"
     assert sorted(os.listdir(rel)) == ["app.bin", "manifest.json"]
-    code, out, err = run(capsys, "feed", "verify", "feed", "--release-pubkey", "rel.pem",
+    code, out, err = cli(capsys, "feed", "verify", "feed", "--release-pubkey", "rel.pem",
                          "--rollout-pubkey", "ro.pem")
     assert code == 0, out + err
 
 
 def test_sign_mpy_compiles_python_files(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run(capsys, "sign", "--app", "app", "--mpy", "-k", "rel.pem", "-b", B32, "-V", "2.0.0",
+    code, out, err = cli(capsys, "sign", "--app", "app", "--mpy", "-k", "rel.pem", "-b", B32, "-V", "2.0.0",
                          "-o", "rel")
     assert code == 0, err
     m = manifest_of(work / "rel")
@@ -99,7 +99,7 @@ def test_sign_mpy_compiles_python_files(work: Path, capsys: pytest.CaptureFixtur
 
 
 def test_tampered_bundle_fails_verify(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert run(capsys, "sign", "--app", "app", "-k", "rel.pem", "-b", B32, "-V", "2.0.0", "-o", "rel")[0] == 0
+    assert cli(capsys, "sign", "--app", "app", "-k", "rel.pem", "-b", B32, "-V", "2.0.0", "-o", "rel")[0] == 0
     blob = bytearray((work / "rel" / "app.bin").read_bytes())
     blob[3] ^= 1
     (work / "rel" / "app.bin").write_bytes(bytes(blob))

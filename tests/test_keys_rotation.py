@@ -229,12 +229,13 @@ def test_release_threshold(env: Env) -> None:
 ROLLOUT = {"id": "r-keys", "state": "active", "groups": [], "percentage": 100.0, "window": None}
 
 
-def test_feed_names_the_keys_version_and_refuses_an_unlisted_key(tmp_path: Path, keys: Keys) -> None:
+def test_feed_names_the_keys_version_and_refuses_an_unlisted_key(tmp_path: Path, keys: Keys,
+        server: FeedServer) -> None:
     from host_tools.feed import FeedError, read_channel, refresh_channels, write_channel
 
     feed = Feed(tmp_path / "feed", keys)
     feed.add_release(NEW, image(NEW))
-    env = Env(feed, None, keys, tmp_path, "cpython")  # type: ignore[arg-type]
+    env = Env(feed, server, keys, tmp_path, "cpython", image(RUNNING))
     ro, ro2 = keys.keys["rollout"], keys.keys["rollout2"]
     write_channel(feed.root, feed.board, "stable", NEW, ROLLOUT, ro)
     assert read_channel(feed.root, feed.board, "stable").keys_version is None  # type: ignore[union-attr]
@@ -255,7 +256,8 @@ def test_feed_names_the_keys_version_and_refuses_an_unlisted_key(tmp_path: Path,
     assert doc is not None and doc.keys_version == 2 and doc.seq == 3
 
 
-def test_serve_switches_to_a_new_rollout_key_without_restart(tmp_path: Path, keys: Keys) -> None:
+def test_serve_switches_to_a_new_rollout_key_without_restart(tmp_path: Path, keys: Keys,
+        server: FeedServer) -> None:
     import os
     import shutil
     import time
@@ -267,7 +269,7 @@ def test_serve_switches_to_a_new_rollout_key_without_restart(tmp_path: Path, key
 
     feed = Feed(tmp_path / "feed", keys)
     feed.add_release(NEW, image(NEW))
-    env = Env(feed, None, keys, tmp_path, "cpython")  # type: ignore[arg-type]
+    env = Env(feed, server, keys, tmp_path, "cpython", image(RUNNING))
     v1 = env.doc(1)
     env.add_keys(v1, "rootA", "rootB")
     key_file = tmp_path / "server-rollout.pem"
@@ -306,7 +308,8 @@ def test_serve_switches_to_a_new_rollout_key_without_restart(tmp_path: Path, key
     assert st["version"] == 2
 
 
-def test_publisher_resigns_only_its_own_documents_after_a_rotation(tmp_path: Path, keys: Keys) -> None:
+def test_publisher_resigns_only_its_own_documents_after_a_rotation(tmp_path: Path, keys: Keys,
+        server: FeedServer) -> None:
     import os
     import shutil
 
@@ -315,7 +318,7 @@ def test_publisher_resigns_only_its_own_documents_after_a_rotation(tmp_path: Pat
 
     feed = Feed(tmp_path / "feed", keys)
     feed.add_release(NEW, image(NEW))
-    env = Env(feed, None, keys, tmp_path, "cpython")  # type: ignore[arg-type]
+    env = Env(feed, server, keys, tmp_path, "cpython", image(RUNNING))
     env.add_keys(env.doc(1), "rootA", "rootB")
     key_file = tmp_path / "server-rollout.pem"
     shutil.copy(keys.paths["rollout"], key_file)
