@@ -17,7 +17,14 @@ on the same board. Both boards run bench_heap's update script against one loopba
 The image is smaller than bench_heap's 1.5 MB (default 256 KB): the floor is set by the check's and
 the transfer's working set, not by the image's length (a streamed transfer), and each probe moves
 the whole image. Also printed: the largest live heap at a connection during the walk and during the
-normal update (bench_heap's phase marks, one run each with an ample heap).
+normal update (bench_heap's phase marks, one run each with an ample heap; the walk's marks list is
+longer, which its later marks include).
+
+The floors vary by a few hundred bytes between runs (fresh keys each run: signature lengths, the
+keys documents' sizes; progress reports by time). Where the walk's heap went (mpota.keydoc):
+the config module loaded a second time by mpota.keystore (~5.5 KB), mpota.dsse left in RAM by
+the refused channel, the envelope held by the caller's frame through both verifies, and the 4 KiB
+block buffer held across the fetches: +9.5 KB over the normal update before, within it after.
 """
 
 from __future__ import annotations
@@ -80,6 +87,7 @@ def run(image_bytes: int = IMAGE_BYTES) -> dict[str, Any]:
             base = device_config(srv, keys, timeout_ms=10000, **factory_config(running, "1.0.0"))
             cfgs = {"normal": {**base, "trust": seed_new}, "walk": {**base, "trust": seed_walk}}
             count = [0]
+            probes: list[tuple[str, int, bool]] = []
 
             def board(which: str) -> Any:
                 count[0] += 1
@@ -97,6 +105,7 @@ def run(image_bytes: int = IMAGE_BYTES) -> dict[str, Any]:
                         walked = [r.path for r in srv.requests if r.path.startswith("/keys/")]
                         good = good and walked == ([] if which == "normal" else
                                                    ["/keys/2.json", "/keys/3.json", "/keys/4.json"])
+                    probes.append((which if body.endswith(_UPDATE) else "empty", heap, good))
                     return good
                 return ok
 
@@ -117,7 +126,7 @@ def run(image_bytes: int = IMAGE_BYTES) -> dict[str, Any]:
     return {"image_bytes": image_bytes, "empty_floor": empty, "app_floor": app, "normal_floor": normal,
             "walk_floor": walk, "normal_kb": round((normal - empty) / 1024, 1),
             "walk_kb": round((walk - empty) / 1024, 1), "walk_over_normal": walk - normal,
-            "met": walk <= normal, "step": HEAP_STEP, "stable": STABLE, "phases": phases,
+            "met": walk <= normal, "probes": probes, "step": HEAP_STEP, "stable": STABLE, "phases": phases,
             "peaks": {w: [p[0], round(p[1] / 1024, 1), p[2]] for w, p in peaks.items()}}
 
 

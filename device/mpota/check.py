@@ -126,12 +126,13 @@ def _channel(u, now):
 # Newer keys the channel names, walked to (mpota.keydoc.rekey, in RAM for this only): True
 # when the board trusts them now.
 def _rekey(u, url, target=0):
+    _unload("dsse", "p256")  # a refused channel leaves them; the walk loads each when it needs it
     import mpota.keydoc as keydoc
 
     try:
         return keydoc.rekey(u, url, target)
     finally:
-        _unload("keydoc", "keystore", "dsse", "p256", "trust", "version", "config")
+        _unload("keydoc", "keystore", "dsse", "p256", "trust", "version")
 
 
 # The manifest the channel pins, verified and checked (mpota.trust.manifest), and the

@@ -87,11 +87,11 @@ def _keys(d, role):
 KEYS_FILE = "mpota_keys.json"  # the keys document the board took last (mpota.keystore)
 
 
-def _exists(root, name):
+def _exists(path):
     import os
 
     try:
-        os.stat(root + name if root.endswith("/") else root + "/" + name)
+        os.stat(path)
         return True
     except OSError:
         return False
@@ -145,11 +145,12 @@ class Config:
         # the keys document trusted now (mpota.keystore) replaces the bare lists: version 0
         self.threshold = {"release": 1, "rollout": 1}
         self.keys_version = 0
+        self.keys_file = self.root + KEYS_FILE if self.root.endswith("/") else self.root + "/" + KEYS_FILE
         seed = data.pop("trust", None)
-        if seed is not None or _exists(self.root, KEYS_FILE):
+        if seed is not None or _exists(self.keys_file):
             import mpota.keystore as keystore  # in RAM for this only
 
-            t = keystore.trusted(self.root, seed)
+            t = keystore.trusted(self.keys_file, seed)
             _drop("keystore")
             if t is not None:
                 self.use(t)

@@ -31,14 +31,14 @@ def _b64(s):
 
 
 # The envelope half of a verify: parse `data`, check its shape, its payloadType, decode the
-# payload, hash PAE, and pair each signature with the configured keys it may be by
-# (keys = [(keyid hex, 65-byte point), ...] of the role): the key its keyid names, or every
-# key when it has no keyid (DSSE makes keyid optional; sigstore leaves it empty). A keyid
-# naming no configured key is ignored. Signatures stay as decoded (DER or raw r||s; None
-# when not base64). Returns (payload, digest, pairs) or raises a MetadataError:
-# malformed for a bad shape (checked before the payloadType), unknown_key when no signature
-# may be by a configured key. The signature check is mpota.p256.verify_any(pairs, digest):
-# the updater runs it after unloading this module, so only one of the two is in RAM at a time.
+# payload, hash PAE, and pair each signature with the configured keys it may be by (pair()).
+# Signatures stay as decoded (DER or raw r||s; None when not base64). Returns (payload, digest,
+# pairs) or raises a MetadataError: malformed for a bad shape (checked before the payloadType),
+# unknown_key when no signature may be by a configured key. keys=None returns the
+# decoded signatures [(keyid or None, sig), ...] instead of pairs, for pair() later: a keys
+# document is checked against two key sets from one parse of its envelope (mpota.keydoc).
+# The signature check is mpota.p256.verify_any(pairs, digest): the updater runs it after
+# unloading this module, so only one of the two is in RAM at a time.
 def open(data, payload_type, keys):
     import hashlib
     import json
@@ -70,22 +70,35 @@ def open(data, payload_type, keys):
     env = data = None
     h = hashlib.sha256(("DSSEv1 %d %s %d " % (len(pt), pt, len(payload))).encode())
     h.update(payload)
-    pairs = []
+    out = []
     for s in sigs:
-        kid = s.get("keyid") or None
-        if kid is not None and not any(k == kid for k, _ in keys):
-            continue
         try:
             sig = _b64(s["sig"])
         except ValueError:
             sig = None
+        out.append((s.get("keyid") or None, sig))
+    sigs = None
+    return payload, h.digest(), out if keys is None else pair(out, keys, payload_type)
+
+
+# [(point, sig), ...]: each decoded signature (keyid or None, sig) with the keys it may be by
+# (keys = [(keyid hex, 65-byte point), ...] of the role): the key its keyid names, or every
+# key when it has no keyid (DSSE makes keyid optional; sigstore leaves it empty). A keyid
+# naming no configured key is ignored; unknown_key when no signature is left.
+def pair(sigs, keys, payload_type):
+    pairs = []
+    for kid, sig in sigs:
+        if kid is not None and not any(k == kid for k, _ in keys):
+            continue
         for k, pub in keys:
             if kid is None or k == kid:
                 pairs.append((pub, sig))
     if not pairs:
+        from mpota.errors import MetadataError
+
         raise MetadataError("unknown_key", "no signature by a %s key" % (
             "release" if payload_type == RELEASE else "rollout" if payload_type == CHANNEL else "root"))
-    return payload, h.digest(), pairs
+    return pairs
 
 
 # Verify envelope bytes `data` in one call (open() + mpota.p256.verify_any): signatures by at

@@ -20,6 +20,7 @@ MAX = const(8192)  # envelope bytes, read whole like a channel document
 _MAX_KEYS = const(8)
 _MAX_VERSION = const(0x7FFFFFFF)
 _ROLES = ("root", "release", "rollout")
+_SCRATCH = const(1794)  # mpota.p256.SCRATCH (tests hold them equal), without loading p256 for it
 
 
 def _bad(what):
@@ -65,7 +66,8 @@ def legacy(release, rollout):
     return {"fleet": None, "version": 0, "roles": {"root": rel, "release": rel, "rollout": ro}}
 
 
-# Every field of a parsed keys document valid: else BadDocument.
+# Every field of a parsed keys document valid, else MetadataError "malformed". Returns what a
+# board keeps of it (fleet, version, each role's threshold and keys): no other field is held.
 def check(doc):
     if not isinstance(doc, dict) or doc.get("_type") != "keys" or doc.get("spec") != 1:
         _bad("document")
@@ -85,21 +87,32 @@ def check(doc):
             if not _hexpoint(k) or k in ks[:i]:
                 _bad(r)
         _int(role.get("threshold"), 1, len(ks), "threshold")
-    return doc
+    return {"fleet": doc["fleet"], "version": doc["version"],
+            "roles": {r: {"threshold": roles[r]["threshold"], "keys": roles[r]["keys"]} for r in _ROLES}}
 
 
 # Envelope bytes `data` of the next keys version after `trusted`: signed by a threshold of the
 # trusted root keys, of the same fleet (any fleet after the legacy trust), exactly version + 1,
 # and signed by a threshold of its own root keys. Returns the new document or raises.
+# The envelope is parsed once: its decoded signatures are checked against both root key sets,
+# one set decoded at a time, and the envelope bytes are not held past that parse. `data` may be
+# a function that fetches the bytes: then no caller's frame holds them while they are verified.
 def step(data, trusted, scratch=None):
+    if callable(data):
+        data = data()
     if len(data) > MAX:
         raise errors.MetadataError("too_large", "keys document of %d bytes" % len(data))
-    payload = _verify(data, trusted["roles"]["root"], scratch)
+    import mpota.dsse as dsse
+
+    payload, digest, sigs = dsse.open(data, KEYS, None)
+    data = None
+    del dsse
+    _verify(sigs, digest, trusted["roles"]["root"], scratch)
     import mpota.dsse as dsse
 
     doc = check(dsse.parse(payload, "keys"))
     payload = None
-    _drop("dsse")
+    del dsse
     fleet = trusted["fleet"]
     if fleet is not None and doc["fleet"] != fleet:
         raise errors.MetadataError("wrong_target", "keys for fleet %s, this is %s" % (doc["fleet"], fleet))
@@ -108,26 +121,27 @@ def step(data, trusted, scratch=None):
         raise errors.MetadataError("replayed", "keys version %d, %d already trusted" % (doc["version"], v))
     if doc["version"] != v + 1:
         raise errors.MetadataError("malformed", "keys version %d, expected %d" % (doc["version"], v + 1))
-    _verify(data, doc["roles"]["root"], scratch)
+    _verify(sigs, digest, doc["roles"]["root"], scratch)
     return doc
 
 
-# The payload of envelope `data` once a threshold of `role`'s keys signed it. mpota.dsse and
-# mpota.p256 take turns in RAM (as in the updater's checks): the walk fits the heap of a poll.
-def _verify(data, role, scratch):
+# A threshold of `role`'s keys signed `digest` (sigs: the envelope's decoded signatures), else
+# MetadataError bad_signature (unknown_key: none by a key of the role). mpota.dsse and mpota.p256 take turns
+# in RAM (as in the updater's checks): the walk fits the heap of a poll.
+def _verify(sigs, digest, role, scratch):
     import mpota.dsse as dsse
 
-    payload, digest, pairs = dsse.open(data, KEYS, points(role))
+    pairs = dsse.pair(sigs, points(role), KEYS)
     del dsse
     _drop("dsse")
     import mpota.p256 as p256
 
     ok = p256.verify_any(pairs, digest, scratch, role["threshold"])
+    pairs = None
     del p256
     _drop("p256")
     if not ok:
         raise errors.MetadataError("bad_signature", "keys: bad signature")
-    return payload
 
 
 def _drop(name):
@@ -143,12 +157,12 @@ def _drop(name):
 # may be signed by a rollout key the board does not trust yet): it only says how far to walk;
 # every version is checked by step(). 0 when there is none.
 def hint(data):
+    import binascii
     import json
 
-    import mpota.dsse as dsse
-
     try:
-        v = json.loads(dsse._b64(json.loads(data)["payload"])).get("keys_version")
+        p = json.loads(data)["payload"].replace("-", "+").replace("_", "/")  # either DSSE alphabet
+        v = json.loads(binascii.a2b_base64(p)).get("keys_version")
     except Exception:  # not an envelope, not base64, not JSON: nothing to walk to
         return 0
     return v if isinstance(v, int) and not isinstance(v, bool) and 0 < v <= _MAX_VERSION else 0
@@ -168,9 +182,8 @@ def rekey(u, url, target):
 
 
 # Walk the feed's keys/<N>.json from the trusted version up to `target`, one version at a time
-# (u: the Updater: its fetch with retries, its block buffer, its config). Each version taken is
-# stored and put to use before the next is fetched; a refused one raises its error, the
-# versions before it kept.
+# (u: the Updater: its fetch with retries, its config). Each version taken is stored and put to
+# use before the next is fetched; a refused one raises its error, the versions before it kept.
 def walk(u, target):
     import mpota.keystore as keystore
     from mpota.check import _fetch
@@ -181,9 +194,20 @@ def walk(u, target):
     _drop("keystore")  # back for each save: out of RAM while the walk fetches and verifies
     if t is None:
         t = legacy(cfg["keys"]["release"], cfg["keys"]["rollout"])
-    while t["version"] < target:
+    # Not the 4 KiB block buffer across the fetches but p256's scratch (1.8 KB), made once
+    # here, before the fetches and the module loads fragment the heap (one made per verify, or
+    # after loading p256 to read its size, costs up to 4 KB more in bench_keys); the channel
+    # check after the walk makes the block buffer again.
+    u._buf = None
+    scratch = bytearray(_SCRATCH)
+    while True:
+        # what the next step needs of the trusted version; its release and rollout keys are in
+        # cfg (decoded) and in the stored file
+        t = {"fleet": t["fleet"], "version": t["version"], "roles": {"root": t["roles"]["root"]}}
+        if t["version"] >= target:
+            return
         url = "%skeys/%d.json" % (cfg.feed_url, t["version"] + 1)
-        t = step(_fetch(u, url, MAX), t, u._block())
+        t = step(lambda: _fetch(u, url, MAX), t, scratch)
         import mpota.keystore as keystore
 
         keystore.save(cfg, t)
