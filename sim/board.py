@@ -440,6 +440,35 @@ class SimBoard:
             fl.close()
         return None if p is None else str(p.label)
 
+    # The bootloader and esp_ota_ops in this process, on the board's flash (sim/fakes/simota.py):
+    # for a test that runs device code in-process against the same otadata model.
+    def power_on(self) -> str | None:
+        """One boot's bootloader pass, its otadata writes included (PENDING_VERIFY -> ABORTED,
+        NEW -> PENDING_VERIFY, a blank otadata initialised); the slot it starts."""
+        fl = self._flash()
+        try:
+            p = ota.bootloader(fl, self.cfg, [])
+        finally:
+            fl.close()
+        return None if p is None else str(p.label)
+
+    def set_boot(self, label: str) -> None:
+        """esp_ota_set_boot_partition(``label``) after its image check: the next otadata entry."""
+        slots = [p.label for p in sf.ota_slots(self.cfg)]
+        fl = self._flash()
+        try:
+            ota.rewrite_ota_data(fl, self.cfg, slots.index(label), self.cfg.get("rollback_supported", True))
+        finally:
+            fl.close()
+
+    def mark_valid(self) -> None:
+        """esp_ota_mark_app_valid_cancel_rollback() for the slot the otadata selects."""
+        fl = self._flash()
+        try:
+            ota.mark_valid(fl, self.cfg)
+        finally:
+            fl.close()
+
     def verify_slot(self, label: str) -> str | None:
         """None when the slot holds an image the bootloader accepts, else the reason."""
         p = self.partition(label)

@@ -12,16 +12,21 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 from collector import Collector
 
+from sim.images import build_sim_image
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
 # ---------------------------------------------------------------- model board (part 1)
+_IMAGES = {v: build_sim_image("esp32", v, "mpota-app", 0) for v in ("1.0.0", "1.1.0")}
+
 class PowerCut(BaseException):
     pass
 
@@ -31,13 +36,17 @@ class Reset(BaseException):
 
 
 class Model:
-    """Two OTA slots, otadata states as ESP-IDF keeps them, NVS with commit, op counter."""
+    """A board that has booted its factory image once: its flash and otadata are a SimBoard's
+    (sim/fakes/simota.py, the one model of ESP-IDF's otadata and rollback), driven in this
+    process; NVS with commit; every commit and otadata write counted as a power-cut point."""
 
-    def __init__(self, rollback: bool = True) -> None:
+    def __init__(self, root: Path, rollback: bool = True) -> None:
+        from sim.board import SimBoard
+
         self.rollback = rollback
-        self.boot = "ota_0"
-        self.states = {"ota_0": "VALID", "ota_1": "UNDEFINED"}
-        self.running = "ota_0"
+        self.board = SimBoard.create(tempfile.mkdtemp(dir=root), image=_IMAGES["1.0.0"], device=None,
+                                     rollback_supported=rollback)
+        self.running = self.board.power_on()
         self.nvs: dict[str, bytes] = {}
         self.ops: list[str] = []
         self.cut_at = -1
@@ -51,16 +60,19 @@ class Model:
         if len(self.ops) == self.cut_at:
             raise PowerCut(what)
 
+    @property
+    def boot(self) -> str | None:
+        """The slot the otadata selects (Partition(Partition.BOOT))."""
+        return self.board.boot_slot()
+
+    @property
+    def states(self) -> dict[str, str | None]:
+        """Each slot's otadata state: NEW, PENDING_VERIFY, VALID, ABORTED, UNDEFINED or None."""
+        return {label: self.board.ota_state(label) for label in ("ota_0", "ota_1")}
+
     def power_on(self) -> str:
-        b = self.boot
-        other = "ota_1" if b == "ota_0" else "ota_0"
-        if self.rollback and self.states[b] == "PENDING":
-            self.states[b] = "ABORTED"
-            b = other
-        if self.rollback and self.states[b] == "NEW":
-            self.states[b] = "PENDING"
-        if self.states[b] == "ABORTED":
-            b = other
+        b = self.board.power_on()
+        assert b is not None
         self.running = b
         self.boots.append(b)
         self.wdt = None
@@ -93,8 +105,7 @@ class Model:
 
             def set_boot(self) -> None:
                 model.op("set_boot " + self.label)
-                model.boot = self.label
-                model.states[self.label] = "NEW" if model.rollback else "UNDEFINED"
+                model.board.set_boot(self.label)
 
             @staticmethod
             def mark_app_valid_cancel_rollback() -> None:
@@ -102,7 +113,7 @@ class Model:
                     raise OSError(-261, "ESP_ERR_NOT_SUPPORTED")
                 if model.states[model.running] != "VALID":
                     model.op("mark_valid " + model.running)
-                    model.states[model.running] = "VALID"
+                    model.board.mark_valid()
 
         class NVS:
             def __init__(self, ns: str) -> None:
@@ -184,7 +195,8 @@ class Rig:
         self.mp = monkeypatch
         self.config = str(self.fs / "mpota.json")
         self.write_config()
-        self.model = Model()
+        self.tmp = tmp_path
+        self.model = Model(tmp_path)
 
     def write_config(self, **extra: Any) -> None:
         cfg = {"device_id": "dev-1", "board": "esp32-generic-4mb", "group": "canary",
@@ -203,11 +215,13 @@ class Rig:
         mpota.report.reset_queues()
         mpota.trial._wdt = None
 
-    def pending(self, version: str = "1.1.0", sv: int = 3) -> None:
-        """What the updater leaves behind: new image in ota_1, set_boot(), state.pending."""
+    def pending(self, version: str = "1.1.0", sv: int = 3, set_boot: bool = True) -> None:
+        """What the updater leaves behind: new image in ota_1, set_boot() (unless cut before it),
+        state.pending."""
         m = self.model
-        m.boot = "ota_1"
-        m.states["ota_1"] = "NEW"
+        m.board.flash_slot("ota_1", _IMAGES["1.1.0"])
+        if set_boot:
+            m.board.set_boot("ota_1")
         st = m.state() or {}
         st["pending"] = {"version": version, "slot": "ota_1", "prev_slot": "ota_0",
                          "security_version": sv, "rollout": "r-1", "manifest_sha256": "ab" * 32,
@@ -345,9 +359,8 @@ def test_crash_during_trial_is_rolled_back_by_the_bootloader(rig):
 
 
 def test_attempt_limit_is_second_line_without_bootloader_rollback(rig):
-    rig.model = Model(rollback=False)
+    rig.model = Model(rig.tmp, rollback=False)
     rig.pending()
-    rig.model.states["ota_1"] = "UNDEFINED"
 
     def crash():
         raise Reset()
@@ -364,9 +377,8 @@ def test_attempt_limit_is_second_line_without_bootloader_rollback(rig):
 
 
 def test_no_rollback_support_confirms_and_says_so_once(rig, capsys):
-    rig.model = Model(rollback=False)
+    rig.model = Model(rig.tmp, rollback=False)
     rig.pending()
-    rig.model.states["ota_1"] = "UNDEFINED"
     import mpota.trial
 
     mpota.trial._said_no_rollback = False
@@ -434,7 +446,7 @@ def test_power_cut_at_every_step_ends_consistent(rig, path, tmp_path, monkeypatc
         for f in rig.fs.iterdir():
             if f.name != "mpota.json":
                 f.unlink()
-        rig.model = Model()
+        rig.model = Model(rig.tmp)
         rig.pending()
         rig.model.cut_at = cut
         ends = rig.settle([sensor_ok])
@@ -810,10 +822,8 @@ def test_boot_and_main_templates_run_on_the_simulated_board(tmp_path, collector)
 
 def test_interrupted_install_is_not_a_failure(rig):
     # an updater that marks pending "installing" until set_boot() returned, cut in between
-    rig.pending()
+    rig.pending(set_boot=False)
     m = rig.model
-    m.boot = "ota_0"
-    m.states["ota_1"] = "UNDEFINED"
     st = m.state()
     st["pending"]["phase"] = "installing"
     m.nvs["state"] = json.dumps(st).encode()
