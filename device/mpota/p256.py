@@ -88,21 +88,22 @@ def _dbl(X, Y, Z):
     return X3, (a * (4 * b - X3) - 8 * g * g) % p, 2 * Y * Z % p
 
 
-# Jacobian + Jacobian for the public-key table; T2 = (X2, Y2, Z2, Z2^2, Z2^3). No
-# exceptional cases arise there (odd multiples of a point of prime order n).
-def _add(X1, Y1, Z1, T2):
+# P1 + P2, Jacobian, P1 not infinity. P2 comes as u = X1*Z2^2, s = Y1*Z2^3 (just X1, Y1 when P2
+# is affine), its x2, y2, and zh = Z1*Z2 (Z1 when affine). P1 == P2 doubles; P1 == -P2 gives Z = 0.
+def _add(X1, Y1, Z1, u, s, x2, y2, zh):
     p = _P
-    X2, Y2, Z2, zz2, zzz2 = T2
     zz1 = Z1 * Z1 % p
-    u1 = X1 * zz2 % p
-    s1 = Y1 * zzz2 % p
-    h = X2 * zz1 % p - u1
-    r = Y2 * Z1 * zz1 % p - s1
-    hh = h * h % p
-    hhh = h * hh % p
-    v = u1 * hh % p
-    X3 = (r * r - hhh - 2 * v) % p
-    return X3, (r * (v - X3) - s1 * hhh) % p, Z1 * Z2 * h % p
+    h = x2 * zz1 % p - u
+    r = y2 * Z1 * zz1 % p - s
+    if h:
+        hh = h * h % p
+        hhh = h * hh % p
+        v = u * hh % p
+        X3 = (r * r - hhh - 2 * v) % p
+        return X3, (r * (v - X3) - s * hhh) % p, zh * h % p
+    if r:
+        return X1, Y1, 0
+    return _dbl(X1, Y1, Z1)
 
 
 # Signed-digit window recoding (width w) of k >= 0, least significant digit first;
@@ -142,8 +143,8 @@ def _mul2(u1, u2, qx, qy, mem=None):
     # Public-key table: Q, 3Q, ..., 15Q, Jacobian X, Y, Z, Z^2, Z^3 as 5 x 32 bytes each (packed:
     # a bytearray takes 1.3 KB where 40 big ints took 6.7 KB of heap).
     X2, Y2, Z2 = _dbl(qx, qy, 1)
-    zz = Z2 * Z2 % p
-    d2 = (X2, Y2, Z2, zz, zz * Z2 % p)
+    zz2 = Z2 * Z2 % p
+    zzz2 = zz2 * Z2 % p
     qt = mem[:_QT]
     X, Y, Z = qx, qy, 1
     zz = zzz = 1
@@ -154,10 +155,9 @@ def _mul2(u1, u2, qx, qy, mem=None):
             o += 32
         if o == len(qt):
             break
-        X, Y, Z = _add(X, Y, Z, d2)
+        X, Y, Z = _add(X, Y, Z, X * zz2 % p, Y * zzz2 % p, X2, Y2, Z * Z2)
         zz = Z * Z % p
         zzz = zz * Z % p
-    del d2
     n1, l1 = _wnaf(u1, _WG, mem[_QT : _QT + _DIGITS])
     n2, l2 = _wnaf(u2, _WQ, mem[_QT + _DIGITS : SCRATCH])
     gt = _GTAB
@@ -185,22 +185,7 @@ def _mul2(u1, u2, qx, qy, mem=None):
             if v & 0x80:
                 Y2 = p - Y2
             if Z:
-                zz1 = Z * Z % p
-                u = X * zz2 % p
-                s = Y * zzz2 % p
-                h = X2 * zz1 % p - u
-                r = Y2 * Z * zz1 % p - s
-                if h:
-                    hh = h * h % p
-                    hhh = h * hh % p
-                    vv = u * hh % p
-                    X = (r * r - hhh - 2 * vv) % p
-                    Y = (r * (vv - X) - s * hhh) % p
-                    Z = Z * Z2 * h % p
-                elif r:
-                    Z = 0
-                else:
-                    X, Y, Z = _dbl(X, Y, Z)
+                X, Y, Z = _add(X, Y, Z, X * zz2 % p, Y * zzz2 % p, X2, Y2, Z * Z2)
             else:
                 X, Y, Z = X2, Y2, Z2
         v = n1[i]
@@ -211,20 +196,7 @@ def _mul2(u1, u2, qx, qy, mem=None):
             if v & 0x80:
                 y2 = p - y2
             if Z:
-                zz1 = Z * Z % p
-                h = x2 * zz1 % p - X
-                r = y2 * Z * zz1 % p - Y
-                if h:
-                    hh = h * h % p
-                    hhh = h * hh % p
-                    vv = X * hh % p
-                    X = (r * r - hhh - 2 * vv) % p
-                    Y = (r * (vv - X) - Y * hhh) % p
-                    Z = Z * h % p
-                elif r:
-                    Z = 0
-                else:
-                    X, Y, Z = _dbl(X, Y, Z)
+                X, Y, Z = _add(X, Y, Z, X, Y, x2, y2, Z)
             else:
                 X, Y, Z = x2, y2, 1
     return X, Z

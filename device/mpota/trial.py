@@ -252,14 +252,21 @@ class Session:
         d = {"reason": reason, "attempts": p.get("attempts", 0)}
         if p.get("check") is not None:
             d["check"] = p["check"]
-        self.reporter.event("rolled_back", seq=p["bseq"], flush_ms=0, **d)
+        self.final_report("rolled_back", "bseq", result, "rolled_back", **d)
+        result.reason = reason
+        _log("rolled back from %s (%s)" % (p.get("version"), reason))
+
+    # The trial's last step, whatever its outcome: the report under the sequence number reserved
+    # for it (the same one again after a cut), then no pending record.
+    def final_report(self, event, seq, result, outcome, **detail):
+        st = self.state
+        p = st["pending"]
+        self.reporter.event(event, seq=p[seq], flush_ms=0, **detail)
         st["pending"] = None
         st.save()
         self.reporter.flush(3000)
-        result.outcome = "rolled_back"
-        result.reason = reason
+        result.outcome = outcome
         result.version = p.get("version")
-        _log("rolled back from %s (%s)" % (p.get("version"), reason))
 
     # set_boot() never completed: nothing was tried, so nothing failed. The updater reports
     # the install again when it retries; this boot says why the first one vanished.
@@ -269,12 +276,7 @@ class Session:
         if not p.get("iseq"):
             self.reserve("iseq")
             st.save()
-        self.reporter.event("failed", seq=p["iseq"], flush_ms=0, reason="interrupted")
-        st["pending"] = None
-        st.save()
-        self.reporter.flush(3000)
-        result.outcome = "interrupted"
-        result.version = p.get("version")
+        self.final_report("failed", "iseq", result, "interrupted", reason="interrupted")
         _log("install of %s was interrupted" % (p.get("version"),))
 
     def finish_confirmed(self, result):
@@ -298,12 +300,7 @@ class Session:
         sv = getattr(self.reporter, "set_version", None)
         if sv is not None:
             sv(p.get("version"))  # reports from here on name the confirmed firmware
-        self.reporter.event("confirmed", seq=p["cseq"], flush_ms=0, attempts=p.get("attempts", 0))
-        st["pending"] = None
-        st.save()
-        self.reporter.flush(3000)
-        result.outcome = "confirmed"
-        result.version = p.get("version")
+        self.final_report("confirmed", "cseq", result, "confirmed", attempts=p.get("attempts", 0))
         _log("confirmed %s" % (p.get("version"),))
 
 
