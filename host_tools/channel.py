@@ -26,12 +26,14 @@ from host_tools.manifest import (
     _extra,
     _get,
     _int,
+    check_document,
     check_hex64,
     check_name,
     check_version,
     parse_payload,
     parse_time,
     payload_bytes,
+    signed_bytes,
 )
 
 ROLLOUT_STATES = ("active", "paused", "halted")
@@ -146,12 +148,7 @@ class ChannelDoc:
 
     @classmethod
     def from_dict(cls, d: Any) -> ChannelDoc:
-        if not isinstance(d, dict):
-            raise ChannelError("channel document must be a JSON object")
-        if d.get("_type") != "channel":
-            raise ChannelError(f"_type is {d.get('_type')!r}, expected 'channel'")
-        if d.get("spec") != SPEC:
-            raise ChannelError(f"spec {d.get('spec')!r} is not supported (this tool reads spec {SPEC})")
+        check_document(d, "channel", "channel document", ChannelError)
         known = ("_type", "spec", "board", "channel", "seq", "expires", "release", "rollout", "keys_version")
         return cls(
             board=_get(d, "board", "channel document"), channel=_get(d, "channel", "channel document"),
@@ -177,13 +174,10 @@ class ChannelDoc:
         return cls.from_dict(parse_payload(payload, "channel document"))
 
     def sign(self, keys: Any) -> bytes:
-        from host_tools.dsse import CHANNEL_PAYLOAD_TYPE, envelope_bytes, sign_envelope
+        from host_tools.dsse import CHANNEL_PAYLOAD_TYPE
 
-        data = envelope_bytes(sign_envelope(CHANNEL_PAYLOAD_TYPE, self.to_payload(), keys))
-        if len(data) > MAX_CHANNEL_BYTES:
-            raise ChannelError(f"signed channel document is {len(data)} bytes, over the device's "
-                               f"{MAX_CHANNEL_BYTES}-byte cap (fewer groups?)")
-        return data
+        return signed_bytes(CHANNEL_PAYLOAD_TYPE, self.to_payload(), keys, MAX_CHANNEL_BYTES,
+                            "channel document", "fewer groups?", ChannelError)
 
     @classmethod
     def from_envelope_bytes(cls, data: bytes, public_keys: Sequence[Any], source: str = "channel document",

@@ -31,6 +31,7 @@ from host_tools.manifest import (
     _extra,
     _get,
     _int,
+    check_document,
     check_name,
     parse_payload,
     payload_bytes,
@@ -118,12 +119,7 @@ class KeysDoc:
 
     @classmethod
     def from_dict(cls, d: Any) -> KeysDoc:
-        if not isinstance(d, dict):
-            raise KeysDocError("keys document must be a JSON object")
-        if d.get("_type") != "keys":
-            raise KeysDocError(f"_type is {d.get('_type')!r}, expected 'keys'")
-        if d.get("spec") != SPEC:
-            raise KeysDocError(f"spec {d.get('spec')!r} is not supported (this tool reads spec {SPEC})")
+        check_document(d, "keys", "keys document", KeysDocError)
         roles = _get(d, "roles", "keys document")
         if not isinstance(roles, dict):
             raise KeysDocError("roles must be an object")

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from host_tools.errors import MpotaError
+from host_tools.esp_image import CHIP_IDS
 from host_tools.versions import VersionError, parse_version
 
 SPEC = 1
@@ -53,8 +54,6 @@ _BUILD_ID = re.compile(r"^[\x21-\x7e]{1,64}\Z")
 _APP_ROOT = re.compile(r"^/[A-Za-z0-9_-]{1,32}\Z")
 # One segment of a file path inside the root: no "..", no ".", no hidden files, no separators.
 _APP_SEGMENT = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}\Z")
-_KNOWN_CHIPS = ("esp32", "esp32s2", "esp32s3", "esp32c2", "esp32c3", "esp32c5", "esp32c6", "esp32c61",
-                "esp32h2", "esp32p4")
 
 
 class ManifestError(MpotaError):
@@ -470,7 +469,7 @@ class FirmwareManifest:
             raise ManifestError("target_hardware must be a non-empty list of board names")
         for b in self.target_hardware:
             check_name(b, "target_hardware entry")
-        if self.chip not in _KNOWN_CHIPS:
+        if self.chip not in CHIP_IDS:
             raise ManifestError(f"chip {self.chip!r} is not a known ESP32 chip")
         if self.min_bootloader_version is not None:
             _str(self.min_bootloader_version, "min_bootloader_version", 32)
@@ -490,12 +489,7 @@ class FirmwareManifest:
 
     @classmethod
     def from_dict(cls, d: Any) -> FirmwareManifest:
-        if not isinstance(d, dict):
-            raise ManifestError("release manifest must be a JSON object")
-        if d.get("_type") != "release":
-            raise ManifestError(f"_type is {d.get('_type')!r}, expected 'release'")
-        if d.get("spec") != SPEC:
-            raise ManifestError(f"spec {d.get('spec')!r} is not supported (this tool reads spec {SPEC})")
+        check_document(d, "release", "release manifest")
         known = ("_type", "spec", "version", "build_id", "security_version", "target_hardware", "chip",
                  "min_bootloader_version", "image", "metadata", "created", "expires", "app")
         image = d.get("image")
@@ -535,15 +529,10 @@ class FirmwareManifest:
 
     # Signed file form (DSSE envelope bytes).
     def sign(self, keys: Any) -> bytes:
-        from host_tools.dsse import RELEASE_PAYLOAD_TYPE, envelope_bytes, sign_envelope
+        from host_tools.dsse import RELEASE_PAYLOAD_TYPE
 
-        data = envelope_bytes(sign_envelope(RELEASE_PAYLOAD_TYPE, self.to_payload(), keys))
-        if len(data) > MAX_MANIFEST_BYTES:
-            raise ManifestError(
-                f"signed manifest is {len(data)} bytes, over the device's {MAX_MANIFEST_BYTES}-byte cap "
-                "(shorten the release notes)"
-            )
-        return data
+        return signed_bytes(RELEASE_PAYLOAD_TYPE, self.to_payload(), keys, MAX_MANIFEST_BYTES, "manifest",
+                            "shorten the release notes")
 
     @classmethod
     def from_envelope_bytes(cls, data: bytes, public_keys: Sequence[Any], source: str = "manifest",
@@ -552,6 +541,29 @@ class FirmwareManifest:
 
         env = parse_envelope(data, source)
         return cls.from_payload(verify_envelope(env, RELEASE_PAYLOAD_TYPE, public_keys, threshold, source))
+
+
+def check_document(d: Any, doc_type: str, what: str, error: type[ManifestError] = ManifestError) -> None:
+    """What every signed document is before its own fields: a JSON object of ``doc_type`` and this
+    tool's spec."""
+    if not isinstance(d, dict):
+        raise error(f"{what} must be a JSON object")
+    if d.get("_type") != doc_type:
+        raise error(f"_type is {d.get('_type')!r}, expected {doc_type!r}")
+    if d.get("spec") != SPEC:
+        raise error(f"spec {d.get('spec')!r} is not supported (this tool reads spec {SPEC})")
+
+
+def signed_bytes(payload_type: str, payload: bytes, keys: Any, cap: int, what: str, hint: str,
+                 error: type[ManifestError] = ManifestError) -> bytes:
+    """The DSSE envelope of ``payload`` signed by ``keys``; refused when over the device's ``cap``
+    (``hint``: how to shorten it)."""
+    from host_tools.dsse import envelope_bytes, sign_envelope
+
+    data = envelope_bytes(sign_envelope(payload_type, payload, keys))
+    if len(data) > cap:
+        raise error(f"signed {what} is {len(data)} bytes, over the device's {cap}-byte cap ({hint})")
+    return data
 
 
 def payload_bytes(doc: Mapping[str, Any]) -> bytes:

@@ -6,6 +6,8 @@ and held together here: the host's definition and the device's must agree.
 - where the device keeps its state (the NVS namespace, blob key and read buffer; the state file
   beside the config) as `mpota deploy`'s probe reads it, and the config's size cap;
 - the size caps on the signed documents (host_tools.manifest and mpota.config);
+- the chips an image header names: host_tools.esp_image.CHIP_NAMES, mpota.imagehdr.CHIPS and the
+  copy of its names in mpota.trust (which cannot afford to import imagehdr);
 - the report events the device sends are the ones the server takes, and the `failed` reasons the
   server excuses are reason codes the device sends.
 """
@@ -32,6 +34,16 @@ GROUP_CASES = [
     "", "x" * 33, ".hidden", "_x", "-x", "a b", "a/b", "a:b", "a\n", "ä", "grüppe",  # not names
     "a\u00a0", "\u0661", "a*", "a+b", "a..b", "a--", "Z_", "a\t",
 ]
+
+
+def test_chip_ids_are_one_table_on_host_and_device() -> None:
+    import mpota.imagehdr as device_imagehdr
+    import mpota.trust as device_trust
+
+    from host_tools.esp_image import CHIP_NAMES
+
+    assert device_imagehdr.CHIPS == CHIP_NAMES
+    assert sorted(device_trust._CHIPS) == sorted(CHIP_NAMES.values())
 
 
 @pytest.mark.parametrize("name", GROUP_CASES)

@@ -21,6 +21,8 @@ _U32 = const(0xFFFFFFFF)
 _ZLIB_MAX_WBITS = const(15)
 _NO_IMAGE = {"url": "", "size": 0, "hash": ""}  # type: dict
 _MAX_DELTAS = const(8)
+# The names of mpota.imagehdr.CHIPS, copied: importing imagehdr here costs the update ~2 KB of heap
+# (bench_heap, zlib). tests/test_shared_definitions.py holds the two together.
 _CHIPS = ("esp32", "esp32s2", "esp32s3", "esp32c2", "esp32c3", "esp32c5", "esp32c6", "esp32c61",
           "esp32h2", "esp32p4")
 _STATES = ("active", "paused", "halted")

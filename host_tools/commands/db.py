@@ -7,16 +7,15 @@ import json
 from pathlib import Path
 from typing import Any
 
+from host_tools.commands._options import actions, flags
 from host_tools.errors import MpotaError, UsageError
 
 
 def register(sub: Any) -> None:
-    db = sub.add_parser("db", help="migrate or check the server database schema",
-                        description="`mpota serve` migrates its database when it starts; run "
-                                    "`mpota db migrate` before starting several replicas of a new version, "
-                                    "and `mpota db check` to see where a database stands (exit 1 when "
-                                    "migrations are pending).")
-    dsub = db.add_subparsers(dest="db_command", metavar="ACTION", required=True)
+    dsub = actions(sub, "db", "migrate or check the server database schema",
+                   "`mpota serve` migrates its database when it starts; run `mpota db migrate` before "
+                   "starting several replicas of a new version, and `mpota db check` to see where a database "
+                   "stands (exit 1 when migrations are pending).")
     for name, func, what in (("migrate", cmd_migrate, "apply the migrations the database lacks"),
                              ("check", cmd_check,
                               "print the schema version; exit 1 if migrations are pending")):
@@ -26,7 +25,7 @@ def register(sub: Any) -> None:
                             "(what `mpota serve --db` takes)")
         p.add_argument("--feed", "-f", metavar="DIR",
                        help="without --db: the default SQLite database of a server on this feed")
-        p.add_argument("--json", action="store_true", help="print the result as JSON")
+        flags(p, any_role=None)
         p.set_defaults(func=func)
 
 

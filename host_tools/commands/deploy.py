@@ -33,10 +33,9 @@ def register(sub: Any) -> None:
     p.add_argument("--keys", metavar="ROLE=PUB,...",
                    help="public keys by role: release=release.pem.pub,rollout=rollout.pem.pub "
                         "(both=K for one demo key)")
-    p.add_argument("--release-key", action="append", default=[], metavar="PUB",
-                   help="a release public key (PEM, or 130 hex digits); repeat for several")
-    p.add_argument("--rollout-key", action="append", default=[], metavar="PUB",
-                   help="a rollout public key; repeat for several")
+    for role in ("release", "rollout"):
+        p.add_argument(f"--{role}-key", action="append", default=[], metavar="PUB",
+                       help=f"a {role} public key (PEM, or 130 hex digits); repeat for several")
     p.add_argument("--keys-doc", metavar="FILE",
                    help="seed the board's trust with a keys document (e.g. FEED/keys/3.json; `mpota keys`): "
                         "its release and rollout keys and thresholds, and its root keys for the versions "

@@ -9,15 +9,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from host_tools.commands._options import actions, flags, release_into_feed
 from host_tools.errors import UsageError
 from host_tools.manifest import DEFAULT_WINDOW_BITS, parse_expires
 
 
 def register(sub: Any) -> None:
-    feed = sub.add_parser("feed", help="publish releases to a static feed and verify feeds",
-                          description="Publish releases to a static feed (plain files any web server or CDN "
-                                      "serves) and verify feeds.")
-    fsub = feed.add_subparsers(dest="feed_command", metavar="ACTION", required=True)
+    fsub = actions(sub, "feed", "publish releases to a static feed and verify feeds",
+                   "Publish releases to a static feed (plain files any web server or CDN serves) and verify "
+                   "feeds.")
 
     pub = fsub.add_parser(
         "publish", help="copy a signed release into the feed and point a channel at it",
@@ -29,15 +29,9 @@ def register(sub: Any) -> None:
                     "state active, no groups, 100%.",
         epilog="The key must have role rollout or both (see `mpota keygen --help`) unless --any-role is "
                "given (the demo's single-key mode).")
-    pub.add_argument("release", metavar="RELEASE_DIR")
-    pub.add_argument("--feed", "-f", required=True, metavar="DIR",
-                     help="feed root folder (created if missing)")
+    release_into_feed(pub)
     pub.add_argument("--channel", "-c", required=True, metavar="CHANNEL", help="e.g. stable, beta")
     pub.add_argument("--key", "-k", required=True, metavar="ROLLOUT_KEY", help="rollout private key (PEM)")
-    pub.add_argument("--board", "-b", metavar="BOARD",
-                     help="which target board (when the release has several)")
-    pub.add_argument("--release-pubkey", action="append", default=None, metavar="PUB",
-                     help="also verify the release signature with this release public key (repeatable)")
     pub.add_argument("--rollout-id", metavar="ID", help="rollout id (default <board>-<version>-<UTC time>)")
     pub.add_argument("--groups", metavar="G1,G2", help="device groups in the rollout, comma separated")
     pub.add_argument("--percentage", type=float, metavar="P",
@@ -49,8 +43,7 @@ def register(sub: Any) -> None:
                           "keep it fresh with `mpota feed refresh` or `mpota serve`)")
     pub.add_argument("--allow-downgrade", action="store_true",
                      help="publish a lower security_version than the channel's current release (warns)")
-    pub.add_argument("--any-role", action="store_true", help="accept a key of any role (or without one)")
-    pub.add_argument("--json", action="store_true", help="print the channel document written, as JSON")
+    flags(pub, json="print the channel document written, as JSON")
     pub.set_defaults(func=cmd_publish)
 
     add = fsub.add_parser(
@@ -58,13 +51,7 @@ def register(sub: Any) -> None:
         description="Stage a release: copy RELEASE_DIR to releases/<board>/<version>/ (image first, then "
                     "manifest, each atomically). No channel document changes, so no device is offered it "
                     "until `mpota feed publish` or a rollout points a channel at it.")
-    add.add_argument("release", metavar="RELEASE_DIR")
-    add.add_argument("--feed", "-f", required=True, metavar="DIR",
-                     help="feed root folder (created if missing)")
-    add.add_argument("--board", "-b", metavar="BOARD",
-                     help="which target board (when the release has several)")
-    add.add_argument("--release-pubkey", action="append", default=None, metavar="PUB",
-                     help="also verify the release signature with this release public key (repeatable)")
+    release_into_feed(add)
     add.add_argument("--deltas", type=int, default=0, metavar="N",
                      help="also make patches from the last N earlier releases of the board in the feed "
                           "(boards running one download the patch instead of the image); needs --key")
@@ -72,8 +59,7 @@ def register(sub: Any) -> None:
                      help="release private key (PEM) that re-signs the manifest with the patches listed")
     add.add_argument("--window-bits", type=int, default=DEFAULT_WINDOW_BITS, metavar="N",
                      help=f"zlib window of the patches, 2**N bytes (default {DEFAULT_WINDOW_BITS})")
-    add.add_argument("--any-role", action="store_true", help="accept a --key of any role (or without one)")
-    add.add_argument("--json", action="store_true", help="print the result as JSON")
+    flags(add, any_role="a --key")
     add.set_defaults(func=cmd_add)
 
     ver = fsub.add_parser(

@@ -5,16 +5,15 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from host_tools.commands._options import actions
 from host_tools.errors import UsageError
 
 
 def register(sub: Any) -> None:
-    fleet = sub.add_parser("fleet", help="fleet secret and device / operator tokens",
-                           description="The fleet secret (32 random bytes, hex, mode 0600) and the tokens "
-                                       "derived from it: a device token = hex HMAC-SHA256(secret, "
-                                       "device_id); "
-                                       "the operator token = hex HMAC-SHA256(secret, 'mpota operator').")
-    fsub = fleet.add_subparsers(dest="fleet_command", metavar="ACTION", required=True)
+    fsub = actions(sub, "fleet", "fleet secret and device / operator tokens",
+                   "The fleet secret (32 random bytes, hex, mode 0600) and the tokens derived from it: a "
+                   "device token = hex HMAC-SHA256(secret, device_id); the operator token = hex "
+                   "HMAC-SHA256(secret, 'mpota operator').")
     sec = fsub.add_parser("secret", help="create a fleet secret file",
                           description="Write a new fleet secret to PATH (mode 0600). Refuses to overwrite: "
                                       "replacing it invalidates every device token.")

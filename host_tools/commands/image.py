@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from host_tools.commands._options import actions
 from host_tools.esp_image import (
     ImageError,
     ImageReport,
@@ -19,9 +20,7 @@ from host_tools.fsutil import atomic_write
 
 
 def register(sub: Any) -> None:
-    img = sub.add_parser("image", help="inspect ESP32 firmware images",
-                         description="Inspect ESP32 firmware images.")
-    isub = img.add_subparsers(dest="image_command", metavar="ACTION", required=True)
+    isub = actions(sub, "image", "inspect ESP32 firmware images", "Inspect ESP32 firmware images.")
     info = isub.add_parser(
         "info", help="show and validate an app image or a combined flash image",
         description="Parse an ESP32 image: header, extended header (chip, revisions), segments, checksum, "

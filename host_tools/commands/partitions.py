@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from host_tools.boards import Board, load_board
+from host_tools.commands._options import actions
 from host_tools.errors import UsageError
 from host_tools.fsutil import atomic_write
 from host_tools.partitions import (
@@ -21,9 +22,8 @@ from host_tools.partitions import (
 
 
 def register(sub: Any) -> None:
-    parser = sub.add_parser("partitions", help="build or show ESP-IDF partition tables",
-                            description="Build or show ESP-IDF partition tables.")
-    psub = parser.add_subparsers(dest="partitions_command", metavar="ACTION", required=True)
+    psub = actions(sub, "partitions", "build or show ESP-IDF partition tables",
+                   "Build or show ESP-IDF partition tables.")
 
     build = psub.add_parser("build", help="write the binary partition table of a board or CSV",
                             description="Write the ESP-IDF binary partition table (0xC00 bytes, with MD5) "

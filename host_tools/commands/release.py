@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from host_tools.commands._options import flags
 from host_tools.errors import UsageError
 from host_tools.manifest import DEFAULT_WINDOW_BITS, MAX_WINDOW_BITS, MIN_WINDOW_BITS, parse_expires
 
@@ -87,8 +88,7 @@ def register(sub: Any) -> None:
     co.add_argument("path", metavar="RELEASE_DIR|MANIFEST")
     co.add_argument("--key", "-k", required=True, action="append", metavar="KEY",
                     help="release private key (PEM); repeatable")
-    co.add_argument("--any-role", action="store_true", help="accept a key of any role (or without one)")
-    co.add_argument("--json", action="store_true", help="print the result as JSON")
+    flags(co)
     co.set_defaults(func=cmd_cosign)
 
     ver = sub.add_parser(
@@ -100,7 +100,7 @@ def register(sub: Any) -> None:
     ver.add_argument("path", metavar="RELEASE_DIR|MANIFEST")
     ver.add_argument("--pubkey", "-p", required=True, action="append", metavar="PUB",
                      help="a release public key: PEM file or 130-digit hex; repeatable")
-    ver.add_argument("--json", action="store_true", help="print the result as JSON")
+    flags(ver, any_role=None)
     ver.add_argument("--threshold", type=int, default=1, metavar="N", help="signatures needed (default 1)")
     ver.add_argument("--board", metavar="BOARD", help="also require BOARD in target_hardware")
     ver.add_argument("--allow-expired", action="store_true", help="accept an expired manifest")
