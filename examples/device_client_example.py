@@ -121,12 +121,7 @@ def host_main(argv):
             boot("1.1.0 published on stable%s" % (" (a build with a bug)" if flags else ""))
             boot("later boots")
             print("==== the server received")
-            for e in server.server.store.device_events("demo-1"):
-                d = e["detail"] or {}
-                extra = " ".join("%s=%s" % (k, d[k]) for k in ("progress", "check", "reason", "health")
-                                 if k in d)
-                print("  #%-3d %-13s version %-6s target %-6s %s" % (
-                    e["seq"], e["event"], e["version"], e["target"] or "-", extra))
+            print(server.device_log("demo-1", "target", ("progress", "check", "reason", "health")))
         finally:
             server.stop()
     return 0

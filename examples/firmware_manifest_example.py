@@ -1,4 +1,4 @@
-"""Firmware manifest example (the seed's create_manifest / FirmwareManifest usage, on the signed format).
+"""Firmware manifest example: create_manifest and FirmwareManifest on the signed format.
 
 Creates a release manifest for a firmware image, saves it as a signed DSSE envelope, loads it back
 (verifying the signature with the release public key) and validates it; then shows that a tampered

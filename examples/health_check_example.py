@@ -1,5 +1,5 @@
 # ruff: noqa: UP031  (device code: MicroPython has no str.format mini-language parity; % it is)
-# Health checks on the device: the trial boot (mpota.boot) and HealthReporter (the seed's API).
+# Health checks on the device: the trial boot (mpota.boot) and the heartbeat loop (HealthReporter).
 #
 # On a board: copy this file to the board as /main.py, next to the /mpota.json that
 # `mpota deploy` wrote. When a new firmware boots for the first time, mpota.boot() runs the
@@ -125,11 +125,7 @@ def host_main(argv):
             assert inst.kind == "exit", inst
             boot("update to 1.1.0 pending%s" % (" (a build with a broken sensor)" if flags else ""))
             print("==== the server received")
-            for e in server.server.store.device_events("demo-1"):
-                d = e["detail"] or {}
-                extra = " ".join("%s=%s" % (k, d[k]) for k in ("check", "reason", "health") if k in d)
-                print("  #%-3d %-13s version %-6s slot %-6s %s" % (e["seq"], e["event"], e["version"],
-                                                                 e["slot"], extra))
+            print(server.device_log("demo-1", "slot", ("check", "reason", "health")))
         finally:
             server.stop()
     return 0

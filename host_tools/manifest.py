@@ -595,7 +595,7 @@ def create_manifest(
     created: str | None = None,
     expires: str | None = None,
 ) -> FirmwareManifest:
-    """A manifest for the raw image at firmware_path (seed API); the bytes on the wire are
+    """A manifest for the raw image at firmware_path; the bytes on the wire are
     transfer_path when given (e.g. the zlib stream), else the image itself."""
     now = utc_now()
     try:

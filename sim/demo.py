@@ -521,44 +521,50 @@ class Demo:
         finally:
             fleet.close()
 
-    def _publish_app(self, release: Path) -> None:
+    def _publish_app(self, fleet: Fleet, release: Path, what: str) -> None:
         self.cli("feed", "publish", "--feed", str(self.feed), "--channel", APP_CHANNEL, "--key",
                  str(self.rollout_key), str(release), show=False)
+        s = fleet.poll_all()
+        self.say(f"{what} published on channel {APP_CHANNEL}; one poll: {s.line()}")
+
+    # Every board through `wrong` (its board, state, flash report and app record: what is wrong,
+    # or None); the demo expects none wrong.
+    def _expect_boards(self, fleet: Fleet, wrong: Any, good: str) -> None:
+        bad = []
+        for d, dev in fleet.by_id.items():
+            st, f = fleet.device_state(d), fleet.flash_report(d)
+            app = st.get("app") or {}
+            why = wrong(dev.board, st, f, app)
+            if why is not None:
+                bad.append(f"{d}: app {app.get('version')}, firmware {f['version']} in {f['slot']}{why}")
+        self.expect(not bad, f"all {len(fleet.devices)} boards {good}", "; ".join(bad[:4]))
 
     def _app_only(self, fleet: Fleet, release: Path) -> None:
-        self._publish_app(release)
-        s = fleet.poll_all()
-        self.say(f"v1.0.1 (app only) published on channel {APP_CHANNEL}; one poll: {s.line()}")
-        bad = []
-        for d in fleet.by_id:
-            st, f = fleet.device_state(d), fleet.flash_report(d)
-            app = st.get("app") or {}
-            files = fleet.by_id[d].board.fs / "app.a"
-            if not (app.get("version") == "1.0.1" and app.get("slot") == "a" and not st.get("pending")
-                    and f["version"] == "1.0.0" and f["slot"] == "ota_0" and (files / "lib").is_dir()):
-                bad.append(f"{d}: app {app.get('version')}, firmware {f['version']} in {f['slot']}")
-        self.expect(not bad, f"all {len(fleet.devices)} boards confirmed app v1.0.1 in /app.a and kept "
-                    "firmware v1.0.0 in ota_0 (no firmware flashed)", "; ".join(bad[:4]))
+        self._publish_app(fleet, release, "v1.0.1 (app only)")
+
+        def wrong(board: Any, st: dict[str, Any], f: dict[str, Any], app: dict[str, Any]) -> str | None:
+            ok = (app.get("version") == "1.0.1" and app.get("slot") == "a" and not st.get("pending")
+                  and f["version"] == "1.0.0" and f["slot"] == "ota_0"
+                  and (board.fs / "app.a" / "lib").is_dir())
+            return None if ok else ""
+
+        self._expect_boards(fleet, wrong, "confirmed app v1.0.1 in /app.a and kept firmware v1.0.0 in ota_0 "
+                            "(no firmware flashed)")
 
     def _app_and_firmware_fail(self, fleet: Fleet, release: Path) -> None:
-        self._publish_app(release)
-        s = fleet.poll_all()
-        self.say(f"v1.1.1 (firmware + app) published; one poll: {s.line()}")
-        bad = []
-        for d in fleet.by_id:
-            st, f = fleet.device_state(d), fleet.flash_report(d)
-            app = st.get("app") or {}
-            b = fleet.by_id[d].board
-            tried = fleet.slot_version(b, "ota_1") == "1.1.1" and (b.fs / "app.b").is_dir()
+        self._publish_app(fleet, release, "v1.1.1 (firmware + app)")
+
+        def wrong(board: Any, st: dict[str, Any], f: dict[str, Any], app: dict[str, Any]) -> str | None:
+            tried = fleet.slot_version(board, "ota_1") == "1.1.1" and (board.fs / "app.b").is_dir()
             failed = any(list(x)[:1] == ["1.1.1"] for x in st.get("failed") or [])
-            if not (tried and failed and app.get("version") == "1.0.1" and app.get("slot") == "a"
-                    and f["version"] == "1.0.0" and f["slot"] == "ota_0" and f["ota_state"] == "VALID"
-                    and not st.get("pending")):
-                bad.append(f"{d}: app {app.get('version')}, firmware {f['version']} in {f['slot']}, "
-                           f"tried {tried}, failed {failed}")
-        self.expect(not bad, f"all {len(fleet.devices)} boards flashed v1.1.1 and its app, failed the app's "
-                    "health check on trial and rolled back firmware (v1.0.0, ota_0) and app (v1.0.1, "
-                    "/app.a) together", "; ".join(bad[:4]))
+            ok = (tried and failed and app.get("version") == "1.0.1" and app.get("slot") == "a"
+                  and f["version"] == "1.0.0" and f["slot"] == "ota_0" and f["ota_state"] == "VALID"
+                  and not st.get("pending"))
+            return None if ok else f", tried {tried}, failed {failed}"
+
+        self._expect_boards(fleet, wrong, "flashed v1.1.1 and its app, failed the app's health check on "
+                            "trial and rolled back firmware (v1.0.0, ota_0) and app (v1.0.1, /app.a) "
+                            "together")
 
     def final_status(self) -> None:
         self.step("Final status")

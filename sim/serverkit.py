@@ -72,6 +72,17 @@ class ServerThread:
             self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(30)
 
+    def device_log(self, device_id: str, column: str, detail: tuple[str, ...]) -> str:
+        """The reports stored for ``device_id``, a line each: seq, event, version, ``column`` and
+        the ``detail`` keys the report has."""
+        lines = []
+        for e in self.server.store.device_events(device_id):
+            d = e["detail"] or {}
+            extra = " ".join(f"{k}={d[k]}" for k in detail if k in d)
+            lines.append(f"  #{e['seq']:<3} {e['event']:<13} version {e['version'] or '-':<6} {column} "
+                         f"{e[column] or '-':<6} {extra}".rstrip())
+        return "\n".join(lines)
+
     def __enter__(self) -> ServerThread:
         return self
 
