@@ -380,6 +380,6 @@ def offer(ch, m, manifest_url):
     th = img.get("transfer_hash")
     o.transfer_hash = th[7:] if th else o.hash
     o.deltas = img.get("deltas") or []  # patches from earlier images (mpota.delta)
-    o.how = {}  # report detail of a delta install (mpota.delta.install), {} for a full one
+    o.how = {}  # report detail of a delta install (the updater's delta path), {} for a full one
     o.slot = o.prev_slot = o.chip = None
     return o

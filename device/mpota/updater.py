@@ -213,11 +213,29 @@ _TRANSFER = ("http", "tls", "inflate", "imagehdr", "delta", "slot")
 _CHECK = ("check", "dsse", "p256", "trust", "version", "imagehdr", "firmware")
 
 
-# mpota.delta.install, loaded only when the manifest offers patches.
+# The delta path, when the manifest offers patches: mpota.firmware picks the patch whose base is
+# the running image (slot `run`) and sets o.how; the transfer rebuilds the image from it
+# (mpota.delta). True when it made the image; else the full image follows in the same update,
+# without the patch code in RAM (o.how["delta"]: "fallback: <reason>"). Flash errors are not
+# the patch's fault: they propagate.
 def _delta_install(u, o, run, part):
-    import mpota.delta as delta
+    u._evict_reporter(o)  # the outbox's code leaves RAM before the running slot is hashed
+    import mpota.firmware as firmware
 
-    return delta.install(u, o, run, part)
+    d = firmware.patch(u, o, run)
+    del firmware
+    _unload("firmware")
+    if d is not None:
+        try:
+            u._transfer(o, part, d, run)
+            o.how["delta"] = "applied"
+            o.how["bytes"] = d["size"]
+            return True
+        except (errors.IntegrityError, errors.DownloadError) as e:
+            print("mpota: patch failed (%s), full image" % e.code)
+            o.how["delta"] = "fallback: " + e.code
+        _unload("delta")
+    return False
 
 
 def _running_part():
@@ -603,6 +621,7 @@ class Updater:
                 raise errors.IntegrityError("hash_mismatch", "image hash mismatch")
         except errors.DownloadError:
             if plain:
+                dl["offset"] = dl["transfer_offset"] = w.pos  # the blocks written before the break
                 st.save()  # keep the progress: the next update() resumes
             raise
         except Exception:
@@ -631,14 +650,19 @@ class Updater:
         nblk = w.nblk
         step = (nblk + 3) // 4  # progress reports at 0/25/50/75 %
         every = max(_SAVE_EVERY, nblk // 8)  # progress saves: each a flash write, at most ~8
-        while w.blk < nblk:
-            pos = w.pos
-            w.put(reader)
-            if (w.blk - 1) % step == 0:
-                self._progress(o, pos, o.size)
+        # in runs of blocks that end after each progress block and at each save
+        blk = w.blk
+        while blk < nblk:
+            upto = ((blk - 1) // step + 1) * step + 1  # the block after the next progress block
             if plain:
-                dl["offset"] = dl["transfer_offset"] = w.pos
-                if w.blk % every == 0 and w.blk < nblk:
+                upto = min(upto, (blk // every + 1) * every)
+            pos = w.put(reader, upto)
+            blk = w.blk
+            if (blk - 1) % step == 0:
+                self._progress(o, (blk - 1) * _BLOCK, o.size)
+            if plain:
+                dl["offset"] = dl["transfer_offset"] = pos
+                if blk % every == 0 and blk < nblk:
                     self.state.save()
         w.end(reader)
         if dp is not None:
