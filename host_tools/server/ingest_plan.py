@@ -14,10 +14,11 @@ drops. Any other exception is the server's fault and must not be passed off as t
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, NoReturn
+
+import orjson
 
 # A validated report, as the app hands it over (see ingest.validate_report).
 Report = dict[str, Any]
@@ -66,17 +67,13 @@ class KnownDevice(NamedTuple):
 
 # One events row. Rows are plain tuples in EVENT_COLUMNS order, made in one place (event_rows):
 # sqlite3 binds an exact tuple about 45% faster than a NamedTuple (it takes the generic sequence
-# path for a subclass), and this is the hot path of ingest.
-EVENT_COLUMNS = ("received", "device_key", "seq", "event", "device_time", "uptime_ms", "board",
-                 "grp",      # the group the report claims
-                 "version", "slot", "rollout", "target",
-                 "detail")   # compact JSON
-EventRow = tuple[float, int, int, str, "int | None", "int | None", "str | None", "str | None", "str | None",
-                 "str | None", "str | None", "str | None", "str | None"]
-# the report fields an events row holds, in column order after device_key (detail apart: encoded)
-_EVENT_FIELDS = ("seq", "event", "time", "uptime_ms", "board", "group", "version", "slot", "rollout",
-                 "target")
-# those a text column holds (checked: no NUL, valid Unicode)
+# path for a subclass), and this is the hot path of ingest. Columns are what queries select or
+# filter on; the rest of the report is one compact JSON object (REPORT_FIELDS, None left out):
+# every column bound costs the insert about as much as encoding a field.
+EVENT_COLUMNS = ("received", "device_key", "seq", "event", "rollout", "report")
+EventRow = tuple[float, int, int, str, "str | None", str]
+REPORT_FIELDS = ("time", "uptime_ms", "board", "group", "version", "slot", "target", "detail")  # in "report"
+# those a text column of the devices row holds (checked: no NUL, valid Unicode)
 _TEXT_FIELDS = ("event", "board", "group", "version", "slot", "rollout", "target")
 
 
@@ -199,12 +196,12 @@ def event_rows(device_key: int, reports: Sequence[Report], now: float,
     for r in reports:
         in_commit.add((device_key, r["seq"]))
         check_text_fields(r)
-        detail = r.get("detail")
+        rest = {k: v for k in REPORT_FIELDS if (v := r.get(k)) is not None}
         try:
-            detail_json = None if detail is None else _dumps(detail)
+            report_json = _dumps(rest)
         except (ValueError, TypeError, RecursionError) as exc:  # NaN, a value JSON has no form for
-            _refuse(f"detail is not JSON ({exc})")
-        rows.append((now, device_key, *map(r.get, _EVENT_FIELDS), detail_json))  # type: ignore[arg-type]
+            _refuse(f"report is not JSON ({exc})")
+        rows.append((now, device_key, r["seq"], r["event"], r.get("rollout"), report_json))
     return rows
 
 
@@ -342,25 +339,22 @@ def _utf8(text: str) -> bool:
     return True
 
 
-def _compact_encoder() -> Callable[[object], str]:
-    """json.dumps(obj, separators=(",", ":"), allow_nan=False) for the flat detail dicts of every
-    report: the C encoder made once (json.dumps builds a new one per call, half the cost). ASCII
-    output: whatever strings the detail holds, the column can."""
-    from json import encoder
-
-    make = getattr(encoder, "c_make_encoder", None)
-    plain = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
-    if make is None:
-        return plain
-
-    def refuse(o: object) -> None:
-        raise TypeError(f"{type(o).__name__} is not JSON")
-    enc = make(None, refuse, encoder.encode_basestring_ascii, None, ":", ",", False, False, False)
-    join = "".join
-    return lambda obj: join(enc(obj, 0))
+def _dumps(obj: dict[str, Any]) -> str:
+    """Compact JSON, refusing what JSON has no form for. orjson (several times faster than the
+    json module) refuses lone surrogates and integers beyond 64 bits but writes NaN and Infinity
+    as null: a null in its output is looked at again."""
+    out = orjson.dumps(obj)
+    if b"null" in out and _nonfinite(obj):
+        raise ValueError("NaN or Infinity")
+    return out.decode()
 
 
-_dumps = _compact_encoder()
+def _nonfinite(obj: dict[str, Any] | list[Any]) -> bool:
+    values: Any = obj.values() if isinstance(obj, dict) else obj
+    for v in values:
+        if (isinstance(v, float) and v - v != 0.0) or (isinstance(v, (dict, list)) and _nonfinite(v)):
+            return True
+    return False
 
 
 def _refuse(why: str) -> NoReturn:

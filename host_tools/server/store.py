@@ -231,10 +231,10 @@ _SEEN = "SELECT 1 FROM events WHERE device_key = ? AND seq = ?"
 _OF_DEVICE = "device_key = (SELECT device_key FROM devices WHERE device_id = ?)"
 
 
-# an events row as the API shows it: its device by id, the group under its name
-_EVENT_COLS = ("e.received", "d.device_id", "e.seq", "e.event", "e.device_time", "e.uptime_ms", "e.board",
-               "e.grp", "e.version", "e.slot", "e.rollout", "e.target", "e.detail")
-_EVENT_KEYS = tuple("group" if c == "e.grp" else c.split(".")[1] for c in _EVENT_COLS)
+# an events row as the API shows it: its device by id, the report's fields (its "time" as device_time)
+_EVENT_COLS = ("e.received", "d.device_id", "e.seq", "e.event", "e.rollout", "e.report")
+_EVENT_KEYS = ("received", "device_id", "seq", "event", "device_time", "uptime_ms", "board", "group",
+               "version", "slot", "rollout", "target", "detail")
 
 
 class Leadership:
@@ -336,10 +336,12 @@ class SQLStore(Store):
             sql += f" WHERE e.{_OF_DEVICE}"
             args = (device_id, limit)
         out = []
-        for row in self._conn().execute(sql + " ORDER BY e.id DESC LIMIT ?", args):
-            d = dict(zip(_EVENT_KEYS, row, strict=True))
-            d["detail"] = json.loads(d["detail"]) if d["detail"] else None
-            out.append(d)
+        for received, device, seq, event, rollout, report in self._conn().execute(
+                sql + " ORDER BY e.id DESC LIMIT ?", args):
+            r = json.loads(report)
+            out.append(dict(zip(_EVENT_KEYS, (received, device, seq, event, r.get("time"), r.get("uptime_ms"),
+                                              r.get("board"), r.get("group"), r.get("version"), r.get("slot"),
+                                              rollout, r.get("target"), r.get("detail")), strict=True)))
         out.reverse()
         return out
 
@@ -359,18 +361,18 @@ class SQLStore(Store):
         """Installs by how the image came, from the `installed` reports' detail.delta: full (no
         patch offered), delta (a patch applied), fallback (a patch offered, the full image taken),
         and the bytes the applied patches saved on the wire (full_bytes - bytes, as reported)."""
-        sql = "SELECT detail FROM events WHERE event = 'installed'"
+        sql = "SELECT report FROM events WHERE event = 'installed'"
         args: tuple[Any, ...] = ()
         if rollout_id is not None:
             sql += " AND rollout = ?"
             args = (rollout_id,)
         out = {"full": 0, "delta": 0, "fallback": 0, "bytes_saved": 0}
         for (text,) in self._conn().execute(sql, args):
-            d = json.loads(text) if text else None
+            d = json.loads(text).get("detail")
             how = d.get("delta") if isinstance(d, dict) else None
             if how == "applied":
                 out["delta"] += 1
-                full, got = d.get("full_bytes"), d.get("bytes")  # type: ignore[union-attr]
+                full, got = d.get("full_bytes"), d.get("bytes")
                 if type(full) is int and type(got) is int and full > got:
                     out["bytes_saved"] += full - got
             elif isinstance(how, str) and how.startswith("fallback"):
