@@ -69,6 +69,32 @@ def test_newest_report_describes_the_device(store: SQLStore) -> None:
     assert dev is not None and dev["health"] == "failed:wifi"
 
 
+def test_repeated_inventory_still_moves_what_changes(store: SQLStore) -> None:
+    # SQLite's writer rewrites only the seen columns while a device's inventory stays what it last
+    # wrote: whatever changes in between (a report's fields, a registration) must still land
+    def ingest(seq: int, now: float, **kw: Any) -> dict[str, Any]:
+        [ok] = store.ingest([("d1", [_r("d1", seq, **kw)])], now)
+        assert ok.accepted == 1
+        dev = store.get_device("d1")
+        assert dev is not None and (dev["last_seen"], dev["last_seq"]) == (now, seq)
+        return dev
+
+    inventory = {"board": "b", "group": "g1", "version": "1.0", "slot": "ota_0"}
+    ingest(1, 10.0, **inventory, detail={"free": 10})
+    dev = ingest(2, 11.0, **inventory, detail={"free": 20})
+    assert (dev["version"], dev["free_mem"], dev["last_event_at"]) == ("1.0", 20, 11.0)
+    store.register_device("d1", "b", "g2", 12.0, operator=False)  # the device claims another group
+    assert ingest(3, 13.0, **inventory)["claimed_group"] == "g1"
+    dev = ingest(4, 14.0, board="b")  # fields left out keep what is stored
+    assert (dev["claimed_group"], dev["version"], dev["free_mem"]) == ("g1", "1.0", 20)
+    assert ingest(5, 15.0, **{**inventory, "version": "1.1"})["version"] == "1.1"
+    store.register_device("d1", "c", "canary", 16.0)  # the operator's board counts from now on
+    dev = ingest(6, 17.0, **{**inventory, "version": "1.1"})
+    assert (dev["board"], dev["group"], dev["claimed_group"]) == ("c", "canary", "g1")
+    assert ingest(7, 18.0, event="health_failed", detail={"check": "wifi"})["health"] == "failed:wifi"
+    assert ingest(8, 19.0, event="confirmed", **inventory)["health"] == "ok"
+
+
 def test_installs_full_vs_delta(store: SQLStore) -> None:
     """`installed` reports by how the image came (detail.delta, device/mpota/delta.py)."""
     inst = "installed"

@@ -105,6 +105,20 @@ class DeviceRow:
                 self.last_event, self.last_event_at, self.health, self.free_mem, self.rollout, self.target,
                 self.last_seq, self.device_key)
 
+    def inventory(self) -> Inventory:
+        """What this update asks of the inventory columns. The UPDATE is idempotent: asked again,
+        with no other write to the row in between, it changes none of them."""
+        return (self.board, self.claimed_group, self.version, self.slot, self.last_event, self.health,
+                self.rollout, self.target)
+
+    def seen_params(self) -> tuple[Any, ...]:
+        return (self.last_seen, self.last_event_at, self.free_mem, self.last_seq, self.device_key)
+
+
+# What a report sets in a devices row besides when it was seen (board, claimed group, version,
+# slot, last event, health, rollout, target): the same from one report to the next, mostly.
+Inventory = tuple["str | None", ...]
+
 
 # last_seq is set, not compared: the plan read it under the same write lock (SQLite's single
 # writer, PostgreSQL's row lock), so it is the stored value or a higher one.
@@ -117,6 +131,14 @@ UPDATE devices SET
     last_event_at = COALESCE(?, last_event_at), health = COALESCE(?, health),
     free_mem = COALESCE(?, free_mem), rollout = COALESCE(?, rollout), target = COALESCE(?, target),
     last_seq = ?
+WHERE device_key = ?
+"""
+
+# The columns that move with every report, alone: what UPDATE_DEVICE writes when it asks the
+# same inventory as the previous update of the row (its other SETs would change nothing).
+UPDATE_DEVICE_SEEN = """
+UPDATE devices SET last_seen = ?, last_event_at = COALESCE(?, last_event_at),
+    free_mem = COALESCE(?, free_mem), last_seq = ?
 WHERE device_key = ?
 """
 

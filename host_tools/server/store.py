@@ -34,9 +34,11 @@ from host_tools.server import migrations
 from host_tools.server.ingest_plan import (
     INSERT_EVENT,
     UPDATE_DEVICE,
+    UPDATE_DEVICE_SEEN,
     UPSERT_PROGRESS,
     IngestPlan,
     IngestResult,
+    Inventory,
     KnownDevice,
     Progress,
     Report,
@@ -295,6 +297,7 @@ class SQLStore(Store):
                     "THEN COALESCE(excluded.board, devices.board) ELSE devices.board END, "
                     "claimed_grp = COALESCE(excluded.claimed_grp, devices.claimed_grp)",
                     (device_id, board, group, now))
+            self._forget(device_id=device_id)  # the writer's cache of its row is stale now
             if reset_seq:
                 # The board starts counting again (flash erased). Earlier events stay, with their seq
                 # moved below every earlier one (negative: outside the replay check, seqs are >= 0).
@@ -303,7 +306,6 @@ class SQLStore(Store):
                 conn.execute(f"UPDATE events SET seq = seq - ? + ? WHERE {_OF_DEVICE} AND seq >= 0",
                              (1 << 53, low, device_id))
                 conn.execute("UPDATE devices SET last_seq = -1 WHERE device_id = ?", (device_id,))
-                self._forget(device_id=device_id)
         device = self.get_device(device_id)
         assert device is not None
         return device
@@ -544,6 +546,8 @@ class SQLiteStore(SQLStore):
         self._lock = threading.RLock()
         self._devices: dict[str, KnownDevice] = {}
         self._progress: dict[tuple[str, str], Progress] = {}
+        # what this writer's last update of each recent device's row asked of its inventory columns
+        self._inventory: dict[str, Inventory] = {}
         self._all: list[sqlite3.Connection] = []
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -557,6 +561,7 @@ class SQLiteStore(SQLStore):
     def _forget(self, device_id: str | None = None, rollout_id: str | None = None) -> None:
         if device_id is not None:
             self._devices.pop(device_id, None)
+            self._inventory.pop(device_id, None)
         if rollout_id is not None:
             for key in [k for k in self._progress if k[0] == rollout_id]:
                 del self._progress[key]
@@ -612,9 +617,14 @@ class SQLiteStore(SQLStore):
         try:
             plan = plan_ingest(requests, now, self._known_device(conn, now), self._seen(conn),
                                self._stored_progress(conn))
+            written: dict[str, Inventory] = {}
             if plan.events:
                 conn.executemany(INSERT_EVENT, plan.events)
-                conn.executemany(UPDATE_DEVICE, plan.device_params())
+                full, seen = self._device_writes(plan, written)
+                if full:
+                    conn.executemany(UPDATE_DEVICE, full)
+                if seen:
+                    conn.executemany(UPDATE_DEVICE_SEEN, seen)
             if plan.progress:
                 conn.executemany(UPSERT_PROGRESS, plan.progress_params())
             conn.execute("COMMIT")
@@ -624,8 +634,24 @@ class SQLiteStore(SQLStore):
             except sqlite3.Error:
                 pass
             raise
-        self._remember(plan)
+        self._remember(plan, written)
         return plan.results
+
+    def _device_writes(self, plan: IngestPlan, written: dict[str, Inventory]
+                       ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        """The devices rows to update whole (UPDATE_DEVICE) and those that ask the inventory this
+        writer's last update of the row asked, where only the seen columns move
+        (UPDATE_DEVICE_SEEN); `written` gets what the former ask."""
+        cache = self._inventory
+        full, seen = [], []
+        for device_id, row in plan.devices.items():
+            asked = row.inventory()
+            if asked == cache.get(device_id):
+                seen.append(row.seen_params())
+            else:
+                full.append(row.params())
+                written[device_id] = asked
+        return full, seen
 
     def _known_device(self, conn: sqlite3.Connection, now: float) -> Callable[[str], KnownDevice]:
         """A device's key and last seq: cached, else read, else its devices row is made now."""
@@ -662,11 +688,12 @@ class SQLiteStore(SQLStore):
             return current
         return progress_of
 
-    def _remember(self, plan: IngestPlan) -> None:
+    def _remember(self, plan: IngestPlan, written: dict[str, Inventory]) -> None:
         """The writer's caches move forward once the transaction is durable (bounded: the oldest
         entries go first)."""
         _bounded_update(self._devices, plan.known())
         _bounded_update(self._progress, plan.progress)
+        _bounded_update(self._inventory, written)
 
 
 def _bounded_update(cache: dict[_K, _V], update: Mapping[_K, _V]) -> None:
