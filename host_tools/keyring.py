@@ -108,27 +108,31 @@ def sign(doc: KeysDoc, keys: Sequence[PrivateKey]) -> bytes:
 
 def add(feed_dir: str | os.PathLike[str], doc: KeysDoc, keys: Sequence[PrivateKey],
         legacy: KeysDoc | None = None) -> Signed:
-    """Sign `doc` with `keys` and write it as the feed's next keys version, once the boards would
-    take it: version 1 signed by a threshold of its own root keys (and, with `legacy`, acceptable
-    to boards still on bare key lists); any later version by check_keys after the current one."""
+    """Sign `doc` with `keys` and write it as the feed's next keys version (publish)."""
+    return publish(feed_dir, sign(doc, keys), legacy)
+
+
+def publish(feed_dir: str | os.PathLike[str], data: bytes, legacy: KeysDoc | None = None) -> Signed:
+    """Write signed keys document bytes as the feed's next keys version, once the boards would take
+    them: version 1 signed by a threshold of its own root keys (and, with `legacy`, acceptable to
+    boards still on bare key lists); any later version by check_keys after the current one."""
     from host_tools.feed import feed_lock
     from host_tools.fsutil import atomic_write, make_dirs
     from host_tools.trust import check_keys
 
     feed = Path(feed_dir)
-    data = sign(doc, keys)
+    if len(data) > MAX_KEYS_BYTES:
+        raise KeyringError(f"signed keys document is {len(data)} bytes, over the device's "
+                           f"{MAX_KEYS_BYTES}-byte cap")
+    doc = KeysDoc.from_envelope_unverified(data)
     with feed_lock(feed):
         cur = current(feed)
         want = 1 if cur is None else cur.doc.version + 1
         if doc.version != want:
             raise KeyringError(f"the feed's next keys version is {want}, not {doc.version}")
-        try:
-            if cur is None:
-                self_signed(data, doc)
-            else:
-                check_keys(data, cur.doc)
-        except MpotaError as exc:
-            raise KeyringError(f"boards would refuse keys v{doc.version}: {exc}") from None
+        why = refusal(data, doc, None if cur is None else cur.doc)
+        if why is not None:
+            raise KeyringError(f"boards would refuse keys v{doc.version}: {why}")
         if legacy is not None:
             try:
                 check_keys(data, legacy)
@@ -138,6 +142,82 @@ def add(feed_dir: str | os.PathLike[str], doc: KeysDoc, keys: Sequence[PrivateKe
         target = feed / keys_path(doc.version)
         make_dirs(target.parent)
         atomic_write(target, data)
+    return Signed(doc, data)
+
+
+def refusal(data: bytes, doc: KeysDoc, before: KeysDoc | None) -> str | None:
+    """Why boards trusting `before` (None: version 1, its own root keys only) would refuse keys
+    document bytes `data`, or None when they would take it."""
+    from host_tools.trust import check_keys
+
+    try:
+        if before is None:
+            self_signed(data, doc)
+        else:
+            check_keys(data, before)
+    except MpotaError as exc:
+        return str(exc)
+    return None
+
+
+def before_of(feed_dir: str | os.PathLike[str] | None, doc: KeysDoc,
+              legacy: KeysDoc | None = None) -> KeysDoc | None:
+    """The version a board trusts before `doc`: the feed's version N-1 (unverified: it only says
+    whose signatures belong on `doc`), or for version 1 the legacy trust (None: none given)."""
+    if doc.version == 1 or feed_dir is None:
+        return legacy if doc.version == 1 else None
+    return read_version(feed_dir, doc.version - 1).doc
+
+
+def check_signers(doc: KeysDoc, before: KeysDoc | None, keys: Sequence[PrivateKey]) -> None:
+    """Every key is a root key of `doc` or of `before` (whose threshold must sign it too): any
+    other signature counts for nothing on a board."""
+    allowed = set(doc.role("root").keyids()) | (set(before.role("root").keyids()) if before else set())
+    for k in keys:
+        if k.keyid not in allowed:
+            whose = f"keys v{doc.version}" + (f" or of v{before.version}" if before is not None else "")
+            hint = "" if before is not None or doc.version == 1 else " (--feed: the version before it)"
+            raise KeyringError(f"{k.path or 'key'} ({k.keyid[:16]}) is not a root key of {whose}{hint}")
+
+
+def write_file(path: str | os.PathLike[str], doc: KeysDoc, keys: Sequence[PrivateKey],
+               before: KeysDoc | None) -> Signed:
+    """Sign `doc` with `keys` (maybe below a threshold) into a file outside the feed, for root
+    holders on other machines to add their signatures (cosign) before it is published."""
+    from host_tools.fsutil import atomic_write
+
+    check_signers(doc, before, keys)
+    data = sign(doc, keys)
+    atomic_write(path, data)
+    return Signed(doc, data)
+
+
+def cosign(path: str | os.PathLike[str], keys: Sequence[PrivateKey], before: KeysDoc | None) -> Signed:
+    """Add the signatures of `keys` (root keys of the document or of `before`, the version boards
+    trust before it) to the keys document file at `path`, in place."""
+    from host_tools.dsse import add_signatures, envelope_bytes, envelope_payload, parse_envelope
+    from host_tools.fsutil import atomic_write
+
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise KeyringError(f"cannot read {path}: {exc.strerror or exc}") from None
+    env = parse_envelope(raw, str(path))
+    if env["payloadType"] != KEYS_PAYLOAD_TYPE:
+        raise KeyringError(f"{path} is not a keys document (payloadType {env['payloadType']})")
+    doc = KeysDoc.from_payload(envelope_payload(env, str(path)))
+    if before is not None and (before.version != doc.version - 1 or
+                               (before.fleet is not None and before.fleet != doc.fleet)):
+        raise KeyringError(f"{path} is keys v{doc.version} of fleet {doc.fleet}, not the version after "
+                           f"v{before.version} of {before.fleet}")
+    check_signers(doc, before, keys)
+    try:
+        data = envelope_bytes(add_signatures(env, keys, str(path)))
+    except MpotaError as exc:
+        raise KeyringError(str(exc)) from None
+    if len(data) > MAX_KEYS_BYTES:
+        raise KeyringError(f"{path} would be {len(data)} bytes, over the device's {MAX_KEYS_BYTES}-byte cap")
+    atomic_write(path, data)
     return Signed(doc, data)
 
 

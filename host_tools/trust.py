@@ -200,7 +200,7 @@ def check_keys(data: bytes, trusted: KeysDoc) -> KeysDoc:
     env = parse_envelope(data, "keys document")
     root = trusted.role("root")
     new = KeysDoc.from_payload(verify_envelope(env, KEYS_PAYLOAD_TYPE, root.public_keys(), root.threshold,
-                                               "keys document"))
+                                               f"keys document (root of trusted v{trusted.version})"))
     if trusted.fleet is not None and new.fleet != trusted.fleet:
         raise WrongTarget(f"keys document for fleet {new.fleet}, this is {trusted.fleet}")
     if new.version <= trusted.version:
@@ -208,5 +208,6 @@ def check_keys(data: bytes, trusted: KeysDoc) -> KeysDoc:
     if new.version != trusted.version + 1:
         raise KeysDocError(f"keys version {new.version}, expected {trusted.version + 1}")
     root = new.role("root")
-    verify_envelope(env, KEYS_PAYLOAD_TYPE, root.public_keys(), root.threshold, "keys document (new root)")
+    verify_envelope(env, KEYS_PAYLOAD_TYPE, root.public_keys(), root.threshold,
+                    f"keys v{new.version} (its own new root)")
     return new

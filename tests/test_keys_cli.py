@@ -1,5 +1,6 @@
-"""`mpota keys init|rotate|revoke|show` through the real entry point: each version written only when
-boards would take it (host_tools.trust.check_keys), one-line errors and non-zero exits otherwise."""
+"""`mpota keys init|rotate|revoke|sign|publish|show` through the real entry point: each version written
+into the feed only when boards would take it (host_tools.trust.check_keys), one-line errors and non-zero
+exits otherwise."""
 
 from __future__ import annotations
 
@@ -164,3 +165,37 @@ def test_sign_with_two_keys_and_cosign(work: Path, capsys: pytest.CaptureFixture
     fails(capsys, "release nowhere not found", "cosign", "nowhere", "--key", "rel2")
     (work / "r2" / "firmware.bin").write_bytes(b"x")  # a release that no longer holds together
     fails(capsys, "firmware.bin is 1 bytes", "cosign", "r2", "--key", "ra", "--any-role")
+
+
+def test_root_signatures_added_on_other_machines(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert init(capsys, "ra", "rb")[0] == 0
+    assert cli(capsys, "keygen", "rd", "--role", "root")[0] == 0
+    # a root change (rb and rc out, rd in; 2 of 2 now): written on ra's machine into a file, signed by ra
+    code, out, err = cli(capsys, "keys", "rotate", "--feed", "feed", "--role", "root", "--remove", "rb.pub",
+                         "--remove", "rc.pub", "--add", "rd.pub", "--key", "ra", "--out", "v2.json")
+    assert code == 0, err
+    assert "not yet: " in out and "mpota keys sign" in out
+    assert not (work / "feed/keys/2.json").exists()
+    fails(capsys, r"boards would refuse keys v2: .*1 valid of 2", "keys", "publish", "v2.json",
+          "--feed", "feed")
+    # only a root key of v2, or of v1 (the version before, from the feed), may sign
+    fails(capsys, r"rel.* is not a root key of keys v2 or of v1", "keys", "sign", "v2.json", "--key", "rel",
+          "--feed", "feed")
+    fails(capsys, r"rc.* is not a root key of keys v2 \(--feed", "keys", "sign", "v2.json",
+          "--key", "rc")
+    fails(capsys, "already signed by", "keys", "sign", "v2.json", "--key", "ra")
+    # rb's machine: the old root's threshold is met, the new root's not yet
+    code, out, _ = cli(capsys, "keys", "sign", "v2.json", "--key", "rb", "--feed", "feed")
+    assert code == 0 and "not yet: " in out and "new root" in out, out
+    # rd's machine (a key of the new root: no feed needed)
+    code, out, _ = cli(capsys, "keys", "sign", "v2.json", "--key", "rd", "--json")
+    assert code == 0 and len(json.loads(out)["signed_by"]) == 3
+    code, out, _ = cli(capsys, "keys", "sign", "v2.json", "--key", "rc", "--feed", "feed")
+    assert code == 0 and "boards would take it now" in out
+    code, out, err = cli(capsys, "keys", "publish", "v2.json", "--feed", "feed")
+    assert code == 0 and "wrote feed/keys/2.json" in out, err
+    v1 = KeysDoc.from_envelope_unverified((work / "feed/keys/1.json").read_bytes())
+    v2 = check_keys((work / "feed/keys/2.json").read_bytes(), v1)
+    assert v2.role("root").keys == [hexof("ra.pub"), hexof("rd.pub")]
+    fails(capsys, "next keys version is 3", "keys", "publish", "v2.json", "--feed", "feed")
+    fails(capsys, "not JSON", "keys", "sign", "ra.pub", "--key", "ra")

@@ -171,19 +171,28 @@ def test_board_that_skipped_two_root_rotations_walks_the_chain(env: Env) -> None
     assert st is not None and st["version"] == 4 and st["roles"]["rollout"]["keys"] == env.hexes("rollout2")
 
 
+# case: (reason, what the error says (docs/FORMATS.md "Keys document"), the document and its signers)
 HOSTILE = {
-    "new_root_only": ("unknown_key", lambda e: (e.doc(2, root=("rootD", "rootE")), ("rootD", "rootE"))),
-    "old_root_only": ("unknown_key", lambda e: (e.doc(2, root=("rootD", "rootE")), ("rootA", "rootB"))),
-    "below_threshold": ("bad_signature", lambda e: (e.doc(2, rollout=("rollout2",)), ("rootA",))),
-    "same_key_twice": ("bad_signature", lambda e: (e.doc(2, rollout=("rollout2",)), ("rootA", "rootA"))),
-    "other_fleet": ("wrong_target", lambda e: (e.doc(2, fleet="other"), ("rootA", "rootB"))),
-    "older_version": ("replayed", lambda e: (e.doc(1, rollout=("rollout2",)), ("rootA", "rootB"))),
+    "new_root_only": ("unknown_key", "keys: root of trusted v1: no signature by its keys",
+                      lambda e: (e.doc(2, root=("rootD", "rootE")), ("rootD", "rootE"))),
+    "old_root_only": ("unknown_key", "keys v2: its own new root: no signature by its keys",
+                      lambda e: (e.doc(2, root=("rootD", "rootE")), ("rootA", "rootB"))),
+    "below_threshold": ("bad_signature", "keys: root of trusted v1: fewer than 2 of its keys",
+                        lambda e: (e.doc(2, rollout=("rollout2",)), ("rootA",))),
+    "same_key_twice": ("bad_signature", "keys: root of trusted v1: fewer than 2 of its keys",
+                       lambda e: (e.doc(2, rollout=("rollout2",)), ("rootA", "rootA"))),
+    "other_fleet": ("wrong_target", "keys for fleet other, this is acme",
+                    lambda e: (e.doc(2, fleet="other"), ("rootA", "rootB"))),
+    "older_version": ("replayed", "keys version 1, 1 already trusted",
+                      lambda e: (e.doc(1, rollout=("rollout2",)), ("rootA", "rootB"))),
+    "version_gap": ("malformed", "keys version 3, expected 2",
+                    lambda e: (e.doc(3, rollout=("rollout2",)), ("rootA", "rootB"))),
 }
 
 
 @pytest.mark.parametrize("case", sorted(HOSTILE))
 def test_hostile_keys_document_refused(env: Env, case: str) -> None:
-    code, make = HOSTILE[case]
+    code, says, make = HOSTILE[case]
     v1 = env.doc(1)
     env.add_keys(v1, "rootA", "rootB")
     env.make_board(trust=v1.to_dict())
@@ -195,8 +204,8 @@ def test_hostile_keys_document_refused(env: Env, case: str) -> None:
     (env.feed.root / "keys" / "2.json").write_bytes(envelope_bytes(sigs))
     env.channel("rollout", keys_version=2)
     res = env.poll()
-    assert res["outcome"] == "error" and res["code"] == code, res
-    assert env.failed_reasons() == [code]
+    assert res["outcome"] == "error" and res["code"] == code and res["msg"] == says, res
+    assert [(e, d.get("reason"), d.get("error")) for e, d in env.server.events()] == [("failed", code, says)]
     assert env.stored() is None  # still the seeded v1
 
 

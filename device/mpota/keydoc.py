@@ -107,7 +107,7 @@ def step(data, trusted, scratch=None):
     payload, digest, sigs = dsse.open(data, KEYS, None)
     data = None
     del dsse
-    _verify(sigs, digest, trusted["roles"]["root"], scratch)
+    _verify(sigs, digest, trusted["roles"]["root"], scratch, "keys: root of trusted v%d" % trusted["version"])
     import mpota.dsse as dsse
 
     doc = check(dsse.parse(payload, "keys"))
@@ -121,17 +121,21 @@ def step(data, trusted, scratch=None):
         raise errors.MetadataError("replayed", "keys version %d, %d already trusted" % (doc["version"], v))
     if doc["version"] != v + 1:
         raise errors.MetadataError("malformed", "keys version %d, expected %d" % (doc["version"], v + 1))
-    _verify(sigs, digest, doc["roles"]["root"], scratch)
+    _verify(sigs, digest, doc["roles"]["root"], scratch, "keys v%d: its own new root" % doc["version"])
     return doc
 
 
 # A threshold of `role`'s keys signed `digest` (sigs: the envelope's decoded signatures), else
-# MetadataError bad_signature (unknown_key: none by a key of the role). mpota.dsse and mpota.p256 take turns
-# in RAM (as in the updater's checks): the walk fits the heap of a poll.
-def _verify(sigs, digest, role, scratch):
+# MetadataError "unknown_key" (none by a key of the role) or "bad_signature" (fewer than its
+# threshold), the error naming `which` root (the trusted one or the document's own). mpota.dsse
+# and mpota.p256 take turns in RAM (as in the updater's checks): the walk fits the heap of a poll.
+def _verify(sigs, digest, role, scratch, which):
     import mpota.dsse as dsse
 
-    pairs = dsse.pair(sigs, points(role), KEYS)
+    try:
+        pairs = dsse.pair(sigs, points(role), KEYS)
+    except errors.MetadataError:
+        raise errors.MetadataError("unknown_key", which + ": no signature by its keys")
     del dsse
     _drop("dsse")
     import mpota.p256 as p256
@@ -141,7 +145,7 @@ def _verify(sigs, digest, role, scratch):
     del p256
     _drop("p256")
     if not ok:
-        raise errors.MetadataError("bad_signature", "keys: bad signature")
+        raise errors.MetadataError("bad_signature", which + ": fewer than %d of its keys" % role["threshold"])
 
 
 def _drop(name):

@@ -55,11 +55,12 @@ def trusted_of(cfg):
 
 
 # Store a checked document (as mpota.keydoc.check keeps it) as the trusted one, never a
-# half-written file: a temp file renamed over the old one.
+# half-written file: a temp file renamed over the old one (one write: a file system write is a
+# flash program; tests/test_keys_powercut.py cuts power at each operation).
 def save(cfg, doc):
     import os
 
     p = cfg.keys_file
     with open(p + ".tmp", "w") as f:
-        json.dump(doc, f)
+        f.write(json.dumps(doc))
     os.rename(p + ".tmp", p)

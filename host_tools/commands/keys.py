@@ -1,5 +1,5 @@
-"""`mpota keygen`, `mpota key show` (key pairs with roles) and `mpota keys init|rotate|revoke|show` (the
-fleet's keys document in its feed)."""
+"""`mpota keygen`, `mpota key show` (key pairs with roles) and `mpota keys init|rotate|revoke|sign|publish|
+show` (the fleet's keys document in its feed)."""
 
 from __future__ import annotations
 
@@ -96,18 +96,21 @@ change, a threshold of the new root keys too. Each command checks that rule befo
 """
 
 
-def _keys_common(p: Any, sign: bool = True) -> None:
+def _keys_common(p: Any) -> None:
     p.add_argument("--feed", required=True, metavar="DIR", help="the feed folder (keys/ inside it)")
-    if sign:
-        p.add_argument("--key", "-k", action="append", required=True, metavar="PRIV",
-                       help="a private key that signs the new version (a root key; repeat up to the "
-                            "threshold; the first version of a fleet whose boards still hold bare key "
-                            "lists also needs one of their release keys)")
+    p.add_argument("--key", "-k", action="append", required=True, metavar="PRIV",
+                   help="a private key that signs the new version (a root key; repeat up to the "
+                        "threshold; the first version of a fleet whose boards still hold bare key "
+                        "lists also needs one of their release keys)")
+    p.add_argument("--out", metavar="FILE",
+                   help="write the signed document to FILE instead of the feed, below the threshold if "
+                        "need be: other root holders add theirs with `mpota keys sign FILE`, then "
+                        "`mpota keys publish FILE` puts it in the feed")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
 def register_keys(sub: Any) -> None:
-    keys = sub.add_parser("keys", help="the fleet's keys document: init, rotate, revoke, show",
+    keys = sub.add_parser("keys", help="the fleet's keys document: init, rotate, revoke, sign, publish, show",
                           description="Manage the fleet's keys document.", epilog=_KEYS_HELP,
                           formatter_class=argparse.RawDescriptionHelpFormatter)
     ksub = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
@@ -147,6 +150,28 @@ def register_keys(sub: Any) -> None:
     _keys_common(rev)
     rev.set_defaults(func=cmd_keys_revoke)
 
+    sg = ksub.add_parser("sign", help="add root signatures to a keys document file (--out)",
+                         description="Add the signatures of --key to a keys document FILE written with "
+                                     "--out (a root holder on another machine). Each key must be a root key "
+                                     "of the document or of the version before it (with --feed; a root "
+                                     "change needs a threshold of both); with --feed, says whether boards "
+                                     "would take it now.",
+                         epilog=_KEYS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sg.add_argument("file", metavar="FILE", help="the keys document file (changed in place)")
+    sg.add_argument("--key", "-k", action="append", required=True, metavar="PRIV",
+                    help="a root key; repeatable")
+    _before_args(sg, required=False)
+    sg.set_defaults(func=cmd_keys_sign)
+
+    pb = ksub.add_parser("publish", help="put a keys document file into the feed as its next version",
+                         description="Write keys document FILE (made with --out and `mpota keys sign`) into "
+                                     "the feed as keys/<N>.json, once boards trusting version N-1 would take "
+                                     "it.",
+                         epilog=_KEYS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    pb.add_argument("file", metavar="FILE", help="the keys document file")
+    _before_args(pb, required=True)
+    pb.set_defaults(func=cmd_keys_publish)
+
     show = ksub.add_parser("show", help="print the feed's current keys document (or one file)",
                            description="Print a keys document: version, fleet, each role's threshold and "
                                        "keyids, and who signed it. With --feed, the chain from version 1 is "
@@ -158,6 +183,15 @@ def register_keys(sub: Any) -> None:
     show.set_defaults(func=cmd_keys_show)
 
 
+def _before_args(p: Any, required: bool) -> None:
+    p.add_argument("--feed", required=required, metavar="DIR",
+                   help="the feed folder: its version before the document's names the root keys that must "
+                        "sign it too" + ("" if required else " (needed for a key the document drops)"))
+    p.add_argument("--legacy-release", action="append", default=[], metavar="PUB",
+                   help="for version 1: a release key of boards deployed with bare key lists (see init)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
 def _pub_hex(item: str) -> str:
     return load_public_key(item).public_hex
 
@@ -166,30 +200,63 @@ def _signers(paths: list[str]) -> list[Any]:
     return [load_private_key(p) for p in paths]
 
 
-def _written(signed: Any, path: str, as_json: bool) -> int:
+# One listing for every keys command: the document's roles and who signed it (JSON: the same
+# fields), then `notes` (what is still missing, where it went).
+def _listing(where: str, signed: Any, as_json: bool, head: str = "", notes: tuple[str, ...] = ()) -> int:
     from host_tools.dsse import parse_envelope
 
     doc = signed.doc
-    keyids = [s.get("keyid", "") for s in parse_envelope(signed.data)["signatures"]]
+    keyids = [s.get("keyid", "") for s in parse_envelope(signed.data, where)["signatures"]]
+    roles = {r: doc.role(r) for r in ("root", "release", "rollout")}
     if as_json:
-        print(json.dumps({"path": path, "version": doc.version, "fleet": doc.fleet, "signed_by": keyids,
-                          "document": doc.to_dict()}, indent=2))
+        print(json.dumps({"path": where, "version": doc.version, "fleet": doc.fleet, "signed_by": keyids,
+                          "roles": {n: {"threshold": r.threshold, "keyids": r.keyids(), "keys": r.keys}
+                                    for n, r in roles.items()}, "notes": list(notes)}, indent=2))
         return 0
-    print(f"wrote {path}: keys version {doc.version} of fleet {doc.fleet}, signed by "
-          f"{', '.join(k[:16] for k in keyids)}")
-    _print_roles(doc)
+    print(f"{head}{where}: keys version {doc.version} of fleet {doc.fleet}")
+    for name, r in roles.items():
+        print(f"  {name:8} {r.threshold} of {len(r.keys)}: {', '.join(k[:16] for k in r.keyids())}")
+    print(f"  signed by {', '.join(k[:16] or '(no keyid)' for k in keyids)}")
+    for n in notes:
+        print(n)
     return 0
 
 
-def _print_roles(doc: Any) -> None:
-    for name in ("root", "release", "rollout"):
-        r = doc.role(name)
-        print(f"  {name:8} {r.threshold} of {len(r.keys)}: {', '.join(k[:16] for k in r.keyids())}")
+def _legacy(args: argparse.Namespace, doc: Any) -> Any:
+    from host_tools.keydoc import KeysDoc
+
+    if not getattr(args, "legacy_release", None):
+        return None
+    return KeysDoc.legacy([_pub_hex(k) for k in args.legacy_release], doc.role("rollout").keys)
+
+
+# The next version `doc` after `before`: into the feed, or with --out into a file for more
+# signatures (what boards would still refuse is printed, not an error).
+def _write(args: argparse.Namespace, doc: Any, before: Any, legacy: Any = None) -> int:
+    from host_tools import keyring
+    from host_tools.keydoc import keys_path
+
+    if args.out is None:
+        signed = keyring.add(args.feed, doc, _signers(args.key), legacy)
+        return _listing(str(Path(args.feed) / keys_path(doc.version)), signed, args.json, "wrote ")
+    if doc.version == 1:
+        before = legacy
+    signed = keyring.write_file(args.out, doc, _signers(args.key), before)
+    return _listing(args.out, signed, args.json, "wrote ", _status(signed, before))
+
+
+def _status(signed: Any, before: Any) -> tuple[str, ...]:
+    from host_tools import keyring
+
+    why = keyring.refusal(signed.data, signed.doc, before)
+    if why is None:
+        return ("  boards would take it now: mpota keys publish FILE --feed DIR",)
+    return (f"  not yet: {why}", "  more root signatures: mpota keys sign FILE --key ROOT.pem")
 
 
 def cmd_keys_init(args: argparse.Namespace) -> int:
     from host_tools import keyring
-    from host_tools.keydoc import KeysDoc, RoleKeys, keys_path
+    from host_tools.keydoc import KeysDoc, RoleKeys
     from host_tools.manifest import ManifestError
 
     try:
@@ -198,16 +265,11 @@ def cmd_keys_init(args: argparse.Namespace) -> int:
         doc = KeysDoc(args.fleet, 1, roles)
     except ManifestError as exc:
         raise keyring.KeyringError(f"keys v1: {exc}") from None
-    legacy = None
-    if args.legacy_release:
-        legacy = KeysDoc.legacy([_pub_hex(k) for k in args.legacy_release], roles["rollout"].keys)
-    signed = keyring.add(args.feed, doc, _signers(args.key), legacy)
-    return _written(signed, str(Path(args.feed) / keys_path(1)), args.json)
+    return _write(args, doc, None, _legacy(args, doc))
 
 
 def _next(args: argparse.Namespace, edit: Any) -> int:
     from host_tools import keyring
-    from host_tools.keydoc import keys_path
     from host_tools.manifest import ManifestError
 
     cur = keyring.current(args.feed)
@@ -217,8 +279,7 @@ def _next(args: argparse.Namespace, edit: Any) -> int:
         doc = cur.doc.next(edit(cur.doc))
     except ManifestError as exc:
         raise keyring.KeyringError(f"keys v{cur.doc.version + 1}: {exc}") from None
-    signed = keyring.add(args.feed, doc, _signers(args.key))
-    return _written(signed, str(Path(args.feed) / keys_path(doc.version)), args.json)
+    return _write(args, doc, cur.doc)
 
 
 def cmd_keys_rotate(args: argparse.Namespace) -> int:
@@ -261,7 +322,6 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
 
 def cmd_keys_show(args: argparse.Namespace) -> int:
     from host_tools import keyring
-    from host_tools.dsse import parse_envelope
     from host_tools.errors import UsageError
     from host_tools.keydoc import KeysDoc
 
@@ -280,14 +340,31 @@ def cmd_keys_show(args: argparse.Namespace) -> int:
             raise keyring.KeyringError(f"{args.feed} has no keys document")
         sel = cur if args.version is None else keyring.read_version(args.feed, args.version)
         doc, data, where = sel.doc, sel.data, f"{args.feed}/keys/{sel.doc.version}.json"
-    keyids = [s.get("keyid", "") for s in parse_envelope(data, where)["signatures"]]
-    if args.json:
-        print(json.dumps({"path": where, "version": doc.version, "fleet": doc.fleet, "signed_by": keyids,
-                          "roles": {r: {"threshold": doc.role(r).threshold, "keyids": doc.role(r).keyids(),
-                                        "keys": doc.role(r).keys} for r in ("root", "release", "rollout")}},
-                         indent=2))
-        return 0
-    print(f"{where}: keys version {doc.version} of fleet {doc.fleet}")
-    _print_roles(doc)
-    print(f"  signed by {', '.join(k[:16] or '(no keyid)' for k in keyids)}")
-    return 0
+    return _listing(where, keyring.Signed(doc, data), args.json)
+
+
+def cmd_keys_sign(args: argparse.Namespace) -> int:
+    from host_tools import keyring
+    from host_tools.keydoc import KeysDoc
+
+    try:
+        doc = KeysDoc.from_envelope_unverified(Path(args.file).read_bytes(), args.file)
+    except OSError as exc:
+        raise keyring.KeyringError(f"cannot read {args.file}: {exc.strerror or exc}") from None
+    before = keyring.before_of(args.feed, doc, _legacy(args, doc))
+    signed = keyring.cosign(args.file, _signers(args.key), before)
+    notes = _status(signed, before) if before is not None or doc.version == 1 else ()
+    return _listing(args.file, signed, args.json, "signed ", notes)
+
+
+def cmd_keys_publish(args: argparse.Namespace) -> int:
+    from host_tools import keyring
+    from host_tools.keydoc import KeysDoc, keys_path
+
+    try:
+        data = Path(args.file).read_bytes()
+    except OSError as exc:
+        raise keyring.KeyringError(f"cannot read {args.file}: {exc.strerror or exc}") from None
+    doc = KeysDoc.from_envelope_unverified(data, args.file)
+    signed = keyring.publish(args.feed, data, _legacy(args, doc))
+    return _listing(str(Path(args.feed) / keys_path(doc.version)), signed, args.json, "wrote ")
