@@ -6,6 +6,8 @@ Helpers that are not fixtures: tests/helpers.py (run_cli, free_port), tests/coll
 - ``sim_board``: a fresh simulated esp32-generic-4mb board (factory state, v1.0.0 in ota_0,
   device package copied to /lib/mpota) in the test's tmp dir.
 - ``make_board(name="esp32-generic-4mb", **kwargs)``: more boards (see ``SimBoard.create``).
+- ``cli_dir``: the test's tmp dir as the current folder, with a release key rel.pem and a rollout
+  key ro.pem made by `mpota keygen` (the CLI tests' starting point).
 - ``keys`` / ``server``: per test module, a release + rollout key set (``sim.feedkit.Keys``) and a
   loopback ``FeedServer``; a test points the server at its own feed (``sim.feedkit.FeedEnv``).
 """
@@ -45,6 +47,16 @@ def make_board(tmp_path: Path) -> Callable[..., SimBoard]:
 @pytest.fixture
 def sim_board(make_board: Callable[..., SimBoard]) -> SimBoard:
     return make_board()
+
+
+@pytest.fixture
+def cli_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Path:
+    from helpers import cli
+
+    monkeypatch.chdir(tmp_path)
+    assert cli(capsys, "keygen", "rel.pem", "--role", "release")[0] == 0
+    assert cli(capsys, "keygen", "ro.pem", "--role", "rollout")[0] == 0
+    return tmp_path
 
 
 @pytest.fixture(scope="module")

@@ -19,10 +19,8 @@ B32 = "esp32-generic-4mb"
 
 
 @pytest.fixture
-def work(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    assert cli(capsys, "keygen", "rel.pem", "--role", "release")[0] == 0
-    assert cli(capsys, "keygen", "ro.pem", "--role", "rollout")[0] == 0
+def work(cli_dir: Path) -> Path:
+    tmp_path = cli_dir
     Path("fw.bin").write_bytes(build_app_image("esp32", "2.0.0", "micropython", 0, code=bytes(20000)))
     app = tmp_path / "app"
     (app / "lib").mkdir(parents=True)

@@ -98,7 +98,6 @@ class Rig(FeedEnv):
         return [d.get("check") for e, d in self.server.events() if e == "health_failed"]
 
 
-
 def test_firmware_and_app_then_app_only(rig: Rig) -> None:
     rig.release("1.1.0")
     assert rig.update()["outcome"] == "ok"

@@ -17,8 +17,6 @@ from host_tools.imagebuild import build_app_image
 B32 = "esp32-generic-4mb"
 
 
-
-
 def as_json(capsys: pytest.CaptureFixture[str], *argv: str) -> dict[str, object]:
     code, out, err = cli(capsys, *argv, "--json")
     assert code == 0, err

@@ -23,18 +23,11 @@ B32 = "esp32-generic-4mb"
 BS3 = "esp32s3-generic-8mb"
 
 
-
-
-
-
 @pytest.fixture
-def work(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    assert cli(capsys, "keygen", "rel.pem", "--role", "release")[0] == 0
-    assert cli(capsys, "keygen", "ro.pem", "--role", "rollout")[0] == 0
+def work(cli_dir: Path) -> Path:
     Path("app32.bin").write_bytes(build_app_image("esp32", "2.0.0", "micropython", 3, code=bytes(30000)))
     Path("apps3.bin").write_bytes(build_app_image("esp32s3", "2.0.0", "micropython", 3, code=bytes(30000)))
-    return tmp_path
+    return cli_dir
 
 
 def test_help_for_every_command(capsys: pytest.CaptureFixture[str]) -> None:

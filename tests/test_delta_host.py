@@ -17,8 +17,6 @@ from host_tools.release import decode_stream
 B32 = "esp32-generic-4mb"
 
 
-
-
 def code_of(release: int, size: int = 200_000) -> bytes:
     """'Compiled code' of a release: one base blob, each release changes a few spots."""
     rnd = random.Random(7)

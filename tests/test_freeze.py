@@ -35,7 +35,6 @@ def _feed(tmp: Path, keys: Keys) -> Feed:
     return feed
 
 
-
 def test_served_feed_stays_fresh_while_a_frozen_copy_expires(tmp_path: Path, keys: Keys) -> None:
     feed = _feed(tmp_path, keys)
     valid = 6.0

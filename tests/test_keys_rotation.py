@@ -90,7 +90,6 @@ class Env(FeedEnv):
         return json.loads(p.read_text()) if p.exists() else None
 
 
-
 @pytest.fixture
 def env(interp: str, keys: Keys, server: FeedServer, tmp_path: Path) -> Env:
     e = Env(Feed(tmp_path / "feed", keys), server, keys, tmp_path, interp, image(RUNNING))

@@ -40,8 +40,6 @@ def env(tmp_path: Path) -> Iterator[tuple[Path, ServerThread, list[str]]]:
         yield tmp_path, srv, ["--server", srv.url, "--fleet-secret", str(tmp_path / "fleet.secret")]
 
 
-
-
 def test_fleet_secret_and_tokens(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "s"
     code, out, _ = cli(capsys, "fleet", "secret", str(path))
