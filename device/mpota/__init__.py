@@ -5,6 +5,49 @@
 __version__ = "0.1.0"
 
 
+# The checked /mpota.json, as mpota.config.Config(data, path) makes it: here rather than in
+# mpota.config, whose checking code leaves RAM once the config is made (a method would keep
+# that module's globals alive as long as the config lives). (The annotations are for the
+# type checker; MicroPython ignores them.)
+class Config:
+    data: dict
+    path: str
+    root: str
+    device_id: str
+    board: str
+    channel: str
+    group: str
+    feed_url: str
+    keys: dict
+    threshold: dict
+    keys_version: int
+    keys_file: str
+    channel_max: int
+    manifest_max: int
+    timeout_ms: int
+    retries: int
+    backoff_ms: int
+    max_backoff_ms: int
+    min_rate: int
+    ntp: bool
+    version: str | None
+
+    def __getitem__(self, k):
+        return self.data[k]
+
+    def __contains__(self, k):
+        return k in self.data
+
+    def get(self, k, default=None):
+        return self.data.get(k, default)
+
+    # Trust keys document `t` (checked): its release and rollout keys and thresholds.
+    def use(self, t):
+        from mpota.config import use
+
+        use(self, t)
+
+
 def __getattr__(name):
     if name == "Updater":
         from mpota.updater import Updater

@@ -107,108 +107,105 @@ def _drop(name):
         pass
 
 
-class Config:
-    def __init__(self, data, path):
-        if not isinstance(data, dict):
-            _fail("not a JSON object")
-        self.data = data
-        self.path = path
-        i = path.rfind("/")
-        self.root = path[:i] if i > 0 else ("/" if i == 0 else ".")
-        self.device_id = _str(data, "device_id")
-        self.board = _str(data, "board")
-        self.channel = _str(data, "channel", "stable")
-        self.group = _str(data, "group", "general")
-        if not group_ok(self.group):
-            _fail("group must be 1-32 letters, digits, '.', '_' or '-' (not first)")
-        self.feed_url = _str(data, "feed_url")
-        if not (self.feed_url.startswith("http://") or self.feed_url.startswith("https://")):
-            _fail("feed_url must be an http(s) URL")
-        if not self.feed_url.endswith("/"):
-            self.feed_url += "/"
-        r = data.get("report_url")
-        if r is not None and not isinstance(r, str):
-            _fail("report_url must be a string")
-        t = data.get("token")
-        if t is not None and not isinstance(t, str):
-            _fail("token must be a string")
-        # https trust (mpota.http): the server's CA or self-signed certificate, PEM; and whether
-        # the token may cross plain http (only when the config says so, for a lab or the demo)
-        ca = data.get("tls_ca")
-        if ca is not None and (not isinstance(ca, str) or "-----BEGIN CERTIFICATE-----" not in ca):
-            _fail("tls_ca must be a PEM certificate")
-        if not isinstance(data.get("allow_http", False), bool):
-            _fail("allow_http must be true or false")
-        self.keys = {}
-        for role in _ROLES:
-            self.keys[role] = _keys(data, role)
-        # the keys document trusted now (mpota.keystore) replaces the bare lists: version 0
-        self.threshold = {"release": 1, "rollout": 1}
-        self.keys_version = 0
-        self.keys_file = self.root + KEYS_FILE if self.root.endswith("/") else self.root + "/" + KEYS_FILE
-        seed = data.pop("trust", None)
-        if seed is not None or _exists(self.keys_file):
-            import mpota.keystore as keystore  # in RAM for this only
+# The checked config: a mpota.Config (the class lives in the package, so that this module's
+# checking code leaves RAM once the config is made: a method would keep its globals alive).
+def Config(data, path):
+    import mpota
 
-            t = keystore.trusted(self.keys_file, seed)
-            _drop("keystore")
-            if t is not None:
-                self.use(t)
-        self.channel_max = CHANNEL_MAX
-        self.manifest_max = MANIFEST_MAX
-        # Tunables (defaults suit a board on Wi-Fi).
-        self.timeout_ms = _int(data, "timeout_ms", 10000, 10, 600000)
-        self.retries = _int(data, "retries", 5, 0, 100)
-        self.backoff_ms = _int(data, "backoff_ms", 1000, 0, 600000)
-        self.max_backoff_ms = _int(data, "max_backoff_ms", 60000, 0, 3600000)
-        # Slow-retrieval guard: an image transfer that brings fewer than min_rate bytes/s over
-        # a 10 s window is cut (a timeout, retried with Range like a drop); 0: off.
-        self.min_rate = _int(data, "min_rate", 1024, 0, 100000000)
-        # Freeze protection: set the clock by NTP (ntptime) before a check when it is not set,
-        # so an expired channel document is recognised; false where NTP is unwanted.
-        self.ntp = data.get("ntp", True)
-        if not isinstance(self.ntp, bool):
-            _fail("ntp must be true or false")
-        # The factory firmware's version, for a build whose app_desc carries none (mpota.firmware),
-        # with the app_elf_sha256 (hex) of that build.
-        v = data.get("version")
-        if v is not None and not isinstance(v, str):
-            _fail("version must be a string")
-        self.version = v
-        elf = data.get("version_elf")
-        if elf is not None and not _hex(elf):
-            _fail("version_elf must be the build's app_elf_sha256 in hex")
-        # The chip, when the running slot's app_desc cannot be read (mpota.updater).
-        if "chip" in data:
-            from mpota.imagehdr import CHIPS
+    cfg = mpota.Config()
+    if not isinstance(data, dict):
+        _fail("not a JSON object")
+    cfg.data = data
+    cfg.path = path
+    i = path.rfind("/")
+    cfg.root = path[:i] if i > 0 else ("/" if i == 0 else ".")
+    cfg.device_id = _str(data, "device_id")
+    cfg.board = _str(data, "board")
+    cfg.channel = _str(data, "channel", "stable")
+    cfg.group = _str(data, "group", "general")
+    if not group_ok(cfg.group):
+        _fail("group must be 1-32 letters, digits, '.', '_' or '-' (not first)")
+    cfg.feed_url = _str(data, "feed_url")
+    if not (cfg.feed_url.startswith("http://") or cfg.feed_url.startswith("https://")):
+        _fail("feed_url must be an http(s) URL")
+    if not cfg.feed_url.endswith("/"):
+        cfg.feed_url += "/"
+    r = data.get("report_url")
+    if r is not None and not isinstance(r, str):
+        _fail("report_url must be a string")
+    t = data.get("token")
+    if t is not None and not isinstance(t, str):
+        _fail("token must be a string")
+    # https trust (mpota.http): the server's CA or self-signed certificate, PEM; and whether
+    # the token may cross plain http (only when the config says so, for a lab or the demo)
+    ca = data.get("tls_ca")
+    if ca is not None and (not isinstance(ca, str) or "-----BEGIN CERTIFICATE-----" not in ca):
+        _fail("tls_ca must be a PEM certificate")
+    if not isinstance(data.get("allow_http", False), bool):
+        _fail("allow_http must be true or false")
+    cfg.keys = {}
+    for role in _ROLES:
+        cfg.keys[role] = _keys(data, role)
+    # the keys document trusted now (mpota.keystore) replaces the bare lists: version 0
+    cfg.threshold = {"release": 1, "rollout": 1}
+    cfg.keys_version = 0
+    cfg.keys_file = cfg.root + KEYS_FILE if cfg.root.endswith("/") else cfg.root + "/" + KEYS_FILE
+    seed = data.pop("trust", None)
+    if seed is not None or _exists(cfg.keys_file):
+        import mpota.keystore as keystore  # in RAM for this only
 
-            if data["chip"] not in CHIPS.values():
-                _fail("chip must be an ESP32 chip name such as esp32 or esp32s3")
-        # The built-in broker check (mpota.health): host and port of the MQTT broker.
-        if "mqtt_host" in data:
-            _str(data, "mqtt_host")
-        if "mqtt_port" in data:
-            _int(data, "mqtt_port", 1883, 1, 65535)
-        import mpota.http as http
+        t = keystore.trusted(cfg.keys_file, seed)
+        _drop("keystore")
+        if t is not None:
+            cfg.use(t)
+    cfg.channel_max = CHANNEL_MAX
+    cfg.manifest_max = MANIFEST_MAX
+    # Tunables (defaults suit a board on Wi-Fi).
+    cfg.timeout_ms = _int(data, "timeout_ms", 10000, 10, 600000)
+    cfg.retries = _int(data, "retries", 5, 0, 100)
+    cfg.backoff_ms = _int(data, "backoff_ms", 1000, 0, 600000)
+    cfg.max_backoff_ms = _int(data, "max_backoff_ms", 60000, 0, 3600000)
+    # Slow-retrieval guard: an image transfer that brings fewer than min_rate bytes/s over
+    # a 10 s window is cut (a timeout, retried with Range like a drop); 0: off.
+    cfg.min_rate = _int(data, "min_rate", 1024, 0, 100000000)
+    # Freeze protection: set the clock by NTP (ntptime) before a check when it is not set,
+    # so an expired channel document is recognised; false where NTP is unwanted.
+    cfg.ntp = data.get("ntp", True)
+    if not isinstance(cfg.ntp, bool):
+        _fail("ntp must be true or false")
+    # The factory firmware's version, for a build whose app_desc carries none (mpota.firmware),
+    # with the app_elf_sha256 (hex) of that build.
+    v = data.get("version")
+    if v is not None and not isinstance(v, str):
+        _fail("version must be a string")
+    cfg.version = v
+    elf = data.get("version_elf")
+    if elf is not None and not _hex(elf):
+        _fail("version_elf must be the build's app_elf_sha256 in hex")
+    # The chip, when the running slot's app_desc cannot be read (mpota.updater).
+    if "chip" in data:
+        from mpota.imagehdr import CHIPS
 
-        http.trust(data)
+        if data["chip"] not in CHIPS.values():
+            _fail("chip must be an ESP32 chip name such as esp32 or esp32s3")
+    # The built-in broker check (mpota.health): host and port of the MQTT broker.
+    if "mqtt_host" in data:
+        _str(data, "mqtt_host")
+    if "mqtt_port" in data:
+        _int(data, "mqtt_port", 1883, 1, 65535)
+    import mpota.http as http
 
-    # Trust keys document `t` (checked): its release and rollout keys and thresholds.
-    def use(self, t):
-        for role in _ROLES:
-            r = t["roles"][role]
-            self.keys[role] = _points(r["keys"])
-            self.threshold[role] = r["threshold"]
-        self.keys_version = t["version"]
+    http.trust(data)
+    return cfg
 
-    def __getitem__(self, k):
-        return self.data[k]
 
-    def __contains__(self, k):
-        return k in self.data
-
-    def get(self, k, default=None):
-        return self.data.get(k, default)
+# Trust keys document `t` (checked): its release and rollout keys and thresholds (cfg.use(t)).
+def use(cfg, t):
+    for role in _ROLES:
+        r = t["roles"][role]
+        cfg.keys[role] = _points(r["keys"])
+        cfg.threshold[role] = r["threshold"]
+    cfg.keys_version = t["version"]
 
 
 def load(path="/mpota.json"):
