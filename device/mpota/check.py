@@ -98,7 +98,10 @@ def _document(u, url, cap, role, pin=None):
         raise errors.MetadataError("bad_signature", "bad signature")
     import mpota.dsse as dsse
 
-    return dsse.parse(payload, role)
+    doc = dsse.parse(payload, role)
+    del dsse
+    _unload("dsse")  # the next fetch needs the room
+    return doc
 
 
 # The channel document, verified and checked (mpota.trust.channel); a higher seq is saved.

@@ -458,6 +458,7 @@ class Updater:
             offer = self.check() if offer is None else self._recheck(offer)
             if offer is None:
                 return None
+            self._buf = None  # the check's; the transfer makes it again once the outbox has left RAM
             self._report("checking", offer)
             try:
                 self._install(offer)
@@ -579,6 +580,7 @@ class Updater:
 
         st = self.state
         size = o.size
+        self._evict_reporter(o)  # before the block buffer is made: not both in RAM at once
         w = slot.Writer(part, size, self._block(), lambda b: _check_header(b, o.chip), self._feed)
         del slot
         # the bytes on the wire: the image (plain or zlib), or a patch d from the running image
@@ -602,7 +604,6 @@ class Updater:
         # plain: the transfer is the image, hashed once (by the writer); zlib: hashed as well
         src = _Source(self, url, tsize, w.pos, None if plain else hashlib.sha256())
         self._pct = None
-        self._evict_reporter(o)
         try:
             while True:
                 try:
