@@ -57,8 +57,8 @@ def test_events_reach_collector_with_contract_fields(interp, tmp_path, collector
         st = state()
         r = Reporter(CFG, st, ROOT)
         r.event("checking", target="1.1.0", rollout="r-1")
-        for done in range(0, 1001, 50):
-            r.progress(done, 1000, target="1.1.0", rollout="r-1")
+        for pct in (0, 25, 50, 75, 100):
+            r.event("downloading", target="1.1.0", rollout="r-1", progress=pct)
         r.event("failed", target="1.1.0", rollout="r-1", reason="hash_mismatch")
         r.heartbeat(health="OK")
         print(json.dumps({"pending": r.pending(), "sent": r.sent}))

@@ -30,29 +30,6 @@ def _feed():
     feed()
 
 
-# "http://host:port/path" -> (host, port)
-def host_port(url):
-    default = 80
-    if url.startswith("https://"):
-        default = 443
-    i = url.find("://")
-    rest = url[i + 3:] if i >= 0 else url
-    j = rest.find("/")
-    if j >= 0:
-        rest = rest[:j]
-    k = rest.find("@")
-    if k >= 0:
-        rest = rest[k + 1:]
-    if rest.startswith("["):  # [v6]:port
-        e = rest.find("]")
-        host, rest = rest[1:e], rest[e + 1:]
-        return host, int(rest[1:]) if rest.startswith(":") else default
-    if ":" in rest:
-        host, port = rest.rsplit(":", 1)
-        return host, int(port)
-    return rest, default
-
-
 # True when a TCP connection to host:port opens within timeout_ms.
 def tcp_reachable(host, port, timeout_ms):
     import socket
@@ -93,7 +70,12 @@ def server_reachable(session, timeout_ms):
     url = session.cfg.get("report_url")
     if not url:
         return None
-    host, port = host_port(url)
+    from mpota.http import split
+
+    try:
+        _, host, port, _ = split(url)
+    except Exception:  # not an http(s) URL: no report could reach it either
+        return False
     return tcp_reachable(host, port, timeout_ms)
 
 

@@ -39,7 +39,7 @@ except ImportError:  # CPython without the simulator's shims; MicroPython's stub
 _QUEUE = "mpota_reports.q"
 _MAX_RECORDS = const(32)   # queue bound; a full queue drops heartbeats, then progress, then decisions
 _BATCH = const(8)          # reports per POST (server takes <= 50)
-_POST_MS = const(2500)     # one POST attempt
+POST_MS = const(2500)      # one POST attempt (mpota.report's send_now default too)
 _FLUSH_MS = const(3000)    # default budget of an event()'s opportunistic flush
 _BACKOFF_MS = const(30000) # after a failed flush, event() does not try again for this long
 _MAX_STR = const(80)       # detail strings are cut to this length
@@ -354,7 +354,7 @@ class Outbox:
     # time, detail.
     def template(self, name, target=None, rollout=None):
         return (self.cfg.get("report_url"), headers(self.cfg), self.build(name, None, target, rollout),
-                _POST_MS)
+                POST_MS)
 
     # Queue one report and try to deliver it (and older ones) within flush_ms.
     # `seq` reuses a seq reserved earlier (trial decisions): a record already queued with
@@ -390,7 +390,7 @@ class Outbox:
     # budget is spent or the server is unreachable. Returns the number delivered (2xx/409)
     # or dropped as undeliverable (other 4xx). force=False honours the backoff after a
     # failure (so event() does not stall the application while offline).
-    def flush(self, budget_ms=_FLUSH_MS, force=True, post_ms=_POST_MS):
+    def flush(self, budget_ms=_FLUSH_MS, force=True, post_ms=POST_MS):
         url = self.cfg.get("report_url")
         q = self._q
         if not url or not q.index:

@@ -1,13 +1,12 @@
 # Device reports (docs/ARCHITECTURE.md "Reports"): Reporter = the outbox (mpota.outbox:
 # build, bounded offline queue file, batched POST; the queue format is described there)
-# plus what applications and the trial boot use: periodic heartbeats, download progress at
-# coarse steps, send_now() for the trial's heartbeat check.
+# plus what applications and the trial boot use: periodic heartbeats and send_now() for the
+# trial's heartbeat check. (The updater reports its download progress itself.)
 # Reporter(cfg, state, root, post=None): cfg is the config (dict-like: device_id, board,
 # group, report_url, token), state a mpota.state.State, root the config's folder.
 # event() and heartbeat() never raise and never block for longer than their budget.
-from micropython import const
-
 from mpota.outbox import (  # noqa: F401  (re-exported: health.py and tests use them here)
+    POST_MS,
     Outbox,
     feed,
     join,
@@ -18,12 +17,6 @@ from mpota.outbox import (  # noqa: F401  (re-exported: health.py and tests use 
     ticks_ms,
     unix_time,
 )
-
-_POST_MS = const(2500)   # as mpota.outbox: one POST attempt
-_FLUSH_MS = const(3000)  # as mpota.outbox: default budget of an event()'s flush
-
-EVENTS = ("checking", "downloading", "downloaded", "installed", "confirmed", "health_failed",
-          "rolled_back", "failed", "heartbeat")
 
 
 def free_heap():
@@ -37,8 +30,6 @@ def free_heap():
 
 
 class Reporter(Outbox):
-    _last_pct = None  # (target, step) of the last progress report
-
     def pending(self):
         return len(self._q.index)
 
@@ -49,32 +40,19 @@ class Reporter(Outbox):
     def set_version(self, version):
         self._version = version
 
-    # Periodic heartbeat: version, slot, uptime, free heap, health.
-    def heartbeat(self, health=None, flush_ms=_FLUSH_MS, **detail):
+    # Periodic heartbeat: version, slot, uptime, free heap, health (flush_ms=, as event()).
+    def heartbeat(self, health=None, **detail):
         detail["free"] = free_heap()
         if health is not None:
             detail["health"] = health
-        return self.event("heartbeat", flush_ms=flush_ms, **detail)
-
-    # Download progress at coarse steps (0, 25, 50, 75, 100 %): call it as often as you
-    # like, it queues a report only when a new step is reached.
-    def progress(self, done, total, target=None, rollout=None, step=25):
-        try:
-            pct = 100 if not total else min(100, done * 100 // total)
-            pct -= pct % step
-            if self._last_pct == (target, pct):
-                return None
-            self._last_pct = (target, pct)
-            return self.event("downloading", target=target, rollout=rollout, progress=pct)
-        except Exception:
-            return None
+        return self.event("heartbeat", **detail)
 
     # Queue one report and deliver it now (the trial's heartbeat check): True when the
     # server took it (2xx or 409) within timeout_ms. A 5xx, a dropped connection or an answer
     # slower than one POST's usual cap is not the end: it is tried again, each POST allowed
     # what is left of the budget, until timeout_ms is spent. Queued like any other report,
     # so its seq is durable and one that could not be delivered now is sent later.
-    def send_now(self, name, timeout_ms=_POST_MS, **detail):
+    def send_now(self, name, timeout_ms=POST_MS, **detail):
         if not self.cfg.get("report_url"):
             return False
         seq = self.event(name, flush_ms=0, **detail)
