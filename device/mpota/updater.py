@@ -458,7 +458,6 @@ class Updater:
             offer = self.check() if offer is None else self._recheck(offer)
             if offer is None:
                 return None
-            self._buf = None  # the check's; the transfer makes it again once the outbox has left RAM
             self._report("checking", offer)
             try:
                 self._install(offer)
