@@ -455,6 +455,7 @@ class Updater:
             e = errors.OTAError("pending", "an installed update awaits its trial boot")
             raise self._fail(e, None)
         try:
+            self._block()  # first: the one large buffer, made before the documents fragment the heap
             offer = self.check() if offer is None else self._recheck(offer)
             if offer is None:
                 return None
@@ -467,6 +468,7 @@ class Updater:
             self._report("downloaded", offer, later=True, **offer.how)  # in one POST with "installed"
             self._report("installed", offer, slot=offer.slot, **offer.how)
         finally:
+            self._buf = None  # the heap goes back to the application
             _unload(*_TRANSFER)
         if reset:
             import machine
