@@ -5,6 +5,24 @@
 __version__ = "0.1.0"
 
 
+# hex points -> [(keyid hex, 65-byte point), ...], or None when one is not a point (the config's
+# keys and a keys document's, Config.use)
+def points(lst):
+    import binascii
+    import hashlib
+
+    out = []
+    for h in lst:
+        try:
+            pt = binascii.unhexlify(h)
+        except Exception:
+            return None
+        if len(pt) != 65 or pt[0] != 4:
+            return None
+        out.append((str(binascii.hexlify(hashlib.sha256(pt).digest()), "ascii"), pt))
+    return out
+
+
 # The checked /mpota.json, as mpota.config.Config(data, path) makes it: here rather than in
 # mpota.config, whose checking code leaves RAM once the config is made (a method would keep
 # that module's globals alive as long as the config lives). (The annotations are for the
@@ -41,11 +59,14 @@ class Config:
     def get(self, k, default=None):
         return self.data.get(k, default)
 
-    # Trust keys document `t` (checked): its release and rollout keys and thresholds.
+    # Trust keys document `t` (checked): its release and rollout keys and thresholds. (No
+    # mpota.config code: the keys walk runs with it out of RAM.)
     def use(self, t):
-        from mpota.config import use
-
-        use(self, t)
+        for role in ("release", "rollout"):
+            r = t["roles"][role]
+            self.keys[role] = points(r["keys"])
+            self.threshold[role] = r["threshold"]
+        self.keys_version = t["version"]
 
 
 def __getattr__(name):

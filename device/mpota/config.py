@@ -56,29 +56,14 @@ def _hex(v):
     return True
 
 
-# hex points -> [(keyid hex, 65-byte point), ...], or None when one is not a point
-def _points(lst):
-    import binascii
-    import hashlib
-
-    out = []
-    for h in lst:
-        try:
-            pt = binascii.unhexlify(h)
-        except Exception:
-            return None
-        if len(pt) != 65 or pt[0] != 4:
-            return None
-        out.append((str(binascii.hexlify(hashlib.sha256(pt).digest()), "ascii"), pt))
-    return out
-
-
 def _keys(d, role):
     ks = d.get("keys")
     lst = _list(ks.get(role) if isinstance(ks, dict) else None)
     if not lst:
         _fail("keys.%s must list at least one public key" % role)
-    out = _points(lst)
+    from mpota import points
+
+    out = points(lst)
     if out is None:
         _fail("keys.%s: not a 65-byte uncompressed P-256 point in hex" % role)
     return out
@@ -197,15 +182,6 @@ def Config(data, path):
 
     http.trust(data)
     return cfg
-
-
-# Trust keys document `t` (checked): its release and rollout keys and thresholds (cfg.use(t)).
-def use(cfg, t):
-    for role in _ROLES:
-        r = t["roles"][role]
-        cfg.keys[role] = _points(r["keys"])
-        cfg.threshold[role] = r["threshold"]
-    cfg.keys_version = t["version"]
 
 
 def load(path="/mpota.json"):
