@@ -581,7 +581,7 @@ class Updater:
 
         st = self.state
         size = o.size
-        self._evict_reporter(o)  # before the block buffer is made: not both in RAM at once
+        self._evict_reporter(o)  # out of RAM before the transfer's objects are made
         w = slot.Writer(part, size, self._block(), lambda b: _check_header(b, o.chip), self._feed)
         del slot
         # the bytes on the wire: the image (plain or zlib), or a patch d from the running image
