@@ -23,8 +23,10 @@ longer, which its later marks include).
 The floors vary by a few hundred bytes between runs (fresh keys each run: signature lengths, the
 keys documents' sizes; progress reports by time). Where the walk's heap went (mpota.keydoc):
 the config module loaded a second time by mpota.keystore (~5.5 KB), mpota.dsse left in RAM by
-the refused channel, the envelope held by the caller's frame through both verifies, and the 4 KiB
-block buffer held across the fetches: +9.5 KB over the normal update before, within it after.
+the refused channel, the envelope held by the caller's frame through both verifies, the 4 KiB
+block buffer held across the fetches (+9.5 KB over the normal update), then fragmentation (a
+contiguous block per envelope and per verify's scratch): the walk now reads each envelope into one
+2 KiB buffer made before its first fetch and lends it to P-256 once parsed.
 """
 
 from __future__ import annotations

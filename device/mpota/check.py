@@ -47,9 +47,10 @@ def _clock(cfg):
 
 
 # A document (at most `cap` bytes), with retries; with `pin`, its SHA-256 must be that
-# hex digest. http is unloaded before it returns: the verify that follows needs the room
-# (and the caller passes the bytes straight on, holding no reference of its own).
-def _fetch(u, url, cap, pin=None):
+# hex digest; `into`: a buffer to read it into when it fits (mpota.http.read_capped). http is
+# unloaded before it returns: the verify that follows needs the room (and the caller passes
+# the bytes straight on, holding no reference of its own).
+def _fetch(u, url, cap, pin=None, into=None):
     import mpota.http as http
 
     fails = 0
@@ -59,7 +60,7 @@ def _fetch(u, url, cap, pin=None):
             r = http.open(url, timeout_ms=u.cfg.timeout_ms)
             try:
                 r.expect(200)
-                data = http.read_capped(r, cap, h)
+                data = http.read_capped(r, cap, h, into)
             finally:
                 r.close()
             break

@@ -308,8 +308,10 @@ def open(url, method="GET", headers=None, body=None, timeout_ms=10000, max_redir
 
 # A whole response body (a signed document), never more than cap + 1 bytes; `h` (a hashlib
 # object) sees every byte. Here rather than in mpota.dsse, so that dsse is not in RAM while a
-# document downloads.
-def read_capped(resp, cap, h=None):
+# document downloads. `into`: a buffer to read a document of known length into when it fits,
+# returned whole with the rest filled with spaces (JSON whitespace: it parses as the document),
+# so no buffer is made for it (the keys walk reuses one).
+def read_capped(resp, cap, h=None, into=None):
     from mpota.errors import MetadataError
 
     n = resp.length
@@ -317,16 +319,20 @@ def read_capped(resp, cap, h=None):
         # known length: read straight into a buffer of that size (no copies, no regrowth)
         if n > cap:
             raise MetadataError("too_large", "document of %d bytes (cap %d)" % (n, cap))
-        out = bytearray(n)
+        out = into if into is not None and n <= len(into) else bytearray(n)
         mv = memoryview(out)
         got = 0
         while got < n:
-            k = resp.readinto(mv[got:])
+            k = resp.readinto(mv[got:n])
             if not k:
                 break
             got += k
         if h is not None:
             h.update(mv[:got])
+        if out is into:
+            for i in range(got, len(out)):
+                out[i] = 32
+            return out
         return out if got == n else out[:got]
     out = bytearray()
     mv = memoryview(bytearray(_LINE_MAX))

@@ -20,7 +20,9 @@ MAX = const(8192)  # envelope bytes, read whole like a channel document
 _MAX_KEYS = const(8)
 _MAX_VERSION = const(0x7FFFFFFF)
 _ROLES = ("root", "release", "rollout")
-_SCRATCH = const(1794)  # mpota.p256.SCRATCH (tests hold them equal), without loading p256 for it
+# The walk's one buffer: each keys envelope is read into it (when it fits) and, once parsed,
+# P-256 works in it (at least mpota.p256.SCRATCH: tests hold it; without loading p256 for it).
+_BUF = const(2048)
 
 
 def _bad(what):
@@ -198,12 +200,13 @@ def walk(u, target):
     _drop("keystore")  # back for each save: out of RAM while the walk fetches and verifies
     if t is None:
         t = legacy(cfg["keys"]["release"], cfg["keys"]["rollout"])
-    # Not the 4 KiB block buffer across the fetches but p256's scratch (1.8 KB), made once
-    # here, before the fetches and the module loads fragment the heap (one made per verify, or
-    # after loading p256 to read its size, costs up to 4 KB more in bench_keys); the channel
-    # check after the walk makes the block buffer again.
+    # Not the 4 KiB block buffer across the fetches but one 2 KiB buffer, made here before the
+    # fetches and the module loads fragment the heap, for each envelope and then P-256 (a buffer
+    # per document and a scratch per verify, or one made after loading p256 to read its size,
+    # cost up to 4 KB more in bench_keys); the channel check after the walk makes the block
+    # buffer again.
     u._buf = None
-    scratch = bytearray(_SCRATCH)
+    buf = bytearray(_BUF)
     while True:
         # what the next step needs of the trusted version; its release and rollout keys are in
         # cfg (decoded) and in the stored file
@@ -211,7 +214,7 @@ def walk(u, target):
         if t["version"] >= target:
             return
         url = "%skeys/%d.json" % (cfg.feed_url, t["version"] + 1)
-        t = step(lambda: _fetch(u, url, MAX), t, scratch)
+        t = step(lambda: _fetch(u, url, MAX, None, buf), t, buf)
         import mpota.keystore as keystore
 
         keystore.save(cfg, t)
