@@ -4,6 +4,7 @@
 #   r = Patched(src, part, base_size, size)   # src.readinto(buf) -> n: the patch bytes
 #   n = r.readinto(buf)                       # the new image, in order (0 at the end)
 #   r.finish()                                # bad_patch unless the patch ended exactly there
+#                                             # (the updater has mpota.slot.Writer.end call it)
 #
 # Patch: a header byte (0x00: sequential, none), to_size, then (after a 0 data-format size)
 # chunks of [diff size, diff bytes added byte-wise to the base from the current base offset,
@@ -23,10 +24,11 @@ from micropython import const
 import mpota.errors as errors
 
 _BLOCK = const(4096)
-_DIFFLEN = const(0)
-_DIFF = const(1)
-_EXTRA = const(2)
-_END = const(3)
+_HEAD = const(0)
+_DIFFLEN = const(1)
+_DIFF = const(2)
+_EXTRA = const(3)
+_END = const(4)
 
 # The byte-wise add, in place: d[i] += d[i + k] (mod 256) for i in [j, j + k). Compiled once,
 # at import, with the viper emitter where the port has one (the ESP32 and the unix port do;
@@ -66,13 +68,7 @@ class Patched:
         self._to = 0  # bytes of the new image made
         self._from = 0  # base offset of the next diff byte
         self._left = 0  # bytes left in the current diff or extra run
-        self._st = _DIFFLEN
-        if not src.readinto(self._one) or self._one[0]:
-            _bad("not sequential, not uncompressed")
-        if self._varint() != size:
-            _bad("another image size")
-        if self._varint():
-            _bad("data format")
+        self._st = _HEAD  # the header is read with the first bytes asked for
 
     # detools' size: first byte 0x80 more, 0x40 negative, 6 bits; then 7 bits per byte. A run
     # length (run=True) must fit in what is left of the image.
@@ -104,7 +100,15 @@ class Patched:
     def _next(self):
         while True:
             st = self._st
-            if st == _DIFFLEN:
+            if st == _HEAD:
+                if not self._src.readinto(self._one) or self._one[0]:
+                    _bad("not sequential, not uncompressed")
+                if self._varint() != self._size:
+                    _bad("another image size")
+                if self._varint():
+                    _bad("data format")
+                self._st = _DIFFLEN
+            elif st == _DIFFLEN:
                 if self._to == self._size:
                     self._st = _END
                     return False

@@ -4,7 +4,7 @@
 #   w.start(pos)              # resume: `pos` bytes (whole blocks) are in the slot; re-hashed
 #   while w.put(reader): ...  # reader: anything with readinto(buf) -> n (0 at its end)
 #   w.put(reader, upto)       # ... or blocks up to block `upto` in one call (the updater's runs)
-#   w.end(reader)             # the reader must have nothing more
+#   w.end(reader, fin)        # the reader must have nothing more (then fin(), if given)
 #   w.hex()                   # SHA-256 of the image written (hex)
 #   w.verify(hexhash)         # read the slot back: True when it hashes to hexhash
 #   hashes(part, buf, sizes, feed)  # SHA-256s of a slot's first sizes[i] bytes, one pass
@@ -148,10 +148,16 @@ class Writer:
             self.pos = pos
         return pos
 
-    # After the last block: the reader must be at its end.
-    def end(self, reader):
+    # After the last block: the reader must be at its end; then fin(), the reader's own end
+    # check when it has one (a delta applier's: the patch must end there too).
+    def end(self, reader, fin=None):
         if _read(reader, self.one):
             raise errors.IntegrityError("size_mismatch", "image longer than the manifest declares")
+        if fin is not None:
+            try:
+                fin()
+            except _CORRUPT as e:
+                _corrupt(e)
 
     def hex(self):
         return hexdigest(self.h)

@@ -35,9 +35,6 @@ import mpota.errors as errors
 _BLOCK = const(4096)
 _SAVE_EVERY = const(32)   # blocks between download-progress saves (each one a flash write)
 _RATE_MS = const(10000)   # window of the slow-retrieval guard (Config.min_rate bytes/s)
-# What a corrupt compressed stream raises: OSError (EINVAL), or EOFError from DeflateIO when the
-# deflate data wants more than the transfer holds. The updater reports either as hash_mismatch.
-_CORRUPT = (OSError, EOFError)
 
 
 def _hex(h):
@@ -208,23 +205,23 @@ def _unload(*names):
 # Stateless modules of the transfer, unloaded when update() returns (or check() fails):
 # the heap goes back to the application. (mpota.outbox stays once the transfer is over: it
 # holds the process's shared report queue.)
-_TRANSFER = ("http", "tls", "inflate", "imagehdr", "delta", "slot")
+_TRANSFER = ("http", "tls", "inflate", "imagehdr", "deltabase", "delta", "slot")
 # The check's modules (mpota.check and what it loads), unloaded when a check is over.
 _CHECK = ("check", "dsse", "p256", "trust", "version", "imagehdr", "firmware")
 
 
-# The delta path, when the manifest offers patches: mpota.firmware picks the patch whose base is
+# The delta path, when the manifest offers patches: mpota.deltabase picks the patch whose base is
 # the running image (slot `run`) and sets o.how; the transfer rebuilds the image from it
 # (mpota.delta). True when it made the image; else the full image follows in the same update,
 # without the patch code in RAM (o.how["delta"]: "fallback: <reason>"). Flash errors are not
 # the patch's fault: they propagate.
 def _delta_install(u, o, run, part):
     u._evict_reporter(o)  # the outbox's code leaves RAM before the running slot is hashed
-    import mpota.firmware as firmware
+    import mpota.deltabase as deltabase
 
-    d = firmware.patch(u, o, run)
-    del firmware
-    _unload("firmware")
+    d = deltabase.patch(u, o, run)
+    del deltabase
+    _unload("deltabase")
     if d is not None:
         try:
             u._transfer(o, part, d, run)
@@ -645,10 +642,7 @@ class Updater:
         if dp is not None:  # (base size, running partition): the patch rebuilds the image
             import mpota.delta as delta
 
-            try:
-                reader = delta.Patched(reader, dp[1], dp[0], o.size)
-            except _CORRUPT as e:
-                raise errors.IntegrityError("hash_mismatch", "corrupt compressed stream (%s)" % e)
+            reader = delta.Patched(reader, dp[1], dp[0], o.size)  # reads nothing yet
         nblk = w.nblk
         step = (nblk + 3) // 4  # progress reports at 0/25/50/75 %
         every = max(_SAVE_EVERY, nblk // 8)  # progress saves: each a flash write, at most ~8
@@ -666,12 +660,7 @@ class Updater:
                 dl["offset"] = dl["transfer_offset"] = pos
                 if blk % every == 0 and blk < nblk:
                     self.state.save()
-        w.end(reader)
-        if dp is not None:
-            try:
-                reader.finish()
-            except _CORRUPT as e:
-                raise errors.IntegrityError("hash_mismatch", "corrupt compressed stream (%s)" % e)
+        w.end(reader, None if dp is None else reader.finish)  # the patch must end there too
 
     # Download progress at 0/25/50/75 %, each step reported once per update.
     def _progress(self, o, pos, size):
