@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from host_tools.appbundle import BUNDLE_NAME, AppBundleError, build_bundle, check_bundle
+from host_tools.appbundle import BUNDLE_NAME, AppBundleError, Bundle, build_bundle, check_bundle
 from host_tools.delta import DeltaError, Patch, make_patch, patch_name
 from host_tools.errors import MpotaError
-from host_tools.esp_image import ImageError, load_app_image, parse_image
+from host_tools.esp_image import AppDesc, ImageError, load_app_image, parse_image
 from host_tools.keys import PrivateKey, PublicKey, load_private_key, role_allows
 from host_tools.manifest import (
     DEFAULT_WINDOW_BITS,
@@ -99,10 +99,14 @@ def _version_core(v: str) -> str:
     return v[1:] if v[:1] in ("v", "V") else v
 
 
-def compress_image(data: bytes, window_bits: int = DEFAULT_WINDOW_BITS, level: int = 9) -> bytes:
-    """A zlib stream (header + deflate + adler32) whose window is at most 2**window_bits bytes."""
+def _check_window_bits(window_bits: int) -> None:
     if not MIN_WINDOW_BITS <= window_bits <= MAX_WINDOW_BITS:
         raise ReleaseError(f"window bits {window_bits} must be in {MIN_WINDOW_BITS}..{MAX_WINDOW_BITS}")
+
+
+def compress_image(data: bytes, window_bits: int = DEFAULT_WINDOW_BITS, level: int = 9) -> bytes:
+    """A zlib stream (header + deflate + adler32) whose window is at most 2**window_bits bytes."""
+    _check_window_bits(window_bits)
     # zlib turns windowBits 8 into 9 for raw streams only; 9..15 are honoured as given.
     c = zlib.compressobj(level=level, method=zlib.DEFLATED, wbits=window_bits)
     return c.compress(data) + c.flush()
@@ -157,6 +161,38 @@ def _check_out_dir(out: Path) -> None:
         raise ReleaseError(f"cannot create {out}: {parent} is not a folder")
 
 
+@dataclass(frozen=True)
+class _ManifestFields:
+    """What the signer says of a release beside its version and files; the same for a release with
+    a firmware image and an app-only one."""
+    board: Board
+    build_id: str | None
+    notes: str
+    required: bool
+    created: str
+    expires: str | None
+    min_bootloader_version: str | None
+    extra_boards: Sequence[str]
+    allow_version_downgrade: bool
+
+    def manifest(self, version: str, security_version: int, image: ImageRef | None,
+                 app: AppBundle | None) -> FirmwareManifest:
+        b = self.board
+        return FirmwareManifest(
+            version=version,
+            build_id=self.build_id or utc_now().strftime("%Y%m%d-%H%M%S"),
+            security_version=security_version,
+            target_hardware=[b.name, *[e for e in self.extra_boards if e != b.name]],
+            chip=b.chip,
+            min_bootloader_version=self.min_bootloader_version,
+            image=image,
+            metadata=Metadata(self.notes, self.required, self.allow_version_downgrade),
+            created=self.created,
+            expires=self.expires,
+            app=app,
+        )
+
+
 def sign_release(
     image_path: str | os.PathLike[str] | None,
     key: PrivateKey | str | os.PathLike[str] | Sequence[PrivateKey],
@@ -192,48 +228,84 @@ def sign_release(
     app_dir: a folder of application files installed under app_root with the firmware
     (host_tools/appbundle.py; .py compiled with the mpy-cross program ``mpy_cross`` when given);
     image_path None signs an app-only release (then ``version`` is required)."""
-    from host_tools.boards import load_board
-
+    # Every option is checked before anything slow (bundle, compression, deltas) runs.
     out = Path(out_dir)
     if version is not None:
         check_version(version, "--version")
+    b = _release_board(board, extra_boards)
+    keys = _resolve_keys(key, any_role, "release")
+    _check_out_dir(out)
+    _check_security_version(security_version)
+    _check_window_bits(window_bits)
+    created = format_time(utc_now())
+    if expires is not None and parse_time(expires, "expires") <= parse_time(created):
+        raise ReleaseError(f"expires {expires} is not in the future")
+    fields = _ManifestFields(b, build_id, notes, required, created, expires, min_bootloader_version,
+                             extra_boards, allow_version_downgrade)
+    bundle = _build_app_bundle(app_dir, app_root, mpy_cross)
+    if image_path is None:
+        return _sign_app_only(out, keys, fields, bundle, version, security_version, delta_from)
+
+    name = os.fspath(image_path)
+    data, desc = _board_app_image(name, b)
+    warnings: list[str] = []
+    version = _release_version(name, desc.version, version, force_version, warnings)
+    security_version = _release_security_version(security_version, desc.secure_version, warnings)
+    image, files = _image_files(data, compress, window_bits, delta_from, version, b.chip, warnings)
+    if bundle is not None:
+        files.append((BUNDLE_NAME, bundle.data))
+    manifest = fields.manifest(version, security_version, image, None if bundle is None else bundle.app)
+    return _write_release_dir(out, manifest, keys, files, b.name, warnings)
+
+
+def _release_board(board: str, extra_boards: Sequence[str]) -> Board:
+    """The release's board, after checking that every extra board has the same chip."""
+    from host_tools.boards import load_board
+
     b = load_board(board)
     for extra in extra_boards:
         other = load_board(extra)
         if other.chip != b.chip:
             raise ReleaseError(f"board {other.name} is an {other.chip}, {b.name} an {b.chip}: "
                                "one chip per release")
-    keys = _resolve_keys(key, any_role, "release")
-    _check_out_dir(out)
+    return b
+
+
+def _check_security_version(security_version: int | None) -> None:
+    # bool is an int to Python but never a security version.
     if security_version is not None and (isinstance(security_version, bool)
                                          or not 0 <= security_version < 2**32):
         raise ReleaseError(f"security version {security_version} must be an integer in 0..4294967295")
-    if not MIN_WINDOW_BITS <= window_bits <= MAX_WINDOW_BITS:
-        raise ReleaseError(f"window bits {window_bits} must be in {MIN_WINDOW_BITS}..{MAX_WINDOW_BITS}")
-    created = format_time(utc_now())
-    if expires is not None and parse_time(expires, "expires") <= parse_time(created):
-        raise ReleaseError(f"expires {expires} is not in the future")
-    bundle = None
-    if app_dir is not None:
-        try:
-            bundle = build_bundle(app_dir, app_root, mpy_cross=mpy_cross)
-        except (AppBundleError, ManifestError) as exc:
-            raise ReleaseError(str(exc)) from None
-    if image_path is None:
-        if bundle is None:
-            raise ReleaseError("nothing to sign: give a firmware image, --app DIR or both")
-        if delta_from:
-            raise ReleaseError("--delta-from needs a firmware image (an app-only release has none)")
-        if version is None:
-            raise ReleaseError("an app-only release needs --version")
-        return _write_app_only(out, keys, b, version, bundle.app, bundle.data, security_version or 0,
-                               build_id, notes, required, created, expires, min_bootloader_version,
-                               extra_boards, allow_version_downgrade)
 
-    name = os.fspath(image_path)
+
+def _build_app_bundle(app_dir: str | os.PathLike[str] | None, app_root: str,
+                      mpy_cross: str | None) -> Bundle | None:
+    if app_dir is None:
+        return None
+    try:
+        return build_bundle(app_dir, app_root, mpy_cross=mpy_cross)
+    except (AppBundleError, ManifestError) as exc:
+        raise ReleaseError(str(exc)) from None
+
+
+def _sign_app_only(out: Path, keys: list[PrivateKey], fields: _ManifestFields, bundle: Bundle | None,
+                   version: str | None, security_version: int | None,
+                   delta_from: Sequence[str | os.PathLike[str]]) -> ReleaseInfo:
+    """A release without a firmware image: the app bundle alone, its version given."""
+    if bundle is None:
+        raise ReleaseError("nothing to sign: give a firmware image, --app DIR or both")
+    if delta_from:
+        raise ReleaseError("--delta-from needs a firmware image (an app-only release has none)")
+    if version is None:
+        raise ReleaseError("an app-only release needs --version")
+    manifest = fields.manifest(version, security_version or 0, None, bundle.app)
+    return _write_release_dir(out, manifest, keys, [(BUNDLE_NAME, bundle.data)], fields.board.name, [])
+
+
+def _board_app_image(name: str, b: Board) -> tuple[bytes, AppDesc]:
+    """The app image file's bytes and descriptor, checked to fit the board's chip and OTA slot."""
     data, rep = load_app_image(name)
     assert rep.app_desc is not None
-    warnings: list[str] = []
     if rep.chip != b.chip:
         raise ReleaseError(f"{name} is an {rep.chip} image, but board {b.name} is an {b.chip}")
     if b.slot_size <= 0:
@@ -241,28 +313,46 @@ def sign_release(
     if len(data) > b.slot_size:
         raise ReleaseError(f"{name} is {len(data)} bytes, larger than board {b.name}'s OTA slot "
                            f"({b.slot_size} bytes)")
-    desc_version = rep.app_desc.version
+    return data, rep.app_desc
+
+
+def _release_version(name: str, desc_version: str, version: str | None, force_version: bool,
+                     warnings: list[str]) -> str:
+    """The version to sign: --version, or the image's own; both given must agree unless forced."""
     if not desc_version:
         if version is None:
             raise ReleaseError(
                 f"{name} carries no version (its esp_app_desc_t.version is empty, as in MicroPython's own "
                 "ESP32 builds, which set CONFIG_APP_EXCLUDE_PROJECT_VER_VAR): give --version to say which "
                 "release it is; devices compare that signed version, the image cannot tell them")
-    elif version is None:
+        return version
+    if version is None:
         version = _version_core(desc_version)
         check_version(version, f"the version in {name}")
-    elif _version_core(desc_version) != version:
+        return version
+    if _version_core(desc_version) != version:
         if not force_version:
             raise ReleaseError(f"the image says version {desc_version!r} (esp_app_desc_t) but --version is "
                                f"{version!r}; rebuild the image or pass --force-version")
         warnings.append(f"image version {desc_version!r} differs from release version {version!r} (forced)")
-    if security_version is None:
-        security_version = rep.app_desc.secure_version
-    elif security_version != rep.app_desc.secure_version:
-        warnings.append(f"security_version {security_version} differs from the image's secure_version "
-                        f"{rep.app_desc.secure_version}")
+    return version
 
-    raw_hash = "sha256:" + hashlib.sha256(data).hexdigest()
+
+def _release_security_version(given: int | None, secure_version: int, warnings: list[str]) -> int:
+    """The security version to sign: the given one (a warning where the image says another), else
+    the image's secure_version."""
+    if given is None:
+        return secure_version
+    if given != secure_version:
+        warnings.append(f"security_version {given} differs from the image's secure_version "
+                        f"{secure_version}")
+    return given
+
+
+def _image_files(data: bytes, compress: bool, window_bits: int, delta_from: Sequence[str | os.PathLike[str]],
+                 version: str, chip: str, warnings: list[str]) -> tuple[ImageRef, list[tuple[str, bytes]]]:
+    """The manifest's image entry and the files it names: the image as sent, then one patch per
+    delta base."""
     if compress:
         wire = compress_image(data, window_bits)
         if decode_stream(wire, window_bits, len(data)) != data:  # never publish a stream we cannot read
@@ -272,40 +362,12 @@ def sign_release(
             warnings.append(f"compression does not pay off for this image ({len(wire)} >= {len(data)} bytes)")
     else:
         wire, file_name, encoding, wbits = data, RAW_NAME, "none", None
-    patches = make_deltas(delta_from, data, version, b.chip, window_bits)
-    manifest = FirmwareManifest(
-        version=version,
-        build_id=build_id or utc_now().strftime("%Y%m%d-%H%M%S"),
-        security_version=security_version,
-        target_hardware=[b.name, *[e for e in extra_boards if e != b.name]],
-        chip=b.chip,
-        min_bootloader_version=min_bootloader_version,
-        image=ImageRef(url=file_name, size=len(data), hash=raw_hash, encoding=encoding, window_bits=wbits,
-                       transfer_size=len(wire), transfer_hash="sha256:" + hashlib.sha256(wire).hexdigest(),
-                       deltas=[p.ref(n) for n, p in patches]),
-        metadata=Metadata(notes, required, allow_version_downgrade),
-        created=created,
-        expires=expires,
-        app=None if bundle is None else bundle.app,
-    )
-    files = [(file_name, wire), *((n, p.wire) for n, p in patches)]
-    if bundle is not None:
-        files.append((BUNDLE_NAME, bundle.data))
-    return _write_release_dir(out, manifest, keys, files, b.name, warnings)
-
-
-def _write_app_only(out: Path, keys: list[PrivateKey], b: Board, version: str, app: AppBundle, data: bytes,
-                    security_version: int, build_id: str | None, notes: str, required: bool, created: str,
-                    expires: str | None, min_bootloader_version: str | None, extra_boards: Sequence[str],
-                    allow_version_downgrade: bool) -> ReleaseInfo:
-    manifest = FirmwareManifest(
-        version=version, build_id=build_id or utc_now().strftime("%Y%m%d-%H%M%S"),
-        security_version=security_version,
-        target_hardware=[b.name, *[e for e in extra_boards if e != b.name]], chip=b.chip,
-        min_bootloader_version=min_bootloader_version, image=None,
-        metadata=Metadata(notes, required, allow_version_downgrade), created=created, expires=expires,
-        app=app)
-    return _write_release_dir(out, manifest, keys, [(BUNDLE_NAME, data)], b.name, [])
+    patches = make_deltas(delta_from, data, version, chip, window_bits)
+    image = ImageRef(url=file_name, size=len(data), hash="sha256:" + hashlib.sha256(data).hexdigest(),
+                     encoding=encoding, window_bits=wbits, transfer_size=len(wire),
+                     transfer_hash="sha256:" + hashlib.sha256(wire).hexdigest(),
+                     deltas=[p.ref(n) for n, p in patches])
+    return image, [(file_name, wire), *((n, p.wire) for n, p in patches)]
 
 
 def _write_release_dir(out: Path, manifest: FirmwareManifest, keys: list[PrivateKey],
@@ -434,9 +496,28 @@ def load_release(
     With public_keys None the signature is not checked (the publisher may not hold the release
     keys); everything else is.
     """
-    from host_tools.dsse import RELEASE_PAYLOAD_TYPE, envelope_payload, parse_envelope, verify_envelope
-
     mpath = _manifest_path(path)
+    raw = _read_manifest(mpath)
+    payload, signed_by, checks = _open_envelope(raw, mpath, public_keys, threshold)
+    m = _release_manifest(payload, mpath, board, allow_expired)
+    checks.append(f"manifest fields (version {m.version}, security_version {m.security_version})")
+    app_file, app_files = _check_app_bundle(mpath, m, checks)
+    manifest_sha256 = hashlib.sha256(raw).hexdigest()
+    if m.image is None:
+        return (VerifyResult(m, mpath, None, manifest_sha256, signed_by, checks, [], app_file, app_files),
+                raw, b"")
+    img, wire = _read_image_file(mpath, m.image, checks)
+    raw_image = _decode_image(wire, m.image, checks)
+    patches = [(d.url, _check_patch(mpath, d)) for d in m.image.deltas]
+    if m.image.deltas:
+        checks.append(f"{len(m.image.deltas)} patch(es): size, hash and encoding")
+    _check_app_image(raw_image, m, checks)
+    return (VerifyResult(m, mpath, img, manifest_sha256, signed_by, checks, patches, app_file, app_files),
+            raw, wire)
+
+
+def _read_manifest(mpath: Path) -> bytes:
+    # One byte over the cap is enough to refuse; a huge file is never read whole.
     try:
         with open(mpath, "rb") as f:
             raw = f.read(MAX_MANIFEST_BYTES + 1)
@@ -444,42 +525,59 @@ def load_release(
         raise ReleaseError(f"cannot read manifest {mpath}: {exc.strerror or exc}") from None
     if len(raw) > MAX_MANIFEST_BYTES:
         raise ReleaseError(f"manifest {mpath} is over the {MAX_MANIFEST_BYTES}-byte cap")
+    return raw
+
+
+def _open_envelope(raw: bytes, mpath: Path, public_keys: Sequence[PublicKey] | None,
+                   threshold: int) -> tuple[bytes, list[str], list[str]]:
+    """The manifest's payload, the keyids that signed it and the first check's words; with
+    public_keys None only the payload type is checked, not the signatures."""
+    from host_tools.dsse import RELEASE_PAYLOAD_TYPE, envelope_payload, parse_envelope, verify_envelope
+
     env = parse_envelope(raw, str(mpath))
     if public_keys is None:
         if env["payloadType"] != RELEASE_PAYLOAD_TYPE:
             raise ReleaseError(f"{mpath}: payloadType is {env['payloadType']!r}, "
                                f"expected {RELEASE_PAYLOAD_TYPE!r}")
-        payload = envelope_payload(env, str(mpath))
-        signed_by: list[str] = []
-        checks = ["signature not checked (no release key given)"]
-    else:
-        payload = verify_envelope(env, RELEASE_PAYLOAD_TYPE, public_keys, threshold, str(mpath))
-        signed_by = sorted({s.get("keyid", "") for s in env["signatures"]} & {k.keyid for k in public_keys})
-        checks = [f"signature ({RELEASE_PAYLOAD_TYPE}) by {', '.join(k[:16] for k in signed_by)}"]
+        return envelope_payload(env, str(mpath)), [], ["signature not checked (no release key given)"]
+    payload = verify_envelope(env, RELEASE_PAYLOAD_TYPE, public_keys, threshold, str(mpath))
+    signed_by = sorted({s.get("keyid", "") for s in env["signatures"]} & {k.keyid for k in public_keys})
+    return payload, signed_by, [f"signature ({RELEASE_PAYLOAD_TYPE}) by {', '.join(k[:16] for k in signed_by)}"]
+
+
+def _release_manifest(payload: bytes, mpath: Path, board: str | None, allow_expired: bool) -> FirmwareManifest:
+    """The manifest's fields, checked to be in date and (board given) to target the board."""
     try:
         m = FirmwareManifest.from_payload(payload)
     except ManifestError as exc:
         raise ReleaseError(f"{mpath}: {exc}") from None
-    checks.append(f"manifest fields (version {m.version}, security_version {m.security_version})")
     if m.expires is not None and parse_time(m.expires) <= utc_now() and not allow_expired:
         raise ReleaseError(f"{mpath}: the manifest expired at {m.expires}")
     if board is not None and board not in m.target_hardware:
         raise ReleaseError(f"{mpath}: board {board} is not in target_hardware "
                            f"({', '.join(m.target_hardware)})")
-    app_file = None
-    app_files: list[tuple[str, bytes]] = []
-    if m.app is not None:
-        app_file = (m.app.url, _release_file(mpath, m.app.url, "app bundle"))
-        try:
-            app_files = check_bundle(m.app, app_file[1])
-        except AppBundleError as exc:
-            raise ReleaseError(str(exc)) from None
-        checks.append(f"app bundle: {len(m.app.files)} file(s) under {m.app.root}, {m.app.size} bytes, "
-                      "each size and hash")
-    if m.image is None:
-        return (VerifyResult(m, mpath, None, hashlib.sha256(raw).hexdigest(), signed_by, checks, [],
-                             app_file, app_files), raw, b"")
-    url = m.image.url
+    return m
+
+
+def _check_app_bundle(mpath: Path, m: FirmwareManifest,
+                      checks: list[str]) -> tuple[tuple[str, bytes] | None, list[tuple[str, bytes]]]:
+    """The app bundle file (name, bytes) and its files (path, bytes), each checked; none without one."""
+    if m.app is None:
+        return None, []
+    app_file = (m.app.url, _release_file(mpath, m.app.url, "app bundle"))
+    try:
+        app_files = check_bundle(m.app, app_file[1])
+    except AppBundleError as exc:
+        raise ReleaseError(str(exc)) from None
+    checks.append(f"app bundle: {len(m.app.files)} file(s) under {m.app.root}, {m.app.size} bytes, "
+                  "each size and hash")
+    return app_file, app_files
+
+
+def _read_image_file(mpath: Path, ref: ImageRef, checks: list[str]) -> tuple[Path, bytes]:
+    """The image file as sent (its path and bytes): inside the release folder, transfer size and hash
+    as listed."""
+    url = ref.url
     if "://" in url or url.startswith("/"):
         raise ReleaseError(f"{mpath}: image url {url!r} is absolute; "
                            "verify checks local release folders only")
@@ -491,27 +589,32 @@ def load_release(
     except OSError as exc:
         raise ReleaseError(f"cannot read image {img}: {exc.strerror or exc}") from None
     t_size, t_hex = len(wire), hashlib.sha256(wire).hexdigest()
-    if t_size != m.image.transfer_size:
-        raise ReleaseError(f"{img.name} is {t_size} bytes, the manifest says {m.image.transfer_size}")
-    if "sha256:" + t_hex != m.image.transfer_hash:
+    if t_size != ref.transfer_size:
+        raise ReleaseError(f"{img.name} is {t_size} bytes, the manifest says {ref.transfer_size}")
+    if "sha256:" + t_hex != ref.transfer_hash:
         raise ReleaseError(f"{img.name}: SHA-256 does not match the manifest's transfer_hash")
     checks.append(f"transfer size and hash ({t_size} bytes)")
-    if m.image.encoding == "zlib":
-        assert m.image.window_bits is not None
-        raw_image = decode_stream(wire, m.image.window_bits, m.image.size)
-        checks.append(f"zlib stream decodes with window_bits {m.image.window_bits}")
+    return img, wire
+
+
+def _decode_image(wire: bytes, ref: ImageRef, checks: list[str]) -> bytes:
+    """The raw image from the file as sent, inflated as the device will, size and hash as listed."""
+    if ref.encoding == "zlib":
+        assert ref.window_bits is not None
+        raw_image = decode_stream(wire, ref.window_bits, ref.size)
+        checks.append(f"zlib stream decodes with window_bits {ref.window_bits}")
     else:
         raw_image = wire
-    if len(raw_image) != m.image.size:
-        raise ReleaseError(f"the image is {len(raw_image)} bytes, the manifest says {m.image.size}")
-    if "sha256:" + hashlib.sha256(raw_image).hexdigest() != m.image.hash:
+    if len(raw_image) != ref.size:
+        raise ReleaseError(f"the image is {len(raw_image)} bytes, the manifest says {ref.size}")
+    if "sha256:" + hashlib.sha256(raw_image).hexdigest() != ref.hash:
         raise ReleaseError("the image SHA-256 does not match the manifest's hash")
-    checks.append(f"image size and hash ({m.image.size} bytes)")
-    patches = []
-    for d in m.image.deltas:
-        patches.append((d.url, _check_patch(mpath, d)))
-    if m.image.deltas:
-        checks.append(f"{len(m.image.deltas)} patch(es): size, hash and encoding")
+    checks.append(f"image size and hash ({ref.size} bytes)")
+    return raw_image
+
+
+def _check_app_image(raw_image: bytes, m: FirmwareManifest, checks: list[str]) -> None:
+    """The signed image is a valid app image for the manifest's chip."""
     rep = parse_image(raw_image)
     if rep.errors or rep.kind != "app":
         why = (rep.errors or ["no app descriptor"])[0]
@@ -523,8 +626,6 @@ def load_release(
         note = "" if _version_core(desc_v) == m.version else \
             f" (image says {desc_v})" if desc_v else " (the image carries no version of its own)"
         checks.append(f"valid {rep.chip} app image{note}")
-    return (VerifyResult(m, mpath, img, hashlib.sha256(raw).hexdigest(), signed_by, checks, patches,
-                         app_file, app_files), raw, wire)
 
 
 def _release_file(mpath: Path, url: str, what: str) -> bytes:
