@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from host_tools.errors import MpotaError
 from host_tools.server.bucket import bucket
-from host_tools.server.plans import RolloutPlan, window_seconds
+from host_tools.server.plans import RolloutPlan, Stage, window_seconds
 from host_tools.server.store import DeviceProgress, Rollout, Store
 from host_tools.versions import VersionError, compare_versions
 
@@ -214,16 +214,30 @@ def step_needs(plan: RolloutPlan, k: int, stage_total: Counts, cohort: Counts) -
 
 def compute_stats(plan: RolloutPlan, rollout: Rollout, devices: Sequence[DeviceProgress], now: float,
                   buckets: BucketCache | None = None) -> RolloutStats:
-    steps = plan.steps
-    k = min(rollout.step, len(steps) - 1)
-    cache = buckets or BucketCache()
+    k = min(rollout.step, len(plan.steps) - 1)
+    step_counts, unexpected, unexpected_ids = _count_devices(plan, rollout, devices, now, k,
+                                                             buckets or BucketCache())
+    stages, waiting = _judge_stages(plan, k, step_counts)
+    return RolloutStats(step=k, stages=stages, step_counts=step_counts, now=now, unexpected=unexpected,
+                        unexpected_ids=unexpected_ids, waiting=waiting)
+
+
+def _first_step_of_groups(plan: RolloutPlan) -> dict[str, int]:
     group_step: dict[str, int] = {}
-    for s in steps:
+    for s in plan.steps:
         for g in s.groups:
             group_step.setdefault(g, s.index)
-    pcts = [s.percentage for s in steps]
+    return group_step
+
+
+def _count_devices(plan: RolloutPlan, rollout: Rollout, devices: Sequence[DeviceProgress], now: float,
+                   k: int, cache: BucketCache) -> tuple[list[Counts], int, list[str]]:
+    """Counts per step: each device in the first step up to k that targets it (who counts: see the
+    module's docstring); and the devices with progress that do not count: how many, the first few."""
+    group_step = _first_step_of_groups(plan)
+    pcts = [s.percentage for s in plan.steps]
     use_pct = pcts[k] > 0
-    step_counts = [Counts() for _ in steps]
+    step_counts = [Counts() for _ in plan.steps]
     timeout = plan.in_progress_timeout_s
     rid = rollout.id
     channel = rollout.channel
@@ -231,6 +245,7 @@ def compute_stats(plan: RolloutPlan, rollout: Rollout, devices: Sequence[DeviceP
     up_to_date = _at_or_above(rollout.version)
     unexpected = 0
     unexpected_ids: list[str] = []
+    # The placement stays inline: this loop runs once per device of the fleet (bench_decision).
     for (device_id, group, status, started_at, _finished_at, health_failed, accepted, version, dev_channel,
          on_board) in devices:
         first = _BIG
@@ -254,68 +269,94 @@ def compute_stats(plan: RolloutPlan, rollout: Rollout, devices: Sequence[DeviceP
             else:
                 c.targeted += 1
             continue
-        c.targeted += 1
-        c.started += 1
-        if status == "started":
-            if now - (started_at or now) < timeout:
-                c.in_progress += 1
-                continue
-            c.timed_out += 1
-            bad = True
-        elif status == "confirmed":
-            c.confirmed += 1
-            bad = False
-        elif status == "rolled_back":
-            c.rolled_back += 1
-            bad = True
-        else:
-            c.failed += 1
-            bad = True
-        if health_failed:
-            c.health_failed += 1
-        if accepted and (bad or health_failed):
-            c.accepted += 1
-            continue
-        if bad:
-            c.bad += 1
-            if status == "rolled_back":
-                c.bad_rolled_back += 1
-        if health_failed:
-            c.bad_health += 1
+        _count_attempt(c, status, started_at, health_failed, accepted, now, timeout)
+    return step_counts, unexpected, unexpected_ids
+
+
+def _count_attempt(c: Counts, status: str, started_at: float | None, health_failed: bool, accepted: bool,
+                   now: float, timeout: float) -> None:
+    """One targeted device's attempt: in progress, timed out (started timeout or more before now), or
+    its outcome; failures and health failures count against the gate unless an operator accepted them."""
+    c.targeted += 1
+    c.started += 1
+    if status == "started":
+        if now - (started_at or now) < timeout:
+            c.in_progress += 1
+            return
+        c.timed_out += 1
+        bad = True
+    elif status == "confirmed":
+        c.confirmed += 1
+        bad = False
+    elif status == "rolled_back":
+        c.rolled_back += 1
+        bad = True
+    else:
+        c.failed += 1
+        bad = True
+    if health_failed:
+        c.health_failed += 1
+    if accepted and (bad or health_failed):
+        c.accepted += 1
+        return
+    if bad:
+        c.bad += 1
+        if status == "rolled_back":
+            c.bad_rolled_back += 1
+    if health_failed:
+        c.bad_health += 1
+
+
+def _judge_stages(plan: RolloutPlan, k: int, step_counts: list[Counts]) -> tuple[list[StageStats], str | None]:
+    """Each stage's totals and verdict; and what step k's devices still lack (None: nothing)."""
     stages: list[StageStats] = []
-    current_stage = steps[k].stage
+    current_stage = plan.steps[k].stage
     waiting: str | None = None
-    for si, stage in enumerate(plan.stages):
-        idx = [s.index for s in steps if s.stage == si]
-        total = Counts()
-        for i in idx:
-            total.add(step_counts[i])
-        gate = stage.gate
-        st = StageStats(name=stage.name, steps=idx, counts=total, reached=si <= current_stage,
-                        min_finished=gate.min_finished,
-                        thresholds={"failure_rate": gate.failure_rate_threshold,
-                                    "rollback_rate": gate.rollback_rate_threshold,
-                                    "health_check_failure_rate": gate.health_check_failure_rate})
-        finished = total.finished
-        st.failure_rate = _rate(total.bad, finished)
-        st.rollback_rate = _rate(total.bad_rolled_back, finished)
-        st.health_check_failure_rate = _rate(total.bad_health, finished)
+    for si in range(len(plan.stages)):
+        st = _stage_stats(plan, si, step_counts, reached=si <= current_stage)
         if st.reached:
             if si == current_stage:
-                waiting = step_needs(plan, k, total, step_counts[k])
+                waiting = step_needs(plan, k, st.counts, step_counts[k])
             st.verdict = "waiting" if waiting is not None and si == current_stage else "pass"
-            if finished >= gate.min_finished:
-                for label, key, part_name in _LIMITS:
-                    limit = getattr(gate, key)
-                    part = getattr(total, part_name)
-                    if part * 100 > limit * finished:  # exact: 20.4% is above 20%
-                        st.verdict = "fail"
-                        st.reason = (f"{stage.name}: {label} {100.0 * part / finished:.1f}% > {limit:g}% "
-                                     f"({part} of {finished} finished devices)")
-                        break
+            reason = _gate_failure(plan.stages[si], st.counts)
+            if reason is not None:
+                st.verdict, st.reason = "fail", reason
         stages.append(st)
-    return RolloutStats(step=k, stages=stages, step_counts=step_counts, now=now, unexpected=unexpected,
-                        unexpected_ids=unexpected_ids, waiting=waiting)
+    return stages, waiting
+
+
+def _stage_stats(plan: RolloutPlan, si: int, step_counts: list[Counts], reached: bool) -> StageStats:
+    """Stage si's counts (its steps' added up), rates and thresholds; verdict still pending."""
+    stage = plan.stages[si]
+    idx = [s.index for s in plan.steps if s.stage == si]
+    total = Counts()
+    for i in idx:
+        total.add(step_counts[i])
+    gate = stage.gate
+    finished = total.finished
+    return StageStats(name=stage.name, steps=idx, counts=total, reached=reached,
+                      min_finished=gate.min_finished,
+                      thresholds={"failure_rate": gate.failure_rate_threshold,
+                                  "rollback_rate": gate.rollback_rate_threshold,
+                                  "health_check_failure_rate": gate.health_check_failure_rate},
+                      failure_rate=_rate(total.bad, finished),
+                      rollback_rate=_rate(total.bad_rolled_back, finished),
+                      health_check_failure_rate=_rate(total.bad_health, finished))
+
+
+def _gate_failure(stage: Stage, total: Counts) -> str | None:
+    """Why the stage's gate fails (the first limit over), or None; judged from min_finished on."""
+    gate = stage.gate
+    finished = total.finished
+    if finished < gate.min_finished:
+        return None
+    for label, key, part_name in _LIMITS:
+        limit = getattr(gate, key)
+        part = getattr(total, part_name)
+        if part * 100 > limit * finished:  # exact: 20.4% is above 20%
+            return (f"{stage.name}: {label} {100.0 * part / finished:.1f}% > {limit:g}% "
+                    f"({part} of {finished} finished devices)")
+    return None
 
 
 def latest_per_channel(rollouts: Sequence[Rollout]) -> set[str]:
