@@ -576,68 +576,96 @@ def verify_feed(
     if not feed.is_dir():
         raise FeedError(f"feed folder {feed} does not exist")
     rep = FeedReport()
-
-    def problem(rel: str, exc: object) -> None:
-        text = str(exc)
-        known = text.startswith(rel) or text.startswith(str(feed / rel))
-        rep.problems.append(text if known else f"{rel}: {text}")
-
-    referenced: set[str] = set()
     now = utc_now()
-
+    referenced: set[str] = set()
     for path in sorted((feed / "channels").glob("*/*.json")):
-        rel = path.relative_to(feed).as_posix()
-        board, channel = path.parent.name, path.stem
-        try:
-            data = path.read_bytes()
-            if len(data) > MAX_CHANNEL_BYTES:
-                raise FeedError(f"over the {MAX_CHANNEL_BYTES}-byte cap")
-            doc = ChannelDoc.from_envelope_bytes(data, ch_keys, rel)
-        except (OSError, MpotaError) as exc:
-            problem(rel, exc)
-            continue
-        if (doc.board, doc.channel) != (board, channel):
-            rep.problems.append(f"{rel}: says board {doc.board} channel {doc.channel}, "
-                                "not what its path says")
-            continue
-        if doc.expires is None:
-            rep.warnings.append(f"{rel}: no expiry (a stale copy stays valid forever; "
-                                "publish with --expires, then keep it fresh with `mpota feed refresh`)")
-        elif parse_time(doc.expires) <= now:
-            rep.problems.append(f"{rel}: expired at {doc.expires}")
-        referenced.add(doc.release.manifest)
-        try:
-            mbytes = (feed / doc.release.manifest).read_bytes()
-        except OSError:
-            rep.problems.append(f"{rel}: points at {doc.release.manifest}, which is missing")
-            continue
-        if hashlib.sha256(mbytes).hexdigest() != doc.release.manifest_sha256:
-            rep.problems.append(f"{rel}: manifest_sha256 does not match {doc.release.manifest}")
-            continue
-        rep.channels.append(doc)
-        rep.checked.append(f"{rel}: seq {doc.seq}, release {doc.release.version}, rollout {doc.rollout.id} "
-                           f"{doc.rollout.state} {doc.rollout.percentage:g}%")
-
+        doc = _check_channel(feed, path, ch_keys, now, rep)
+        if doc is not None:
+            referenced.add(doc.release.manifest)
     for mpath in sorted((feed / "releases").glob(f"*/*/{MANIFEST_NAME}")):
-        rel = mpath.relative_to(feed).as_posix()
-        board, version = mpath.parent.parent.name, mpath.parent.name
-        strict = rel in referenced
-        try:
-            result = load_release(mpath, rel_keys, board=board, allow_expired=not strict)[0]
-        except MpotaError as exc:
-            problem(rel, exc)
-            continue
-        m = result.manifest
-        if m.version != version:
-            rep.problems.append(f"{rel}: manifest version {m.version} is not the folder's {version}")
-            continue
-        if m.expires is not None and parse_time(m.expires) <= now:
-            rep.warnings.append(f"{rel}: expired at {m.expires} (no channel points at it)")
-        rep.releases.append((board, version))
-        rep.checked.append(f"{rel}: {m.chip} {m.version}, security_version {m.security_version}, "
-                           + (f"{m.image.encoding} {m.image.transfer_size} bytes" if m.image
-                              else "no firmware")
-                           + (f", app {len(m.app.files)} file(s) {m.app.size} bytes" if m.app else ""))
+        # A release a channel points at must be in date; an old one only earns a warning.
+        strict = mpath.relative_to(feed).as_posix() in referenced
+        _check_release(feed, mpath, rel_keys, strict, now, rep)
+    _check_channel_releases(rep)
+    for stray in sorted(feed.rglob(".*.tmp")):
+        rep.warnings.append(f"{stray.relative_to(feed).as_posix()}: leftover temp file "
+                            "from an interrupted write")
+    if not rep.channels and not rep.releases and not rep.problems:
+        rep.problems.append("the feed holds no channel documents and no releases")
+    return rep
+
+
+def _add_problem(rep: FeedReport, feed: Path, rel: str, exc: object) -> None:
+    """exc's words, prefixed with the file's path in the feed unless they name it already."""
+    text = str(exc)
+    known = text.startswith(rel) or text.startswith(str(feed / rel))
+    rep.problems.append(text if known else f"{rel}: {text}")
+
+
+def _check_channel(feed: Path, path: Path, keys: Sequence[PublicKey], now: datetime,
+                   rep: FeedReport) -> ChannelDoc | None:
+    """One channel document: signed, where its path says, in date, its manifest present with the
+    pinned hash (then it joins rep.channels). Returns the document once it is known to be this
+    channel's (its manifest counts as referenced), else None."""
+    rel = path.relative_to(feed).as_posix()
+    board, channel = path.parent.name, path.stem
+    try:
+        data = path.read_bytes()
+        if len(data) > MAX_CHANNEL_BYTES:
+            raise FeedError(f"over the {MAX_CHANNEL_BYTES}-byte cap")
+        doc = ChannelDoc.from_envelope_bytes(data, keys, rel)
+    except (OSError, MpotaError) as exc:
+        _add_problem(rep, feed, rel, exc)
+        return None
+    if (doc.board, doc.channel) != (board, channel):
+        rep.problems.append(f"{rel}: says board {doc.board} channel {doc.channel}, "
+                            "not what its path says")
+        return None
+    if doc.expires is None:
+        rep.warnings.append(f"{rel}: no expiry (a stale copy stays valid forever; "
+                            "publish with --expires, then keep it fresh with `mpota feed refresh`)")
+    elif parse_time(doc.expires) <= now:
+        rep.problems.append(f"{rel}: expired at {doc.expires}")
+    try:
+        mbytes = (feed / doc.release.manifest).read_bytes()
+    except OSError:
+        rep.problems.append(f"{rel}: points at {doc.release.manifest}, which is missing")
+        return doc
+    if hashlib.sha256(mbytes).hexdigest() != doc.release.manifest_sha256:
+        rep.problems.append(f"{rel}: manifest_sha256 does not match {doc.release.manifest}")
+        return doc
+    rep.channels.append(doc)
+    rep.checked.append(f"{rel}: seq {doc.seq}, release {doc.release.version}, rollout {doc.rollout.id} "
+                       f"{doc.rollout.state} {doc.rollout.percentage:g}%")
+    return doc
+
+
+def _check_release(feed: Path, mpath: Path, keys: Sequence[PublicKey], strict: bool, now: datetime,
+                   rep: FeedReport) -> None:
+    """One release folder: verifies (expired only when not strict) for its folder's board and
+    version (then it joins rep.releases)."""
+    rel = mpath.relative_to(feed).as_posix()
+    board, version = mpath.parent.parent.name, mpath.parent.name
+    try:
+        result = load_release(mpath, keys, board=board, allow_expired=not strict)[0]
+    except MpotaError as exc:
+        _add_problem(rep, feed, rel, exc)
+        return
+    m = result.manifest
+    if m.version != version:
+        rep.problems.append(f"{rel}: manifest version {m.version} is not the folder's {version}")
+        return
+    if m.expires is not None and parse_time(m.expires) <= now:
+        rep.warnings.append(f"{rel}: expired at {m.expires} (no channel points at it)")
+    rep.releases.append((board, version))
+    rep.checked.append(f"{rel}: {m.chip} {m.version}, security_version {m.security_version}, "
+                       + (f"{m.image.encoding} {m.image.transfer_size} bytes" if m.image
+                          else "no firmware")
+                       + (f", app {len(m.app.files)} file(s) {m.app.size} bytes" if m.app else ""))
+
+
+def _check_channel_releases(rep: FeedReport) -> None:
+    """Each good channel's release verified, at the usual path (elsewhere: a warning)."""
     for doc in rep.channels:
         rel_ver = doc.release.version
         if doc.release.manifest != f"{release_dir_path(doc.board, rel_ver)}/{MANIFEST_NAME}":
@@ -645,9 +673,3 @@ def verify_feed(
                                 f"{doc.release.manifest}")
         elif (doc.board, rel_ver) not in rep.releases:
             rep.problems.append(f"{doc.path}: release {doc.board} {rel_ver} did not verify")
-    for stray in sorted(feed.rglob(".*.tmp")):
-        rep.warnings.append(f"{stray.relative_to(feed).as_posix()}: leftover temp file "
-                            "from an interrupted write")
-    if not rep.channels and not rep.releases and not rep.problems:
-        rep.problems.append("the feed holds no channel documents and no releases")
-    return rep
