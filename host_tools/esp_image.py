@@ -196,17 +196,37 @@ def parse_app_desc(data: bytes) -> AppDesc | None:
 def parse_image(data: bytes | memoryview, base: int = 0) -> ImageReport:
     """Parse one ESP image starting at data[base] (kind: app, bootloader or invalid)."""
     mv = memoryview(data)
-    avail = len(mv) - base
     rep = ImageReport(kind="invalid", file_size=len(mv))
+    # Each step reports what it finds; None/False: the image stops short of the next step.
+    if not _read_header(mv, base, rep):
+        return rep
+    segments = _read_segments(mv, base, rep)
+    if segments is None:
+        return rep
+    pos, checksum = segments
+    end = _check_checksum(mv, base, pos, checksum, rep)
+    if end is None:
+        return rep
+    end = _check_appended_hash(mv, base, end, rep)
+    if end is None:
+        return rep
+    rep.image_length = end
+    _find_app_desc(mv, base, rep)
+    return rep
+
+
+def _read_header(mv: memoryview, base: int, rep: ImageReport) -> bool:
+    """The image header and extended header into rep; False where no segment can be read."""
+    avail = len(mv) - base
     if avail <= 0:
         rep.add("error", "the file is empty")
-        return rep
+        return False
     if mv[base] != IMAGE_MAGIC:
         rep.add("error", f"not an ESP image: first byte is 0x{mv[base]:02x}, an image starts with 0xE9")
-        return rep
+        return False
     if avail < HEADER_LEN + EXT_HEADER_LEN:
         rep.add("error", f"truncated: {avail} bytes, shorter than the 24-byte image header")
-        return rep
+        return False
     _, count, mode, size_freq, entry = struct.unpack_from("<BBBBI", mv, base)
     _, _, chip_id, _, min_rev, max_rev, _, hash_flag = struct.unpack_from("<B3sHBHH4sB", mv, base + 8)
     rep.segment_count = count
@@ -225,23 +245,30 @@ def parse_image(data: bytes | memoryview, base: int = 0) -> ImageReport:
         rep.add("error", f"hash_appended byte is {hash_flag}, expected 0 or 1")
     if count == 0 or count > MAX_SEGMENTS:
         rep.add("error", f"segment count {count} is out of range (1..{MAX_SEGMENTS})")
-        return rep
+        return False
     if mode not in FLASH_MODES:
         rep.add("warning", f"unknown SPI flash mode {mode}")
+    return True
 
+
+def _read_segments(mv: memoryview, base: int, rep: ImageReport) -> tuple[int, int] | None:
+    """Each segment into rep.segments, checked as the bootloader and MMU need it; the offset past
+    the last one and the xor checksum of their data, or None if the file ends inside one."""
+    avail = len(mv) - base
+    assert rep.segment_count is not None
     pos = HEADER_LEN + EXT_HEADER_LEN
     checksum = CHECKSUM_SEED
-    for i in range(count):
+    for i in range(rep.segment_count):
         if pos + 8 > avail:
             rep.add("error", f"truncated: segment {i} header at offset {pos} is past the end of the file "
                              f"({avail} bytes)")
-            return rep
+            return None
         addr, length = struct.unpack_from("<II", mv, base + pos)
         seg = Segment(i, addr, length, pos + 8, memory_type(rep.chip, addr))
         if pos + 8 + length > avail:
             rep.add("error", f"truncated: segment {i} needs {length} bytes at offset {pos + 8}, "
                              f"the file has {avail - pos - 8}")
-            return rep
+            return None
         rep.segments.append(seg)
         if length % 4:
             rep.add("error", f"segment {i} length {length} is not a multiple of 4 "
@@ -251,31 +278,47 @@ def parse_image(data: bytes | memoryview, base: int = 0) -> ImageReport:
                              f"0x{pos + 8:x} (the MMU cannot map it)")
         checksum = _xor(mv[base + pos + 8 : base + pos + 8 + length], checksum)
         pos += 8 + length
+    return pos, checksum
+
+
+def _check_checksum(mv: memoryview, base: int, pos: int, checksum: int, rep: ImageReport) -> int | None:
+    """The checksum byte (last of the 16-byte block after the segments) against the segments' xor;
+    the offset past it, or None if the file ends before it."""
     cks_at = pos + (15 - pos % 16)
-    if cks_at >= avail:
+    if cks_at >= len(mv) - base:
         rep.add("error", f"truncated: the checksum byte at offset {cks_at} is past the end of the file")
-        return rep
+        return None
     rep.checksum_valid = mv[base + cks_at] == checksum
     if not rep.checksum_valid:
         rep.add("error", f"checksum mismatch: stored 0x{mv[base + cks_at]:02x}, computed 0x{checksum:02x} "
                          "(the image is corrupt)")
-    end = cks_at + 1
-    if rep.hash_appended:
-        if end + 32 > avail:
-            rep.add("error", f"truncated: the appended SHA-256 needs 32 bytes at offset {end}, "
-                             f"the file has {avail - end}")
-            return rep
-        digest = hashlib.sha256(mv[base : base + end]).digest()
-        stored = bytes(mv[base + end : base + end + 32])
-        rep.sha256_valid = digest == stored
-        if rep.sha256_valid:
-            rep.sha256 = digest.hex()
-        else:
-            rep.add("error", "appended SHA-256 mismatch (the image is corrupt)")
-        end += 32
-    else:
+    return cks_at + 1
+
+
+def _check_appended_hash(mv: memoryview, base: int, end: int, rep: ImageReport) -> int | None:
+    """The SHA-256 appended after the checksum, when the header says there is one; the image's end,
+    or None if the file ends inside the digest."""
+    avail = len(mv) - base
+    if not rep.hash_appended:
         rep.add("warning", "no appended SHA-256 (hash_appended=0): the bootloader cannot check the image")
-    rep.image_length = end
+        return end
+    if end + 32 > avail:
+        rep.add("error", f"truncated: the appended SHA-256 needs 32 bytes at offset {end}, "
+                         f"the file has {avail - end}")
+        return None
+    digest = hashlib.sha256(mv[base : base + end]).digest()
+    stored = bytes(mv[base + end : base + end + 32])
+    rep.sha256_valid = digest == stored
+    if rep.sha256_valid:
+        rep.sha256 = digest.hex()
+    else:
+        rep.add("error", "appended SHA-256 mismatch (the image is corrupt)")
+    return end + 32
+
+
+def _find_app_desc(mv: memoryview, base: int, rep: ImageReport) -> None:
+    """An ESP-IDF app carries esp_app_desc_t at the start of its first segment; without it the
+    image is a bootloader (or another program)."""
     if rep.segments:
         first = rep.segments[0]
         rep.app_desc = parse_app_desc(bytes(mv[base + first.file_offset : base + first.file_offset
@@ -284,7 +327,6 @@ def parse_image(data: bytes | memoryview, base: int = 0) -> ImageReport:
     if rep.app_desc is None:
         rep.add("note", "no esp_app_desc_t in the first segment: this is not an ESP-IDF app "
                         "(a bootloader or another program)")
-    return rep
 
 
 def _xor(data: memoryview, seed: int) -> int:
