@@ -228,7 +228,7 @@ def sign_release(
     app_dir: a folder of application files installed under app_root with the firmware
     (host_tools/appbundle.py; .py compiled with the mpy-cross program ``mpy_cross`` when given);
     image_path None signs an app-only release (then ``version`` is required)."""
-    # Every option is checked before anything slow (bundle, compression, deltas) runs.
+    # Every option is checked before the app bundle is built or the image read.
     out = Path(out_dir)
     if version is not None:
         check_version(version, "--version")
@@ -542,10 +542,12 @@ def _open_envelope(raw: bytes, mpath: Path, public_keys: Sequence[PublicKey] | N
         return envelope_payload(env, str(mpath)), [], ["signature not checked (no release key given)"]
     payload = verify_envelope(env, RELEASE_PAYLOAD_TYPE, public_keys, threshold, str(mpath))
     signed_by = sorted({s.get("keyid", "") for s in env["signatures"]} & {k.keyid for k in public_keys})
-    return payload, signed_by, [f"signature ({RELEASE_PAYLOAD_TYPE}) by {', '.join(k[:16] for k in signed_by)}"]
+    signers = ", ".join(k[:16] for k in signed_by)
+    return payload, signed_by, [f"signature ({RELEASE_PAYLOAD_TYPE}) by {signers}"]
 
 
-def _release_manifest(payload: bytes, mpath: Path, board: str | None, allow_expired: bool) -> FirmwareManifest:
+def _release_manifest(payload: bytes, mpath: Path, board: str | None,
+                      allow_expired: bool) -> FirmwareManifest:
     """The manifest's fields, checked to be in date and (board given) to target the board."""
     try:
         m = FirmwareManifest.from_payload(payload)

@@ -307,7 +307,8 @@ def _count_attempt(c: Counts, status: str, started_at: float | None, health_fail
         c.bad_health += 1
 
 
-def _judge_stages(plan: RolloutPlan, k: int, step_counts: list[Counts]) -> tuple[list[StageStats], str | None]:
+def _judge_stages(plan: RolloutPlan, k: int,
+                  step_counts: list[Counts]) -> tuple[list[StageStats], str | None]:
     """Each stage's totals and verdict; and what step k's devices still lack (None: nothing)."""
     stages: list[StageStats] = []
     current_stage = plan.steps[k].stage
