@@ -73,8 +73,11 @@ class KnownDevice(NamedTuple):
 EVENT_COLUMNS = ("received", "device_key", "seq", "event", "rollout", "report")
 EventRow = tuple[float, int, int, str, "str | None", str]
 REPORT_FIELDS = ("time", "uptime_ms", "board", "group", "version", "slot", "target", "detail")  # in "report"
-# those a text column of the devices row holds (checked: no NUL, valid Unicode)
-_TEXT_FIELDS = ("event", "board", "group", "version", "slot", "rollout", "target")
+# Fields stored as text columns (checked: no NUL, valid Unicode): the events row's, for every
+# report; the devices row's, for the report that sets it. The rest goes into the JSON object,
+# where orjson refuses a lone surrogate and writes a NUL as an escape.
+_EVENT_TEXT = ("event", "rollout")
+_DEVICE_TEXT = ("event", "board", "group", "version", "slot", "rollout", "target")
 
 
 INSERT_EVENT = (f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) "
@@ -217,7 +220,7 @@ def event_rows(device_key: int, reports: Sequence[Report], now: float,
     rows: list[EventRow] = []
     for r in reports:
         in_commit.add((device_key, r["seq"]))
-        check_text_fields(r)
+        check_text_fields(r, _EVENT_TEXT)
         rest = {k: v for k in REPORT_FIELDS if (v := r.get(k)) is not None}
         try:
             report_json = _dumps(rest)
@@ -247,7 +250,8 @@ def describe_device(device: KnownDevice, reports: Sequence[Report], now: float,
             health = failed_health(r.get("detail"))
     if newest is None:
         row = DeviceRow(device.key, now, top, health=health)
-    else:  # its text fields were checked as the events row's columns
+    else:
+        check_text_fields(newest, _DEVICE_TEXT)
         row = DeviceRow(device.key, now, top, *map(newest.get, _INVENTORY_FIELDS))
         row.health = health
         event = row.last_event = newest["event"]
@@ -331,14 +335,14 @@ def advance_progress(p: Progress | None, event: str, now: float, reason: object 
 
 
 # ------------------------------------------------------------------ what the columns can hold
-def check_text_fields(report: Report) -> None:
-    """The report's text columns hold text both databases store (checked at once: one join)."""
+def check_text_fields(report: Report, names: tuple[str, ...]) -> None:
+    """The report's fields `names` hold text both databases store (checked at once: one join)."""
     try:
-        joined = "".join(filter(None, map(report.get, _TEXT_FIELDS)))
+        joined = "".join(filter(None, map(report.get, names)))
     except TypeError:
         joined = "\x00"  # not all text: the slow path below says which
     if "\x00" in joined or not (joined.isascii() or _utf8(joined)):
-        for name in _TEXT_FIELDS:
+        for name in names:
             column_text(report.get(name), name)
 
 

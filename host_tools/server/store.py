@@ -32,6 +32,7 @@ from typing import Any, NamedTuple, TypeVar
 from host_tools.errors import MpotaError
 from host_tools.server import migrations
 from host_tools.server.ingest_plan import (
+    EVENT_COLUMNS,
     INSERT_EVENT,
     UPDATE_DEVICE,
     UPDATE_DEVICE_SEEN,
@@ -619,12 +620,12 @@ class SQLiteStore(SQLStore):
                                self._stored_progress(conn))
             written: dict[str, Inventory] = {}
             if plan.events:
-                conn.executemany(INSERT_EVENT, plan.events)
+                _write_rows(conn, _INSERT_EVENTS, INSERT_EVENT, plan.events)
                 full, seen = self._device_writes(plan, written)
                 if full:
                     conn.executemany(UPDATE_DEVICE, full)
                 if seen:
-                    conn.executemany(UPDATE_DEVICE_SEEN, seen)
+                    _write_rows(conn, _UPDATE_SEEN, UPDATE_DEVICE_SEEN, seen)
             if plan.progress:
                 conn.executemany(UPSERT_PROGRESS, plan.progress_params())
             conn.execute("COMMIT")
@@ -694,6 +695,41 @@ class SQLiteStore(SQLStore):
         _bounded_update(self._devices, plan.known())
         _bounded_update(self._progress, plan.progress)
         _bounded_update(self._inventory, written)
+
+
+# Rows go in as multi-row statements: one SQLite step (and one release of the GIL, which the
+# event loop waits on) per chunk instead of one per row. Chunks are powers of two up to 256
+# rows, so a commit of any size uses a few of 9 cached statements of each kind.
+_CHUNKS = tuple(1 << b for b in range(8, -1, -1))
+
+
+def _values(columns: int, rows: int) -> str:
+    one = f"({', '.join('?' * columns)})"
+    return ", ".join([one] * rows)
+
+
+_INSERT_EVENTS = {n: INSERT_EVENT.replace(_values(len(EVENT_COLUMNS), 1), _values(len(EVENT_COLUMNS), n))
+                  for n in _CHUNKS}
+# UPDATE_DEVICE_SEEN for many rows (UPDATE ... FROM: SQLite 3.33; older ones take a row at a time)
+_UPDATE_SEEN: dict[int, str] | None = {n: ("UPDATE devices SET last_seen = v.column1, "
+                    "last_event_at = COALESCE(v.column2, last_event_at), "
+                    "free_mem = COALESCE(v.column3, free_mem), last_seq = v.column4 "
+                    f"FROM (VALUES {_values(5, n)}) AS v WHERE devices.device_key = v.column5")
+                for n in _CHUNKS} if sqlite3.sqlite_version_info >= (3, 33) else None
+
+
+def _write_rows(conn: sqlite3.Connection, statements: Mapping[int, str] | None, one_row: str,
+                rows: Sequence[Sequence[Any]]) -> None:
+    """rows through statements[n] (n rows each), largest chunks first; without them (an older
+    SQLite) through one_row, a row at a time."""
+    if statements is None:
+        conn.executemany(one_row, rows)
+        return
+    i, total = 0, len(rows)
+    for n in _CHUNKS:
+        while total - i >= n:
+            conn.execute(statements[n], [value for row in rows[i:i + n] for value in row])
+            i += n
 
 
 def _bounded_update(cache: dict[_K, _V], update: Mapping[_K, _V]) -> None:
