@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import socket
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -178,10 +179,11 @@ def test_a_server_fault_while_storing_is_a_5xx_not_the_devices_fault(srv: Server
     assert isinstance(store, SQLiteStore)
     real = SQLiteStore._ingest
 
-    def buggy(self: SQLiteStore, requests: list[tuple[str, list[Report]]], now: float) -> list[IngestResult]:
+    def buggy(self: SQLiteStore, requests: list[tuple[str, list[Report]]], now: float,
+              conn: sqlite3.Connection) -> list[IngestResult]:
         if any(r.get("version") == "trips-a-bug" for _, rs in requests for r in rs):
             raise TypeError("'<' not supported between instances of 'NoneType' and 'int'")
-        return real(self, requests, now)
+        return real(self, requests, now, conn)
 
     monkeypatch.setattr(SQLiteStore, "_ingest", buggy)
     d = ReportingDevice(srv.url, SECRET, "dev-q", version="trips-a-bug")

@@ -7,13 +7,16 @@ integers within +-2^53 (JSON-safe, and what SQLite's INTEGER holds), floats fini
 Unicode (body.parse_json), so no report can fail the transaction it shares with others.
 
 The writer: request handlers queue (device_id, reports, future); one task takes everything queued,
-stores it in ONE transaction on the database thread (group commit), then answers every waiting
-request. A 2xx therefore always means "committed".
+stores it in ONE transaction (group commit), then answers every waiting request. A 2xx therefore
+always means "committed". The transaction runs on the event loop's thread where the store says
+it cannot wait (SQLite without a disk sync per commit, its lock free), else on the database
+thread.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -118,6 +121,7 @@ class GroupCommitWriter:
         self._queue: asyncio.Queue[tuple[str, list[Report], asyncio.Future[IngestResult]]] | None = None
         self._task: asyncio.Task[None] | None = None
         self._queue_front: deque[tuple[str, list[Report], asyncio.Future[IngestResult]]] = deque()
+        self._left_work: asyncio.Future[None] | None = None
         self.commits = 0
         self.requests = 0
 
@@ -135,6 +139,15 @@ class GroupCommitWriter:
         self._queue.put_nowait((device_id, reports, fut))
         return await fut
 
+    def _leave_work(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Hand what the inline commits left (a WAL checkpoint) to the database thread, one at a time."""
+        if self._left_work is not None and not self._left_work.done():
+            return
+        job = self.store.work_left_by_ingest_now()
+        if job is not None:
+            self._left_work = loop.run_in_executor(self.executor, job)
+            self._left_work.add_done_callback(_log_failure)
+
     async def _run(self) -> None:
         assert self._queue is not None
         loop = asyncio.get_running_loop()
@@ -149,9 +162,14 @@ class GroupCommitWriter:
             live = [b for b in batch if not b[2].done()]
             if not live:
                 continue
+            requests = [(d, r) for d, r, _ in live]
             try:
-                results = await loop.run_in_executor(
-                    self.executor, self.store.ingest, [(d, r) for d, r, _ in live], self.clock())
+                now = self.clock()
+                results = self.store.ingest_now(requests, now)
+                if results is None:
+                    results = await loop.run_in_executor(self.executor, self.store.ingest, requests, now)
+                else:
+                    self._leave_work(loop)
             except asyncio.CancelledError:
                 for _, _, fut in live:
                     if not fut.done():
@@ -175,3 +193,9 @@ class GroupCommitWriter:
                     fut.set_result(result)
             if progress and self.on_progress is not None:
                 self.on_progress()
+
+
+def _log_failure(fut: asyncio.Future[None]) -> None:
+    if not fut.cancelled() and fut.exception() is not None:
+        print(f"mpota serve: WAL checkpoint failed (retried later): {fut.exception()}", file=sys.stderr,
+              flush=True)

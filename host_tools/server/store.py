@@ -121,6 +121,16 @@ class Store(ABC):
         already sent (exact match) is refused whole: duplicates > 0 and nothing of it is stored.
         Committed (durable against a process crash) when this returns."""
 
+    def ingest_now(self, requests: Sequence[tuple[str, Sequence[Report]]], now: float
+                   ) -> list[IngestResult] | None:
+        """ingest(), on the calling thread, only when that cannot wait on anything (a lock, the
+        network, a disk sync); None when it would: then call ingest() from a worker thread."""
+        return None
+
+    def work_left_by_ingest_now(self) -> Callable[[], None] | None:
+        """What commits made by ingest_now leave for a worker thread (a WAL checkpoint), if due."""
+        return None
+
     @abstractmethod
     def register_device(self, device_id: str, board: str | None, group: str | None, now: float,
                         reset_seq: bool = False, *, channel: str | None = None,
@@ -550,6 +560,8 @@ class SQLiteStore(SQLStore):
         # what this writer's last update of each recent device's row asked of its inventory columns
         self._inventory: dict[str, Inventory] = {}
         self._all: list[sqlite3.Connection] = []
+        self._now_conn: sqlite3.Connection | None = None  # ingest_now's (the event loop's)
+        self._commits_since_wal_check = 0
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             if migrate:
@@ -608,12 +620,52 @@ class SQLiteStore(SQLStore):
     def ingest(self, requests: Sequence[tuple[str, Sequence[Report]]], now: float) -> list[IngestResult]:
         with self._lock:
             try:
-                return self._ingest(requests, now)
+                return self._ingest(requests, now, self._conn())
             except sqlite3.Error as exc:  # the database, not the request (full disk, locked, I/O)
                 raise StoreError(f"cannot store reports: {exc}") from None
 
-    def _ingest(self, requests: Sequence[tuple[str, Sequence[Report]]], now: float) -> list[IngestResult]:
-        conn = self._conn()
+    def ingest_now(self, requests: Sequence[tuple[str, Sequence[Report]]], now: float
+                   ) -> list[IngestResult] | None:
+        """A commit without a disk sync (synchronous=NORMAL) takes well under a millisecond: done
+        on the event loop's thread it skips the hand-off to the writer thread and the GIL
+        contention of every SQLite call, which cost more than the commit. Never waits: another
+        writer holding the store's lock or the database's, or a FULL sync, answers None. The
+        WAL is checkpointed on a worker thread (work_left_by_ingest_now), not here."""
+        if self.synchronous.upper() not in ("NORMAL", "OFF") or not self._lock.acquire(blocking=False):
+            return None
+        try:
+            conn = self._now_conn
+            if conn is None:
+                conn = self._now_conn = sqlite3.connect(self.path, isolation_level=None,
+                                                        check_same_thread=False, timeout=0.0)
+                conn.execute(f"PRAGMA synchronous={self.synchronous}")
+                conn.execute("PRAGMA wal_autocheckpoint=0")
+                self._all.append(conn)
+            try:
+                results = self._ingest(requests, now, conn)
+            except sqlite3.OperationalError as exc:
+                if "locked" in str(exc) or "busy" in str(exc):
+                    return None  # another process writes: the worker thread waits for it
+                raise StoreError(f"cannot store reports: {exc}") from None
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot store reports: {exc}") from None
+            self._commits_since_wal_check += 1
+            return results
+        finally:
+            self._lock.release()
+
+    def work_left_by_ingest_now(self) -> Callable[[], None] | None:
+        if self._commits_since_wal_check < _WAL_CHECK_EVERY:
+            return None
+        self._commits_since_wal_check = 0
+        return self.checkpoint_wal if _wal_pages(self.path) > _WAL_CHECKPOINT_PAGES else None
+
+    def checkpoint_wal(self) -> None:
+        """Copy the WAL into the database (PASSIVE: readers and the writer go on meanwhile)."""
+        self._conn().execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+    def _ingest(self, requests: Sequence[tuple[str, Sequence[Report]]], now: float,
+                conn: sqlite3.Connection) -> list[IngestResult]:
         conn.execute("BEGIN IMMEDIATE")
         try:
             plan = plan_ingest(requests, now, self._known_device(conn, now), self._seen(conn),
@@ -730,6 +782,20 @@ def _write_rows(conn: sqlite3.Connection, statements: Mapping[int, str] | None, 
         while total - i >= n:
             conn.execute(statements[n], [value for row in rows[i:i + n] for value in row])
             i += n
+
+
+# ingest_now's commits leave checkpoints to a worker thread: every _WAL_CHECK_EVERY commits it
+# looks at the WAL's size and asks for one past _WAL_CHECKPOINT_PAGES (the other connections'
+# wal_autocheckpoint).
+_WAL_CHECK_EVERY = 64
+_WAL_CHECKPOINT_PAGES = 8192
+
+
+def _wal_pages(db: Path) -> int:
+    try:
+        return os.stat(f"{db}-wal").st_size // 4096
+    except OSError:
+        return 0
 
 
 def _bounded_update(cache: dict[_K, _V], update: Mapping[_K, _V]) -> None:
