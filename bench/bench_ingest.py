@@ -5,6 +5,8 @@ connection sending one request after the other (raw HTTP/1.1, prepared bytes, so
 little CPU on this shared 2-core machine). Figures: single-report requests/s and reports/s with
 batches of 50, for the real server and for the baseline (a bare aiohttp handler doing the HMAC
 check and group-committed SQLite inserts), measured in the same run; ratio = server / baseline.
+Beside the rates, each server's CPU time per request (best round): with the clients on the same
+two cores the rates follow it, and other load on the machine moves it much less.
 
     python -m bench.bench_ingest            # prints one line
 """
@@ -198,21 +200,36 @@ class Case:
 Target = tuple["int | list[int]", "str | None"]
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads) so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def best_of(targets: Mapping[str, Target], cases: Sequence[Case], rounds: int = 2,
-            duration: float = DURATION) -> dict[str, float]:
+            duration: float = DURATION, pids: Mapping[str, int] | None = None) -> dict[str, float]:
     """Every case on every target, alternating between them, best of `rounds`: load from other
     processes on the machine skews all of them alike. Keys: "{target}_{case}" reports answered
-    200 per second, "{target}_{case}_answered" requests answered per second (poison included)."""
+    200 per second, "{target}_{case}_answered" requests answered per second (poison included);
+    for a target in pids, "{target}_{case}_cpu_us": its process's CPU time per request answered
+    (the lowest of the rounds), which other load on the machine moves much less than a rate."""
     results: dict[str, float] = {}
     for port, ca in targets.values():
         measure(port, 1, 0.5, ca=ca)  # warm up: caches, connections, first devices
     for _ in range(rounds):
         for case in cases:
             for name, (port, ca) in targets.items():
+                pid = (pids or {}).get(name)
+                cpu0 = cpu_seconds(pid) if pid else 0.0
                 good, answered = measure(port, case.batch, duration, case.poison_every, ca)
                 for key, value in ((f"{name}_{case.label}", good * case.batch),
                                    (f"{name}_{case.label}_answered", answered)):
                     results[key] = max(results.get(key, 0.0), value)
+                if pid and answered:
+                    per_request = (cpu_seconds(pid) - cpu0) / (answered * duration) * 1e6
+                    key = f"{name}_{case.label}_cpu_us"
+                    results[key] = min(results.get(key, per_request), per_request)
     return results
 
 
@@ -233,9 +250,9 @@ def serve_cmd(root: Path, db: str, *extra: str) -> list[str]:
 
 
 @contextmanager
-def started(cmds: Mapping[str, list[str]]) -> Iterator[dict[str, int]]:
-    """Each command started (it prints "serving on ...:PORT" first), its port by name; all killed
-    on the way out."""
+def started(cmds: Mapping[str, list[str]], pids: dict[str, int] | None = None) -> Iterator[dict[str, int]]:
+    """Each command started (it prints "serving on ...:PORT" first), its port by name (and its
+    process id in pids); all killed on the way out."""
     procs: list[subprocess.Popen[str]] = []
     ports: dict[str, int] = {}
     try:
@@ -248,6 +265,8 @@ def started(cmds: Mapping[str, list[str]]) -> Iterator[dict[str, int]]:
             if not line.startswith("serving on"):
                 raise RuntimeError(f"{name} did not start: {line!r}")
             ports[name] = int(line.rsplit(":", 1)[1])
+            if pids is not None:
+                pids[name] = proc.pid
         yield ports
     finally:
         for proc in procs:
@@ -264,11 +283,13 @@ def run(rounds: int = 2, duration: float = DURATION) -> dict[str, float]:
         cmds = {"baseline": [sys.executable, "-m", "bench.bench_ingest", "--baseline-server",
                              str(root / "b.db")],
                 "server": serve_cmd(root, "s.db")}
-        with started(cmds) as ports:
+        pids: dict[str, int] = {}
+        with started(cmds, pids) as ports:
             r = best_of({name: (port, None) for name, port in ports.items()}, SINGLE_AND_BATCHED, rounds,
-                        duration)
-    r["ratio_single"] = r["server_single"] / r["baseline_single"]
-    r["ratio_batch50"] = r["server_batch50"] / r["baseline_batch50"]
+                        duration, pids)
+    for case in ("single", "batch50"):
+        r[f"ratio_{case}"] = r[f"server_{case}"] / r[f"baseline_{case}"]
+        r[f"cpu_ratio_{case}"] = r[f"baseline_{case}_cpu_us"] / r[f"server_{case}_cpu_us"]
     return r
 
 
@@ -281,4 +302,8 @@ if __name__ == "__main__":
           f"{os.cpu_count()} cores): single {r['server_single']:.0f} req/s "
           f"(baseline {r['baseline_single']:.0f}, ratio {r['ratio_single']:.2f}); "
           f"batches of 50 {r['server_batch50']:.0f} reports/s "
-          f"(baseline {r['baseline_batch50']:.0f}, ratio {r['ratio_batch50']:.2f})")
+          f"(baseline {r['baseline_batch50']:.0f}, ratio {r['ratio_batch50']:.2f}); "
+          f"server CPU per request, baseline's / ours: single {r['baseline_single_cpu_us']:.0f} / "
+          f"{r['server_single_cpu_us']:.0f} us = {r['cpu_ratio_single']:.2f}, batches of 50 "
+          f"{r['baseline_batch50_cpu_us']:.0f} / {r['server_batch50_cpu_us']:.0f} us = "
+          f"{r['cpu_ratio_batch50']:.2f}")

@@ -173,3 +173,28 @@ def test_wal_checkpoints_of_loop_commits_run_on_the_database_thread(tmp_path: Pa
     assert "checkpoint" in executor.calls and "ingest" not in executor.calls
     executor.shutdown()
     store.close()
+
+
+def test_one_checkpoint_per_full_wal_not_one_per_check(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    # the WAL file restarts smaller after a checkpoint: its size, not its high-water mark, decides
+    monkeypatch.setattr(store_module, "_WAL_CHECK_EVERY", 4)
+    monkeypatch.setattr(store_module, "_WAL_CHECKPOINT_PAGES", 512)  # 2 MB
+    monkeypatch.setattr(store_module, "_WAL_KEPT_BYTES", 64 << 10)
+    store = SQLiteStore(tmp_path / "s.db")
+    checkpoints = seq = 0
+    for commit in range(400):
+        requests = []
+        for i in range(10):
+            seq += 1
+            device = f"d{(commit * 10 + i) % 192}"
+            requests.append((device, [_r(device, seq, version="1.0", detail={"free": seq})]))
+        assert store.ingest_now(requests, float(commit)) is not None
+        job = store.work_left_by_ingest_now()
+        if job is not None:
+            job()
+            checkpoints += 1
+    # about 9 pages per commit here: a full 2 MB WAL every ~57 commits, so about 7 checkpoints
+    # (a WAL size that never went down would ask at every check past the first: ~85)
+    assert 3 <= checkpoints <= 15, checkpoints
+    store.close()

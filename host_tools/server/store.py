@@ -640,6 +640,9 @@ class SQLiteStore(SQLStore):
                                                         check_same_thread=False, timeout=0.0)
                 conn.execute(f"PRAGMA synchronous={self.synchronous}")
                 conn.execute("PRAGMA wal_autocheckpoint=0")
+                # the WAL file shrinks back when it restarts after a checkpoint, so its size
+                # says how much is left to copy (work_left_by_ingest_now)
+                conn.execute(f"PRAGMA journal_size_limit={_WAL_KEPT_BYTES}")
                 self._all.append(conn)
             try:
                 results = self._ingest(requests, now, conn)
@@ -789,6 +792,7 @@ def _write_rows(conn: sqlite3.Connection, statements: Mapping[int, str] | None, 
 # wal_autocheckpoint).
 _WAL_CHECK_EVERY = 64
 _WAL_CHECKPOINT_PAGES = 8192
+_WAL_KEPT_BYTES = 4 << 20
 
 
 def _wal_pages(db: Path) -> int:
