@@ -100,7 +100,7 @@ class Feed:
                     window_bits: int = 10, security_version: int | None = None,
                     key: str = "release", expires: str | None = None,
                     delta_from: tuple[Path, ...] | list[Path] = (), app_dir: Path | None = None,
-                    firmware: bool = True, **image_kw: Any) -> Path:
+                    firmware: bool = True, allow_downgrade: bool = False, **image_kw: Any) -> Path:
         """Sign ``data`` (default: a fresh genuine image) as ``version`` into the feed; with
         ``app_dir`` the application files too (``firmware=False``: an app-only release)."""
         if data is None:
@@ -112,7 +112,7 @@ class Feed:
         sign_release(src if firmware else None, self.keys.keys[key], self.board, version, out_dir=out,
                      security_version=security_version, compress=compress, window_bits=window_bits,
                      expires=expires, force_version=True, any_role=True, delta_from=delta_from,
-                     app_dir=app_dir)
+                     app_dir=app_dir, allow_version_downgrade=allow_downgrade)
         src.unlink()
         return out
 

@@ -125,6 +125,23 @@ def test_firmware_and_app_then_app_only(rig: Rig) -> None:
     assert rig.update()["outcome"] == "none"
 
 
+def test_a_firmware_only_release_below_the_app_installs_once(rig: Rig) -> None:
+    # firmware 1.0.0 with an app-only 1.2.0 runs as 1.2.0; a firmware-only 1.1.0 may go below it
+    rig.release("1.2.0", firmware=False)
+    assert rig.update()["outcome"] == "ok"
+    assert rig.boot()[-1]["app_version"] == "1.2.0"
+    rig.feed.add_release("1.1.0", allow_downgrade=True)
+    rig.feed.set_channel("1.1.0")
+    assert rig.update()["outcome"] == "ok"
+    runs = rig.boot()
+    assert runs[-1]["boot"] == "confirmed" and runs[-1]["slot"] == "ota_1"
+    assert runs[-1]["app_version"] == "1.2.0"  # a release without app files keeps the app
+    # firmware 1.1.0 and app 1.2.0 run: every part of 1.1.0 is there, nothing to install again
+    rig.server.requests.clear()
+    assert rig.update()["outcome"] == "none"
+    assert rig.image_requests() == []
+
+
 def test_app_health_failure_rolls_back_app_and_firmware(rig: Rig) -> None:
     rig.release("1.1.0")
     assert rig.update()["outcome"] == "ok"

@@ -189,6 +189,16 @@ def _with_app(st, running):
         return running
 
 
+# Every part of release m runs already: its image is the running firmware's version, its app the
+# confirmed bundle's. The running version is the newer of the two, so a release between them
+# (a firmware-only downgrade below an app-only release) is not it, yet must not install again.
+def _installed(st, fw_version, m):
+    v = m["version"]
+    a = st["app"]
+    return ((not m.get("image") or fw_version == v)
+            and (not m.get("app") or (a is not None and a.get("version") == v)))
+
+
 # The Offer this board should install now (its slot, the slot it leaves, its chip id filled
 # in), or None: up to date, not eligible, outside the window, paused.
 def offer(u):
@@ -199,7 +209,8 @@ def offer(u):
     st = u.state
     run = _running_part()
     fw = firmware.running_image()
-    running = _with_app(st, firmware.version(st, cfg, fw))
+    fwv = firmware.version(st, cfg, fw)
+    running = _with_app(st, fwv)
     u._version = running
     chip = fw[2] if fw else None
     chip_name = imagehdr.CHIPS.get(chip) if chip is not None else cfg.get("chip")
@@ -223,6 +234,8 @@ def offer(u):
             st.save()
             u._version = m["version"]
             return None
+    if _installed(st, fwv, m):
+        return None
     o.prev_slot = run.info()[4]
     o.slot = nxt.info()[4] if o.size else o.prev_slot  # app files only: the firmware stays
     o.chip = chip
