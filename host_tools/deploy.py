@@ -182,6 +182,7 @@ class DeployRequest:
     firmware_version: str | None = None  # the running firmware's version when its image carries none
     tls_ca: str | None = None  # PEM file: the https server's CA (or its self-signed certificate)
     allow_http: bool = False   # let the report token cross plain http (a lab, the demo)
+    ntp: bool = True           # the board sets its clock by NTP before a check when it is not set
     device_root: Path | None = None  # the repo's device/ folder (package + examples)
     keys_doc: str | None = None  # a keys document file seeding the board's trust (host_tools.keydoc)
 
@@ -303,6 +304,8 @@ def build_config(req: DeployRequest, device_id: str, release: list[str], rollout
         config["tls_ca"] = tls_ca
     if req.allow_http:
         config["allow_http"] = True
+    if not req.ntp:
+        config["ntp"] = False
     return config
 
 

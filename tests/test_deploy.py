@@ -376,6 +376,23 @@ def test_dry_run_prints_and_touches_nothing(fleet: Fleet) -> None:
         shutil.rmtree(stage)
 
 
+def test_no_ntp_is_written_into_the_config(fleet: Fleet) -> None:
+    for ntp, expected in ((True, None), (False, False)):
+        res = deploy(_request(fleet, "/dev/ttyUSB3", dry_run=True, device_id="dev-1", ntp=ntp),
+                     RecordingTransport(FakeBoard(), port_check=None), echo=lambda s: None)
+        stage = Path([c for c in res.commands if c[-1] == ":mpota.json"][0][-2]).parent
+        try:
+            assert json.loads((stage / "mpota.json").read_text()).get("ntp") is expected
+        finally:
+            shutil.rmtree(stage)
+    r = subprocess.run([sys.executable, "-m", "host_tools.cli", "deploy", "--port", "/dev/ttyUSB0",
+                        "--board", "esp32-generic-4mb", "--feed-url", "http://h/feed/", "--keys",
+                        f"both={fleet.release}", "--no-ntp", "--dry-run"],
+                       capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert '#  "ntp": false' in r.stdout.splitlines()
+
+
 # ------------------------------------------------------------------------------------------------
 # refusals: one line, nothing written to the board
 

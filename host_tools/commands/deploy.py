@@ -56,6 +56,9 @@ def register(sub: Any) -> None:
                    "certificate, which pins it), written into /mpota.json for the device to verify with")
     p.add_argument("--allow-http", action="store_true",
                    help="let the device send its report token over plain http (a lab or demo only)")
+    p.add_argument("--no-ntp", dest="ntp", action="store_false",
+                   help="the board never sets its clock by NTP (no NTP server in reach, or the app sets the "
+                        "clock): until the clock is set, an expired channel document cannot be recognised")
     p.add_argument("--dry-run", action="store_true", help="print the commands and the config, touch nothing")
     p.set_defaults(func=cmd_deploy)
 
@@ -73,6 +76,6 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         device_id=args.device_id, report_url=args.report_url, release_keys=release, rollout_keys=rollout,
         fleet_secret=args.fleet_secret, server=args.server, force=args.force, dry_run=args.dry_run,
         resume=args.resume, source=args.source, firmware_version=args.firmware_version,
-        tls_ca=args.tls_ca, allow_http=args.allow_http, keys_doc=args.keys_doc)
+        tls_ca=args.tls_ca, allow_http=args.allow_http, keys_doc=args.keys_doc, ntp=args.ntp)
     deploy(req, ProcessTransport())
     return 0
