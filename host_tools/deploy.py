@@ -36,6 +36,7 @@ from host_tools.bundled import data_path
 from host_tools.errors import MpotaError, UsageError
 from host_tools.fleet import DEFAULT_GROUP, GROUP_NAME, FleetError, check_device_id, device_token, load_secret
 from host_tools.keys import KeyFileError, load_public_key
+from host_tools.manifest import NAME
 from host_tools.server.plans import DEFAULT_GROUPS
 from host_tools.transport import CommandResult, ToolError, Transport, expand_port, find_tool
 
@@ -53,7 +54,6 @@ PKG_DIR = ":lib/mpota"
 TEMPLATES = ("boot.py", "main.py")
 PROBE_TAG = "MPOTA-PROBE"
 VERIFY_TAG = "MPOTA-VERIFY"
-_CHANNEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _MPY_CROSS_VERSION = re.compile(r"mpy v(\d+)(?:\.(\d+))?")
 
 # Runs on the board: read only. One line: MPOTA-PROBE {json}.
@@ -504,7 +504,7 @@ class Deployer:
         if not GROUP_NAME.fullmatch(req.group):
             raise UsageError(f"--group {req.group!r} is not a group name (1-32 letters, digits, . _ -; the "
                              f"default plan uses {', '.join(DEFAULT_GROUPS)}, a plan may name any group)")
-        if not _CHANNEL.fullmatch(req.channel):
+        if not NAME.fullmatch(req.channel):
             raise UsageError(f"--channel {req.channel!r} is not a channel name (letters, digits, . _ -)")
         report_url = self._report_url()
         if req.device_id != "auto":

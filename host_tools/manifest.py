@@ -44,7 +44,8 @@ MAX_APP_PATH = 128
 
 # \Z, not $ ($ also matches before a final newline), and [0-9], not \d (\d takes any Unicode
 # digit): the device's rules, character for character.
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
+# board and channel names: feed folders and file names, the server's registrations and rollouts
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _HASH = re.compile(r"^sha256:[0-9a-f]{64}\Z")
 _HEX64 = re.compile(r"^[0-9a-f]{64}\Z")
 _TIME = re.compile(r"^([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})Z\Z")
@@ -129,7 +130,7 @@ def _str(v: Any, what: str, max_len: int = 256) -> str:
 
 
 def check_name(v: Any, what: str) -> str:
-    if not isinstance(v, str) or not _NAME.match(v):
+    if not isinstance(v, str) or not NAME.fullmatch(v):
         raise ManifestError(f"{what} {v!r} must be 1-64 letters, digits, '.', '_' or '-'")
     return v
 

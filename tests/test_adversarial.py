@@ -249,6 +249,10 @@ def test_registered_group_follows_the_group_name_rule(srv: ServerThread) -> None
             reg = json.dumps({"device_id": "dev-g", "board": "b", "group": bad}).encode()
             assert call(srv, "POST", "/v1/devices", reg, headers)[0] == 400, (bad, headers)
     assert call(srv, "GET", "/v1/devices", None, OP)[1]["devices"] == []
+    # board and channel by the feed's name rule (manifest.NAME): no feed file could be named "beta+1"
+    for field in ("board", "channel"):
+        reg = json.dumps({"device_id": "dev-g", "board": "b", field: "beta+1"}).encode()
+        assert call(srv, "POST", "/v1/devices", reg, OP)[0] == 400, field
     good = "g" * 32
     reg = json.dumps({"device_id": "dev-g", "board": "b", "group": good}).encode()
     status, device = call(srv, "POST", "/v1/devices", reg, OP)
@@ -453,6 +457,7 @@ def test_rollout_bodies_with_odd_names_are_refused(srv: ServerThread) -> None:
     base = {"board": "esp32-generic-4mb", "version": "1.1.0", "plan": {"stages": [{"name": "canary"}]}}
     for over in ({"id": "r-1\n"}, {"id": "r 1"}, {"id": "a" * 65}, {"id": 7}, {"version": "1.1.0\n"},
                  {"board": "esp32\u0000"}, {"channel": "stable\n"}, {"channel": "../x"}, {"version": ""},
+                 {"board": "esp32+x"}, {"channel": "beta+1"}, {"version": "1.1"}, {"version": "1.1.0+a..b"},
                  {"plan": {"stages": [{"name": "canary\n"}]}},
                  {"plan": {"stages": [{"name": "canary", "groups": ["canary\n"]}]}}):
         body = json.dumps({**base, **over}).encode()

@@ -28,7 +28,6 @@ import functools
 import json
 import logging
 import os
-import re
 import socket
 import sqlite3
 import ssl
@@ -46,6 +45,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from host_tools.errors import MpotaError
 from host_tools.feed import install_channels
 from host_tools.fleet import DEVICE_ID, GROUP_NAME
+from host_tools.manifest import NAME, ManifestError, check_version
 from host_tools.server.aio import cancel
 from host_tools.server.auth import TokenCache, bearer
 from host_tools.server.body import BodyError, parse_json, read_body
@@ -83,7 +83,6 @@ _CONTENT_TYPES = {".json": "application/json", ".bin": "application/octet-stream
                   ".txt": "text/plain; charset=utf-8", ".pem": "text/plain; charset=utf-8",
                   ".pub": "text/plain; charset=utf-8"}
 DEVICE_BODY = 8192
-_ROLLOUT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")  # board, channel, version
 _ACCEPTED = [b'{"accepted": %d}' % n for n in range(MAX_BATCH + 1)]  # prebuilt answers (hot path)
 
 
@@ -140,6 +139,14 @@ class _OneLineBadRequests(logging.Filter):
 _SERVER_LOG = logging.getLogger("aiohttp.server")
 if not any(isinstance(f, _OneLineBadRequests) for f in _SERVER_LOG.filters):
     _SERVER_LOG.addFilter(_OneLineBadRequests())
+
+
+def _is_version(value: str) -> bool:
+    try:
+        check_version(value)
+    except ManifestError:
+        return False
+    return True
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -408,8 +415,8 @@ class MpotaServer:
             return _error(401, "operator token or the device's own token required")
         board, group, channel = data.get("board"), data.get("group"), data.get("channel")
         # each by the rule of what it must match later: a rollout's board and channel, a plan's groups
-        for name, value, rule in (("board", board, _ROLLOUT_NAME), ("group", group, GROUP_NAME),
-                                  ("channel", channel, _ROLLOUT_NAME)):
+        for name, value, rule in (("board", board, NAME), ("group", group, GROUP_NAME),
+                                  ("channel", channel, NAME)):
             if value is not None and (not isinstance(value, str) or not rule.fullmatch(value)):
                 return _error(400, f"{name} must be a short name ({rule.pattern})")
         reset = data.get("reset_seq", False)
@@ -496,7 +503,8 @@ class MpotaServer:
         names: dict[str, str] = {}
         for name in ("board", "channel", "version"):
             value = data.get(name, "stable" if name == "channel" else None)
-            if not isinstance(value, str) or not _ROLLOUT_NAME.fullmatch(value) or ".." in value:
+            if not isinstance(value, str) or not (NAME.fullmatch(value) if name != "version"
+                                                  else _is_version(value)):
                 return _error(400, f"{name} missing or invalid")
             names[name] = value
         board, channel, version = names["board"], names["channel"], names["version"]
