@@ -22,6 +22,7 @@ from host_tools.cli import main
 from host_tools.fleet import device_token
 from host_tools.server.auth import operator_token
 from host_tools.server.console import COOKIE, SESSION_S, Sessions
+from host_tools.server.store import StoreError
 from sim.serverkit import HttpClient, ReportingDevice, ServerThread, operator_call, register, rollout_server
 
 BOARD = "esp32-generic-4mb"
@@ -208,3 +209,17 @@ def test_device_list_filters_and_claimed_group(served: tuple[ServerThread, str])
     status, _, page = w.get("/console/devices/field-7", **jar)
     assert status == 200 and "beta" in page and "(claims canary)" in page and "heartbeat" in page
     assert w.get("/console/devices/nobody", **jar)[0] == 404
+
+
+def test_a_store_failure_is_a_503_not_a_page_missing_a_rollout(served: tuple[ServerThread, str],
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    srv, rid = served
+    w = Web(srv)
+    assert rid in w.get("/", Authorization=f"Bearer {OP}")[2]
+
+    def down(rollout_id: str) -> dict[str, Any]:
+        raise StoreError("cannot read progress: disk I/O error")
+    monkeypatch.setattr(srv.server.orchestrator, "status", down)
+    for path in ("/", "/v1/status"):
+        status, headers, body = w.get(path, Authorization=f"Bearer {OP}")
+        assert status == 503 and headers.get("retry-after"), (path, status, body[:200])

@@ -159,7 +159,7 @@ class Console:
             if r.state in ("active", "paused") and len(open_statuses) < 10:
                 try:
                     open_statuses.append(orch.status(r.id))
-                except MpotaError:
+                except RolloutError:  # this rollout's record cannot be shown; a store error is a 503
                     continue
         return open_statuses, [r.to_dict() for r in rollouts[:20]], store.inventory_summary(), \
             self.server.clock()
@@ -178,7 +178,7 @@ class Console:
             for r in rollouts[:5]:
                 try:
                     st = self.server.orchestrator.status(r.id)
-                except MpotaError:
+                except RolloutError:
                     continue
                 st.pop("history", None)
                 st.pop("plan", None)
