@@ -45,7 +45,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from host_tools.errors import MpotaError
 from host_tools.feed import install_channels
 from host_tools.fleet import DEVICE_ID, GROUP_NAME
-from host_tools.manifest import NAME, ManifestError, check_version
+from host_tools.manifest import NAME
 from host_tools.server.aio import cancel
 from host_tools.server.auth import TokenCache, bearer
 from host_tools.server.body import BodyError, parse_json, read_body
@@ -76,6 +76,7 @@ from host_tools.server.store import (
     open_store,
     parse_db_url,
 )
+from host_tools.versions import is_valid_version
 
 T = TypeVar("T")
 _CONTENT_TYPES = {".json": "application/json", ".bin": "application/octet-stream",
@@ -139,14 +140,6 @@ class _OneLineBadRequests(logging.Filter):
 _SERVER_LOG = logging.getLogger("aiohttp.server")
 if not any(isinstance(f, _OneLineBadRequests) for f in _SERVER_LOG.filters):
     _SERVER_LOG.addFilter(_OneLineBadRequests())
-
-
-def _is_version(value: str) -> bool:
-    try:
-        check_version(value)
-    except ManifestError:
-        return False
-    return True
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -504,7 +497,7 @@ class MpotaServer:
         for name in ("board", "channel", "version"):
             value = data.get(name, "stable" if name == "channel" else None)
             if not isinstance(value, str) or not (NAME.fullmatch(value) if name != "version"
-                                                  else _is_version(value)):
+                                                  else is_valid_version(value)):
                 return _error(400, f"{name} missing or invalid")
             names[name] = value
         board, channel, version = names["board"], names["channel"], names["version"]
