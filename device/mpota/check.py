@@ -189,16 +189,6 @@ def _with_app(st, running):
         return running
 
 
-# Every part of release m runs already: its image is the running firmware's version, its app the
-# confirmed bundle's. The running version is the newer of the two, so a release between them
-# (a firmware-only downgrade below an app-only release) is not it, yet must not install again.
-def _installed(st, fw_version, m):
-    v = m["version"]
-    a = st["app"]
-    return ((not m.get("image") or fw_version == v)
-            and (not m.get("app") or (a is not None and a.get("version") == v)))
-
-
 # The Offer this board should install now (its slot, the slot it leaves, its chip id filled
 # in), or None: up to date, not eligible, outside the window, paused.
 def offer(u):
@@ -234,7 +224,10 @@ def offer(u):
             st.save()
             u._version = m["version"]
             return None
-    if _installed(st, fwv, m):
+    # every part of m runs already (a firmware-only release below an app-only one is not the
+    # running version, the newer of the two, yet must not install again)
+    v, a = m["version"], st["app"]
+    if (not m.get("image") or fwv == v) and (not m.get("app") or (a and a.get("version") == v)):
         return None
     o.prev_slot = run.info()[4]
     o.slot = nxt.info()[4] if o.size else o.prev_slot  # app files only: the firmware stays
