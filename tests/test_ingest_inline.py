@@ -96,6 +96,10 @@ def test_ingest_now_never_waits(tmp_path: Path) -> None:
     [result] = store.ingest_now([("d1", [_r("d1", 2)])], 2.0) or []
     assert result.accepted == 1
     assert [e["seq"] for e in store.device_events("d1")] == [1, 2]
+    # a commit too big to hold up the event loop for goes to the database thread
+    big = [(f"b{i}", [_r(f"b{i}", seq) for seq in range(50)]) for i in range(41)]  # 2050 reports
+    assert store.ingest_now(big, 3.0) is None
+    assert store.ingest_now(big[:40], 3.0) is not None  # 2000
     store.close()
     # a disk sync per commit (--durable) would stall the loop: always the database thread
     durable = SQLiteStore(tmp_path / "d.db", synchronous="FULL")

@@ -629,9 +629,12 @@ class SQLiteStore(SQLStore):
         """A commit without a disk sync (synchronous=NORMAL) takes well under a millisecond: done
         on the event loop's thread it skips the hand-off to the writer thread and the GIL
         contention of every SQLite call, which cost more than the commit. Never waits: another
-        writer holding the store's lock or the database's, or a FULL sync, answers None. The
+        writer holding the store's lock or the database's, a FULL sync, or a commit of more than
+        _INLINE_MAX_REPORTS reports (tens of milliseconds of other requests waiting) answers None. The
         WAL is checkpointed on a worker thread (work_left_by_ingest_now), not here."""
-        if self.synchronous.upper() not in ("NORMAL", "OFF") or not self._lock.acquire(blocking=False):
+        if (self.synchronous.upper() not in ("NORMAL", "OFF")
+                or sum(len(reports) for _, reports in requests) > _INLINE_MAX_REPORTS
+                or not self._lock.acquire(blocking=False)):
             return None
         try:
             conn = self._now_conn
@@ -790,6 +793,7 @@ def _write_rows(conn: sqlite3.Connection, statements: Mapping[int, str] | None, 
 # ingest_now's commits leave checkpoints to a worker thread: every _WAL_CHECK_EVERY commits it
 # looks at the WAL's size and asks for one past _WAL_CHECKPOINT_PAGES (the other connections'
 # wal_autocheckpoint).
+_INLINE_MAX_REPORTS = 2048  # about 10 ms of SQLite work on the event loop, at most
 _WAL_CHECK_EVERY = 64
 _WAL_CHECKPOINT_PAGES = 8192
 _WAL_KEPT_BYTES = 4 << 20
