@@ -69,6 +69,19 @@ def test_ingest_now_stores_what_ingest_stores(tmp_path: Path) -> None:
     on_worker.close()
 
 
+def test_an_older_sqlite_writes_row_by_row_the_same_rows(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    # UPDATE ... FROM needs SQLite 3.33: without it the seen columns go one UPDATE_DEVICE_SEEN per row
+    multi, single = SQLiteStore(tmp_path / "multi.db"), SQLiteStore(tmp_path / "single.db")
+    expected = [multi.ingest(commit, 1000.0 + i) for i, commit in enumerate(_workload(11))]
+    monkeypatch.setattr(store_module, "_UPDATE_SEEN", None)
+    assert [single.ingest(commit, 1000.0 + i) for i, commit in enumerate(_workload(11))] == expected
+    for device in (f"d{i}" for i in range(40)):
+        assert single.get_device(device) == multi.get_device(device)
+    multi.close()
+    single.close()
+
+
 def test_ingest_now_never_waits(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "s.db")
     assert store.ingest_now([("d1", [_r("d1", 1)])], 1.0) is not None
@@ -152,7 +165,7 @@ def test_the_writer_commits_on_the_loop_and_falls_back_without_blocking_it(tmp_p
 def test_wal_checkpoints_of_loop_commits_run_on_the_database_thread(tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(store_module, "_WAL_CHECK_EVERY", 4)
-    monkeypatch.setattr(store_module, "_WAL_CHECKPOINT_PAGES", 0)
+    monkeypatch.setattr(store_module, "_WAL_CHECKPOINT_BYTES", 0)
     store = SQLiteStore(tmp_path / "s.db")
     executor = CountingExecutor()
     threads: list[int] = []
@@ -183,7 +196,7 @@ def test_one_checkpoint_per_full_wal_not_one_per_check(tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     # the WAL file restarts smaller after a checkpoint: its size, not its high-water mark, decides
     monkeypatch.setattr(store_module, "_WAL_CHECK_EVERY", 4)
-    monkeypatch.setattr(store_module, "_WAL_CHECKPOINT_PAGES", 512)  # 2 MB
+    monkeypatch.setattr(store_module, "_WAL_CHECKPOINT_BYTES", 2 << 20)
     monkeypatch.setattr(store_module, "_WAL_KEPT_BYTES", 64 << 10)
     store = SQLiteStore(tmp_path / "s.db")
     checkpoints = seq = 0

@@ -664,7 +664,7 @@ class SQLiteStore(SQLStore):
         if self._commits_since_wal_check < _WAL_CHECK_EVERY:
             return None
         self._commits_since_wal_check = 0
-        return self.checkpoint_wal if _wal_pages(self.path) > _WAL_CHECKPOINT_PAGES else None
+        return self.checkpoint_wal if _wal_bytes(self.path) > _WAL_CHECKPOINT_BYTES else None
 
     def checkpoint_wal(self) -> None:
         """Copy the WAL into the database (PASSIVE: readers and the writer go on meanwhile)."""
@@ -791,17 +791,17 @@ def _write_rows(conn: sqlite3.Connection, statements: Mapping[int, str] | None, 
 
 
 # ingest_now's commits leave checkpoints to a worker thread: every _WAL_CHECK_EVERY commits it
-# looks at the WAL's size and asks for one past _WAL_CHECKPOINT_PAGES (the other connections'
-# wal_autocheckpoint).
+# looks at the WAL file's size and asks for one past _WAL_CHECKPOINT_BYTES (what the other
+# connections' wal_autocheckpoint of 8192 pages comes to with 4 KB pages).
 _INLINE_MAX_REPORTS = 2048  # about 10 ms of SQLite work on the event loop, at most
 _WAL_CHECK_EVERY = 64
-_WAL_CHECKPOINT_PAGES = 8192
+_WAL_CHECKPOINT_BYTES = 32 << 20
 _WAL_KEPT_BYTES = 4 << 20
 
 
-def _wal_pages(db: Path) -> int:
+def _wal_bytes(db: Path) -> int:
     try:
-        return os.stat(f"{db}-wal").st_size // 4096
+        return os.stat(f"{db}-wal").st_size
     except OSError:
         return 0
 
